@@ -1,0 +1,755 @@
+//! `stack-backup.toml`: the stack description.
+//!
+//! Parsing is strict: unknown keys, wrong types and missing values are errors
+//! that name the file, the line and the key ([`ConfigError`]). Relative paths
+//! are resolved against the directory of the config file. Environment
+//! variables override the file (see [`Config::apply_env`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default name of the config file, looked up in the current directory.
+pub const DEFAULT_FILE: &str = "stack-backup.toml";
+
+/// The default free-space floor: 1 GiB.
+pub const DEFAULT_MIN_FREE: u64 = 1 << 30;
+
+/// A configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file, or `environment` for an environment variable.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The dotted key (`stack.name`) or variable name, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error in {}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+            if let Some(col) = self.column {
+                write!(f, " column {col}")?;
+            }
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn in_file(file: &Path, key: Option<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.display().to_string(),
+            line: None,
+            column: None,
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn env(var: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: "environment".into(),
+            line: None,
+            column: None,
+            key: Some(var.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A byte size written as `"1GiB"`, `"500 MB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Size(pub u64);
+
+impl From<Size> for String {
+    fn from(s: Size) -> Self {
+        bytesize::ByteSize(s.0).display().iec().to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.0))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a size; write e.g. \"1GiB\", \"500MiB\" or a number of bytes"
+                    ))
+                }),
+        }
+    }
+}
+
+/// `[stack]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StackSection {
+    /// The stack's name; used in tags and confirmations.
+    pub name: StackName,
+    /// Refuse to back up or restore when less than this would stay free.
+    #[serde(default = "default_min_free")]
+    pub min_free_space: Size,
+}
+
+fn default_min_free() -> Size {
+    Size(DEFAULT_MIN_FREE)
+}
+
+/// A stack name: letters, digits, `-`, `_`, `.`; 1–64 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct StackName(pub String);
+
+impl<'de> Deserialize<'de> for StackName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        validate_name(&s).map_err(serde::de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+/// Checks a stack, component or backup-set name.
+pub fn validate_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err(format!("`{s}` must be 1 to 64 characters long"));
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || s.starts_with('.')
+    {
+        return Err(format!(
+            "`{s}` may only hold letters, digits, `-`, `_` and `.` (not first)"
+        ));
+    }
+    Ok(())
+}
+
+/// `[repository]`: where backups live and how to unlock them.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RepositorySection {
+    /// A local directory (the default kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// A remote repository, passed to `rustic_backend` (e.g. `opendal:s3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A file holding the repository password (first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// A command printing the repository password (run without a shell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_command: Option<String>,
+    /// Local cache directory for remote repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[postgres.NAME]`: one database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host:port/db`; the password part is a
+    /// secret and never stored or logged.
+    pub url: DbUrl,
+    /// A file holding the database password (instead of one in the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Run `pg_dump`/`pg_restore` inside this container (`docker exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Where the code keeps its migrations (e.g. `alembic/versions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations_dir: Option<PathBuf>,
+    /// Also dump roles with `pg_dumpall --globals-only` when permitted.
+    #[serde(default = "yes")]
+    pub roles: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a Redis holds: a `cache` is flushed rather than restored on request
+/// and only backed up with `--include-redis`; `data` is always backed up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedisRole {
+    /// Disposable cache.
+    #[default]
+    Cache,
+    /// Data that must be kept.
+    Data,
+}
+
+/// `[redis.NAME]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db`.
+    pub url: DbUrl,
+    /// `cache` (default) or `data`.
+    #[serde(default)]
+    pub role: RedisRole,
+    /// A file holding the Redis password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The container Redis runs in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// `[docker]`
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DockerConfig {
+    /// Images by reference (`name:tag`) or ID.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Named volumes.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// A compose project whose images and volumes are included too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    /// Stop containers that use a volume while it is copied or restored.
+    #[serde(default)]
+    pub stop_containers: bool,
+}
+
+/// `[git]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GitConfig {
+    /// The working tree whose HEAD is recorded.
+    pub path: PathBuf,
+}
+
+/// `[paths.NAME]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PathConfig {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+/// A database URL with a known scheme. Its password is a secret: use
+/// [`DbUrl::redacted`] for anything shown or stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl(String);
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted())
+    }
+}
+
+impl DbUrl {
+    const SCHEMES: [&'static str; 5] = [
+        "postgres://",
+        "postgresql://",
+        "redis://",
+        "rediss://",
+        "unix://",
+    ];
+
+    /// Parses and checks the scheme.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !Self::SCHEMES.iter().any(|p| s.starts_with(p)) {
+            return Err(format!(
+                "`{}` is not a database URL; expected postgres://… or redis://…",
+                crate::secret::redact_url(s)
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// The full URL, password included. Never print or store it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        crate::secret::redact_url(&self.0)
+    }
+}
+
+impl Serialize for DbUrl {
+    /// Serializes the *redacted* URL: a config written back never holds a
+    /// secret.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DbUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole `stack-backup.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// `[stack]`
+    pub stack: StackSection,
+    /// `[repository]`
+    pub repository: RepositorySection,
+    /// `[postgres.NAME]` tables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgres: BTreeMap<String, PostgresConfig>,
+    /// `[redis.NAME]` tables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redis: BTreeMap<String, RedisConfig>,
+    /// `[docker]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerConfig>,
+    /// `[git]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitConfig>,
+    /// `[paths.NAME]` tables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paths: BTreeMap<String, PathConfig>,
+    /// The file this was read from (not part of the TOML).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// The environment variables read by [`Config::apply_env`], as
+/// `(name, value)` pairs; [`std::env::vars`] in the binary, a fixed list in
+/// tests.
+pub type Env = BTreeMap<String, String>;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::in_file(path, None, format!("cannot read the config file: {e}"))
+        })?;
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.source = Some(path.to_path_buf());
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
+        cfg.resolve_paths(&base);
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `file` is used in error messages only. Relative
+    /// paths are left as written.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let de =
+            toml::de::Deserializer::parse(text).map_err(|e| toml_error(e, text, file, None))?;
+        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            toml_error(e.into_inner(), text, file, key)
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let r = &self.repository;
+        match (&r.path, &r.url) {
+            (None, None) => {
+                return Err(ConfigError::in_file(
+                    file,
+                    Some("repository.path".into()),
+                    "[repository] needs `path` (a local directory) or `url` (a remote repository)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::in_file(
+                    file,
+                    Some("repository.url".into()),
+                    "[repository] has both `path` and `url`; keep one",
+                ))
+            }
+            _ => {}
+        }
+        if r.password_file.is_some() && r.password_command.is_some() {
+            return Err(ConfigError::in_file(
+                file,
+                Some("repository.password-command".into()),
+                "[repository] has both `password-file` and `password-command`; keep one",
+            ));
+        }
+        let names = self
+            .postgres
+            .keys()
+            .map(|k| ("postgres", k))
+            .chain(self.redis.keys().map(|k| ("redis", k)))
+            .chain(self.paths.keys().map(|k| ("paths", k)));
+        for (table, name) in names {
+            validate_name(name)
+                .map_err(|m| ConfigError::in_file(file, Some(format!("{table}.{name}")), m))?;
+        }
+        for (name, pg) in &self.postgres {
+            if !pg.url.expose().starts_with("postgres") {
+                return Err(ConfigError::in_file(
+                    file,
+                    Some(format!("postgres.{name}.url")),
+                    "expected a postgres:// URL",
+                ));
+            }
+        }
+        for (name, rd) in &self.redis {
+            if !rd.url.expose().starts_with("redis") && !rd.url.expose().starts_with("unix") {
+                return Err(ConfigError::in_file(
+                    file,
+                    Some(format!("redis.{name}.url")),
+                    "expected a redis:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let r = &mut self.repository;
+        r.path.as_mut().map(fix);
+        r.password_file.as_mut().map(fix);
+        r.cache_dir.as_mut().map(fix);
+        for pg in self.postgres.values_mut() {
+            pg.password_file.as_mut().map(fix);
+            pg.migrations_dir.as_mut().map(fix);
+        }
+        for rd in self.redis.values_mut() {
+            rd.password_file.as_mut().map(fix);
+        }
+        if let Some(g) = &mut self.git {
+            fix(&mut g.path);
+        }
+        for p in self.paths.values_mut() {
+            fix(&mut p.path);
+        }
+    }
+
+    /// Applies environment overrides:
+    ///
+    /// - `STACK_BACKUP_REPOSITORY`: a local path, or a URL (`scheme:…`).
+    /// - `STACK_BACKUP_PASSWORD_FILE`: replaces `password-file`.
+    ///   (`STACK_BACKUP_PASSWORD` itself is read when the repository opens.)
+    /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`:
+    ///   the URL of that component (`NAME` upper-cased, `-`/`.` as `_`).
+    /// - `DATABASE_URL` / `REDIS_URL`: the URL of the component named
+    ///   `main` / `cache`, or of the only one; adds one when there is none.
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        if let Some(v) = env.get("STACK_BACKUP_REPOSITORY").filter(|v| !v.is_empty()) {
+            if looks_like_url(v) {
+                self.repository.url = Some(v.clone());
+                self.repository.path = None;
+            } else {
+                self.repository.path = Some(PathBuf::from(v));
+                self.repository.url = None;
+            }
+        }
+        if let Some(v) = env
+            .get("STACK_BACKUP_PASSWORD_FILE")
+            .filter(|v| !v.is_empty())
+        {
+            self.repository.password_file = Some(PathBuf::from(v));
+            self.repository.password_command = None;
+        }
+        for (name, pg) in &mut self.postgres {
+            let var = format!("STACK_BACKUP_POSTGRES_{}_URL", env_name(name));
+            if let Some(v) = env.get(&var) {
+                pg.url = DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?;
+            }
+        }
+        for (name, rd) in &mut self.redis {
+            let var = format!("STACK_BACKUP_REDIS_{}_URL", env_name(name));
+            if let Some(v) = env.get(&var) {
+                rd.url = DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?;
+            }
+        }
+        if let Some(v) = env.get("DATABASE_URL").filter(|v| !v.is_empty()) {
+            let url = DbUrl::parse(v).map_err(|m| ConfigError::env("DATABASE_URL", m))?;
+            let empty = self.postgres.is_empty();
+            match pick(&mut self.postgres, "main") {
+                Some(pg) => pg.url = url,
+                None if empty => {
+                    self.postgres.insert(
+                        "main".into(),
+                        PostgresConfig {
+                            url,
+                            password_file: None,
+                            container: None,
+                            migrations_dir: None,
+                            roles: true,
+                        },
+                    );
+                }
+                None => {
+                    return Err(ConfigError::env(
+                        "DATABASE_URL",
+                        "several [postgres.*] tables and none named `main`: use STACK_BACKUP_POSTGRES_<NAME>_URL",
+                    ))
+                }
+            }
+        }
+        if let Some(v) = env.get("REDIS_URL").filter(|v| !v.is_empty()) {
+            let url = DbUrl::parse(v).map_err(|m| ConfigError::env("REDIS_URL", m))?;
+            let empty = self.redis.is_empty();
+            match pick(&mut self.redis, "cache") {
+                Some(rd) => rd.url = url,
+                None if empty => {
+                    self.redis.insert(
+                        "cache".into(),
+                        RedisConfig {
+                            url,
+                            role: RedisRole::Cache,
+                            password_file: None,
+                            container: None,
+                        },
+                    );
+                }
+                None => {
+                    return Err(ConfigError::env(
+                        "REDIS_URL",
+                        "several [redis.*] tables and none named `cache`: use STACK_BACKUP_REDIS_<NAME>_URL",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as TOML with every secret removed (passwords in URLs
+    /// become `***`); safe to store in a backup set or print.
+    #[must_use]
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+
+    /// The minimum free space to keep on every filesystem written to.
+    #[must_use]
+    pub fn min_free_space(&self) -> u64 {
+        self.stack.min_free_space.0
+    }
+}
+
+fn pick<'a, T>(map: &'a mut BTreeMap<String, T>, preferred: &str) -> Option<&'a mut T> {
+    if map.len() == 1 {
+        return map.values_mut().next();
+    }
+    map.get_mut(preferred)
+}
+
+/// `NAME` as used inside an environment variable name.
+#[must_use]
+pub fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// True for `scheme:…` repository locations (`opendal:s3`, `rest:http://…`,
+/// `s3:…`), false for local paths.
+#[must_use]
+pub fn looks_like_url(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((scheme, _)) => {
+            scheme.len() > 1
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }
+        None => false,
+    }
+}
+
+fn toml_error(mut e: toml::de::Error, text: &str, file: &Path, key: Option<String>) -> ConfigError {
+    e.set_input(None);
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_col(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    // Name the unknown key itself when serde says which one it was.
+    let mut key = key;
+    let message = e.message().trim().to_string();
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        key = Some(match key {
+            Some(k) if !k.ends_with(unknown) => format!("{k}.{unknown}"),
+            Some(k) => k,
+            None => unknown.to_string(),
+        });
+    }
+    ConfigError {
+        file: file.display().to_string(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[stack]
+name = "shop"
+min-free-space = "2GiB"
+
+[repository]
+path = "/var/backups/shop"
+password-file = "shop.key"
+
+[postgres.main]
+url = "postgres://shop:s3cret@127.0.0.1:5432/shop"
+
+[redis.cache]
+url = "redis://127.0.0.1:6379/0"
+role = "cache"
+
+[docker]
+images = ["shop-web:latest"]
+volumes = ["shop_uploads"]
+
+[git]
+path = "."
+
+[paths.media]
+path = "/srv/shop/media"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.stack.name.0, "shop");
+        assert_eq!(c.min_free_space(), 2 << 30);
+        assert_eq!(c.redis["cache"].role, RedisRole::Cache);
+        assert_eq!(c.docker.unwrap().volumes, vec!["shop_uploads"]);
+    }
+
+    #[test]
+    fn redacted_config_holds_no_password() {
+        let c = parse(GOOD).unwrap();
+        let t = c.redacted_toml();
+        assert!(!t.contains("s3cret"), "{t}");
+        assert!(t.contains("postgres://shop:***@127.0.0.1:5432/shop"), "{t}");
+        // and it parses back
+        parse(&t).unwrap();
+    }
+
+    #[test]
+    fn unknown_nested_key_names_key_and_line() {
+        let text = GOOD.replace("role = \"cache\"", "role = \"cache\"\nttl = 5");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("redis.cache.ttl"), "{e}");
+        assert_eq!(e.line, Some(16), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = GOOD.replace("path = \".\"", "path = 5");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("git.path"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = parse(GOOD).unwrap();
+        let env: Env = [
+            ("DATABASE_URL", "postgres://other@db:5433/x"),
+            ("STACK_BACKUP_REPOSITORY", "opendal:s3"),
+            ("REDIS_URL", "redis://127.0.0.1:6380/1"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        c.apply_env(&env).unwrap();
+        assert_eq!(
+            c.postgres["main"].url.expose(),
+            "postgres://other@db:5433/x"
+        );
+        assert_eq!(c.repository.url.as_deref(), Some("opendal:s3"));
+        assert!(c.repository.path.is_none());
+        assert_eq!(c.redis["cache"].url.expose(), "redis://127.0.0.1:6380/1");
+    }
+
+    #[test]
+    fn bad_env_url_names_variable() {
+        let mut c = parse(GOOD).unwrap();
+        let env: Env = [("STACK_BACKUP_POSTGRES_MAIN_URL", "mysql://x")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let e = c.apply_env(&env).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("STACK_BACKUP_POSTGRES_MAIN_URL"));
+    }
+
+    #[test]
+    fn url_detection() {
+        assert!(looks_like_url("opendal:s3"));
+        assert!(looks_like_url("s3:http://127.0.0.1:9000/b"));
+        assert!(!looks_like_url("/var/backups/x"));
+        assert!(!looks_like_url("relative/dir"));
+    }
+}

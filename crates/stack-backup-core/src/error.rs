@@ -1,0 +1,142 @@
+//! Typed errors of the library and the exit code each maps to.
+//!
+//! Every error says what failed and, where it helps, what to do. No variant
+//! ever carries a secret: callers redact URLs before building one
+//! (see [`crate::secret::redact_url`]).
+
+use std::path::PathBuf;
+
+/// The process exit codes of `stack-backup`; documented in the README.
+///
+/// Scripts rely on these numbers: never renumber an existing code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Everything worked.
+    Success = 0,
+    /// Any failure not covered below (a component failed, I/O error, …).
+    Failure = 1,
+    /// Bad command line or bad / unreadable configuration.
+    Usage = 2,
+    /// A checksum, repository check or post-restore verification failed.
+    Verification = 3,
+    /// The tool refused to act to keep data safe (not enough disk, not
+    /// confirmed, would overwrite something).
+    SafetyRefusal = 4,
+    /// Another stack-backup process holds the repository lock.
+    Locked = 5,
+    /// `doctor` found a component or the repository not ready.
+    NotReady = 6,
+}
+
+impl ExitCode {
+    /// The numeric process exit code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// A library error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read or is invalid.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+
+    /// Something about the repository failed (open, init, read, write).
+    #[error("repository {location}: {message}")]
+    Repository {
+        /// Where the repository is (path or redacted URL).
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// `init` found a repository already there; it never overwrites one.
+    #[error("a repository already exists at {0}; refusing to overwrite it (use it as it is, or choose another path)")]
+    RepositoryExists(String),
+
+    /// Another process holds the repository lock.
+    #[error("repository {location} is locked by another stack-backup process (lock file {lock})")]
+    Locked {
+        /// Where the repository is.
+        location: String,
+        /// The lock file held by the other process.
+        lock: PathBuf,
+    },
+
+    /// No repository password could be found.
+    #[error("no repository password: set STACK_BACKUP_PASSWORD, or `password-file` / `password-command` in [repository]")]
+    NoPassword,
+
+    /// Reading the repository password failed.
+    #[error("reading the repository password failed: {0}")]
+    Password(String),
+
+    /// No backup set with that name or id.
+    #[error("no backup set named `{0}` in the repository (see `stack-backup list`)")]
+    NotFound(String),
+
+    /// The tool refused to act to keep data safe.
+    #[error("{0}")]
+    Refused(String),
+
+    /// A verification failed (checksum, repository check).
+    #[error("verification failed: {0}")]
+    Verification(String),
+
+    /// A component (database, Redis, Docker, …) failed.
+    #[error("{component}: {message}")]
+    Component {
+        /// The component, e.g. `postgres.main`.
+        component: String,
+        /// What went wrong, and what to do.
+        message: String,
+    },
+
+    /// Plain I/O with the path it concerned.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "writing".
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The exit code this error maps to.
+    #[must_use]
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Config(_) | Self::NoPassword => ExitCode::Usage,
+            Self::Verification(_) => ExitCode::Verification,
+            Self::Refused(_) | Self::RepositoryExists(_) => ExitCode::SafetyRefusal,
+            Self::Locked { .. } => ExitCode::Locked,
+            _ => ExitCode::Failure,
+        }
+    }
+
+    /// Builds an [`Error::Io`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Component`].
+    pub fn component(component: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Component {
+            component: component.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Result with the library [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,24 @@
+//! stack-backup's library: the stack model, configuration, the
+//! restic-format repository, the components and the checks.
+//!
+//! The `stack-backup` binary parses arguments and renders output; every
+//! decision lives here.
+
+pub mod config;
+pub mod disk;
+pub mod docker;
+pub mod doctor;
+pub mod error;
+pub mod git;
+pub mod init;
+pub mod lock;
+pub mod postgres;
+pub mod process;
+pub mod redis;
+pub mod repository;
+pub mod secret;
+pub mod sets;
+pub mod tiers;
+
+pub use config::Config;
+pub use error::{Error, ExitCode, Result};

@@ -1,0 +1,306 @@
+//! The restic-format repository, through `rustic_core` and `rustic_backend`.
+//!
+//! The repository is the only durable store of stack-backup: everything else
+//! (cache, lock files) can be deleted at any time. Stock `restic` can read
+//! every repository this module creates (format version 2).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rustic_backend::BackendOptions;
+use rustic_core::{
+    ConfigOptions, Credentials, KeyOptions, OpenStatus, Repository, RepositoryBackends,
+    RepositoryOptions,
+};
+
+use crate::config::{Config, Env};
+use crate::error::{Error, Result};
+
+/// An open repository (keys read, no index loaded).
+pub type OpenRepo = Repository<OpenStatus>;
+
+/// Where the repository is, as shown to users (never holds a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local directory.
+    Local(PathBuf),
+    /// A remote repository in `rustic_backend` notation.
+    Remote(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(p) => write!(f, "{}", p.display()),
+            Self::Remote(u) => write!(f, "{}", crate::secret::redact_url(u)),
+        }
+    }
+}
+
+impl Location {
+    /// The repository location of a validated config.
+    #[must_use]
+    pub fn of(cfg: &Config) -> Self {
+        match (&cfg.repository.path, &cfg.repository.url) {
+            (Some(p), _) => Self::Local(p.clone()),
+            (None, Some(u)) => Self::Remote(u.clone()),
+            (None, None) => Self::Local(PathBuf::from(".")),
+        }
+    }
+
+    fn backend_string(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Remote(u) => u.clone(),
+        }
+    }
+
+    /// The local directory, for a local repository.
+    #[must_use]
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Self::Local(p) => Some(p),
+            Self::Remote(_) => None,
+        }
+    }
+}
+
+/// Where the repository password comes from, in order of precedence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `STACK_BACKUP_PASSWORD`.
+    Env,
+    /// `password-file` (or `STACK_BACKUP_PASSWORD_FILE`).
+    File(PathBuf),
+    /// `password-command`, run without a shell.
+    Command(String),
+}
+
+impl PasswordSource {
+    /// The source the config and environment select, if any.
+    #[must_use]
+    pub fn select(cfg: &Config, env: &Env) -> Option<Self> {
+        if env
+            .get("STACK_BACKUP_PASSWORD")
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Some(Self::Env);
+        }
+        if let Some(f) = &cfg.repository.password_file {
+            return Some(Self::File(f.clone()));
+        }
+        cfg.repository
+            .password_command
+            .as_ref()
+            .map(|c| Self::Command(c.clone()))
+    }
+
+    /// Reads the password. Error messages never include it.
+    pub fn read(&self, env: &Env) -> Result<String> {
+        let pw = match self {
+            Self::Env => env
+                .get("STACK_BACKUP_PASSWORD")
+                .cloned()
+                .unwrap_or_default(),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Password(format!("cannot read password file {}: {e}", path.display()))
+                })?;
+                text.lines().next().unwrap_or_default().to_string()
+            }
+            Self::Command(cmd) => {
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                let (prog, args) = words
+                    .split_first()
+                    .ok_or_else(|| Error::Password("password-command is empty".into()))?;
+                let mut child = Command::new(prog)
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| {
+                        Error::Password(format!("cannot run password-command `{prog}`: {e}"))
+                    })?;
+                let mut out = String::new();
+                if let Some(mut so) = child.stdout.take() {
+                    so.read_to_string(&mut out).map_err(|e| {
+                        Error::Password(format!("reading password-command output: {e}"))
+                    })?;
+                }
+                let status = child
+                    .wait()
+                    .map_err(|e| Error::Password(format!("password-command: {e}")))?;
+                if !status.success() {
+                    return Err(Error::Password(format!(
+                        "password-command `{prog}` failed: {status}"
+                    )));
+                }
+                out.lines().next().unwrap_or_default().to_string()
+            }
+        };
+        if pw.is_empty() {
+            return Err(Error::Password(format!(
+                "the password from {self} is empty"
+            )));
+        }
+        Ok(pw)
+    }
+}
+
+impl std::fmt::Display for PasswordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env => write!(f, "STACK_BACKUP_PASSWORD"),
+            Self::File(p) => write!(f, "password file {}", p.display()),
+            Self::Command(c) => write!(f, "password-command `{c}`"),
+        }
+    }
+}
+
+/// Reads the repository password from the selected source.
+pub fn password(cfg: &Config, env: &Env) -> Result<String> {
+    PasswordSource::select(cfg, env)
+        .ok_or(Error::NoPassword)?
+        .read(env)
+}
+
+fn repo_err(loc: &Location, e: impl std::fmt::Display) -> Error {
+    Error::Repository {
+        location: loc.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn backends(loc: &Location) -> Result<RepositoryBackends> {
+    BackendOptions::default()
+        .repository(loc.backend_string())
+        .to_backends()
+        .map_err(|e| repo_err(loc, e.display_log()))
+}
+
+fn repo_options(cfg: &Config, loc: &Location) -> RepositoryOptions {
+    let mut opts = RepositoryOptions::default();
+    match loc {
+        // A local repository is as fast as a cache; don't keep a second copy.
+        Location::Local(_) => opts.no_cache = true,
+        Location::Remote(_) => opts.cache_dir = cfg.repository.cache_dir.clone(),
+    }
+    opts
+}
+
+fn unopened(cfg: &Config) -> Result<(Location, Repository<()>)> {
+    let loc = Location::of(cfg);
+    let be = backends(&loc)?;
+    let repo = Repository::new(&repo_options(cfg, &loc), &be)
+        .map_err(|e| repo_err(&loc, e.display_log()))?;
+    Ok((loc, repo))
+}
+
+/// True when a repository (its `config` file) exists at the location.
+pub fn exists(cfg: &Config) -> Result<bool> {
+    let loc = Location::of(cfg);
+    if let Location::Local(p) = &loc {
+        // Don't let the local backend create directories just to look.
+        if !p.join("config").exists() {
+            return Ok(false);
+        }
+    }
+    let (loc, repo) = unopened(cfg)?;
+    Ok(repo
+        .config_id()
+        .map_err(|e| repo_err(&loc, e.display_log()))?
+        .is_some())
+}
+
+/// Creates a new repository (restic format version 2). Refuses with
+/// [`Error::RepositoryExists`] when one is there; never overwrites.
+pub fn init(cfg: &Config, password: &str) -> Result<OpenRepo> {
+    let loc = Location::of(cfg);
+    if exists(cfg)? {
+        return Err(Error::RepositoryExists(loc.to_string()));
+    }
+    if let Location::Local(p) = &loc {
+        if p.exists()
+            && std::fs::read_dir(p)
+                .map_err(|e| Error::io("reading", p, e))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::Refused(format!(
+                "{} exists and is not empty, but is not a repository; refusing to write into it",
+                p.display()
+            )));
+        }
+    }
+    let (loc, repo) = unopened(cfg)?;
+    let config_opts = ConfigOptions::default().set_version(2u32);
+    repo.init(
+        &Credentials::password(password),
+        &KeyOptions::default(),
+        &config_opts,
+    )
+    .map_err(|e| repo_err(&loc, e.display_log()))
+}
+
+/// Opens an existing repository. A wrong password and a missing repository
+/// are distinct, clear errors.
+pub fn open(cfg: &Config, password: &str) -> Result<OpenRepo> {
+    let loc = Location::of(cfg);
+    if !exists(cfg)? {
+        return Err(repo_err(
+            &loc,
+            "no repository here; create one with `stack-backup init`",
+        ));
+    }
+    let (loc, repo) = unopened(cfg)?;
+    repo.open(&Credentials::password(password)).map_err(|e| {
+        if e.is_incorrect_password() {
+            repo_err(
+                &loc,
+                "the password does not open this repository (no key matches)",
+            )
+        } else {
+            repo_err(&loc, e.display_log())
+        }
+    })
+}
+
+/// Opens the repository named by the config, reading the password.
+pub fn open_from(cfg: &Config, env: &Env) -> Result<OpenRepo> {
+    open(cfg, &password(cfg, env)?)
+}
+
+/// Generates a strong random repository password (32 random bytes, hex).
+pub fn generate_password() -> Result<String> {
+    let mut buf = [0u8; 32];
+    getrandom::fill(&mut buf).map_err(|e| Error::Password(format!("no randomness: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+/// Writes a new password file with mode 0600, refusing to replace one.
+pub fn write_password_file(path: &Path, password: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Refused(format!(
+                    "password file {} already exists; refusing to overwrite it",
+                    path.display()
+                ))
+            } else {
+                Error::io("creating", path, e)
+            }
+        })?;
+    f.write_all(format!("{password}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("writing", path, e))
+}

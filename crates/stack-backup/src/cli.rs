@@ -1,0 +1,81 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Back up and restore a whole self-hosted application stack as one
+/// verified unit.
+///
+/// Exit codes: 0 success, 1 failure, 2 usage or config error,
+/// 3 verification failed, 4 refused for safety, 5 repository locked,
+/// 6 not ready (doctor).
+#[derive(Debug, Parser)]
+#[command(name = "stack-backup", version, about, long_about)]
+pub struct Cli {
+    /// Config file [default: ./stack-backup.toml]
+    #[arg(long, global = true, env = "STACK_BACKUP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// No progress bars, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the repository (and a starter config when there is none).
+    Init(InitArgs),
+    /// Check the config, every component, tool versions and free space.
+    Doctor,
+    /// List backup sets.
+    List(ListArgs),
+    /// Show a backup set's MANIFEST.md.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Repository directory for a new config [default: /var/backups/<stack>].
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Stack name for a new config [default: the directory's name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Generate a strong repository password and store it (mode 0600).
+    #[arg(long)]
+    pub generate_password: bool,
+    /// Where to store a generated password
+    /// [default: the config's password-file, or ~/.config/stack-backup/<stack>.key].
+    #[arg(long, value_name = "FILE", requires = "generate_password")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sets of this tier (data, backups, immaculate, sacred, pre-restore).
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<stack_backup_core::tiers::Tier>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Backup set name, snapshot id (prefix) or `latest`.
+    #[arg(default_value = "latest")]
+    pub name: String,
+}

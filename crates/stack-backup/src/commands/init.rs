@@ -1,0 +1,148 @@
+//! `init`: create the repository, and a starter config when there is none.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use stack_backup_core::config::{validate_name, Config, Env};
+use stack_backup_core::lock::RepoLock;
+use stack_backup_core::repository::{self, Location, PasswordSource};
+use stack_backup_core::{init, Error, ExitCode};
+
+use super::{config_path, ctx, load_config_at};
+use crate::cli::{Cli, InitArgs};
+use crate::output::Output;
+
+pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    let path = config_path(cli);
+    let created_config = !path.exists();
+    let cfg = if created_config {
+        new_config(&path, args, env)?
+    } else {
+        if args.repo.is_some() || args.name.is_some() {
+            out.warn(format!(
+                "{} exists; --repo and --name only shape a new config and are ignored",
+                path.display()
+            ));
+        }
+        load_config_at(&path, env)?
+    };
+    let loc = Location::of(&cfg);
+    let _lock = ctx(RepoLock::acquire(&loc), "locking the repository")?;
+    if ctx(repository::exists(&cfg), "looking for a repository")? {
+        return Err(Error::RepositoryExists(loc.to_string()).into());
+    }
+
+    let mut generated = None;
+    let password = if args.generate_password {
+        let file = args
+            .password_file
+            .clone()
+            .or_else(|| cfg.repository.password_file.clone())
+            .unwrap_or_else(|| {
+                init::default_password_file(
+                    &cfg.stack.name.0,
+                    path.parent().unwrap_or(Path::new(".")),
+                    env,
+                )
+            });
+        let pw = ctx(repository::generate_password(), "generating a password")?;
+        ctx(
+            repository::write_password_file(&file, &pw),
+            "storing the password",
+        )?;
+        generated = Some(file);
+        pw
+    } else {
+        ctx(
+            repository::password(&cfg, env),
+            "reading the repository password",
+        )?
+    };
+
+    let repo = repository::init(&cfg, &password);
+    if let (Err(_), Some(file)) = (&repo, &generated) {
+        // Nothing was created with it: don't leave a password for no repository.
+        let _ = std::fs::remove_file(file);
+    }
+    let repo = ctx(repo, "creating the repository")?;
+    let repo_id = repo.config().id.to_string();
+
+    out.json(&serde_json::json!({
+        "repository": loc.to_string(),
+        "repository_id": repo_id,
+        "format_version": repo.config().version,
+        "config": path.display().to_string(),
+        "config_created": created_config,
+        "password_file": generated.as_ref().map(|p| p.display().to_string()),
+        "password_generated": generated.is_some(),
+    }));
+    if created_config {
+        out.say(format!("wrote starter config {}", path.display()));
+    }
+    out.say(format!(
+        "created restic repository (format v{}) at {loc}, id {}",
+        repo.config().version,
+        &repo_id[..repo_id.len().min(10)]
+    ));
+    if let Some(file) = &generated {
+        out.say(format!(
+            "stored a new repository password in {} (mode 0600)",
+            file.display()
+        ));
+        eprintln!(
+            "IMPORTANT: this password is the only key to your backups. If it is lost, \
+             every backup in {loc} is lost with it. Copy it somewhere safe, off this machine."
+        );
+        if cfg.repository.password_file.as_deref() != Some(file.as_path())
+            && PasswordSource::select(&cfg, env).is_none()
+        {
+            out.warn(format!(
+                "{} does not name this password file; add `password-file = \"{}\"` to [repository]",
+                path.display(),
+                file.display()
+            ));
+        }
+    }
+    out.say("next: `stack-backup doctor` checks that every component is reachable");
+    Ok(ExitCode::Success)
+}
+
+/// Writes a starter config at `path` (never over an existing file) and
+/// loads it back.
+fn new_config(path: &Path, args: &InitArgs, env: &Env) -> anyhow::Result<Config> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut found = init::discover(&dir, env);
+    if let Some(name) = &args.name {
+        validate_name(name).map_err(|m| Error::Refused(format!("--name: {m}")))?;
+        found.stack_name = name.clone();
+    }
+    let repo = args
+        .repo
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/backups").join(&found.stack_name));
+    let password_file = if args.generate_password {
+        Some(
+            args.password_file
+                .clone()
+                .unwrap_or_else(|| init::default_password_file(&found.stack_name, &dir, env)),
+        )
+    } else {
+        None
+    };
+    if password_file.is_none() && !env.contains_key("STACK_BACKUP_PASSWORD") {
+        return Err(Error::NoPassword).context(
+            "a new repository needs a password: pass --generate-password, or set STACK_BACKUP_PASSWORD",
+        );
+    }
+    let text = init::starter_config(&found, &repo, password_file.as_deref());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))?;
+    load_config_at(path, env)
+}

@@ -1,0 +1,70 @@
+//! One module per command.
+
+mod doctor;
+mod init;
+mod list;
+mod show;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use stack_backup_core::config::{Config, Env, DEFAULT_FILE};
+use stack_backup_core::{Error, ExitCode};
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+
+/// Runs the chosen command; its `Ok` is the exit code (doctor may report
+/// "not ready" without an error).
+pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
+    let env: Env = std::env::vars().collect();
+    match &cli.command {
+        Command::Init(args) => init::run(cli, args, &env, out),
+        Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
+        Command::List(args) => list::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Show(args) => show::run(&load_config(cli, &env)?, args, &env, out),
+    }
+}
+
+/// The config path: `--config`, `STACK_BACKUP_CONFIG`, or `./stack-backup.toml`.
+pub fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE))
+}
+
+/// Loads the config and applies environment overrides.
+pub fn load_config(cli: &Cli, env: &Env) -> anyhow::Result<Config> {
+    let path = config_path(cli);
+    load_config_at(&path, env)
+}
+
+pub fn load_config_at(path: &Path, env: &Env) -> anyhow::Result<Config> {
+    if !path.exists() {
+        return Err(Error::Config(stack_backup_core::config::ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            column: None,
+            key: None,
+            message: "no such file; run `stack-backup init` to create one, or pass --config FILE"
+                .into(),
+        })
+        .into());
+    }
+    let mut cfg = Config::load(path).map_err(Error::from)?;
+    cfg.apply_env(env).map_err(Error::from)?;
+    Ok(cfg)
+}
+
+/// The exit code for an error: the library's classification when the
+/// error (or its cause) is a library error, else "failure".
+pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Error>())
+        .map_or(ExitCode::Failure, Error::exit_code)
+}
+
+/// Wraps a library result with a short context line.
+pub fn ctx<T>(r: stack_backup_core::Result<T>, what: &str) -> anyhow::Result<T> {
+    r.map_err(anyhow::Error::from).context(what.to_string())
+}

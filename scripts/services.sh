@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs (on a fresh Debian machine, as root) and starts what stack-backup's
+# tests and demo need: PostgreSQL, Redis, a Docker Engine, restic, and a tiny
+# local base image. Safe to run again: it reuses what is already there.
+# Sourced by scripts/test.sh and scripts/demo.sh; exports SB_TEST_* variables.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+SB_PG_USER=${SB_PG_USER:-stackbackup}
+# A throwaway password for the local test role; it protects nothing real.
+SB_PG_PASSWORD=${SB_PG_PASSWORD:-sbtest-pw}
+SB_PG_PORT=${SB_PG_PORT:-5432}
+SB_REDIS_PORT=${SB_REDIS_PORT:-6379}
+SB_BASE_IMAGE=${SB_BASE_IMAGE:-stack-backup-test-base:latest}
+
+need_pkgs=()
+command -v pg_lsclusters >/dev/null 2>&1 || need_pkgs+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+command -v restic >/dev/null 2>&1 || need_pkgs+=(restic)
+command -v git >/dev/null 2>&1 || need_pkgs+=(git)
+command -v sha256sum >/dev/null 2>&1 || need_pkgs+=(coreutils)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+wait_for() { # wait_for WHAT SECONDS CMD...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq 1 "$secs"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  log "$what did not come up within ${secs}s"; return 1
+}
+
+# --- PostgreSQL ---------------------------------------------------------
+if ! pg_isready -q -h 127.0.0.1 -p "$SB_PG_PORT" 2>/dev/null; then
+  if ! pg_lsclusters -h | grep -q .; then
+    ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+    log "creating PostgreSQL $ver cluster"
+    pg_createcluster "$ver" main --port "$SB_PG_PORT" >/dev/null
+  fi
+  read -r ver name _ < <(pg_lsclusters -h | head -1)
+  log "starting PostgreSQL $ver/$name"
+  pg_ctlcluster "$ver" "$name" start || true
+  wait_for PostgreSQL 60 pg_isready -q -h 127.0.0.1 -p "$SB_PG_PORT"
+fi
+runuser -u postgres -- psql -q -p "$SB_PG_PORT" -v ON_ERROR_STOP=1 >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$SB_PG_USER') THEN
+    CREATE ROLE $SB_PG_USER LOGIN SUPERUSER PASSWORD '$SB_PG_PASSWORD';
+  END IF;
+END \$\$;
+SQL
+
+# --- Redis ---------------------------------------------------------------
+if ! redis-cli -p "$SB_REDIS_PORT" ping >/dev/null 2>&1; then
+  log "starting Redis on port $SB_REDIS_PORT"
+  mkdir -p /var/lib/redis
+  redis-server --port "$SB_REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
+    --dir /var/lib/redis --logfile /var/log/redis-stack-backup.log >/dev/null
+  wait_for Redis 30 redis-cli -p "$SB_REDIS_PORT" ping
+fi
+
+# --- Docker Engine -------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  (setsid dockerd >/var/log/dockerd-stack-backup.log 2>&1 &)
+  wait_for "Docker Engine" 90 docker info
+fi
+if ! docker image inspect "$SB_BASE_IMAGE" >/dev/null 2>&1; then
+  log "importing base image $SB_BASE_IMAGE from busybox-static"
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/data"
+  cp /bin/busybox "$root/bin/busybox"
+  for a in sh ls cat echo sleep true mkdir rm cp sha256sum tar; do ln -s busybox "$root/bin/$a"; done
+  tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' - "$SB_BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+fi
+
+export SB_TEST_PG_URL="postgres://$SB_PG_USER:$SB_PG_PASSWORD@127.0.0.1:$SB_PG_PORT/postgres"
+export SB_TEST_REDIS_URL="redis://127.0.0.1:$SB_REDIS_PORT/0"
+export SB_TEST_BASE_IMAGE="$SB_BASE_IMAGE"
+log "PostgreSQL, Redis and Docker Engine are up"
