@@ -627,6 +627,14 @@ fn toml_error(mut e: toml::de::Error, text: &str, file: &Path, key: Option<Strin
             None => unknown.to_string(),
         });
     }
+    // A syntax error names no key: show the line it is on instead.
+    let message = match (&key, line) {
+        (None, Some(l)) => match text.lines().nth(l - 1).map(str::trim) {
+            Some(src) if !src.is_empty() => format!("{message} (in `{src}`)"),
+            _ => message,
+        },
+        _ => message,
+    };
     ConfigError {
         file: file.display().to_string(),
         line,

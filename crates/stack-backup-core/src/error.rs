@@ -41,7 +41,7 @@ impl ExitCode {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration file could not be read or is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 
     /// Something about the repository failed (open, init, read, write).
@@ -96,14 +96,14 @@ pub enum Error {
     },
 
     /// Plain I/O with the path it concerned.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done, e.g. "writing".
         action: &'static str,
         /// The path.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -125,7 +125,7 @@ impl Error {
         Self::Io {
             action,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -135,7 +135,7 @@ fn candidates(tool: &str) -> Vec<PathBuf> {
         })
         .filter(|(_, p)| p.exists())
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     let mut out: Vec<PathBuf> = dirs.into_iter().map(|(_, p)| p).collect();
     if let Some(path) = std::env::var_os("PATH") {
         out.extend(

@@ -68,8 +68,8 @@ impl BackupSet {
             .and_then(|d| serde_json::from_str(d).ok())
             .unwrap_or_default();
         Some(Self {
-            name: value("name:").unwrap_or_else(|| snap.id.to_string()),
-            id: snap.id.to_string(),
+            name: value("name:").unwrap_or_else(|| snap.id.to_hex().to_string()),
+            id: snap.id.to_hex().to_string(),
             tier,
             stack: value("stack:").unwrap_or_default(),
             time: snap.time.timestamp().to_string(),

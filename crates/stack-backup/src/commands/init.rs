@@ -65,7 +65,7 @@ pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Resul
         let _ = std::fs::remove_file(file);
     }
     let repo = ctx(repo, "creating the repository")?;
-    let repo_id = repo.config().id.to_string();
+    let repo_id = repo.config().id.to_hex().to_string();
 
     out.json(&serde_json::json!({
         "repository": loc.to_string(),

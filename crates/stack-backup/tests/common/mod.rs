@@ -1,0 +1,396 @@
+//! Helpers for integration tests against the real services started by
+//! `scripts/services.sh`: PostgreSQL, Redis, Docker Engine, restic.
+//!
+//! Every resource a test creates has a unique name and is removed when its
+//! guard drops. Tests fail (they do not skip) when a service is missing.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The repository password used by test sandboxes.
+pub const PASSWORD: &str = "test-repo-password-1234";
+
+/// A unique lowercase name for a throwaway resource.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The `stack-backup` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stack-backup"))
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with everything printed unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// A directory with a config, a repository path and a clean environment.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            env: vec![("STACK_BACKUP_PASSWORD".into(), PASSWORD.into())],
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path().join("repo")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path().join("stack-backup.toml")
+    }
+
+    /// Writes `stack-backup.toml` with `[stack]`, `[repository]` and `extra`.
+    pub fn write_config(&self, stack: &str, extra: &str) {
+        let text = format!(
+            "[stack]\nname = \"{stack}\"\nmin-free-space = \"1MiB\"\n\n[repository]\npath = \"{}\"\n\n{extra}",
+            self.repo().display()
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// Runs the binary in the sandbox with its environment only.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("TMPDIR", std::env::temp_dir())
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        Run::from(cmd.output().expect("running stack-backup"))
+    }
+
+    /// `init` and assert it worked.
+    pub fn init(&self) {
+        self.run(&["init"]).expect_code(0);
+    }
+}
+
+/// Runs stock `restic` on a repository with the test password.
+pub fn restic(repo: &Path, args: &[&str]) -> Run {
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(repo)
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .env(
+            "RESTIC_CACHE_DIR",
+            std::env::temp_dir().join("restic-test-cache"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("restic is installed (scripts/services.sh installs it)");
+    Run::from(out)
+}
+
+// --- PostgreSQL -------------------------------------------------------------
+
+/// The admin URL of the test server (a superuser role with a password).
+pub fn pg_admin_url() -> String {
+    std::env::var("SB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://stackbackup:sbtest-pw@127.0.0.1:5432/postgres".into())
+}
+
+/// `pg_admin_url` pointed at another database.
+pub fn pg_url(db: &str) -> String {
+    let admin = pg_admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{db}")
+}
+
+pub fn pg_client(db: &str) -> postgres::Client {
+    postgres::Client::connect(&pg_url(db), postgres::NoTls).unwrap_or_else(|e| {
+        panic!("PostgreSQL is not reachable for tests ({e}); run scripts/services.sh")
+    })
+}
+
+/// A throwaway database, dropped on drop.
+pub struct TempDb {
+    pub name: String,
+}
+
+impl TempDb {
+    pub fn new() -> Self {
+        let name = unique("sbt");
+        pg_client("postgres")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        Self { name }
+    }
+
+    pub fn url(&self) -> String {
+        pg_url(&self.name)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        pg_client(&self.name)
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&pg_url("postgres"), postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+// --- Redis --------------------------------------------------------------------
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `redis-server` on its own port and directory, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh)");
+        let s = Self {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = s.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    /// Stops the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// --- Docker -----------------------------------------------------------------------
+
+pub fn docker(args: &[&str]) -> Run {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker CLI is installed");
+    Run::from(out)
+}
+
+/// The local base image made by `scripts/services.sh` (`docker import` of
+/// busybox-static; no registry involved).
+pub fn base_image() -> String {
+    std::env::var("SB_TEST_BASE_IMAGE").unwrap_or_else(|_| "stack-backup-test-base:latest".into())
+}
+
+/// A throwaway image built on the base image, removed on drop.
+pub struct TempImage {
+    pub reference: String,
+}
+
+impl TempImage {
+    /// Builds an image with `/payload` holding `content`.
+    pub fn build(content: &str) -> Self {
+        let name = unique("sbt-img");
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(ctx.path().join("payload"), content).unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {}\nCOPY payload /payload\n", base_image()),
+        )
+        .unwrap();
+        let reference = format!("{name}:latest");
+        docker(&[
+            "build",
+            "-q",
+            "-t",
+            &reference,
+            &ctx.path().to_string_lossy(),
+        ])
+        .expect_code(0);
+        Self { reference }
+    }
+
+    pub fn id(&self) -> String {
+        docker(&["image", "inspect", "--format", "{{.Id}}", &self.reference])
+            .expect_code(0)
+            .stdout
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = docker(&["image", "rm", "-f", &self.reference]);
+    }
+}
+
+/// A throwaway named volume, removed on drop.
+pub struct TempVolume {
+    pub name: String,
+}
+
+impl TempVolume {
+    pub fn new() -> Self {
+        let name = unique("sbt-vol");
+        docker(&["volume", "create", &name]).expect_code(0);
+        Self { name }
+    }
+
+    pub fn mountpoint(&self) -> PathBuf {
+        PathBuf::from(
+            docker(&[
+                "volume",
+                "inspect",
+                "--format",
+                "{{.Mountpoint}}",
+                &self.name,
+            ])
+            .expect_code(0)
+            .stdout
+            .trim(),
+        )
+    }
+}
+
+impl Drop for TempVolume {
+    fn drop(&mut self) {
+        let _ = docker(&["volume", "rm", "-f", &self.name]);
+    }
+}
+
+// --- git ------------------------------------------------------------------------------
+
+/// Makes `dir` a git repository with one commit; returns the commit id.
+pub fn git_repo(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("app.py"), "print('hi')\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    git(&["rev-parse", "HEAD"])
+}

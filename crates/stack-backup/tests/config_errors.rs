@@ -1,0 +1,228 @@
+//! Bad configuration: every case exits with the config-error code (2) and a
+//! message that names the file, the key and, where there is one, the line.
+
+mod common;
+
+use common::Sandbox;
+
+const BASE: &str = r#"[stack]
+name = "shop"
+
+[repository]
+path = "/tmp/never-created-repo"
+
+[postgres.main]
+url = "postgres://shop@127.0.0.1:5432/shop"
+
+[redis.cache]
+url = "redis://127.0.0.1:6379/0"
+role = "cache"
+
+[docker]
+images = ["shop-web:latest"]
+"#;
+
+struct Case {
+    what: &'static str,
+    /// (from, to) replacement applied to BASE
+    edit: (&'static str, &'static str),
+    key: &'static str,
+    line: Option<usize>,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        what: "unknown top-level table",
+        edit: ("[docker]", "[dokcer]"),
+        key: "dokcer",
+        line: Some(14),
+    },
+    Case {
+        what: "unknown key in [stack]",
+        edit: ("name = \"shop\"", "name = \"shop\"\nnmae = \"x\""),
+        key: "stack.nmae",
+        line: Some(3),
+    },
+    Case {
+        what: "wrong type",
+        edit: ("name = \"shop\"", "name = \"shop\"\nmin-free-space = true"),
+        key: "stack.min-free-space",
+        line: Some(3),
+    },
+    Case {
+        what: "unparseable size",
+        edit: (
+            "name = \"shop\"",
+            "name = \"shop\"\nmin-free-space = \"lots\"",
+        ),
+        key: "stack.min-free-space",
+        line: Some(3),
+    },
+    Case {
+        what: "missing stack name",
+        edit: ("name = \"shop\"", ""),
+        key: "stack",
+        line: Some(1),
+    },
+    Case {
+        what: "invalid stack name",
+        edit: ("name = \"shop\"", "name = \"my shop!\""),
+        key: "stack.name",
+        line: Some(2),
+    },
+    Case {
+        what: "TOML syntax error",
+        edit: ("name = \"shop\"", "name = \"shop"),
+        key: "",
+        line: Some(2),
+    },
+    Case {
+        what: "repository without path or url",
+        edit: ("path = \"/tmp/never-created-repo\"", ""),
+        key: "repository.path",
+        line: None,
+    },
+    Case {
+        what: "non-postgres URL",
+        edit: ("postgres://shop@", "mysql://shop@"),
+        key: "postgres.main.url",
+        line: Some(8),
+    },
+    Case {
+        what: "unknown redis role",
+        edit: ("role = \"cache\"", "role = \"persistent\""),
+        key: "redis.cache.role",
+        line: Some(12),
+    },
+    Case {
+        what: "images not a list",
+        edit: ("images = [\"shop-web:latest\"]", "images = \"shop-web\""),
+        key: "docker.images",
+        line: Some(15),
+    },
+    Case {
+        what: "unknown key in a component",
+        edit: ("role = \"cache\"", "role = \"cache\"\nttl = 60"),
+        key: "redis.cache.ttl",
+        line: Some(13),
+    },
+    Case {
+        what: "repository with both path and url",
+        edit: (
+            "path = \"/tmp/never-created-repo\"",
+            "path = \"/tmp/x\"\nurl = \"opendal:memory\"",
+        ),
+        key: "repository.url",
+        line: None,
+    },
+];
+
+#[test]
+fn every_bad_config_names_key_and_line_and_exits_2() {
+    assert!(CASES.len() >= 8);
+    for case in CASES {
+        let sb = Sandbox::new();
+        let text = BASE.replacen(case.edit.0, case.edit.1, 1);
+        assert_ne!(text, BASE, "case `{}` changed nothing", case.what);
+        std::fs::write(sb.config(), &text).unwrap();
+        for cmd in [&["doctor"][..], &["list"][..]] {
+            let r = sb.run(cmd);
+            assert_eq!(
+                r.code, 2,
+                "case `{}` ({cmd:?}): exit {}\n{}",
+                case.what, r.code, r.stderr
+            );
+            assert!(
+                !r.stderr.contains("panicked"),
+                "case `{}` panicked: {}",
+                case.what,
+                r.stderr
+            );
+            assert!(
+                r.stderr.contains("stack-backup.toml"),
+                "case `{}`: file not named: {}",
+                case.what,
+                r.stderr
+            );
+            if !case.key.is_empty() {
+                assert!(
+                    r.stderr.contains(&format!("`{}`", case.key)),
+                    "case `{}`: key `{}` not named: {}",
+                    case.what,
+                    case.key,
+                    r.stderr
+                );
+            }
+            if let Some(line) = case.line {
+                assert!(
+                    r.stderr.contains(&format!("line {line} "))
+                        || r.stderr.contains(&format!("line {line},")),
+                    "case `{}`: line {line} not named: {}",
+                    case.what,
+                    r.stderr
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn missing_and_unreadable_config_files_exit_2() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["doctor"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("stack-backup.toml") && r.stderr.contains("init"),
+        "{}",
+        r.stderr
+    );
+
+    // A directory where the file should be cannot be read (root reads any file).
+    std::fs::create_dir(sb.config()).unwrap();
+    let r = sb.run(&["doctor"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("cannot read the config file"),
+        "{}",
+        r.stderr
+    );
+
+    let r = sb.run(&["--config", "/nonexistent/dir/x.toml", "list"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("/nonexistent/dir/x.toml"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_environment_override_names_the_variable() {
+    let mut sb = Sandbox::new();
+    std::fs::write(sb.config(), BASE).unwrap();
+    sb.env.push((
+        "STACK_BACKUP_POSTGRES_MAIN_URL".into(),
+        "mysql://x@h/db".into(),
+    ));
+    let r = sb.run(&["doctor"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("`STACK_BACKUP_POSTGRES_MAIN_URL`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn json_mode_reports_config_errors_as_json() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.config(), BASE.replace("[docker]", "[dokcer]")).unwrap();
+    let r = sb.run(&["--json", "doctor"]);
+    r.expect_code(2);
+    let v = r.json();
+    assert_eq!(v["error"]["exit_code"], 2);
+    assert!(v["error"]["message"].as_str().unwrap().contains("dokcer"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let sb = Sandbox::new();
+    sb.run(&["no-such-command"]).expect_code(2);
+    sb.run(&["list", "--tier", "gold"]).expect_code(2);
+}

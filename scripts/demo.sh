@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The main job end to end on a demo stack on this machine: real PostgreSQL,
+# Redis and Docker Engine, a git repository and a directory, a local
+# repository. Safe to run again: it rebuilds the demo stack from scratch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+
+DEMO=${SB_DEMO_DIR:-/var/tmp/stack-backup-demo}
+DB=sbdemo
+REDIS_DB=5
+IMAGE=sbdemo-web:latest
+VOLUME=sbdemo_uploads
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "building stack-backup"
+cargo build --locked --quiet -p stack-backup
+SB="$PWD/target/debug/stack-backup"
+
+step "setting up the demo stack in $DEMO"
+rm -rf "$DEMO"
+mkdir -p "$DEMO/app/alembic/versions" "$DEMO/media" "$DEMO/image"
+# PostgreSQL: a database with a few tables and an Alembic revision.
+psql -q "$SB_TEST_PG_URL" -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+psql -q "${SB_TEST_PG_URL%/*}/$DB" -v ON_ERROR_STOP=1 <<'SQL'
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric(10,2), created timestamptz DEFAULT now());
+INSERT INTO customers (name, email) SELECT 'customer ' || i, 'c' || i || '@example.invalid' FROM generate_series(1, 500) i;
+INSERT INTO orders (customer_id, total) SELECT 1 + (i % 500), (i % 97) * 1.25 FROM generate_series(1, 5000) i;
+CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO alembic_version VALUES ('3f2a9c1b7d4e');
+SQL
+# Redis: a few keys in DB 5.
+redis-cli -n "$REDIS_DB" FLUSHDB >/dev/null
+for i in $(seq 1 20); do redis-cli -n "$REDIS_DB" SET "session:$i" "user-$i" >/dev/null; done
+redis-cli -n "$REDIS_DB" HSET "cart:42" apples 3 pears 5 >/dev/null
+# Docker: an image built on the local base image, and a named volume.
+echo "demo web app v1" > "$DEMO/image/index.html"
+printf 'FROM %s\nCOPY index.html /srv/index.html\nCMD ["/bin/cat", "/srv/index.html"]\n' "$SB_TEST_BASE_IMAGE" > "$DEMO/image/Dockerfile"
+docker build -q -t "$IMAGE" "$DEMO/image" >/dev/null
+docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+docker volume create "$VOLUME" >/dev/null
+docker run --rm -v "$VOLUME:/data" "$SB_TEST_BASE_IMAGE" sh -c 'echo "avatar bytes" > /data/avatar.png; mkdir -p /data/docs; echo "invoice" > /data/docs/invoice.pdf'
+# git: the application's code.
+cat > "$DEMO/app/alembic/versions/3f2a9c1b7d4e_initial.py" <<'PY'
+revision = "3f2a9c1b7d4e"
+down_revision = None
+PY
+echo "print('shop')" > "$DEMO/app/app.py"
+git -C "$DEMO/app" init -q -b main
+git -C "$DEMO/app" add .
+git -C "$DEMO/app" -c user.name=demo -c user.email=demo@example.invalid commit -q -m "demo app"
+# A plain directory.
+for i in $(seq 1 30); do echo "photo $i" > "$DEMO/media/photo-$i.jpg"; done
+
+step "writing $DEMO/stack-backup.toml"
+cat > "$DEMO/stack-backup.toml" <<TOML
+[stack]
+name = "demo"
+min-free-space = "256MiB"
+
+[repository]
+path = "$DEMO/repo"
+password-file = "$DEMO/repo.key"
+
+[postgres.main]
+url = "postgres://$SB_PG_USER@127.0.0.1:$SB_PG_PORT/$DB"
+password-file = "$DEMO/db.password"
+migrations-dir = "app/alembic/versions"
+
+[redis.cache]
+url = "redis://127.0.0.1:$SB_REDIS_PORT/$REDIS_DB"
+role = "data"
+
+[docker]
+images = ["$IMAGE"]
+volumes = ["$VOLUME"]
+
+[git]
+path = "app"
+
+[paths.media]
+path = "media"
+TOML
+umask 077; printf '%s\n' "$SB_PG_PASSWORD" > "$DEMO/db.password"; umask 022
+cd "$DEMO"
+
+step "stack-backup init --generate-password"
+"$SB" init --generate-password
+
+step "stack-backup doctor"
+"$SB" doctor
+
+step "stock restic reads the repository"
+restic -r "$DEMO/repo" --password-file "$DEMO/repo.key" snapshots
+
+step "stack-backup list"
+"$SB" list
+
+printf '\ndemo finished: config %s, repository %s\n' "$DEMO/stack-backup.toml" "$DEMO/repo"
