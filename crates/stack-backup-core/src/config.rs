@@ -191,6 +191,10 @@ pub struct PostgresConfig {
     /// Also dump roles with `pg_dumpall --globals-only` when permitted.
     #[serde(default = "yes")]
     pub roles: bool,
+    /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore` to use
+    /// instead of the ones found (still checked against the server version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -453,6 +457,7 @@ impl Config {
         for pg in self.postgres.values_mut() {
             pg.password_file.as_mut().map(fix);
             pg.migrations_dir.as_mut().map(fix);
+            pg.bin_dir.as_mut().map(fix);
         }
         for rd in self.redis.values_mut() {
             rd.password_file.as_mut().map(fix);
@@ -517,6 +522,7 @@ impl Config {
                             container: None,
                             migrations_dir: None,
                             roles: true,
+                            bin_dir: None,
                         },
                     );
                 }

@@ -50,3 +50,160 @@ pub fn volume_mountpoint(name: &str) -> Result<String> {
         &["volume", "inspect", "--format", "{{.Mountpoint}}", name],
     )
 }
+
+/// What `docker image inspect` says of an image.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInfo {
+    /// Image ID, `sha256:…`.
+    pub id: String,
+    /// Tags.
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    /// Repo digests.
+    #[serde(default)]
+    pub repo_digests: Option<Vec<String>>,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// Inspects an image.
+pub fn image_info(reference: &str) -> Result<ImageInfo> {
+    let comp = format!("docker.image.{reference}");
+    let out = docker(
+        &comp,
+        &["image", "inspect", "--format", "{{json .}}", reference],
+    )?;
+    serde_json::from_str(&out).map_err(|e| {
+        crate::Error::component(
+            comp,
+            format!("cannot parse `docker image inspect` output: {e}"),
+        )
+    })
+}
+
+/// Where an image's `docker save` tar lives in a backup set.
+#[must_use]
+pub fn image_artifact(reference: &str) -> String {
+    let safe: String = reference
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("docker/images/{safe}.tar")
+}
+
+/// The stream that saves an image (by reference, so that its tag is kept).
+#[must_use]
+pub fn save_stream(reference: &str) -> crate::source::StreamSpec {
+    crate::source::StreamSpec {
+        program: "docker".into(),
+        args: vec!["save".into(), reference.into()],
+        env: Vec::new(),
+        what: "docker save".into(),
+        magic: None,
+    }
+}
+
+/// Names of running containers that mount a volume.
+pub fn volume_users(volume: &str) -> Result<Vec<String>> {
+    let out = docker(
+        &format!("docker.volume.{volume}"),
+        &[
+            "ps",
+            "--filter",
+            &format!("volume={volume}"),
+            "--format",
+            "{{.Names}}",
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Containers stopped for a copy; started again when dropped, also when
+/// the backup or restore failed.
+#[derive(Debug, Default)]
+pub struct StoppedContainers {
+    names: Vec<String>,
+}
+
+impl StoppedContainers {
+    /// Stops `names` (in order). On failure, the ones already stopped are
+    /// started again before the error is returned.
+    pub fn stop(component: &str, names: &[String]) -> Result<Self> {
+        let mut stopped = Self::default();
+        for n in names {
+            docker(component, &["stop", n])?;
+            stopped.names.push(n.clone());
+        }
+        Ok(stopped)
+    }
+
+    /// The containers that were stopped.
+    #[must_use]
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for StoppedContainers {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            if let Err(e) = docker("docker", &["start", n]) {
+                log::error!("could not start container {n} again: {e}; start it by hand");
+            }
+        }
+    }
+}
+
+/// Images used by the containers of a compose project (deduplicated).
+pub fn compose_images(project: &str) -> Result<Vec<String>> {
+    let out = docker(
+        "docker",
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+            "--format",
+            "{{.Image}}",
+        ],
+    )?;
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Volumes of a compose project.
+pub fn compose_volumes(project: &str) -> Result<Vec<String>> {
+    let out = docker(
+        "docker",
+        &[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect())
+}

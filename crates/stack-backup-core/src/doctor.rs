@@ -143,7 +143,7 @@ fn check_postgres(name: &str, pg: &crate::config::PostgresConfig) -> Result<Stri
             format!("pg_dump in container {c}: {v}")
         }
         None => {
-            let t = postgres::find_tool(name, "pg_dump", server.major)?;
+            let t = postgres::find_tool(name, "pg_dump", server.major, pg.bin_dir.as_deref())?;
             format!("{} ({})", t.path.display(), t.version)
         }
     };

@@ -50,3 +50,41 @@ pub fn version() -> Result<String> {
     let v = process::output("git", "git", &["--version"])?;
     Ok(v.trim_start_matches("git version ").to_string())
 }
+
+/// The git files of a backup set and the recorded HEAD.
+pub fn plan(
+    path: &Path,
+) -> Result<(
+    Vec<crate::source::Entry>,
+    GitHead,
+    crate::manifest::GitRecord,
+)> {
+    use crate::source::{Artifact, Content, Entry};
+    let head = head(path)?;
+    let info = serde_json::to_vec_pretty(&head).unwrap_or_default();
+    let files = [
+        ("git/HEAD_COMMIT", format!("{}\n", head.commit).into_bytes()),
+        (
+            "git/BRANCH",
+            format!("{}\n", head.branch.as_deref().unwrap_or("(detached)")).into_bytes(),
+        ),
+        ("git/status.txt", format!("{}\n", head.status).into_bytes()),
+        ("git/info.json", info),
+    ];
+    let entries = files
+        .iter()
+        .map(|(p, b)| {
+            Entry::File(Artifact {
+                path: (*p).to_string(),
+                component: "git".into(),
+                content: Content::Bytes(std::sync::Arc::new(b.clone())),
+                reuse_meta: None,
+            })
+        })
+        .collect();
+    let record = crate::manifest::GitRecord {
+        path: path.display().to_string(),
+        files: files.iter().map(|(p, _)| (*p).to_string()).collect(),
+    };
+    Ok((entries, head, record))
+}

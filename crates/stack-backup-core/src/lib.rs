@@ -22,3 +22,7 @@ pub mod tiers;
 
 pub use config::Config;
 pub use error::{Error, ExitCode, Result};
+pub mod backup;
+pub mod ledger;
+pub mod manifest;
+pub mod source;

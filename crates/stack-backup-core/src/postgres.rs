@@ -122,9 +122,13 @@ fn tool_version(path: &Path) -> Option<PgTool> {
     })
 }
 
-/// Candidate directories for client tools: Debian's versioned ones
-/// (`/usr/lib/postgresql/N/bin`), newest first, then `PATH`.
-fn candidates(tool: &str) -> Vec<PathBuf> {
+/// Candidate directories for client tools: the configured `bin-dir` only
+/// when set; else Debian's versioned ones (`/usr/lib/postgresql/N/bin`),
+/// newest first, then `PATH`.
+fn candidates(tool: &str, bin_dir: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = bin_dir {
+        return vec![dir.join(tool)];
+    }
     let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -150,8 +154,13 @@ fn candidates(tool: &str) -> Vec<PathBuf> {
 /// Finds `tool` (e.g. `pg_dump`) whose major version fits a server of
 /// `server_major`: the same major if there is one, else the oldest newer
 /// one. An older tool cannot dump a newer server and is never chosen.
-pub fn find_tool(name: &str, tool: &str, server_major: u32) -> Result<PgTool> {
-    let found: Vec<PgTool> = candidates(tool)
+pub fn find_tool(
+    name: &str,
+    tool: &str,
+    server_major: u32,
+    bin_dir: Option<&Path>,
+) -> Result<PgTool> {
+    let found: Vec<PgTool> = candidates(tool, bin_dir)
         .iter()
         .filter_map(|p| tool_version(p))
         .collect();
@@ -176,4 +185,394 @@ pub fn find_tool(name: &str, tool: &str, server_major: u32) -> Result<PgTool> {
             if seen.is_empty() { "none".into() } else { seen.join(", ") }
         ),
     ))
+}
+
+/// The environment that points a libpq tool at the configured database.
+/// The password goes here (`PGPASSWORD`), never into argv. With
+/// `in_container`, host and port are left to the container's defaults.
+pub fn child_env(pc: &postgres::Config, in_container: bool) -> Vec<(String, String)> {
+    let mut env = vec![("PGAPPNAME".to_string(), "stack-backup".to_string())];
+    if !in_container {
+        if let Some(host) = pc.get_hosts().first() {
+            let h = match host {
+                postgres::config::Host::Tcp(h) => h.clone(),
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            env.push(("PGHOST".into(), h));
+        }
+        if let Some(port) = pc.get_ports().first() {
+            env.push(("PGPORT".into(), port.to_string()));
+        }
+        env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
+    }
+    if let Some(user) = pc.get_user() {
+        env.push(("PGUSER".into(), user.to_string()));
+    }
+    if let Some(db) = pc.get_dbname() {
+        env.push(("PGDATABASE".into(), db.to_string()));
+    }
+    if let Some(pw) = pc.get_password() {
+        env.push((
+            "PGPASSWORD".into(),
+            String::from_utf8_lossy(pw).into_owned(),
+        ));
+    }
+    env
+}
+
+/// A libpq tool to run: on this host, or inside a container.
+#[derive(Debug, Clone)]
+pub struct ToolRun {
+    /// Program to execute.
+    pub program: PathBuf,
+    /// Arguments before the tool's own (for `docker exec …`).
+    pub prefix: Vec<String>,
+    /// Environment (holds the password).
+    pub env: Vec<(String, String)>,
+    /// `--version` of the tool.
+    pub version: String,
+}
+
+impl ToolRun {
+    /// Finds `tool` for a config entry: in its container, or a host tool
+    /// whose major version fits `server_major`.
+    pub fn find(
+        name: &str,
+        cfg: &PostgresConfig,
+        pc: &postgres::Config,
+        tool: &str,
+        server_major: u32,
+    ) -> Result<Self> {
+        let env = child_env(pc, cfg.container.is_some());
+        match &cfg.container {
+            Some(c) => {
+                let version =
+                    process::output(&component(name), "docker", &["exec", c, tool, "--version"])?;
+                let mut prefix = vec!["exec".to_string(), "-i".to_string()];
+                for (k, _) in &env {
+                    // `-e NAME` passes the value from our environment:
+                    // the password never appears in docker's argv.
+                    prefix.push("-e".into());
+                    prefix.push(k.clone());
+                }
+                prefix.push(c.clone());
+                prefix.push(tool.to_string());
+                Ok(Self {
+                    program: PathBuf::from("docker"),
+                    prefix,
+                    env,
+                    version,
+                })
+            }
+            None => {
+                let t = find_tool(name, tool, server_major, cfg.bin_dir.as_deref())?;
+                Ok(Self {
+                    program: t.path,
+                    prefix: Vec::new(),
+                    env,
+                    version: t.version,
+                })
+            }
+        }
+    }
+
+    /// The full argument list for `args` of the tool.
+    #[must_use]
+    pub fn args(&self, args: &[&str]) -> Vec<String> {
+        let mut all = self.prefix.clone();
+        all.extend(args.iter().map(|a| (*a).to_string()));
+        all
+    }
+
+    /// Runs the tool to completion, returning stdout.
+    pub fn output(&self, component: &str, args: &[&str]) -> Result<Vec<u8>> {
+        let all = self.args(args);
+        let out = std::process::Command::new(&self.program)
+            .args(&all)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::component(
+                    component,
+                    format!("cannot run {}: {e}", self.program.display()),
+                )
+            })?;
+        if !out.status.success() {
+            return Err(Error::component(
+                component,
+                format!(
+                    "`{} {}` failed ({}): {}",
+                    self.program.display(),
+                    all.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// Quotes an SQL identifier.
+#[must_use]
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The migration tables stack-backup knows: (tool, table, SELECT list, WHERE).
+const MIGRATION_TABLES: [(&str, &str, &str, &str); 7] = [
+    ("alembic", "alembic_version", "version_num::text", "true"),
+    ("django", "django_migrations", "app || '.' || name", "true"),
+    ("rails", "schema_migrations", "version::text", "true"),
+    (
+        "flyway",
+        "flyway_schema_history",
+        "coalesce(version::text, script)",
+        "success",
+    ),
+    ("sqlx", "_sqlx_migrations", "version::text", "success"),
+    (
+        "diesel",
+        "__diesel_schema_migrations",
+        "version::text",
+        "true",
+    ),
+    (
+        "prisma",
+        "_prisma_migrations",
+        "migration_name",
+        "finished_at IS NOT NULL AND rolled_back_at IS NULL",
+    ),
+];
+
+/// Reads the applied state of every known migration tool present in the
+/// database. Runs inside the caller's transaction (each probe under a
+/// savepoint, so a table of another shape does not abort it).
+pub fn migration_state(
+    name: &str,
+    client: &mut postgres::Client,
+) -> Result<Vec<crate::manifest::MigrationState>> {
+    let fail = |e: postgres::Error| {
+        Error::component(
+            component(name),
+            format!("reading migration state: {}", error_text(&e)),
+        )
+    };
+    let mut out = Vec::new();
+    for (tool, table, select, filter) in MIGRATION_TABLES {
+        let schema: Option<String> = client
+            .query_opt(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+                 ORDER BY (n.nspname = current_schema()) DESC, n.nspname LIMIT 1",
+                &[&table],
+            )
+            .map_err(fail)?
+            .map(|r| r.get(0));
+        let Some(schema) = schema else { continue };
+        client
+            .batch_execute("SAVEPOINT sb_migrations")
+            .map_err(fail)?;
+        let q = format!(
+            "SELECT ({select})::text FROM {}.{} WHERE {filter}",
+            quote_ident(&schema),
+            quote_ident(table)
+        );
+        match client.query(&q, &[]) {
+            Ok(rows) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT sb_migrations")
+                    .map_err(fail)?;
+                let mut applied: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| r.get::<_, Option<String>>(0))
+                    .collect();
+                applied.sort();
+                out.push(crate::manifest::MigrationState {
+                    tool: tool.to_string(),
+                    table: format!("{schema}.{table}"),
+                    applied,
+                });
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}: {schema}.{table} is not a {tool} table: {}",
+                    component(name),
+                    error_text(&e)
+                );
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT sb_migrations")
+                    .map_err(fail)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Exact row count of every user table (`schema.table`).
+pub fn row_counts(
+    name: &str,
+    client: &mut postgres::Client,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    let fail = |e: postgres::Error| {
+        Error::component(
+            component(name),
+            format!("counting rows: {}", error_text(&e)),
+        )
+    };
+    let tables = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1, 2",
+            &[],
+        )
+        .map_err(fail)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let n: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&table)
+                ),
+                &[],
+            )
+            .map_err(fail)?
+            .get(0);
+        counts.insert(format!("{schema}.{table}"), n);
+    }
+    Ok(counts)
+}
+
+/// A database ready to be dumped: its entries for the backup set, its
+/// manifest record, and the session holding the exported snapshot that
+/// `pg_dump` dumps (so counts, migrations and dump agree exactly).
+pub struct DumpPlan {
+    /// Files of the backup set.
+    pub entries: Vec<crate::source::Entry>,
+    /// The manifest record.
+    pub record: crate::manifest::PostgresRecord,
+    /// Keeps the snapshot alive until the backup has read the dump.
+    pub session: postgres::Client,
+}
+
+/// Connects, exports a snapshot, records versions, row counts and
+/// migration state, dumps roles, and prepares the streaming `pg_dump`.
+pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
+    use crate::source::{Artifact, Content, Entry, StreamSpec};
+    let comp = component(name);
+    let pc = client_config(name, cfg)?;
+    let mut client = connect(name, cfg)?;
+    let server = server_version(name, &mut client)?;
+    let dump_tool = ToolRun::find(name, cfg, &pc, "pg_dump", server.major)?;
+    let fail = |e: postgres::Error| {
+        Error::component(
+            comp.clone(),
+            format!("exporting a snapshot: {}", error_text(&e)),
+        )
+    };
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .map_err(fail)?;
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .map_err(fail)?
+        .get(0);
+    let row_counts = row_counts(name, &mut client)?;
+    let migrations = migration_state(name, &mut client)?;
+
+    let database = pc.get_dbname().unwrap_or("postgres").to_string();
+    let safe_db: String = database
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dump_path = format!("postgres/{name}/{safe_db}.dump");
+    let snapshot_arg = format!("--snapshot={snapshot}");
+    let mut entries = vec![Entry::File(Artifact {
+        path: dump_path.clone(),
+        component: comp.clone(),
+        content: Content::Stream(StreamSpec {
+            program: dump_tool.program.clone(),
+            args: dump_tool.args(&[
+                "--format=custom",
+                "--compress=0",
+                "--no-password",
+                &snapshot_arg,
+            ]),
+            env: dump_tool.env.clone(),
+            what: "pg_dump".into(),
+            magic: Some(b"PGDMP"),
+        }),
+        reuse_meta: None,
+    })];
+
+    let (mut roles, mut roles_note) = (None, None);
+    if cfg.roles {
+        match ToolRun::find(name, cfg, &pc, "pg_dumpall", server.major) {
+            Ok(t) => {
+                let full = t.output(&comp, &["--globals-only", "--no-password"]);
+                let taken = match full {
+                    Ok(b) => Ok(b),
+                    Err(first) => t
+                        .output(&comp, &["--globals-only", "--no-role-passwords", "--no-password"])
+                        .inspect(|_| roles_note = Some("role passwords not readable by this user; roles taken without passwords".into()))
+                        .map_err(|_| first),
+                };
+                match taken {
+                    Ok(sql) => {
+                        let path = format!("postgres/{name}/globals.sql");
+                        entries.push(Entry::File(Artifact {
+                            path: path.clone(),
+                            component: comp.clone(),
+                            content: Content::Bytes(std::sync::Arc::new(sql)),
+                            reuse_meta: None,
+                        }));
+                        roles = Some(path);
+                    }
+                    Err(e) => roles_note = Some(format!("roles not taken: {e}")),
+                }
+            }
+            Err(e) => roles_note = Some(format!("roles not taken: {e}")),
+        }
+    }
+    let (host, port) = match &cfg.container {
+        Some(c) => (format!("container:{c}"), 5432),
+        None => (
+            pc.get_hosts()
+                .first()
+                .map_or_else(String::new, |h| match h {
+                    postgres::config::Host::Tcp(h) => h.clone(),
+                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                }),
+            pc.get_ports().first().copied().unwrap_or(5432),
+        ),
+    };
+    Ok(DumpPlan {
+        entries,
+        record: crate::manifest::PostgresRecord {
+            database,
+            host,
+            port,
+            user: pc.get_user().unwrap_or_default().to_string(),
+            server_version: server.version,
+            server_major: server.major,
+            pg_dump_version: dump_tool.version,
+            dump: dump_path,
+            roles,
+            roles_note,
+            migrations,
+            row_counts,
+        },
+        session: client,
+    })
 }

@@ -266,6 +266,34 @@ pub fn open(cfg: &Config, password: &str) -> Result<OpenRepo> {
     })
 }
 
+/// Opens an existing repository, reporting rustic's own progress to `pb`.
+pub fn open_with_progress<P: rustic_core::ProgressBars>(
+    cfg: &Config,
+    password: &str,
+    pb: P,
+) -> Result<OpenRepo> {
+    let loc = Location::of(cfg);
+    if !exists(cfg)? {
+        return Err(repo_err(
+            &loc,
+            "no repository here; create one with `stack-backup init`",
+        ));
+    }
+    let be = backends(&loc)?;
+    let repo = Repository::new_with_progress(&repo_options(cfg, &loc), &be, pb)
+        .map_err(|e| repo_err(&loc, e.display_log()))?;
+    repo.open(&Credentials::password(password)).map_err(|e| {
+        if e.is_incorrect_password() {
+            repo_err(
+                &loc,
+                "the password does not open this repository (no key matches)",
+            )
+        } else {
+            repo_err(&loc, e.display_log())
+        }
+    })
+}
+
 /// Opens the repository named by the config, reading the password.
 pub fn open_from(cfg: &Config, env: &Env) -> Result<OpenRepo> {
     open(cfg, &password(cfg, env)?)
@@ -304,3 +332,6 @@ pub fn write_password_file(path: &Path, password: &str) -> Result<()> {
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("writing", path, e))
 }
+
+/// No progress from rustic itself (the CLI draws per-component bars).
+pub use rustic_core::NoProgressBars as NoProgress;

@@ -47,6 +47,34 @@ pub enum Command {
     List(ListArgs),
     /// Show a backup set's MANIFEST.md.
     Show(ShowArgs),
+    /// Take a backup set of the whole stack (tier `backups`).
+    Backup(BackupArgs),
+    /// Take a database-only set (PostgreSQL, Redis with role `data`; tier `data`).
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Unique name of the set [default: the time, e.g. 2026-11-25T18-40-02].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Also back up Redis instances whose role is `cache`.
+    #[arg(long)]
+    pub include_redis: bool,
+    /// Only these components: `postgres`, `postgres.main`, `redis`, `docker`,
+    /// `docker.image.web:latest`, `docker.volume.x`, `git`, `paths`, `paths.media`.
+    #[arg(long, value_name = "COMPONENT", num_args = 1..)]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Unique name of the set [default: the time].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Only these databases (`postgres.main`, `redis.sessions`).
+    #[arg(long, value_name = "COMPONENT", num_args = 1..)]
+    pub only: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod backup;
 mod doctor;
 mod init;
 mod list;
@@ -23,6 +24,30 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
         Command::List(args) => list::run(&load_config(cli, &env)?, args, &env, out),
         Command::Show(args) => show::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Backup(args) => backup::run(
+            &load_config(cli, &env)?,
+            &env,
+            &stack_backup_core::backup::Request {
+                name: args.name.clone(),
+                tier: stack_backup_core::tiers::Tier::Backups,
+                include_redis: args.include_redis,
+                only: args.only.clone(),
+                databases_only: false,
+            },
+            out,
+        ),
+        Command::Dump(args) => backup::run(
+            &load_config(cli, &env)?,
+            &env,
+            &stack_backup_core::backup::Request {
+                name: args.name.clone(),
+                tier: stack_backup_core::tiers::Tier::Data,
+                include_redis: false,
+                only: args.only.clone(),
+                databases_only: true,
+            },
+            out,
+        ),
     }
 }
 

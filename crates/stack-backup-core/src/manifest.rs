@@ -1,0 +1,367 @@
+//! The manifest of a backup set: `manifest.json` (for machines, versioned
+//! schema, see `docs/manifest.md`), `MANIFEST.md` (for people) and
+//! `CHECKSUM.sha256` (`sha256sum -c` format, paths relative to the root of
+//! the restored snapshot).
+//!
+//! Contract: nothing here ever holds a secret. URLs are redacted before
+//! they are recorded; passwords are never read into these types.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::git::GitHead;
+use crate::tiers::Tier;
+
+/// The manifest schema version written by this build.
+pub const SCHEMA: u32 = 1;
+
+/// Where the manifest files live inside a backup set.
+pub const DIR: &str = "stack-backup";
+/// `stack-backup/manifest.json`
+pub const JSON_PATH: &str = "stack-backup/manifest.json";
+/// `stack-backup/MANIFEST.md`
+pub const MD_PATH: &str = "stack-backup/MANIFEST.md";
+/// `stack-backup/CHECKSUM.sha256`
+pub const CHECKSUM_PATH: &str = "stack-backup/CHECKSUM.sha256";
+/// `stack-backup/stack-backup.toml`
+pub const CONFIG_PATH: &str = "stack-backup/stack-backup.toml";
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Schema version ([`SCHEMA`]).
+    pub schema: u32,
+    /// The program that wrote it, e.g. `stack-backup 0.1.0`.
+    pub tool: String,
+    /// Stack name.
+    pub stack: String,
+    /// Backup set name.
+    pub name: String,
+    /// Tier.
+    pub tier: Tier,
+    /// When the backup started (RFC 3339, UTC).
+    pub created: String,
+    /// Host it was taken on.
+    pub host: String,
+    /// The snapshot whose unchanged content was reused, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// git state, when `[git]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitHead>,
+    /// Every component, by name (`postgres.main`, `docker.image.web:latest`…).
+    pub components: BTreeMap<String, Component>,
+    /// Every single-file artifact (dumps, image tars, RDB files, generated
+    /// files) with size and SHA-256. Files of directory trees (volumes,
+    /// paths) are listed in `CHECKSUM.sha256` only.
+    pub artifacts: Vec<ArtifactRecord>,
+    /// The command that restores this set.
+    pub restore_command: String,
+}
+
+/// One single-file artifact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    /// Path inside the set, e.g. `postgres/main/shop.dump`.
+    pub path: String,
+    /// Component it belongs to.
+    pub component: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+    /// True when its content was reused from the parent set unread.
+    #[serde(default)]
+    pub reused: bool,
+}
+
+/// What one component holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Component {
+    /// A PostgreSQL database.
+    Postgres(PostgresRecord),
+    /// A Redis instance.
+    Redis(RedisRecord),
+    /// A Docker image.
+    DockerImage(ImageRecord),
+    /// A Docker volume.
+    DockerVolume(TreeRecord),
+    /// git state.
+    Git(GitRecord),
+    /// A plain directory.
+    Path(TreeRecord),
+}
+
+/// A migration tool's applied state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MigrationState {
+    /// `alembic`, `django`, `rails`, `flyway`, `sqlx`, `diesel`, `prisma`.
+    pub tool: String,
+    /// The table it keeps its state in.
+    pub table: String,
+    /// Every applied migration (Alembic: every head), sorted.
+    pub applied: Vec<String>,
+}
+
+/// `postgres.NAME`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PostgresRecord {
+    /// Database name.
+    pub database: String,
+    /// Host (as configured; `container:<name>` when dumped in a container).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Role used.
+    pub user: String,
+    /// `SHOW server_version`.
+    pub server_version: String,
+    /// Server major version.
+    pub server_major: u32,
+    /// `pg_dump --version` of the tool used.
+    pub pg_dump_version: String,
+    /// The dump: custom format, compression off.
+    pub dump: String,
+    /// Roles file (`pg_dumpall --globals-only`), when taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
+    /// Why roles were not taken, or were taken without passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_note: Option<String>,
+    /// Applied migrations per tool found.
+    pub migrations: Vec<MigrationState>,
+    /// Exact row count of every table (`schema.table`), in the dump's snapshot.
+    pub row_counts: BTreeMap<String, i64>,
+}
+
+/// `redis.NAME`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RedisRecord {
+    /// URL, password redacted.
+    pub url: String,
+    /// `redis_version`.
+    pub version: String,
+    /// `cache` or `data`.
+    pub role: String,
+    /// The RDB file in the set.
+    pub rdb: String,
+    /// Keys in the configured database at backup time.
+    pub keys: u64,
+    /// `LASTSAVE` of the save that produced the RDB (unix seconds).
+    pub lastsave: i64,
+}
+
+/// `docker.image.REF`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The reference configured.
+    pub reference: String,
+    /// Image ID (`sha256:…`): the identity.
+    pub id: String,
+    /// Repo digests known to the engine.
+    pub repo_digests: Vec<String>,
+    /// Tags pointing at it.
+    pub tags: Vec<String>,
+    /// The `docker save` tar in the set.
+    pub archive: String,
+    /// True when the tar was reused from the parent set (same image ID).
+    pub reused: bool,
+}
+
+/// A directory tree (volume or path).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeRecord {
+    /// Volume name or directory on the host.
+    pub source: String,
+    /// Where it is in the set.
+    pub path: String,
+    /// Regular files.
+    pub files: u64,
+    /// Bytes in regular files.
+    pub bytes: u64,
+    /// Containers stopped while it was copied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped_containers: Vec<String>,
+}
+
+/// `git`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GitRecord {
+    /// Working tree.
+    pub path: String,
+    /// Files in the set.
+    pub files: Vec<String>,
+}
+
+/// Renders `CHECKSUM.sha256` from `(path, sha256)` pairs, in `sha256sum`
+/// format (names with `\` or a newline escaped the way `sha256sum` does).
+#[must_use]
+pub fn render_checksums<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::new();
+    for (path, sha) in entries {
+        if path.contains(['\\', '\n', '\r']) {
+            let escaped = path
+                .replace('\\', "\\\\")
+                .replace('\n', "\\n")
+                .replace('\r', "\\r");
+            let _ = writeln!(out, "\\{sha}  {escaped}");
+        } else {
+            let _ = writeln!(out, "{sha}  {path}");
+        }
+    }
+    out
+}
+
+/// Parses `CHECKSUM.sha256` into `path → sha256`.
+#[must_use]
+pub fn parse_checksums(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let (escaped, line) = match line.strip_prefix('\\') {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let Some((sha, path)) = line.split_once("  ").or_else(|| line.split_once(" *")) else {
+            continue;
+        };
+        let path = if escaped {
+            path.replace("\\n", "\n")
+                .replace("\\r", "\r")
+                .replace("\\\\", "\\")
+        } else {
+            path.to_string()
+        };
+        map.insert(path, sha.to_string());
+    }
+    map
+}
+
+fn human(bytes: u64) -> String {
+    crate::disk::human(bytes)
+}
+
+impl Manifest {
+    /// `MANIFEST.md`: what is in the set and how to restore it, with and
+    /// without stack-backup.
+    #[must_use]
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Backup set `{}` of stack `{}`\n",
+            self.name, self.stack
+        );
+        let _ = writeln!(s, "- tier: {}", self.tier);
+        let _ = writeln!(s, "- taken: {} on host `{}`", self.created, self.host);
+        let _ = writeln!(s, "- by: {} (manifest schema {})", self.tool, self.schema);
+        if let Some(g) = &self.git {
+            let _ = writeln!(
+                s,
+                "- git: commit `{}` on {}{}{}",
+                g.commit,
+                g.branch
+                    .as_deref()
+                    .map_or("a detached HEAD".to_string(), |b| format!("branch `{b}`")),
+                if g.dirty {
+                    ", with uncommitted changes"
+                } else {
+                    ""
+                },
+                if g.untracked > 0 {
+                    format!(", {} untracked file(s)", g.untracked)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let _ = writeln!(s, "\n## Restore\n\n```sh\n{}\n```\n", self.restore_command);
+        let _ = writeln!(s, "## Components\n");
+        let _ = writeln!(s, "| component | what | details |\n| --- | --- | --- |");
+        for (name, c) in &self.components {
+            let (what, details) = match c {
+                Component::Postgres(p) => (
+                    format!("database `{}` on {}:{}", p.database, p.host, p.port),
+                    format!(
+                        "PostgreSQL {} (pg_dump {}); {} tables; migrations: {}",
+                        p.server_version,
+                        p.pg_dump_version,
+                        p.row_counts.len(),
+                        if p.migrations.is_empty() {
+                            "none found".to_string()
+                        } else {
+                            p.migrations
+                                .iter()
+                                .map(|m| {
+                                    format!(
+                                        "{} {}",
+                                        m.tool,
+                                        m.applied.last().map_or("-", String::as_str)
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                ),
+                Component::Redis(r) => (
+                    format!("Redis at {}", r.url),
+                    format!("Redis {}, role {}, {} keys", r.version, r.role, r.keys),
+                ),
+                Component::DockerImage(i) => (
+                    format!("image `{}`", i.reference),
+                    format!("ID {}{}", i.id, if i.reused { " (reused)" } else { "" }),
+                ),
+                Component::DockerVolume(t) | Component::Path(t) => (
+                    format!("`{}`", t.source),
+                    format!("{} files, {}", t.files, human(t.bytes)),
+                ),
+                Component::Git(g) => (format!("git tree `{}`", g.path), g.files.join(", ")),
+            };
+            let _ = writeln!(s, "| {name} | {what} | {details} |");
+        }
+        let _ = writeln!(s, "\n## Artifacts\n");
+        let _ = writeln!(s, "| path | size | sha256 |\n| --- | --- | --- |");
+        for a in &self.artifacts {
+            let _ = writeln!(s, "| {} | {} | `{}` |", a.path, human(a.size), a.sha256);
+        }
+        let _ = writeln!(
+            s,
+            "\n## Restoring by hand (without stack-backup)\n\n\
+             The repository is a standard restic repository.\n\n\
+             ```sh\n\
+             restic -r REPOSITORY restore latest --tag name:{name} --tag stack:{stack} --target /tmp/restore\n\
+             cd /tmp/restore && sha256sum -c stack-backup/CHECKSUM.sha256\n\
+             # PostgreSQL: createdb NAME && pg_restore --exit-on-error -d NAME postgres/<component>/<db>.dump\n\
+             #             (roles first: psql -f postgres/<component>/globals.sql)\n\
+             # Docker:     docker load -i docker/images/<image>.tar\n\
+             # Volumes:    copy docker/volumes/<volume>/ into the volume (containers stopped)\n\
+             # Redis:      stop Redis, put redis/<component>/dump.rdb in its dir, start it\n\
+             # Paths:      copy paths/<name>/ back in place\n\
+             ```",
+            name = self.name,
+            stack = self.stack
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_round_trip_with_escapes() {
+        let entries = [("a/b.txt", "aa"), ("odd\\name\nx", "bb")];
+        let text = render_checksums(entries.iter().map(|(a, b)| (*a, *b)));
+        assert!(
+            text.starts_with("aa  a/b.txt\n\\bb  odd\\\\name\\nx\n"),
+            "{text:?}"
+        );
+        let back = parse_checksums(&text);
+        assert_eq!(back["a/b.txt"], "aa");
+        assert_eq!(back["odd\\name\nx"], "bb");
+    }
+}

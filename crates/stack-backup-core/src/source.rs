@@ -1,0 +1,436 @@
+//! The `ReadSource` handed to `rustic_core`'s archiver: every artifact of a
+//! backup set, in tree order, each read through a [`TrackedReader`].
+//!
+//! Streams (dumps, image tars, RDB files) are started only when the
+//! archiver opens them, on its worker threads, and go straight from the
+//! producing process into the repository: nothing is written to disk.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{
+    ErrorKind, Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
+    ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+};
+
+use crate::ledger::{ChildGuard, Ledger, TrackedReader};
+
+/// A process whose stdout is an artifact.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// The program (absolute path or name on PATH).
+    pub program: PathBuf,
+    /// Its arguments: never a secret.
+    pub args: Vec<String>,
+    /// Extra environment: the only place a secret may go.
+    pub env: Vec<(String, String)>,
+    /// What it is, for messages (`pg_dump`, `docker save`).
+    pub what: String,
+    /// Leading bytes a valid artifact starts with.
+    pub magic: Option<&'static [u8]>,
+}
+
+impl StreamSpec {
+    /// The command line as shown to people (program and arguments only).
+    #[must_use]
+    pub fn shown(&self) -> String {
+        format!("{} {}", self.program.display(), self.args.join(" "))
+    }
+}
+
+/// Where an artifact's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A process's stdout.
+    Stream(StreamSpec),
+    /// Small content prepared in memory (git state, roles, manifests).
+    Bytes(Arc<Vec<u8>>),
+    /// A file on this machine.
+    LocalFile(PathBuf),
+}
+
+/// One file in the backup set.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// Path inside the snapshot, without the leading `/`
+    /// (e.g. `postgres/main/shop.dump`).
+    pub path: String,
+    /// The component it belongs to (e.g. `postgres.main`).
+    pub component: String,
+    /// Its content.
+    pub content: Content,
+    /// Node metadata to use instead of fresh metadata: set to the parent
+    /// snapshot's node to make the archiver reuse the parent's content
+    /// without opening the artifact (unchanged Docker images).
+    pub reuse_meta: Option<Box<Metadata>>,
+}
+
+/// An entry of the backup set, before expansion.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// One file.
+    File(Artifact),
+    /// A local directory stored at `target`, walked when reached, with
+    /// ownership, modes, links and times.
+    Tree {
+        /// The component it belongs to.
+        component: String,
+        /// The directory on this machine.
+        root: PathBuf,
+        /// Its path inside the snapshot, without the leading `/`.
+        target: String,
+    },
+}
+
+impl Entry {
+    fn target(&self) -> &str {
+        match self {
+            Entry::File(a) => &a.path,
+            Entry::Tree { target, .. } => target,
+        }
+    }
+}
+
+/// A file the source yielded: the backup checks each one made it into the
+/// snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Yielded {
+    /// Path inside the snapshot, without the leading `/`.
+    pub path: String,
+    /// The component it belongs to.
+    pub component: String,
+    /// True for regular files (which have content and a checksum).
+    pub is_file: bool,
+}
+
+/// The `ReadSource` of one backup set.
+pub struct StackSource {
+    entries: Vec<Entry>,
+    ledger: Arc<Ledger>,
+    yielded: Arc<Mutex<BTreeSet<Yielded>>>,
+    time: jiff::Timestamp,
+}
+
+impl std::fmt::Debug for StackSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackSource")
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl StackSource {
+    /// A source over `entries` (any order: they are sorted into tree order).
+    pub fn new(mut entries: Vec<Entry>, ledger: Arc<Ledger>) -> Self {
+        entries.sort_by(|a, b| Path::new(a.target()).cmp(Path::new(b.target())));
+        Self {
+            entries,
+            ledger,
+            yielded: Arc::default(),
+            time: jiff::Timestamp::now(),
+        }
+    }
+
+    /// Every entry yielded so far (complete once the archiver returned).
+    pub fn yielded(&self) -> BTreeSet<Yielded> {
+        self.yielded.lock().expect("yielded lock").clone()
+    }
+}
+
+/// Opens an entry's content on the archiver's worker thread.
+pub struct EntryOpen {
+    artifact: String,
+    component: String,
+    content: Content,
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for EntryOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntryOpen({})", self.artifact)
+    }
+}
+
+fn io_error(message: String) -> Box<RusticError> {
+    // RusticError treats `{…}` as placeholders; keep messages literal.
+    RusticError::new(ErrorKind::InputOutput, message.replace(['{', '}'], "'"))
+}
+
+impl ReadSourceOpen for EntryOpen {
+    type Reader = Box<dyn Read + Send>;
+
+    fn open(self) -> RusticResult<Self::Reader> {
+        let Self {
+            artifact,
+            component,
+            content,
+            ledger,
+        } = self;
+        let fail = |msg: String| {
+            ledger.record(&artifact, crate::ledger::Outcome::Failed(msg.clone()));
+            io_error(format!("{component}: {msg}"))
+        };
+        match content {
+            Content::Bytes(b) => {
+                let cursor = std::io::Cursor::new(ArcBytes(b));
+                Ok(Box::new(TrackedReader::new(
+                    cursor, artifact, component, ledger, None, None,
+                )))
+            }
+            Content::LocalFile(p) => match std::fs::File::open(&p) {
+                Ok(f) => Ok(Box::new(TrackedReader::new(
+                    f, artifact, component, ledger, None, None,
+                ))),
+                Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
+            },
+            Content::Stream(spec) => {
+                let mut child = match Command::new(&spec.program)
+                    .args(&spec.args)
+                    .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                {
+                    Ok(c) => c,
+                    Err(e) => return Err(fail(format!("cannot run `{}`: {e}", spec.shown()))),
+                };
+                let stdout = child.stdout.take().expect("piped stdout");
+                let stderr = child
+                    .stderr
+                    .take()
+                    .map(|e| std::thread::spawn(move || tail(e)));
+                let guard = ChildGuard {
+                    child,
+                    what: spec.what.clone(),
+                    stderr,
+                };
+                Ok(Box::new(TrackedReader::new(
+                    stdout,
+                    artifact,
+                    component,
+                    ledger,
+                    Some(guard),
+                    spec.magic,
+                )))
+            }
+        }
+    }
+}
+
+/// The last 20 lines of a child's stderr.
+fn tail(stderr: impl Read) -> String {
+    let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if lines.len() == 20 {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+    Vec::from(lines).join("\n")
+}
+
+struct ArcBytes(Arc<Vec<u8>>);
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn file_node(name: &str, size: u64, time: jiff::Timestamp) -> Node {
+    let meta = Metadata {
+        mode: Some(0o644),
+        mtime: Some(time),
+        ctime: Some(time),
+        uid: Some(0),
+        gid: Some(0),
+        size,
+        ..Metadata::default()
+    };
+    Node::new_node(OsStr::new(name), NodeType::File, meta)
+}
+
+fn dir_node_from(path: &Path, name: &str) -> std::io::Result<Node> {
+    let m = std::fs::symlink_metadata(path)?;
+    let ts =
+        |secs: i64, nanos: i64| jiff::Timestamp::new(secs, i32::try_from(nanos).unwrap_or(0)).ok();
+    let meta = Metadata {
+        mode: Some(m.mode() & 0o7777),
+        mtime: ts(m.mtime(), m.mtime_nsec()),
+        ctime: ts(m.ctime(), m.ctime_nsec()),
+        uid: Some(m.uid()),
+        gid: Some(m.gid()),
+        inode: m.ino(),
+        device_id: m.dev(),
+        ..Metadata::default()
+    };
+    Ok(Node::new_node(OsStr::new(name), NodeType::Dir, meta))
+}
+
+type Item = RusticResult<ReadSourceEntry<EntryOpen>>;
+
+impl ReadSource for StackSource {
+    type Open = EntryOpen;
+    type Iter = std::vec::IntoIter<Item>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Expands every entry. Local trees are walked here (metadata only;
+    /// file contents are read later by the archiver's workers).
+    fn entries(&self) -> Self::Iter {
+        let mut out: Vec<Item> = Vec::new();
+        let mut yielded = self.yielded.lock().expect("yielded lock");
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
+        for entry in &self.entries {
+            // Parent directories get explicit nodes (mode 0755, this
+            // backup's time) instead of the archiver's time-less ones.
+            let target = entry.target();
+            let mut prefix = String::new();
+            for part in target
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |(_, p)| p)
+            {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                if dirs.insert(prefix.clone()) {
+                    let mut node = file_node(part, 0, self.time);
+                    node.node_type = NodeType::Dir;
+                    node.meta.mode = Some(0o755);
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{prefix}")),
+                        node,
+                        open: None,
+                    }));
+                }
+            }
+            match entry {
+                Entry::File(a) => {
+                    let name = a.path.rsplit('/').next().unwrap_or(&a.path);
+                    let size = match &a.content {
+                        Content::Bytes(b) => b.len() as u64,
+                        _ => 0,
+                    };
+                    let node = match &a.reuse_meta {
+                        Some(meta) => {
+                            Node::new_node(OsStr::new(name), NodeType::File, (**meta).clone())
+                        }
+                        None => file_node(name, size, self.time),
+                    };
+                    yielded.insert(Yielded {
+                        path: a.path.clone(),
+                        component: a.component.clone(),
+                        is_file: true,
+                    });
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{}", a.path)),
+                        node,
+                        open: Some(EntryOpen {
+                            artifact: a.path.clone(),
+                            component: a.component.clone(),
+                            content: a.content.clone(),
+                            ledger: self.ledger.clone(),
+                        }),
+                    }));
+                }
+                Entry::Tree {
+                    component,
+                    root,
+                    target,
+                } => self.expand_tree(component, root, target, &mut out, &mut yielded),
+            }
+        }
+        out.into_iter()
+    }
+}
+
+impl StackSource {
+    fn expand_tree(
+        &self,
+        component: &str,
+        root: &Path,
+        target: &str,
+        out: &mut Vec<Item>,
+        yielded: &mut BTreeSet<Yielded>,
+    ) {
+        let name = target.rsplit('/').next().unwrap_or(target);
+        match dir_node_from(root, name) {
+            Ok(node) => out.push(Ok(ReadSourceEntry {
+                path: PathBuf::from(format!("/{target}")),
+                node,
+                open: None,
+            })),
+            Err(e) => {
+                self.ledger
+                    .fail_component(component, format!("cannot read {}: {e}", root.display()));
+                return;
+            }
+        }
+        let src = match LocalSource::new(
+            LocalSourceSaveOptions::default(),
+            &Excludes::default(),
+            &LocalSourceFilterOptions::default(),
+            &[root],
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ledger.fail_component(
+                    component,
+                    format!("cannot walk {}: {}", root.display(), e.display_log()),
+                );
+                return;
+            }
+        };
+        for item in src.entries() {
+            match item {
+                Ok(ReadSourceEntry { path, node, .. }) => {
+                    let Ok(rel) = path.strip_prefix(root) else {
+                        self.ledger.fail_component(
+                            component,
+                            format!("{} is outside {}", path.display(), root.display()),
+                        );
+                        continue;
+                    };
+                    if rel.as_os_str().is_empty() {
+                        continue;
+                    }
+                    let snap_rel = format!("{target}/{}", rel.display());
+                    let is_file = node.node_type == NodeType::File;
+                    if !node.is_dir() {
+                        yielded.insert(Yielded {
+                            path: snap_rel.clone(),
+                            component: component.to_string(),
+                            is_file,
+                        });
+                    }
+                    let open = is_file.then(|| EntryOpen {
+                        artifact: snap_rel.clone(),
+                        component: component.to_string(),
+                        content: Content::LocalFile(path.clone()),
+                        ledger: self.ledger.clone(),
+                    });
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{snap_rel}")),
+                        node,
+                        open,
+                    }));
+                }
+                Err(e) => self.ledger.fail_component(
+                    component,
+                    format!("reading {}: {}", root.display(), e.display_log()),
+                ),
+            }
+        }
+    }
+}
