@@ -228,15 +228,32 @@ pub fn parse_checksums(text: &str) -> BTreeMap<String, String> {
             continue;
         };
         let path = if escaped {
-            path.replace("\\n", "\n")
-                .replace("\\r", "\r")
-                .replace("\\\\", "\\")
+            unescape(path)
         } else {
             path.to_string()
         };
         map.insert(path, sha.to_string());
     }
     map
+}
+
+/// Undoes `sha256sum`'s escaping of `\\`, `\n` and `\r` in names.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn human(bytes: u64) -> String {
