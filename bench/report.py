@@ -243,11 +243,16 @@ def main():
         "ratios": ratios,
         "peak_rss": peak,
         "stack_backup_status": meta.get("sb_status"),
+        # A debug build's figures say nothing about the targets.
+        "c_counts_against_targets": meta.get("sb_status") == "available"
+        and meta.get("sb_profile") != "debug",
     }
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
     sys.stdout.write(text_table(by, ratios, peak))
+    if meta.get("sb_status") == "available" and meta.get("sb_profile") == "debug":
+        sys.stdout.write("(c) is a debug build: its times do not count against the targets\n")
     if args.doc:
         write_doc(args.doc, markdown(runs, meta, by, ratios, peak))
 

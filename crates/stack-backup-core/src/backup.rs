@@ -194,7 +194,7 @@ pub fn run<P: ProgressBars>(
     let all = component_names(cfg)?;
     for s in &req.only {
         if !all.iter().any(|c| selected(c, std::slice::from_ref(s))) {
-            return Err(Error::Refused(format!(
+            return Err(Error::Usage(format!(
                 "--only {s}: no such component (components: {})",
                 all.join(", ")
             )));

@@ -82,6 +82,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The request itself is wrong (unknown component, bad name).
+    #[error("{0}")]
+    Usage(String),
+
     /// A verification failed (checksum, repository check).
     #[error("verification failed: {0}")]
     Verification(String),
@@ -112,7 +116,7 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Config(_) | Self::NoPassword => ExitCode::Usage,
+            Self::Config(_) | Self::NoPassword | Self::Usage(_) => ExitCode::Usage,
             Self::Verification(_) => ExitCode::Verification,
             Self::Refused(_) | Self::RepositoryExists(_) => ExitCode::SafetyRefusal,
             Self::Locked { .. } => ExitCode::Locked,

@@ -394,3 +394,125 @@ pub fn git_repo(dir: &Path) -> String {
     git(&["commit", "-q", "-m", "first"]);
     git(&["rev-parse", "HEAD"])
 }
+
+// --- Stack fixtures ------------------------------------------------------------------
+
+/// Runs SQL in a database.
+pub fn sql(db: &TempDb, text: &str) {
+    db.client()
+        .batch_execute(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+}
+
+/// A digest of a table's full contents (order-independent).
+pub fn table_digest(db: &str, table: &str) -> String {
+    pg_client(db)
+        .query_one(
+            &format!("SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), 'empty') FROM {table} t"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Fills a database with a few tables and an Alembic revision.
+pub fn seed_db(db: &TempDb, rows: i32, revision: &str) {
+    sql(
+        db,
+        &format!(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, note text);
+             INSERT INTO customers (name, note) SELECT 'c' || i, repeat('x', i % 50) FROM generate_series(1, {rows}) i;
+             CREATE TABLE orders (id serial PRIMARY KEY, customer int REFERENCES customers(id), total numeric(10,2));
+             INSERT INTO orders (customer, total) SELECT 1 + i % {rows}, i * 1.5 FROM generate_series(1, {rows} * 3) i;
+             CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+             INSERT INTO alembic_version VALUES ('{revision}');"
+        ),
+    );
+}
+
+/// A directory of executables placed first on PATH or used as `bin-dir`.
+pub struct Wrappers {
+    pub dir: tempfile::TempDir,
+}
+
+impl Wrappers {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes an executable shell script.
+    pub fn script(&self, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A file in the wrapper dir (for logs).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+}
+
+/// The directory of the server's own client tools (e.g. /usr/lib/postgresql/15/bin).
+pub fn pg_bin_dir() -> PathBuf {
+    let mut c = pg_client("postgres");
+    let num: String = c.query_one("SHOW server_version_num", &[]).unwrap().get(0);
+    let major = num.parse::<u32>().unwrap() / 10000;
+    PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))
+}
+
+/// Absolute path of a program on PATH.
+pub fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .unwrap();
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!p.is_empty(), "{program} not found on PATH");
+    p
+}
+
+/// Restores a snapshot with stock restic into a new directory.
+pub fn restic_restore(repo: &Path, tag_name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    restic(
+        repo,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            &format!("name:{tag_name}"),
+            "--target",
+            &dir.path().to_string_lossy(),
+        ],
+    )
+    .expect_code(0);
+    dir
+}
+
+/// `sha256sum -c` of the restored set's CHECKSUM.sha256, from its root.
+pub fn sha256sum_check(root: &Path) -> Run {
+    let out = Command::new("sha256sum")
+        .args(["-c", "--strict", "stack-backup/CHECKSUM.sha256"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    Run::from(out)
+}
+
+/// Number of snapshots stock restic sees.
+pub fn restic_snapshot_count(repo: &Path) -> usize {
+    let r = restic(repo, &["snapshots", "--json"]);
+    r.expect_code(0);
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .map_or(0, Vec::len)
+}
