@@ -95,7 +95,21 @@ step "stack-backup doctor"
 step "stock restic reads the repository"
 restic -r "$DEMO/repo" --password-file "$DEMO/repo.key" snapshots
 
+step "stack-backup backup --name before-migration"
+"$SB" backup --name before-migration
+
+step "stack-backup backup (again: unchanged images and files are reused)"
+"$SB" backup --name second
+
 step "stack-backup list"
 "$SB" list
+
+step "stack-backup show before-migration"
+"$SB" show before-migration
+
+step "stock restic restores the set and sha256sum verifies it"
+rm -rf "$DEMO/restored"
+restic -r "$DEMO/repo" --password-file "$DEMO/repo.key" restore latest --tag name:before-migration --target "$DEMO/restored" >/dev/null
+(cd "$DEMO/restored" && sha256sum -c --quiet stack-backup/CHECKSUM.sha256 && echo "all $(wc -l < stack-backup/CHECKSUM.sha256) checksums OK")
 
 printf '\ndemo finished: config %s, repository %s\n' "$DEMO/stack-backup.toml" "$DEMO/repo"

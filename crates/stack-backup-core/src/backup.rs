@@ -180,6 +180,19 @@ pub fn run<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Report> {
+    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    run_locked(cfg, env, req, observer, progress)
+}
+
+/// [`run`] for a caller that already holds the repository lock (restore's
+/// pre-restore snapshot).
+pub fn run_locked<P: ProgressBars>(
+    cfg: &Config,
+    env: &Env,
+    req: &Request,
+    observer: Option<Arc<dyn Observer>>,
+    progress: P,
+) -> Result<Report> {
     let started = Instant::now();
     let stack = cfg.stack.name.0.clone();
     let name = req.name.clone().unwrap_or_else(generated_name);
@@ -204,7 +217,6 @@ pub fn run<P: ProgressBars>(
     let (images, volumes) = docker_lists(cfg)?;
 
     let loc = Location::of(cfg);
-    let _lock = RepoLock::acquire(&loc)?;
     let password = repository::password(cfg, env)?;
     let repo = repository::open_with_progress(cfg, &password, progress)?;
     let existing = sets::list(&repo, &stack)?;

@@ -87,7 +87,10 @@ impl BackupSet {
 }
 
 /// Every backup set of `stack` in the repository, oldest first.
-pub fn list(repo: &OpenRepo, stack: &str) -> Result<Vec<(BackupSet, SnapshotFile)>> {
+pub fn list<S: rustic_core::Open>(
+    repo: &rustic_core::Repository<S>,
+    stack: &str,
+) -> Result<Vec<(BackupSet, SnapshotFile)>> {
     let snaps = repo.get_all_snapshots().map_err(|e| Error::Repository {
         location: repo.name.clone(),
         message: e.display_log(),
@@ -103,7 +106,11 @@ pub fn list(repo: &OpenRepo, stack: &str) -> Result<Vec<(BackupSet, SnapshotFile
 
 /// Finds a set by name, by (a prefix of at least 4 digits of) its id, or
 /// `latest`. An ambiguous id prefix is an error.
-pub fn find(repo: &OpenRepo, stack: &str, wanted: &str) -> Result<(BackupSet, SnapshotFile)> {
+pub fn find<S: rustic_core::Open>(
+    repo: &rustic_core::Repository<S>,
+    stack: &str,
+    wanted: &str,
+) -> Result<(BackupSet, SnapshotFile)> {
     let mut sets = list(repo, stack)?;
     if wanted == "latest" {
         return sets.pop().ok_or_else(|| Error::NotFound("latest".into()));
