@@ -112,4 +112,33 @@ rm -rf "$DEMO/restored"
 restic -r "$DEMO/repo" --password-file "$DEMO/repo.key" restore latest --tag name:before-migration --target "$DEMO/restored" >/dev/null
 (cd "$DEMO/restored" && sha256sum -c --quiet stack-backup/CHECKSUM.sha256 && echo "all $(wc -l < stack-backup/CHECKSUM.sha256) checksums OK")
 
+show_state() {
+  printf '  orders rows:   %s\n' "$(psql -tA "${SB_TEST_PG_URL%/*}/$DB" -c 'SELECT count(*) FROM orders' 2>&1 | head -1)"
+  printf '  redis keys:    %s\n' "$(redis-cli -n "$REDIS_DB" DBSIZE)"
+  printf '  image:         %s\n' "$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>&1 | head -1)"
+  printf '  volume file:   %s\n' "$(docker run --rm -v "$VOLUME:/data" "$SB_TEST_BASE_IMAGE" cat /data/avatar.png 2>&1)"
+  printf '  media files:   %s\n' "$(ls "$DEMO/media" | wc -l)"
+}
+
+step "the demo stack now"
+show_state
+
+step "breaking it: drop a table, delete Redis keys, remove the image, change a volume file, delete photos"
+psql -q "${SB_TEST_PG_URL%/*}/$DB" -c 'DROP TABLE orders'
+redis-cli -n "$REDIS_DB" FLUSHDB >/dev/null
+docker image rm -f "$IMAGE" >/dev/null
+docker run --rm -v "$VOLUME:/data" "$SB_TEST_BASE_IMAGE" sh -c 'echo broken > /data/avatar.png'
+rm -f "$DEMO"/media/photo-1*.jpg
+show_state
+
+step "stack-backup restore before-migration --dry-run"
+"$SB" restore before-migration --dry-run
+
+step "stack-backup restore before-migration --yes"
+"$SB" restore before-migration --yes
+
+step "the data is back"
+show_state
+"$SB" list
+
 printf '\ndemo finished: config %s, repository %s\n' "$DEMO/stack-backup.toml" "$DEMO/repo"

@@ -54,6 +54,10 @@ pub struct Request {
     pub only: Vec<String>,
     /// Only databases (`dump`: PostgreSQL, and Redis with role `data`).
     pub databases_only: bool,
+    /// Skip components that do not exist (a removed image or volume, a
+    /// dropped database, a stopped Redis) instead of failing: what does not
+    /// exist cannot be lost. Used for the pre-restore snapshot.
+    pub skip_missing: bool,
 }
 
 /// One component in the summary.
@@ -280,7 +284,14 @@ pub fn run_locked<P: ProgressBars>(
         if !want(&comp) {
             continue;
         }
-        let plan = postgres::plan_dump(n, pg)?;
+        let plan = match postgres::plan_dump(n, pg) {
+            Ok(p) => p,
+            Err(e) if req.skip_missing && e.to_string().contains("does not exist") => {
+                log::info!("{comp}: skipped, it does not exist: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         entries.extend(plan.entries);
         components.insert(comp, Component::Postgres(plan.record));
         sessions.push(plan.session);
@@ -296,7 +307,14 @@ pub fn run_locked<P: ProgressBars>(
         if !want(&comp) || !include {
             continue;
         }
-        let (entry, record) = redis::plan(n, rd)?;
+        let (entry, record) = match redis::plan(n, rd) {
+            Ok(x) => x,
+            Err(e) if req.skip_missing => {
+                log::info!("{comp}: skipped: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         entries.push(entry);
         components.insert(comp, Component::Redis(record));
     }
@@ -307,7 +325,14 @@ pub fn run_locked<P: ProgressBars>(
             if !want(&comp) {
                 continue;
             }
-            let info = docker::image_info(reference)?;
+            let info = match docker::image_info(reference) {
+                Ok(i) => i,
+                Err(e) if req.skip_missing => {
+                    log::info!("{comp}: skipped: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let path = docker::image_artifact(reference);
             let reuse_meta = reusable_image(&repo, &parent, &path, &info.id);
             if reuse_meta.is_some() {
@@ -339,7 +364,14 @@ pub fn run_locked<P: ProgressBars>(
             if !want(&comp) {
                 continue;
             }
-            let mount = docker::volume_mountpoint(vol)?;
+            let mount = match docker::volume_mountpoint(vol) {
+                Ok(m) => m,
+                Err(e) if req.skip_missing => {
+                    log::info!("{comp}: skipped: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let users = docker::volume_users(vol)?;
             if !users.is_empty() && !stop {
                 log::warn!(
@@ -377,6 +409,9 @@ pub fn run_locked<P: ProgressBars>(
         for (n, p) in &cfg.paths {
             let comp = format!("paths.{n}");
             if !want(&comp) {
+                continue;
+            }
+            if !p.path.is_dir() && req.skip_missing {
                 continue;
             }
             if !p.path.is_dir() {

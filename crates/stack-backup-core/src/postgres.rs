@@ -410,6 +410,22 @@ pub fn migration_state(
     Ok(out)
 }
 
+/// [`migration_state`] in a read-only transaction of its own.
+pub fn migration_state_now(
+    name: &str,
+    client: &mut postgres::Client,
+) -> Result<Vec<crate::manifest::MigrationState>> {
+    client.batch_execute("BEGIN READ ONLY").map_err(|e| {
+        Error::component(
+            component(name),
+            format!("reading migration state: {}", error_text(&e)),
+        )
+    })?;
+    let state = migration_state(name, client);
+    let _ = client.batch_execute("COMMIT");
+    state
+}
+
 /// Exact row count of every user table (`schema.table`).
 pub fn row_counts(
     name: &str,

@@ -192,10 +192,10 @@ fn plan_with(repo: &Indexed, cfg: &Config, req: &Request) -> Result<Plan> {
                     Some(pg) => {
                         let pc = postgres::client_config(key, pg)?;
                         let db = pc.get_dbname().unwrap_or(&p.database).to_string();
-                        let host = pg.container.as_ref().map_or_else(
-                            || format!("{}", pg.url.redacted()),
-                            |c| format!("container {c}"),
-                        );
+                        let host = pg
+                            .container
+                            .as_ref()
+                            .map_or_else(|| pg.url.redacted(), |c| format!("container {c}"));
                         Some(format!(
                             "replace database `{db}` ({host}) with the dump of `{}` ({} tables)",
                             p.database,
@@ -370,6 +370,10 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
             .cloned()
             .collect();
         let name = format!("pre-restore-{}", crate::backup::generated_name());
+        let only = present_components(cfg, &only)?;
+        if only.is_empty() {
+            return Ok("nothing that will be replaced exists yet".into());
+        }
         let report = crate::backup::run_locked(
             cfg,
             env,
@@ -377,18 +381,27 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
                 name: Some(name.clone()),
                 tier: Tier::PreRestore,
                 include_redis: true,
-                only: present_components(cfg, &only)?,
+                only,
                 databases_only: false,
+                skip_missing: true,
             },
             None,
             rustic_core::NoProgressBars,
-        )?;
-        pre_name = Some(report.set.name.clone());
-        Ok(format!(
-            "set `{}` ({})",
-            report.set.name,
-            report.set.short_id()
-        ))
+        );
+        match report {
+            Ok(report) => {
+                pre_name = Some(report.set.name.clone());
+                Ok(format!(
+                    "set `{}` ({})",
+                    report.set.name,
+                    report.set.short_id()
+                ))
+            }
+            Err(Error::Refused(m)) if m.starts_with("nothing to back up") => {
+                Ok("nothing that will be replaced exists yet".into())
+            }
+            Err(e) => Err(e),
+        }
     })?;
     // The pre-restore set is new: reload the index to read it on rollback.
     let repo = open_indexed(cfg, env)?;
@@ -506,7 +519,10 @@ fn disk_check(cfg: &Config, plan: &Plan) -> Result<String> {
         None
     };
     for c in &plan.components {
-        match &plan.manifest.components[c.as_str()] {
+        let Some(component) = plan.manifest.components.get(c.as_str()) else {
+            continue; // a Redis that is only flushed
+        };
+        match component {
             Component::Postgres(_) => {
                 // A temporary copy of the database exists beside the live one.
                 let key = c.trim_start_matches("postgres.");
@@ -522,7 +538,7 @@ fn disk_check(cfg: &Config, plan: &Plan) -> Result<String> {
             }
             Component::DockerImage(_) | Component::DockerVolume(_) => {
                 if let Some(root) = &docker_root {
-                    let bytes = match &plan.manifest.components[c.as_str()] {
+                    let bytes = match component {
                         Component::DockerVolume(t) => t.bytes,
                         _ => size_of(c),
                     };
@@ -662,7 +678,7 @@ fn migration_check(cfg: &Config, plan: &Plan, allow: bool) -> Result<String> {
         let pg = &cfg.postgres[key];
         // Live state (informational: a restore exists to change it).
         let live = postgres::connect(key, pg)
-            .and_then(|mut cl| postgres::migration_state(key, &mut cl))
+            .and_then(|mut cl| postgres::migration_state_now(key, &mut cl))
             .unwrap_or_default();
         for m in &p.migrations {
             let live_m = live.iter().find(|l| l.tool == m.tool);
@@ -809,9 +825,15 @@ impl Applied {
                 Ok(())
             }
             Applied::Image { reference, old_id } => {
-                if let Some(id) = old_id {
-                    crate::process::output("docker", "docker", &["tag", &id, &reference])?;
-                }
+                match old_id {
+                    Some(id) => {
+                        crate::process::output("docker", "docker", &["tag", &id, &reference])?
+                    }
+                    // It was not there before: take it away again.
+                    None => {
+                        crate::process::output("docker", "docker", &["image", "rm", &reference])?
+                    }
+                };
                 Ok(())
             }
             Applied::Redis { key, component } => {
@@ -1226,7 +1248,7 @@ fn post_verify(cfg: &Config, plan: &Plan, req: &Request) -> Result<String> {
                         diff.join(", ")
                     )));
                 }
-                let migrations = postgres::migration_state(key, &mut client)?;
+                let migrations = postgres::migration_state_now(key, &mut client)?;
                 if migrations != p.migrations {
                     return Err(Error::Verification(format!(
                         "{c}: migration state after restore differs from the manifest"

@@ -51,6 +51,30 @@ pub enum Command {
     Backup(BackupArgs),
     /// Take a database-only set (PostgreSQL, Redis with role `data`; tier `data`).
     Dump(DumpArgs),
+    /// Restore a backup set through the safety chain.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup set name, snapshot id (prefix) or `latest`.
+    #[arg(default_value = "latest")]
+    pub name: String,
+    /// Only these components (`postgres`, `postgres.main`, `docker`, `paths.media`, …).
+    #[arg(long, value_name = "COMPONENT", num_args = 1..)]
+    pub only: Vec<String>,
+    /// Flush Redis instances with role `cache` instead of restoring them.
+    #[arg(long)]
+    pub flush_redis: bool,
+    /// Show the plan, run the checks (disk, verify, migrations), change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Restore even when the backup's migration state does not fit the code.
+    #[arg(long)]
+    pub allow_migration_mismatch: bool,
 }
 
 #[derive(Debug, Args)]

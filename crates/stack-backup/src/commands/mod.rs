@@ -4,6 +4,7 @@ mod backup;
 mod doctor;
 mod init;
 mod list;
+mod restore;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -33,9 +34,11 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 include_redis: args.include_redis,
                 only: args.only.clone(),
                 databases_only: false,
+                skip_missing: false,
             },
             out,
         ),
+        Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
@@ -45,6 +48,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 include_redis: false,
                 only: args.only.clone(),
                 databases_only: true,
+                skip_missing: false,
             },
             out,
         ),

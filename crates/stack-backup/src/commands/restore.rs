@@ -1,0 +1,122 @@
+//! `restore`: show what will be replaced, ask, then run the safety chain.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Mutex;
+
+use stack_backup_core::config::{Config, Env};
+use stack_backup_core::restore::{self, Request, StepState, Steps, STEPS};
+use stack_backup_core::{Error, ExitCode};
+
+use super::ctx;
+use crate::cli::RestoreArgs;
+use crate::output::Output;
+
+/// Prints each step as it runs and keeps them for `--json`.
+struct Printer<'a> {
+    out: &'a Output,
+    steps: Mutex<Vec<serde_json::Value>>,
+}
+
+impl Steps for Printer<'_> {
+    fn step(&self, n: usize, name: &str, state: StepState, detail: &str) {
+        if state != StepState::Running {
+            self.steps.lock().expect("steps").push(serde_json::json!({
+                "step": n, "name": name, "state": state, "detail": detail,
+            }));
+        }
+        if self.out.json || self.out.quiet {
+            return;
+        }
+        let total = STEPS.len();
+        match state {
+            StepState::Running => {
+                eprint!("[{n}/{total}] {name} … ");
+                let _ = std::io::stderr().flush();
+            }
+            StepState::Ok => eprintln!("ok\n      {detail}"),
+            StepState::Skipped => eprintln!("[{n}/{total}] {name} … skipped: {detail}"),
+            StepState::Failed => eprintln!("FAILED\n      {detail}"),
+        }
+    }
+}
+
+pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    let req = Request {
+        name: args.name.clone(),
+        only: args.only.clone(),
+        flush_redis: args.flush_redis,
+        dry_run: args.dry_run,
+        allow_migration_mismatch: args.allow_migration_mismatch,
+    };
+    let plan = ctx(restore::plan(cfg, env, &req), "planning the restore")?;
+    let set = &plan.set;
+    if !out.json {
+        eprintln!(
+            "Restore backup set `{}` ({}) of stack `{}`, taken {}{}",
+            set.name,
+            set.short_id(),
+            cfg.stack.name.0,
+            set.time,
+            set.git_commit.as_deref().map_or(String::new(), |c| format!(
+                " at git commit {}",
+                &c[..c.len().min(12)]
+            ))
+        );
+        eprintln!(
+            "{}:",
+            if args.dry_run {
+                "It would replace"
+            } else {
+                "This will replace"
+            }
+        );
+        for t in &plan.targets {
+            eprintln!("  - {}: {}", t.component, t.action);
+        }
+        for (c, why) in &plan.skipped {
+            eprintln!("  (not restored: {c}: {why})");
+        }
+        eprintln!("Chain: {}", STEPS.join(" → "));
+    }
+    if !args.dry_run && !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Refused(
+                "restore replaces live data and needs confirmation: run it on a terminal, or pass --yes".into(),
+            )
+            .into());
+        }
+        eprint!("Type `yes` to restore: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            return Err(Error::Refused("not confirmed; nothing was changed".into()).into());
+        }
+    }
+    let printer = Printer {
+        out,
+        steps: Mutex::new(Vec::new()),
+    };
+    let result = restore::execute(cfg, env, &req, &printer);
+    let steps = printer.steps.into_inner().expect("steps");
+    match result {
+        Ok(o) => {
+            out.json(&serde_json::json!({
+                "set": o.set, "dry_run": o.dry_run, "pre_restore": o.pre_restore,
+                "restored": o.restored, "targets": plan.targets, "steps": steps,
+            }));
+            if o.dry_run {
+                out.say("dry run: nothing was changed");
+            } else {
+                out.say(format!(
+                    "restored `{}` ({} component(s)); the state before is kept as set `{}`",
+                    o.set.name,
+                    o.restored.len(),
+                    o.pre_restore.unwrap_or_default()
+                ));
+            }
+            Ok(ExitCode::Success)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,386 @@
+//! `restore` through the safety chain against real services.
+
+mod common;
+
+use common::*;
+
+struct Stack {
+    sb: Sandbox,
+    db1: TempDb,
+    db2: TempDb,
+    redis: RedisServer,
+    img: TempImage,
+    vol: TempVolume,
+    media: std::path::PathBuf,
+}
+
+fn config(s: &Stack, extra_main: &str, extra_analytics: &str) -> String {
+    format!(
+        r#"
+[postgres.main]
+url = "{}"
+{extra_main}
+
+[postgres.analytics]
+url = "{}"
+{extra_analytics}
+
+[redis.sessions]
+url = "{}"
+role = "data"
+
+[docker]
+images = ["{}"]
+volumes = ["{}"]
+
+[paths.media]
+path = "{}"
+"#,
+        s.db1.url(),
+        s.db2.url(),
+        s.redis.url(),
+        s.img.reference,
+        s.vol.name,
+        s.media.display()
+    )
+}
+
+fn stack() -> Stack {
+    let sb = Sandbox::new();
+    let db1 = TempDb::new();
+    seed_db(&db1, 200, "a1b2c3d4e5f6");
+    let db2 = TempDb::new();
+    seed_db(&db2, 40, "bbbb0000cccc");
+    let redis = RedisServer::start();
+    let mut c = redis.client().get_connection().unwrap();
+    for i in 0..30 {
+        redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    let img = TempImage::build("restore me");
+    let vol = TempVolume::new();
+    std::fs::write(vol.mountpoint().join("a.txt"), "original volume file").unwrap();
+    let media = sb.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("one.jpg"), "one").unwrap();
+    std::fs::write(media.join("two.jpg"), "two").unwrap();
+    let s = Stack {
+        sb,
+        db1,
+        db2,
+        redis,
+        img,
+        vol,
+        media,
+    };
+    s.sb.write_config("shop", &config(&s, "", ""));
+    s.sb.init();
+    s.sb.run(&["backup", "--name", "good"]).expect_code(0);
+    s
+}
+
+/// Everything a test compares, as one value.
+fn state(s: &Stack) -> Vec<String> {
+    let mut c = s.redis.client().get_connection().unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.sort();
+    let values: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            redis::cmd("GET")
+                .arg(k)
+                .query::<String>(&mut c)
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut media: Vec<String> = std::fs::read_dir(&s.media)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            format!(
+                "{}={}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_to_string(e.path()).unwrap()
+            )
+        })
+        .collect();
+    media.sort();
+    let tables = |db: &str| {
+        let mut out = Vec::new();
+        for t in ["customers", "orders", "alembic_version"] {
+            let exists: bool = pg_client(db)
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("public.{t}")],
+                )
+                .unwrap()
+                .get(0);
+            out.push(if exists {
+                table_digest(db, t)
+            } else {
+                format!("{t} missing")
+            });
+        }
+        out.join(",")
+    };
+    vec![
+        tables(&s.db1.name),
+        tables(&s.db2.name),
+        format!("{keys:?}={values:?}"),
+        docker(&["image", "inspect", "--format", "{{.Id}}", &s.img.reference])
+            .stdout
+            .trim()
+            .to_string(),
+        std::fs::read_to_string(s.vol.mountpoint().join("a.txt")).unwrap_or_default(),
+        media.join(";"),
+    ]
+}
+
+fn wreck(s: &Stack) {
+    sql(
+        &s.db1,
+        "DROP TABLE orders; UPDATE customers SET name = 'wrecked'",
+    );
+    sql(&s.db2, "DELETE FROM orders WHERE id % 2 = 0");
+    let mut c = s.redis.client().get_connection().unwrap();
+    for i in 0..10 {
+        redis::cmd("DEL")
+            .arg(format!("k{i}"))
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    redis::cmd("SET")
+        .arg("intruder")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap();
+    docker(&["image", "rm", "-f", &s.img.reference]).expect_code(0);
+    std::fs::write(s.vol.mountpoint().join("a.txt"), "changed").unwrap();
+    std::fs::write(s.media.join("one.jpg"), "changed").unwrap();
+    std::fs::write(s.media.join("new.jpg"), "new").unwrap();
+}
+
+fn leftover_databases() -> Vec<String> {
+    pg_client("postgres")
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE '%\\_\\_sb\\_%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn round_trip_brings_every_component_back() {
+    let s = stack();
+    let before = state(&s);
+    wreck(&s);
+    assert_ne!(state(&s), before);
+    let r = s.sb.run(&["--json", "restore", "good", "--yes"]);
+    r.expect_code(0);
+    assert_eq!(state(&s), before);
+    let v = r.json();
+    let names: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Disk check",
+            "Backup verify",
+            "Migration check",
+            "Pre-restore snapshot",
+            "Restore",
+            "Redis flush",
+            "Post-restore verify"
+        ]
+    );
+    // The wrecked state was kept as a pre-restore set.
+    let list =
+        s.sb.run(&["--json", "list", "--tier", "pre-restore"])
+            .json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(v["pre_restore"], list[0]["name"]);
+    assert!(
+        leftover_databases().is_empty(),
+        "{:?}",
+        leftover_databases()
+    );
+    assert!(!s.media.with_file_name("media.sb-old").exists());
+}
+
+#[test]
+fn a_corrupted_pack_is_refused_with_the_verification_code_and_nothing_changes() {
+    let s = stack();
+    wreck(&s);
+    let wrecked = state(&s);
+    // Flip bytes in the middle of every data pack.
+    let mut corrupted = 0;
+    for dir in std::fs::read_dir(s.sb.repo().join("data")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut bytes = std::fs::read(&p).unwrap();
+            if bytes.len() > 4096 {
+                let mid = bytes.len() / 2;
+                for b in &mut bytes[mid..mid + 64] {
+                    *b ^= 0xff;
+                }
+                std::fs::write(&p, bytes).unwrap();
+                corrupted += 1;
+            }
+        }
+    }
+    assert!(corrupted > 0);
+    let r = s.sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(3);
+    assert!(r.stderr.contains("verification failed"), "{}", r.stderr);
+    assert_eq!(state(&s), wrecked, "the stack changed");
+    let list = s.sb.run(&["--json", "list", "--tier", "pre-restore"]);
+    assert_eq!(list.json(), serde_json::json!([]));
+}
+
+#[test]
+fn a_failure_half_way_rolls_everything_back() {
+    let s = stack();
+    wreck(&s);
+    let wrecked = state(&s);
+    let w = Wrappers::new();
+    let real = pg_bin_dir();
+    for tool in ["pg_dump", "pg_dumpall", "psql"] {
+        w.script(tool, &format!("exec {}/{tool} \"$@\"", real.display()));
+    }
+    w.script(
+        "pg_restore",
+        &format!("if [ \"$1\" = --version ]; then exec {}/pg_restore --version; fi\necho 'injected failure' >&2\nexit 1", real.display()),
+    );
+    s.sb.write_config(
+        "shop",
+        &config(&s, "", &format!("bin-dir = \"{}\"", w.path().display())),
+    );
+    let r = s.sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("injected failure"), "{}", r.stderr);
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert_eq!(state(&s), wrecked, "the stack is not back where it started");
+    assert!(
+        leftover_databases().is_empty(),
+        "{:?}",
+        leftover_databases()
+    );
+}
+
+#[test]
+fn a_migration_mismatch_is_refused_unless_allowed() {
+    let s = stack();
+    let versions = s.sb.path().join("alembic/versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    std::fs::write(
+        versions.join("1.py"),
+        "revision = 'a1b2c3d4e5f6'\ndown_revision = None\n",
+    )
+    .unwrap();
+    std::fs::write(
+        versions.join("2.py"),
+        "revision = 'ffee11223344'\ndown_revision = 'a1b2c3d4e5f6'\n",
+    )
+    .unwrap();
+    s.sb.write_config(
+        "shop",
+        &config(
+            &s,
+            &format!("migrations-dir = \"{}\"", versions.display()),
+            "",
+        ),
+    );
+    wreck(&s);
+    let wrecked = state(&s);
+    let r = s.sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("migration mismatch"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a1b2c3d4e5f6") && r.stderr.contains("ffee11223344"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(state(&s), wrecked);
+    s.sb.run(&["restore", "good", "--yes", "--allow-migration-mismatch"])
+        .expect_code(0);
+    assert_ne!(state(&s), wrecked);
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_changes_nothing() {
+    let s = stack();
+    wreck(&s);
+    let wrecked = state(&s);
+    let r = s.sb.run(&["restore", "good", "--dry-run"]);
+    r.expect_code(0);
+    for needle in [
+        "Disk check",
+        "Backup verify",
+        "Migration check",
+        "Pre-restore snapshot",
+        "Post-restore verify",
+        "postgres.main",
+        "docker.volume.",
+        "paths.media",
+        "redis.sessions",
+        &s.db1.name,
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "{needle} missing from the plan:\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(state(&s), wrecked);
+    assert_eq!(restic_snapshot_count(&s.sb.repo()), 1);
+}
+
+#[test]
+fn without_a_terminal_and_without_yes_nothing_happens() {
+    let s = stack();
+    wreck(&s);
+    let wrecked = state(&s);
+    let r = s.sb.run(&["restore", "good"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+    assert_eq!(state(&s), wrecked);
+}
+
+#[test]
+fn flush_redis_empties_a_cache_instead_of_restoring_it() {
+    let s = stack();
+    let cache = RedisServer::start();
+    let mut c = cache.client().get_connection().unwrap();
+    redis::cmd("SET")
+        .arg("cached")
+        .arg("1")
+        .query::<()>(&mut c)
+        .unwrap();
+    let text = format!(
+        "{}\n[redis.cache]\nurl = \"{}\"\nrole = \"cache\"\n",
+        config(&s, "", ""),
+        cache.url()
+    );
+    s.sb.write_config("shop", &text);
+    s.sb.run(&[
+        "restore",
+        "good",
+        "--yes",
+        "--flush-redis",
+        "--only",
+        "redis",
+    ])
+    .expect_code(0);
+    let n: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(n, 0);
+}
