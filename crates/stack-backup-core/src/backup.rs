@@ -682,7 +682,8 @@ pub fn run_locked<P: ProgressBars>(
     let mut final_snap = final_opts
         .to_snapshot()
         .map_err(|e| repo_err(e.display_log(), "preparing the snapshot"))?;
-    final_snap.summary = snap_a.summary.clone();
+    // The merge counts the files of the merged tree itself.
+    final_snap.summary = None;
     final_snap.parent = snap_a.parent;
     let merged = repo.merge_snapshots(
         &[snap_a.clone(), snap_b.clone()],
