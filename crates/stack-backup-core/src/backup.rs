@@ -223,6 +223,9 @@ pub fn run_locked<P: ProgressBars>(
     let loc = Location::of(cfg);
     let password = repository::password(cfg, env)?;
     let repo = repository::open_with_progress(cfg, &password, progress)?;
+    let phase =
+        |what: &str| log::info!("backup: {what} at {:.2}s", started.elapsed().as_secs_f64());
+    phase("repository open");
     let existing = sets::list(&repo, &stack)?;
     if req.name.is_some() && existing.iter().any(|(b, _)| b.name == name) {
         return Err(Error::Refused(format!(
@@ -271,6 +274,7 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // 1. Plan.
+    phase("planning");
     let ledger = Arc::new(Ledger::new(observer));
     let mut entries: Vec<Entry> = Vec::new();
     let mut components: BTreeMap<String, Component> = BTreeMap::new();
@@ -307,13 +311,9 @@ pub fn run_locked<P: ProgressBars>(
         if !want(&comp) || !include {
             continue;
         }
-        let (entry, record) = match redis::plan(n, rd) {
-            Ok(x) => x,
-            Err(e) if req.skip_missing => {
-                log::info!("{comp}: skipped: {e}");
-                continue;
-            }
-            Err(e) => return Err(e),
+        let (entry, record) = match skip_missing(redis::plan(n, rd), req.skip_missing, &comp)? {
+            Some(v) => v,
+            None => continue,
         };
         entries.push(entry);
         components.insert(comp, Component::Redis(record));
@@ -325,13 +325,9 @@ pub fn run_locked<P: ProgressBars>(
             if !want(&comp) {
                 continue;
             }
-            let info = match docker::image_info(reference) {
-                Ok(i) => i,
-                Err(e) if req.skip_missing => {
-                    log::info!("{comp}: skipped: {e}");
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let info = match skip_missing(docker::image_info(reference), req.skip_missing, &comp)? {
+                Some(v) => v,
+                None => continue,
             };
             let path = docker::image_artifact(reference);
             let reuse_meta = reusable_image(&repo, &parent, &path, &info.id);
@@ -364,13 +360,10 @@ pub fn run_locked<P: ProgressBars>(
             if !want(&comp) {
                 continue;
             }
-            let mount = match docker::volume_mountpoint(vol) {
-                Ok(m) => m,
-                Err(e) if req.skip_missing => {
-                    log::info!("{comp}: skipped: {e}");
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let mount = match skip_missing(docker::volume_mountpoint(vol), req.skip_missing, &comp)?
+            {
+                Some(v) => v,
+                None => continue,
             };
             let users = docker::volume_users(vol)?;
             if !users.is_empty() && !stop {
@@ -449,6 +442,7 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // 2. Disk check, then stop volume users.
+    phase("planned");
     if let Location::Local(p) = &loc {
         disk::ensure(p, estimate, cfg.min_free_space())?;
     }
@@ -463,6 +457,7 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // 3. Archive the artifacts into snapshot A.
+    phase("archiving");
     let source = StackSource::new(entries.clone(), ledger.clone());
     let mut opts = BackupOptions::default();
     opts.parent_opts = match &parent.snap {
@@ -488,6 +483,7 @@ pub fn run_locked<P: ProgressBars>(
     let repo = repo.drop_index();
 
     // 4. The ledger.
+    phase("archived");
     let yielded = source.yielded();
     let mut problems = ledger.component_failures();
     let mut checksums: BTreeMap<String, String> = BTreeMap::new();
@@ -579,6 +575,7 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // 5. Manifest files into snapshot B.
+    phase("manifest");
     let restore_command = format!("stack-backup restore {name}");
     let m = Manifest {
         schema: manifest::SCHEMA,
@@ -659,6 +656,7 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // Check A's tree holds every artifact, then merge A and B into C.
+    phase("tree check and merge");
     let repo = repo
         .to_indexed()
         .map_err(|e| repo_err(e.display_log(), "reading the index"))?;
@@ -727,6 +725,19 @@ pub fn run_locked<P: ProgressBars>(
         seconds: started.elapsed().as_secs_f64(),
         set,
     })
+}
+
+/// A component's planning result; with `skip`, a failure means "it does not
+/// exist" and the component is left out (`None`).
+fn skip_missing<T>(r: Result<T>, skip: bool, component: &str) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if skip => {
+            log::info!("{component}: skipped: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes snapshots of a failed or finished backup; a failure to delete is

@@ -246,24 +246,7 @@ pub fn init(cfg: &Config, password: &str) -> Result<OpenRepo> {
 /// Opens an existing repository. A wrong password and a missing repository
 /// are distinct, clear errors.
 pub fn open(cfg: &Config, password: &str) -> Result<OpenRepo> {
-    let loc = Location::of(cfg);
-    if !exists(cfg)? {
-        return Err(repo_err(
-            &loc,
-            "no repository here; create one with `stack-backup init`",
-        ));
-    }
-    let (loc, repo) = unopened(cfg)?;
-    repo.open(&Credentials::password(password)).map_err(|e| {
-        if e.is_incorrect_password() {
-            repo_err(
-                &loc,
-                "the password does not open this repository (no key matches)",
-            )
-        } else {
-            repo_err(&loc, e.display_log())
-        }
-    })
+    open_with_progress(cfg, password, rustic_core::NoProgressBars)
 }
 
 /// Opens an existing repository, reporting rustic's own progress to `pb`.
