@@ -279,6 +279,7 @@ pub fn run_locked<P: ProgressBars>(
     let mut entries: Vec<Entry> = Vec::new();
     let mut components: BTreeMap<String, Component> = BTreeMap::new();
     let mut sessions = Vec::new();
+    let mut facts = Vec::new();
     let mut estimate: u64 = 0;
     let mut git_head = None;
     let mut reused_images: BTreeSet<String> = BTreeSet::new();
@@ -297,8 +298,9 @@ pub fn run_locked<P: ProgressBars>(
             Err(e) => return Err(e),
         };
         entries.extend(plan.entries);
-        components.insert(comp, Component::Postgres(plan.record));
+        components.insert(comp.clone(), Component::Postgres(plan.record));
         sessions.push(plan.session);
+        facts.push((comp, plan.facts));
     }
     for session in &mut sessions {
         if let Ok(row) = session.query_one("SELECT pg_database_size(current_database())", &[]) {
@@ -471,6 +473,19 @@ pub fn run_locked<P: ProgressBars>(
         .map_err(|e| repo_err(e.display_log(), "preparing the snapshot"))?;
     let archived = repo.archive(&opts, &source, snap_a, &[PathBuf::from("/")]);
     drop(stopped); // volume users start again, also when the archive failed
+    let mut fact_failures = Vec::new();
+    for (comp, handle) in facts {
+        match handle.join() {
+            Ok(Ok((counts, migrations))) => {
+                if let Some(Component::Postgres(p)) = components.get_mut(&comp) {
+                    p.row_counts = counts;
+                    p.migrations = migrations;
+                }
+            }
+            Ok(Err(e)) => fact_failures.push((comp, e.to_string())),
+            Err(_) => fact_failures.push((comp, "counting rows panicked".into())),
+        }
+    }
     drop(sessions); // ends the Postgres snapshot transactions
     let snap_a = archived.map_err(|e| {
         let mut problems = ledger.component_failures();
@@ -486,6 +501,7 @@ pub fn run_locked<P: ProgressBars>(
     phase("archived");
     let yielded = source.yielded();
     let mut problems = ledger.component_failures();
+    problems.extend(fact_failures);
     let mut checksums: BTreeMap<String, String> = BTreeMap::new();
     let mut artifacts: Vec<ArtifactRecord> = Vec::new();
     let mut sizes: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new(); // component → (bytes, files, reused)

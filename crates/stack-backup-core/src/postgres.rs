@@ -474,6 +474,41 @@ pub struct DumpPlan {
     pub record: crate::manifest::PostgresRecord,
     /// Keeps the snapshot alive until the backup has read the dump.
     pub session: postgres::Client,
+    /// Counts rows and reads migration state in the same snapshot, on a
+    /// second connection, while the dump streams. Its results belong in
+    /// `record` (`row_counts`, `migrations`).
+    pub facts: std::thread::JoinHandle<Result<Facts>>,
+}
+
+/// Row counts and migration state, as of the dump's snapshot.
+pub type Facts = (
+    std::collections::BTreeMap<String, i64>,
+    Vec<crate::manifest::MigrationState>,
+);
+
+/// Reads [`Facts`] in the exported snapshot `snapshot` on a new connection.
+fn facts_in_snapshot(name: &str, pc: &postgres::Config, snapshot: &str) -> Result<Facts> {
+    let mut c = pc.connect(postgres::NoTls).map_err(|e| {
+        Error::component(
+            component(name),
+            format!("second connection for row counts: {}", error_text(&e)),
+        )
+    })?;
+    let fail = |e: postgres::Error| {
+        Error::component(
+            component(name),
+            format!("importing the snapshot: {}", error_text(&e)),
+        )
+    };
+    c.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "''")
+    ))
+    .map_err(fail)?;
+    let counts = row_counts(name, &mut c)?;
+    let migrations = migration_state(name, &mut c)?;
+    let _ = c.batch_execute("COMMIT");
+    Ok((counts, migrations))
 }
 
 /// Connects, exports a snapshot, records versions, row counts and
@@ -498,8 +533,10 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
         .query_one("SELECT pg_export_snapshot()", &[])
         .map_err(fail)?
         .get(0);
-    let row_counts = row_counts(name, &mut client)?;
-    let migrations = migration_state(name, &mut client)?;
+    let facts = {
+        let (name, pc, snapshot) = (name.to_string(), pc.clone(), snapshot.clone());
+        std::thread::spawn(move || facts_in_snapshot(&name, &pc, &snapshot))
+    };
 
     let database = pc.get_dbname().unwrap_or("postgres").to_string();
     let safe_db: String = database
@@ -586,9 +623,10 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
             dump: dump_path,
             roles,
             roles_note,
-            migrations,
-            row_counts,
+            migrations: Vec::new(),
+            row_counts: std::collections::BTreeMap::new(),
         },
         session: client,
+        facts,
     })
 }
