@@ -9,7 +9,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed; install a Rust toolchain (rustup) first" >&2
   exit 2
 fi
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 || { echo "cargo $tool is missing (rustup component add ${tool/fmt/rustfmt})" >&2; exit 2; }
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
