@@ -495,7 +495,6 @@ pub fn run_locked<P: ProgressBars>(
         ));
         failed(problems)
     })?;
-    let repo = repo.drop_index();
 
     // 4. The ledger.
     phase("archived");
@@ -637,9 +636,9 @@ pub fn run_locked<P: ProgressBars>(
     })
     .collect();
     let meta_source = StackSource::new(meta_entries, meta_ledger.clone());
-    let repo_ids = repo
-        .to_indexed_ids()
-        .map_err(|e| repo_err(e.display_log(), "reading the index"))?;
+    // The index loaded before A still serves B: it is only asked whether a
+    // blob exists, and B's blobs are all new.
+    let repo_ids = repo;
     let mut meta_opts = BackupOptions::default();
     meta_opts.parent_opts = ParentOptions::default().force(true);
     let snap_b = SnapshotOptions::default()
