@@ -264,6 +264,35 @@ pub struct PathConfig {
     pub path: PathBuf,
 }
 
+/// `[[health]]`: a check that must pass after a restore. Exactly one of
+/// `http`, `sql` or `command`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthCheck {
+    /// Shown in output.
+    pub name: String,
+    /// GET this URL; a 2xx answer passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Run this query on `postgres`; it passes when it succeeds and, if it
+    /// returns rows, the first column of the first row is not false/0/null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// The `[postgres.NAME]` an `sql` check runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// Run this program (words split on spaces, no shell); exit 0 passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Seconds to wait (default 30).
+    #[serde(default = "default_health_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_health_timeout() -> u64 {
+    30
+}
+
 /// A database URL with a known scheme. Its password is a secret: use
 /// [`DbUrl::redacted`] for anything shown or stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -346,6 +375,9 @@ pub struct Config {
     /// `[paths.NAME]` tables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, PathConfig>,
+    /// `[[health]]` checks run after a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthCheck>,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -430,6 +462,25 @@ impl Config {
                     Some(format!("postgres.{name}.url")),
                     "expected a postgres:// URL",
                 ));
+            }
+        }
+        for (i, h) in self.health.iter().enumerate() {
+            let kinds = [h.http.is_some(), h.sql.is_some(), h.command.is_some()];
+            let key = Some(format!("health[{i}]"));
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(ConfigError::in_file(
+                    file,
+                    key,
+                    "a [[health]] check needs exactly one of `http`, `sql`, `command`",
+                ));
+            }
+            if h.sql.is_some()
+                && !h
+                    .postgres
+                    .as_ref()
+                    .is_some_and(|p| self.postgres.contains_key(p))
+            {
+                return Err(ConfigError::in_file(file, key, "an `sql` health check needs `postgres = \"NAME\"` naming a [postgres.NAME] table"));
             }
         }
         for (name, rd) in &self.redis {

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod doctor;
 pub mod error;
 pub mod git;
+pub mod health;
 pub mod init;
 pub mod lock;
 pub mod migrations;

@@ -1284,6 +1284,9 @@ fn post_verify(cfg: &Config, plan: &Plan, req: &Request) -> Result<String> {
             _ => {}
         }
     }
+    for h in &cfg.health {
+        checked.push(crate::health::run(cfg, h)?);
+    }
     Ok(if checked.is_empty() {
         "nothing to check".into()
     } else {

@@ -384,3 +384,62 @@ fn flush_redis_empties_a_cache_instead_of_restoring_it() {
     let n: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
     assert_eq!(n, 0);
 }
+
+/// A one-shot local HTTP server answering `status` to every request.
+fn http_server(status: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn health_checks_must_pass_after_a_restore_or_it_is_rolled_back() {
+    let s = stack();
+    let port = http_server("200 OK");
+    let checks = format!(
+        "\n[[health]]\nname = \"web\"\nhttp = \"http://127.0.0.1:{port}/healthz\"\n\n\
+         [[health]]\nname = \"customers\"\nsql = \"SELECT count(*) > 0 FROM customers\"\npostgres = \"main\"\n\n\
+         [[health]]\nname = \"probe\"\ncommand = \"true\"\n"
+    );
+    s.sb.write_config("shop", &format!("{}{checks}", config(&s, "", "")));
+    wreck(&s);
+    let r = s.sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("web: GET") && r.stderr.contains("customers: SQL ok"),
+        "{}",
+        r.stderr
+    );
+
+    wreck_again(&s);
+    let wrecked = state(&s);
+    let failing = format!("{checks}\n[[health]]\nname = \"app-smoke\"\ncommand = \"false\"\n");
+    s.sb.write_config("shop", &format!("{}{failing}", config(&s, "", "")));
+    let r = s.sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("health check `app-smoke`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert_eq!(state(&s), wrecked);
+}
+
+/// Breaks the stack a second time (the image is already back).
+fn wreck_again(s: &Stack) {
+    sql(&s.db1, "DELETE FROM orders WHERE id % 3 = 0");
+    std::fs::write(s.media.join("two.jpg"), "broken").unwrap();
+}
