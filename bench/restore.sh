@@ -315,6 +315,7 @@ measure() {
     tpid=$!
   fi
   python3 "$HERE/restore_check.py" sample --pid "$tpid" --out "$RB/steps/round$round-$tool.sample.tsv" \
+    --memory "$RB/steps/round$round-$tool.memory.tsv" \
     --dir "$FILES.sb-restore" --dir "$FILES.sb-old" --dir "$FILES.restic-restore" --dir "$FILES.restic-old" &
   wpid=$!
   wait "$tpid" || rc=$?

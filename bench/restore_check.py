@@ -5,7 +5,7 @@ whether it does, and when each step of stack-backup's restore ran.
     restore_check.py reference --manifest M --checksums C --pg-url URL --files-dir D --out REF
     restore_check.py check --ref REF --pg-url URL --files-dir D
     restore_check.py stamp --steps OUT.tsv      # filter: stdin -> stdout
-    restore_check.py sample --pid PID [--dir D]... --out OUT.tsv
+    restore_check.py sample --pid PID [--dir D]... --out OUT.tsv [--memory MEM.tsv]
 
 `reference` reads the backup set's manifest.json and CHECKSUM.sha256 (dumped
 by stock restic) and the live stack, checks that the live stack is exactly
@@ -26,9 +26,11 @@ originals) until the output closes.
 
 `sample` watches a running restore (PID and its descendants) five times a
 second until it exits: which tools run (pg_restore, docker load, restic
-dump/restore, pg_dump, docker save, psql) and which of the given
-directories (staging, kept originals) exist; OUT.tsv has, per label, when
-it was first and last seen and for how long.
+dump/restore, pg_dump, docker save, psql, and the measured command itself
+unless it is a shell) with their RSS, and which of the given directories
+(staging, kept originals) exist; OUT.tsv has, per label, when it was first
+and last seen, for how long, and the largest RSS seen. --memory MEM.tsv
+also writes the measured command's RSS and peak RSS (VmHWM) at each sample.
 
 The database password comes from PGPASSWORD. Standard library only.
 """
@@ -286,7 +288,7 @@ def label_of(argv):
 
 
 def descendants(root):
-    """argv of every living descendant of root."""
+    """(pid, argv, depth) of every living descendant of root."""
     children = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -298,38 +300,72 @@ def descendants(root):
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [root]
+    out, todo = [], [(root, 0)]
     while todo:
-        pid = todo.pop()
+        pid, depth = todo.pop()
         for c in children.get(pid, []):
-            todo.append(c)
+            todo.append((c, depth + 1))
             try:
                 with open(f"/proc/{c}/cmdline", "rb") as f:
                     argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
             except OSError:
                 continue
-            out.append(argv)
+            out.append((c, argv, depth + 1))
     return out
+
+
+def memory_kib(pid):
+    """(VmRSS, VmHWM) of pid in KiB, zeros when gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return rss, hwm
 
 
 def sample(args):
     """Until --pid exits: every --interval seconds, which tools run under it
-    and which of the --dir directories exist. Writes label, first and last
-    time seen, and the seconds seen (samples x interval)."""
+    (and their RSS) and which of the --dir directories exist. Writes label,
+    first and last time seen, the seconds seen (samples x interval) and the
+    largest RSS seen; with --memory, the timeline of the measured command's
+    own RSS and peak (VmHWM)."""
     t0 = time.monotonic()
     seen = {}
+    timeline = []
     while os.path.exists(f"/proc/{args.pid}"):
         t = time.monotonic() - t0
-        labels = {label_of(a) for a in descendants(args.pid)} - {None}
-        labels |= {f"directory {os.path.basename(d)} exists" for d in args.dir if os.path.isdir(d)}
-        for lab in labels:
-            first, _, n = seen.get(lab, (t, t, 0))
-            seen[lab] = (first, t, n + 1)
+        now = {}
+        for pid, argv, depth in descendants(args.pid):
+            lab = label_of(argv)
+            if depth == 1:
+                rss, hwm = memory_kib(pid)
+                timeline.append((t, rss, hwm))
+                if argv and os.path.basename(argv[0]) not in ("bash", "sh", "env"):
+                    lab = os.path.basename(argv[0])
+            if lab:
+                now[lab] = max(now.get(lab, 0), memory_kib(pid)[0])
+        for d in args.dir:
+            if os.path.isdir(d):
+                now[f"directory {os.path.basename(d)} exists"] = 0
+        for lab, rss in now.items():
+            first, _, n, peak = seen.get(lab, (t, t, 0, 0))
+            seen[lab] = (first, t, n + 1, max(peak, rss))
         time.sleep(args.interval)
     with open(args.out, "w") as f:
-        f.write("label\tfirst_s\tlast_s\tseen_s\n")
-        for lab, (first, last, n) in sorted(seen.items(), key=lambda kv: kv[1][0]):
-            f.write(f"{lab}\t{first:.2f}\t{last:.2f}\t{n * args.interval:.2f}\n")
+        f.write("label\tfirst_s\tlast_s\tseen_s\tpeak_rss_kib\n")
+        for lab, (first, last, n, peak) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+            f.write(f"{lab}\t{first:.2f}\t{last:.2f}\t{n * args.interval:.2f}\t{peak}\n")
+    if args.memory:
+        with open(args.memory, "w") as f:
+            f.write("t_s\trss_kib\thwm_kib\n")
+            for t, rss, hwm in timeline:
+                f.write(f"{t:.2f}\t{rss}\t{hwm}\n")
 
 
 def main():
@@ -352,6 +388,7 @@ def main():
     p.add_argument("--dir", action="append", default=[])
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--out", required=True)
+    p.add_argument("--memory")
     args = ap.parse_args()
     {"reference": reference, "check": check, "stamp": stamp, "sample": sample}[args.cmd](args)
 

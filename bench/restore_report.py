@@ -76,9 +76,18 @@ def load(results_path, meta_path, manifest_path, steps_dir):
             with open(p, newline="") as f:
                 samples[(r["round"], r["tool"])] = [
                     {"label": x["label"], "first_s": float(x["first_s"]), "last_s": float(x["last_s"]),
-                     "seen_s": float(x["seen_s"])}
+                     "seen_s": float(x["seen_s"]), "peak_rss_kib": num(x.get("peak_rss_kib"), int)}
                     for x in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
                 ]
+        p = os.path.join(steps_dir, f"round{r['round']}-{r['tool']}.memory.tsv")
+        if os.path.exists(p) and r["tool"] == "c" and r["round"] in steps:
+            with open(p, newline="") as f:
+                mem = [(float(x["t_s"]), int(x["rss_kib"]), int(x["hwm_kib"]))
+                       for x in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+            # The largest RSS of stack-backup itself sampled during each phase.
+            for ph in steps[r["round"]]:
+                inside = [m[1] for m in mem if ph["start_s"] <= m[0] <= ph["end_s"]]
+                ph["max_rss_sampled_kib"] = max(inside) if inside else None
     return runs, meta, manifest, steps, samples
 
 
@@ -173,7 +182,7 @@ def phase_table(steps, rounds):
             if s is None:
                 cells.append(None)
             else:
-                cells.append((s["seconds"], s["state"]))
+                cells.append((s["seconds"], s["state"], s.get("max_rss_sampled_kib")))
         rows.append((n, cells))
     return rows
 
@@ -191,7 +200,7 @@ def sample_table(samples, rounds):
         cells = []
         for t, rd in cols:
             x = next((y for y in samples[(rd, t)] if y["label"] == lab), None)
-            cells.append(None if x is None else (x["first_s"], x["seen_s"]))
+            cells.append(None if x is None else (x["first_s"], x["seen_s"], x.get("peak_rss_kib")))
         rows.append((lab, cells))
     return cols, rows
 
@@ -267,33 +276,41 @@ def markdown(runs, meta, manifest, steps, samples, by, rounds, ratios, peak):
     rows = phase_table(steps, rounds)
     if rows:
         out.append("")
-        out.append("**Where (c)'s time goes** (its step lines, timed as they arrive)")
+        out.append("**Where (c)'s time and memory go** (its step lines, timed as they arrive; "
+                   "stack-backup's own RSS sampled 5 times a second, the largest sample in each phase)")
         out.append("")
-        out.append("| phase | " + " | ".join(f"round {rd}" for rd in rounds) + " |")
-        out.append("| --- | " + " | ".join("---:" for _ in rounds) + " |")
+        out.append("| phase | " + " | ".join(f"round {rd} | RSS" for rd in rounds) + " |")
+        out.append("| --- | " + " | ".join("---: | ---:" for _ in rounds) + " |")
         for name, cells in rows:
             txt = []
             for c in cells:
                 if c is None:
-                    txt.append("–")
-                elif c[1] == "skipped":
+                    txt += ["–", "–"]
+                    continue
+                if c[1] == "skipped":
                     txt.append("skipped")
                 elif c[1] in ("ok",):
                     txt.append(f"{c[0]:.1f} s")
                 else:
                     txt.append(f"{c[0]:.1f} s ({c[1]})")
+                txt.append("–" if c[2] is None else f"{c[2] / 1024:,.0f} MiB")
             out.append(f"| {name} | " + " | ".join(txt) + " |")
     cols, srows = sample_table(samples, rounds)
     if srows:
         out.append("")
         out.append("**What runs when** (processes under each restore and its staging directories, "
-                   "sampled 5 times a second: seconds seen, from when)")
+                   "sampled 5 times a second: seconds seen, from when, largest RSS sampled)")
         out.append("")
         out.append("| | " + " | ".join(f"({t}) round {rd}" for t, rd in cols) + " |")
         out.append("| --- | " + " | ".join("---:" for _ in cols) + " |")
+
+        def cell(c):
+            if c is None:
+                return "–"
+            txt = f"{c[1]:.1f} s from {c[0]:.1f} s"
+            return txt + (f", {c[2] / 1024:,.0f} MiB" if c[2] else "")
         for lab, cells in srows:
-            out.append(f"| {lab} | " + " | ".join(
-                "–" if c is None else f"{c[1]:.1f} s from {c[0]:.1f} s" for c in cells) + " |")
+            out.append(f"| {lab} | " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -316,11 +333,14 @@ def text_table(runs, by, rounds, ratios, peak, steps, samples):
         lines.append(f"check ({r['tool']}) round {r['round']}: {r['check']}")
     for name, cells in phase_table(steps, rounds):
         lines.append(f"  (c) {name}: " + ", ".join(
-            "-" if c is None else ("skipped" if c[1] == "skipped" else f"{c[0]:.1f}s") for c in cells))
+            "-" if c is None else ("skipped" if c[1] == "skipped" else f"{c[0]:.1f}s")
+            + ("" if c is None or c[2] is None else f" ({c[2] / 1024:.0f} MiB)") for c in cells))
     cols, srows = sample_table(samples, rounds)
     for lab, cells in srows:
         lines.append(f"  {lab}: " + ", ".join(
-            f"({t}{rd}) " + ("-" if c is None else f"{c[1]:.1f}s@{c[0]:.1f}") for (t, rd), c in zip(cols, cells)))
+            f"({t}{rd}) " + ("-" if c is None else f"{c[1]:.1f}s@{c[0]:.1f}"
+                             + (f" {c[2] / 1024:.0f}MiB" if c[2] else ""))
+            for (t, rd), c in zip(cols, cells)))
     return "\n".join(lines) + "\n"
 
 

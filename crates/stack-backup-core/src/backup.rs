@@ -245,14 +245,15 @@ pub fn run_locked<P: ProgressBars>(
         .to_indexed()
         .map_err(|e| repo_err(e.display_log(), "reading the index"))?;
 
-    // The parent: the newest set holding the most of the wanted images.
+    // The parent: the newest set holding the most of the wanted components
+    // (its unchanged files and images are reused unread).
     let parent_set = existing
         .iter()
-        .rev()
+        // Oldest to newest: `max_by_key` keeps the last of equal keys, so
+        // the newest set covering the most of this backup's components.
         .max_by_key(|(b, _)| {
-            images
-                .iter()
-                .filter(|i| b.components.contains(&format!("docker.image.{i}")))
+            all.iter()
+                .filter(|c| want(c) && b.components.contains(c))
                 .count()
         })
         .map(|(_, s)| s.clone());

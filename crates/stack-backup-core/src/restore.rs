@@ -403,7 +403,9 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
             Err(e) => Err(e),
         }
     })?;
-    // The pre-restore set is new: reload the index to read it on rollback.
+    // The pre-restore set is new: reload the index to read it on rollback
+    // (freeing the first index before the second is loaded).
+    drop(repo);
     let repo = open_indexed(cfg, env)?;
 
     // 5. Restore, 6. flush, 7. verify; undo everything on failure.
@@ -1110,10 +1112,13 @@ fn restore_tree(
     // Every restored file against its checksum before it replaces anything.
     for (path, _) in component_files(repo, plan, c)? {
         let rel = path.strip_prefix(&format!("{set_path}/")).unwrap_or(&path);
-        let data = std::fs::read(staging.join(rel))
-            .map_err(|e| Error::io("reading restored", staging.join(rel), e))?;
-        if plan.checksums.get(&path).map(String::as_str) != Some(&crate::ledger::sha256_hex(&data))
-        {
+        let file = staging.join(rel);
+        let mut sink = HashSink(Sha256::new(), 0);
+        std::fs::File::open(&file)
+            .and_then(|mut f| std::io::copy(&mut f, &mut sink))
+            .map_err(|e| Error::io("reading restored", &file, e))?;
+        let got = hex::encode(sink.0.finalize());
+        if plan.checksums.get(&path) != Some(&got) {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(Error::Verification(format!(
                 "{c}: restored {path} does not match its checksum"
