@@ -86,17 +86,10 @@ pub fn image_info(reference: &str) -> Result<ImageInfo> {
 /// Where an image's `docker save` tar lives in a backup set.
 #[must_use]
 pub fn image_artifact(reference: &str) -> String {
-    let safe: String = reference
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("docker/images/{safe}.tar")
+    format!(
+        "docker/images/{}.tar",
+        crate::manifest::safe_file_name(reference)
+    )
 }
 
 /// The stream that saves an image (by reference, so that its tag is kept).

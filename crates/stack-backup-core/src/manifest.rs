@@ -196,6 +196,21 @@ pub struct GitRecord {
     pub files: Vec<String>,
 }
 
+/// A name made safe for a file in a backup set: letters, digits, `-`, `_`
+/// and `.` are kept, anything else (`/`, `:`, `@`, spaces) becomes `_`.
+#[must_use]
+pub fn safe_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Renders `CHECKSUM.sha256` from `(path, sha256)` pairs, in `sha256sum`
 /// format (names with `\` or a newline escaped the way `sha256sum` does).
 #[must_use]

@@ -539,17 +539,10 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
     };
 
     let database = pc.get_dbname().unwrap_or("postgres").to_string();
-    let safe_db: String = database
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let dump_path = format!("postgres/{name}/{safe_db}.dump");
+    let dump_path = format!(
+        "postgres/{name}/{}.dump",
+        crate::manifest::safe_file_name(&database)
+    );
     let snapshot_arg = format!("--snapshot={snapshot}");
     let mut entries = vec![Entry::File(Artifact {
         path: dump_path.clone(),

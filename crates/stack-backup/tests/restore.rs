@@ -163,11 +163,13 @@ fn wreck(s: &Stack) {
     std::fs::write(s.media.join("new.jpg"), "new").unwrap();
 }
 
-fn leftover_databases() -> Vec<String> {
+/// Temporary or kept-aside copies of this stack's databases (other tests
+/// run restores of their own databases at the same time).
+fn leftover_databases(s: &Stack) -> Vec<String> {
     pg_client("postgres")
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE '%\\_\\_sb\\_%'",
-            &[],
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) OR starts_with(datname, $2)",
+            &[&format!("{}__sb_", s.db1.name), &format!("{}__sb_", s.db2.name)],
         )
         .unwrap()
         .iter()
@@ -210,9 +212,9 @@ fn round_trip_brings_every_component_back() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(v["pre_restore"], list[0]["name"]);
     assert!(
-        leftover_databases().is_empty(),
+        leftover_databases(&s).is_empty(),
         "{:?}",
-        leftover_databases()
+        leftover_databases(&s)
     );
     assert!(!s.media.with_file_name("media.sb-old").exists());
 }
@@ -271,9 +273,9 @@ fn a_failure_half_way_rolls_everything_back() {
     assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
     assert_eq!(state(&s), wrecked, "the stack is not back where it started");
     assert!(
-        leftover_databases().is_empty(),
+        leftover_databases(&s).is_empty(),
         "{:?}",
-        leftover_databases()
+        leftover_databases(&s)
     );
 }
 

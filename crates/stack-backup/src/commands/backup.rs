@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use stack_backup_core::backup::{self, Request};
 use stack_backup_core::config::{Config, Env};
 use stack_backup_core::ledger::Observer;
+use stack_backup_core::repository::NoProgress;
 use stack_backup_core::{disk, ExitCode};
 
 use super::ctx;
@@ -72,7 +73,7 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, out: &Output) -> anyhow::Resu
         .progress
         .then(|| Arc::new(Bars::new()) as Arc<dyn Observer>);
     let report = ctx(
-        backup::run(cfg, env, req, observer, rustic_core_no_progress()),
+        backup::run(cfg, env, req, observer, NoProgress),
         "backup failed",
     )?;
     out.json(&serde_json::to_value(&report)?);
@@ -112,8 +113,4 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, out: &Output) -> anyhow::Resu
         report.set.name
     ));
     Ok(ExitCode::Success)
-}
-
-fn rustic_core_no_progress() -> stack_backup_core::repository::NoProgress {
-    stack_backup_core::repository::NoProgress
 }
