@@ -11,10 +11,12 @@ use super::ctx;
 use crate::cli::RestoreArgs;
 use crate::output::Output;
 
-/// Prints each step as it runs and keeps them for `--json`.
+/// Prints each step as it runs and keeps them for `--json`; on a terminal a
+/// spinner with the elapsed time shows while a step runs.
 struct Printer<'a> {
     out: &'a Output,
     steps: Mutex<Vec<serde_json::Value>>,
+    spinner: Mutex<Option<indicatif::ProgressBar>>,
 }
 
 impl Steps for Printer<'_> {
@@ -28,14 +30,37 @@ impl Steps for Printer<'_> {
             return;
         }
         let total = STEPS.len();
+        // With a spinner the step's line is printed whole when it ends.
+        let had_spinner = match self.spinner.lock().expect("spinner").take() {
+            Some(bar) => {
+                bar.finish_and_clear();
+                true
+            }
+            None => false,
+        };
+        let head = if had_spinner {
+            format!("[{n}/{total}] {name} … ")
+        } else {
+            String::new()
+        };
         match state {
+            StepState::Running if self.out.progress => {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .expect("template"),
+                );
+                bar.set_message(format!("[{n}/{total}] {name}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                *self.spinner.lock().expect("spinner") = Some(bar);
+            }
             StepState::Running => {
                 eprint!("[{n}/{total}] {name} … ");
                 let _ = std::io::stderr().flush();
             }
-            StepState::Ok => eprintln!("ok\n      {detail}"),
+            StepState::Ok => eprintln!("{head}ok\n      {detail}"),
             StepState::Skipped => eprintln!("[{n}/{total}] {name} … skipped: {detail}"),
-            StepState::Failed => eprintln!("FAILED\n      {detail}"),
+            StepState::Failed => eprintln!("{head}FAILED\n      {detail}"),
         }
     }
 }
@@ -96,6 +121,7 @@ pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
     let printer = Printer {
         out,
         steps: Mutex::new(Vec::new()),
+        spinner: Mutex::new(None),
     };
     let result = restore::execute(cfg, env, &req, &printer);
     let steps = printer.steps.into_inner().expect("steps");
