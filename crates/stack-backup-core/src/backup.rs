@@ -155,7 +155,9 @@ fn docker_lists(cfg: &Config) -> Result<(Vec<String>, Vec<String>)> {
     Ok((images, volumes))
 }
 
-fn selected(name: &str, only: &[String]) -> bool {
+/// Whether component `name` is picked by `--only` selectors (`postgres`
+/// picks `postgres.main`; no selector picks everything).
+pub(crate) fn selected(name: &str, only: &[String]) -> bool {
     only.is_empty()
         || only
             .iter()
@@ -259,14 +261,7 @@ pub fn run_locked<P: ProgressBars>(
         .map(|(_, s)| s.clone());
     let mut parent = ParentInfo::default();
     if let Some(snap) = parent_set {
-        let read = |path: &str| -> Option<Vec<u8>> {
-            let node = repo
-                .node_from_snapshot_and_path(&snap, &format!("/{path}"))
-                .ok()?;
-            let mut out = Vec::new();
-            repo.dump(&node, &mut out).ok()?;
-            Some(out)
-        };
+        let read = |path: &str| sets::read_file(&repo, &snap, path).ok();
         parent.checksums = read(manifest::CHECKSUM_PATH)
             .map(|b| manifest::parse_checksums(&String::from_utf8_lossy(&b)))
             .unwrap_or_default();
@@ -536,7 +531,8 @@ pub fn run_locked<P: ProgressBars>(
                         (old_size.unwrap_or(0), sha.clone(), true)
                     }
                     (Some(sha), None) => (
-                        tree_file_size(&source_root(&entries, &y.path), &y.path),
+                        std::fs::symlink_metadata(source_root(&entries, &y.path))
+                            .map_or(0, |m| m.len()),
                         sha.clone(),
                         true,
                     ),
@@ -780,12 +776,6 @@ fn source_root(entries: &[Entry], path: &str) -> PathBuf {
         }
     }
     PathBuf::new()
-}
-
-fn tree_file_size(local: &std::path::Path, _path: &str) -> u64 {
-    std::fs::symlink_metadata(local)
-        .map(|m| m.len())
-        .unwrap_or(0)
 }
 
 /// The parent's node for an image tar with the same image ID, so the

@@ -133,19 +133,11 @@ fn check_disk(cfg: &Config) -> Result<String, Error> {
 fn check_postgres(name: &str, pg: &crate::config::PostgresConfig) -> Result<String, Error> {
     let mut client = postgres::connect(name, pg)?;
     let server = postgres::server_version(name, &mut client)?;
+    let pc = postgres::client_config(name, pg)?;
+    let t = postgres::ToolRun::find(name, pg, &pc, "pg_dump", server.major)?;
     let tool = match &pg.container {
-        Some(c) => {
-            let v = crate::process::output(
-                &postgres::component(name),
-                "docker",
-                &["exec", c, "pg_dump", "--version"],
-            )?;
-            format!("pg_dump in container {c}: {v}")
-        }
-        None => {
-            let t = postgres::find_tool(name, "pg_dump", server.major, pg.bin_dir.as_deref())?;
-            format!("{} ({})", t.path.display(), t.version)
-        }
+        Some(c) => format!("pg_dump in container {c}: {}", t.version),
+        None => format!("{} ({})", t.program.display(), t.version),
     };
     Ok(format!(
         "server {} (major {}); {tool}",

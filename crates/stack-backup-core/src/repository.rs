@@ -282,6 +282,17 @@ pub fn open_from(cfg: &Config, env: &Env) -> Result<OpenRepo> {
     open(cfg, &password(cfg, env)?)
 }
 
+/// Opens the repository named by the config and loads its full index (to
+/// read files of snapshots).
+pub fn open_indexed(cfg: &Config, env: &Env) -> Result<Repository<rustic_core::IndexedFullStatus>> {
+    open_from(cfg, env)?.to_indexed().map_err(|e| {
+        repo_err(
+            &Location::of(cfg),
+            format!("reading the index: {}", e.display_log()),
+        )
+    })
+}
+
 /// Generates a strong random repository password (32 random bytes, hex).
 pub fn generate_password() -> Result<String> {
     let mut buf = [0u8; 32];

@@ -119,40 +119,16 @@ pub struct Plan {
     pub skipped: Vec<(String, String)>,
 }
 
-fn selected(name: &str, only: &[String]) -> bool {
-    only.is_empty()
-        || only
-            .iter()
-            .any(|s| name == s || name.starts_with(&format!("{s}.")))
-}
+use crate::backup::selected;
 
+/// A manifest file of the set; failing to read it is a verification failure.
 fn read_small(repo: &Indexed, snap: &SnapshotFile, path: &str) -> Result<Vec<u8>> {
-    let node = repo
-        .node_from_snapshot_and_path(snap, &format!("/{path}"))
-        .map_err(|e| {
-            Error::Verification(format!(
-                "{path} is missing from the set: {}",
-                e.display_log()
-            ))
-        })?;
-    let mut out = Vec::new();
-    repo.dump(&node, &mut out)
-        .map_err(|e| Error::Verification(format!("reading {path}: {}", e.display_log())))?;
-    Ok(out)
-}
-
-fn open_indexed(cfg: &Config, env: &Env) -> Result<Indexed> {
-    repository::open_from(cfg, env)?
-        .to_indexed()
-        .map_err(|e| Error::Repository {
-            location: Location::of(cfg).to_string(),
-            message: format!("reading the index: {}", e.display_log()),
-        })
+    sets::read_file(repo, snap, path).map_err(|e| Error::Verification(e.to_string()))
 }
 
 /// Reads the set's manifest and works out what the restore replaces.
 pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
-    let repo = open_indexed(cfg, env)?;
+    let repo = repository::open_indexed(cfg, env)?;
     plan_with(&repo, cfg, req)
 }
 
@@ -320,7 +296,7 @@ fn short(id: &str) -> &str {
 /// Runs the chain. The caller has shown the plan and obtained consent.
 pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Result<Outcome> {
     let _lock = RepoLock::acquire(&Location::of(cfg))?;
-    let repo = open_indexed(cfg, env)?;
+    let repo = repository::open_indexed(cfg, env)?;
     let plan = plan_with(&repo, cfg, req)?;
     let run = |n: usize, f: &mut dyn FnMut() -> Result<String>| -> Result<()> {
         steps.step(n, STEPS[n - 1], StepState::Running, "");
@@ -406,7 +382,7 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
     // The pre-restore set is new: reload the index to read it on rollback
     // (freeing the first index before the second is loaded).
     drop(repo);
-    let repo = open_indexed(cfg, env)?;
+    let repo = repository::open_indexed(cfg, env)?;
 
     // 5. Restore, 6. flush, 7. verify; undo everything on failure.
     let mut done: Vec<Applied> = Vec::new();

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use rustic_core::repofile::SnapshotFile;
 
 use crate::error::{Error, Result};
-use crate::repository::OpenRepo;
 use crate::tiers::Tier;
 
 /// The tag every stack-backup snapshot carries.
@@ -137,22 +136,23 @@ pub fn find<S: rustic_core::Open>(
 }
 
 /// Reads one file of a snapshot into memory (for small files: manifests).
-/// Consumes the repository handle, since reading needs its index.
-pub fn read_file(repo: OpenRepo, snap: &SnapshotFile, path: &str) -> Result<Vec<u8>> {
-    let location = repo.name.clone();
+/// `path` is inside the set, with or without the leading `/`.
+pub fn read_file<S: rustic_core::IndexedFull>(
+    repo: &rustic_core::Repository<S>,
+    snap: &SnapshotFile,
+    path: &str,
+) -> Result<Vec<u8>> {
+    let path = format!("/{}", path.trim_start_matches('/'));
     let err = |e: Box<rustic_core::RusticError>| Error::Repository {
-        location: location.clone(),
+        location: repo.name.clone(),
         message: format!(
             "reading {path} from snapshot {}: {}",
             snap.id,
             e.display_log()
         ),
     };
-    let indexed = repo.to_indexed().map_err(err)?;
-    let node = indexed
-        .node_from_snapshot_and_path(snap, path)
-        .map_err(err)?;
+    let node = repo.node_from_snapshot_and_path(snap, &path).map_err(err)?;
     let mut out = Vec::new();
-    indexed.dump(&node, &mut out).map_err(err)?;
+    repo.dump(&node, &mut out).map_err(err)?;
     Ok(out)
 }
