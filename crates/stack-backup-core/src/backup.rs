@@ -122,20 +122,26 @@ fn repo_err(e: impl std::fmt::Display, what: &str) -> Error {
 
 /// Every component the config describes, by name.
 pub fn component_names(cfg: &Config) -> Result<Vec<String>> {
+    let (images, volumes) = docker_lists(cfg)?;
+    Ok(names_with(cfg, &images, &volumes))
+}
+
+/// [`component_names`] for Docker lists already resolved (a compose
+/// project is asked once per backup).
+fn names_with(cfg: &Config, images: &[String], volumes: &[String]) -> Vec<String> {
     let mut names: Vec<String> = cfg
         .postgres
         .keys()
         .map(|n| postgres::component(n))
         .collect();
     names.extend(cfg.redis.keys().map(|n| redis::component(n)));
-    let (images, volumes) = docker_lists(cfg)?;
     names.extend(images.iter().map(|i| format!("docker.image.{i}")));
     names.extend(volumes.iter().map(|v| format!("docker.volume.{v}")));
     if cfg.git.is_some() {
         names.push("git".into());
     }
     names.extend(cfg.paths.keys().map(|n| format!("paths.{n}")));
-    Ok(names)
+    names
 }
 
 fn docker_lists(cfg: &Config) -> Result<(Vec<String>, Vec<String>)> {
@@ -210,7 +216,8 @@ pub fn run_locked<P: ProgressBars>(
     }
 
     // Which components.
-    let all = component_names(cfg)?;
+    let (images, volumes) = docker_lists(cfg)?;
+    let all = names_with(cfg, &images, &volumes);
     for s in &req.only {
         if !all.iter().any(|c| selected(c, std::slice::from_ref(s))) {
             return Err(Error::Usage(format!(
@@ -220,7 +227,6 @@ pub fn run_locked<P: ProgressBars>(
         }
     }
     let want = |c: &str| selected(c, &req.only);
-    let (images, volumes) = docker_lists(cfg)?;
 
     let loc = Location::of(cfg);
     let password = repository::password(cfg, env)?;
