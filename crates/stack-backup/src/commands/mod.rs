@@ -2,10 +2,15 @@
 
 mod backup;
 mod doctor;
+mod emergency;
+mod immaculate;
 mod init;
 mod list;
+mod prune;
 mod restore;
+mod sacred;
 mod show;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -35,10 +40,16 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 only: args.only.clone(),
                 databases_only: false,
                 skip_missing: false,
+                hold: false,
             },
             out,
         ),
         Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Immaculate(cmd) => immaculate::run(&load_config(cli, &env)?, cmd, &env, out),
+        Command::Emergency(args) => emergency::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
@@ -49,6 +60,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 only: args.only.clone(),
                 databases_only: true,
                 skip_missing: false,
+                hold: false,
             },
             out,
         ),
