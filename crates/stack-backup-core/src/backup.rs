@@ -613,6 +613,7 @@ pub fn run_locked<P: ProgressBars>(
         components: components.clone(),
         artifacts: artifacts.clone(),
         restore_command,
+        imported: None,
     };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| repo_err(e, "rendering manifest.json"))?;
     let md = m.to_markdown().into_bytes();

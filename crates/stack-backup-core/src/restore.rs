@@ -139,6 +139,16 @@ fn plan_with(repo: &Indexed, cfg: &Config, req: &Request) -> Result<Plan> {
                 set.name
             ))
         })?;
+    if manifest
+        .imported
+        .as_ref()
+        .is_some_and(|i| i.layout == "legacy")
+    {
+        return Err(Error::Refused(format!(
+            "set `{0}` was imported from a legacy backup directory and is restored by hand: `stack-backup export {0} DIR`, then follow DIR/MANIFEST.md and DIR/legacy/MANIFEST.md",
+            set.name
+        )));
+    }
     if manifest.schema > manifest::SCHEMA {
         return Err(Error::Refused(format!(
             "set `{}` has manifest schema {}; this stack-backup reads up to {}: upgrade it",

@@ -65,6 +65,10 @@ pub enum Command {
     Prune(PruneArgs),
     /// Check the repository and read backup sets back (every SHA-256).
     Verify(VerifyArgs),
+    /// Write a backup set as a plain directory that needs no stack-backup.
+    Export(ExportArgs),
+    /// Store an exported (or legacy shell-script) directory as a backup set.
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 mod backup;
 mod doctor;
 mod emergency;
+mod export;
 mod immaculate;
 mod init;
 mod list;
@@ -50,6 +51,8 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
         Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
+        Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
