@@ -36,23 +36,10 @@ pub fn run(
         "choosing the baseline",
     )?;
     if !out.json {
-        let age = jiff::Timestamp::now()
-            .since(
-                baseline
-                    .time
-                    .parse::<jiff::Timestamp>()
-                    .unwrap_or_else(|_| jiff::Timestamp::now()),
-            )
-            .ok()
-            .and_then(|s| {
-                s.round(
-                    jiff::SpanRound::new()
-                        .largest(jiff::Unit::Day)
-                        .smallest(jiff::Unit::Minute),
-                )
-                .ok()
-            })
-            .map_or_else(|| "?".into(), |s| format!("{s:#}"));
+        let age = baseline.time.parse::<jiff::Timestamp>().ok().map_or_else(
+            || "?".into(),
+            |t| age(jiff::Timestamp::now().as_second() - t.as_second()),
+        );
         eprintln!(
             "EMERGENCY restore of stack `{stack}` to immaculate baseline `{}` ({}), taken {} ({age} ago){}",
             baseline.name,
@@ -85,4 +72,15 @@ pub fn run(
             &stack,
         )
     })
+}
+
+/// A duration in seconds as `3d 4h 12m`.
+fn age(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3_600, secs % 3_600 / 60);
+    match (d, h) {
+        (0, 0) => format!("{m}m"),
+        (0, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
 }
