@@ -1111,6 +1111,29 @@ fn restore_image(repo: &Indexed, plan: &Plan, i: &manifest::ImageRecord) -> Resu
     })
 }
 
+/// Restores the tree under `node` into the existing directory `dir`, with
+/// owners, modes and times (rustic's restore; files are written in place).
+/// The error says which part failed.
+pub(crate) fn restore_node_into(
+    repo: &Indexed,
+    node: &Node,
+    dir: &Path,
+) -> std::result::Result<(), String> {
+    let fail =
+        |what: &str, e: Box<rustic_core::RusticError>| format!("{what}: {}", e.display_log());
+    let dest = LocalDestination::new(&format!("{}/", dir.display()), true, false)
+        .map_err(|e| fail("destination", e))?;
+    let opts = RestoreOptions::default();
+    let ls = repo
+        .ls(node, &LsOptions::default())
+        .map_err(|e| fail("reading the tree", e))?;
+    let plan = repo
+        .prepare_restore(&opts, ls.clone(), &dest, false)
+        .map_err(|e| fail("planning", e))?;
+    repo.restore(plan, &opts, ls, &dest)
+        .map_err(|e| fail("restoring files", e))
+}
+
 /// Restores a directory of the set beside `live`, then swaps it in.
 fn restore_tree(
     repo: &Indexed,
@@ -1125,20 +1148,7 @@ fn restore_tree(
     let node = repo
         .node_from_snapshot_and_path(&plan.snap, &format!("/{set_path}"))
         .map_err(|e| Error::component(c, format!("{set_path}: {}", e.display_log())))?;
-    let fail = |what: &str, e: Box<rustic_core::RusticError>| {
-        Error::component(c, format!("{what}: {}", e.display_log()))
-    };
-    let dest = LocalDestination::new(&format!("{}/", staging.display()), true, false)
-        .map_err(|e| fail("staging", e))?;
-    let opts = RestoreOptions::default();
-    let ls = repo
-        .ls(&node, &LsOptions::default())
-        .map_err(|e| fail("reading the tree", e))?;
-    let restore_plan = repo
-        .prepare_restore(&opts, ls.clone(), &dest, false)
-        .map_err(|e| fail("planning", e))?;
-    repo.restore(restore_plan, &opts, ls, &dest)
-        .map_err(|e| fail("restoring files", e))?;
+    restore_node_into(repo, &node, &staging).map_err(|m| Error::component(c, m))?;
     // The root directory's own mode and owner.
     use std::os::unix::fs::PermissionsExt;
     if let Some(mode) = node.meta.mode {
