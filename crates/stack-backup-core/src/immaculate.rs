@@ -215,7 +215,8 @@ pub fn create<P: ProgressBars>(
         location: location.clone(),
         message: format!("{what}: {}", e.display_log()),
     };
-    let held = held_snapshot(&repo, &report.set.id)
+    let held = repo
+        .get_snapshot_from_str(&report.set.id, |_| true)
         .map_err(|e| repo_err("reading back the new set", e))?;
     let check = verify::verify_set(&repo, &report.set, &held);
     if !check.ok() {
@@ -261,13 +262,6 @@ pub fn create<P: ProgressBars>(
         backup: report,
         verification: check,
     })
-}
-
-fn held_snapshot(
-    repo: &rustic_core::Repository<rustic_core::IndexedFullStatus>,
-    id: &str,
-) -> std::result::Result<SnapshotFile, Box<rustic_core::RusticError>> {
-    repo.get_snapshot_from_str(id, |_| true)
 }
 
 /// Reads immaculate sets back in full (the named one, or all), records each

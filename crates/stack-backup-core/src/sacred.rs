@@ -48,8 +48,8 @@ pub fn pin<P: ProgressBars>(
     progress: P,
 ) -> Result<Pinned> {
     crate::config::validate_name(name).map_err(|m| Error::Usage(format!("sacred name: {m}")))?;
+    // The set's name and the git tag are the same.
     let full = format!("sacred/{name}");
-    let tag = full.clone();
     let stack = cfg.stack.name.0.clone();
     let _lock = RepoLock::acquire(&Location::of(cfg))?;
     let repo = repository::open_from(cfg, env)?;
@@ -61,9 +61,9 @@ pub fn pin<P: ProgressBars>(
     }
     let git_dir: Option<PathBuf> = cfg.git.as_ref().map(|g| g.path.clone());
     if let Some(dir) = &git_dir {
-        if let Some(at) = git::tag_target(dir, &tag)? {
+        if let Some(at) = git::tag_target(dir, &full)? {
             return Err(Error::Refused(format!(
-                "the git tag `{tag}` already exists (at {at}) in {}; choose another name",
+                "the git tag `{full}` already exists (at {at}) in {}; choose another name",
                 dir.display()
             )));
         }
@@ -131,7 +131,7 @@ pub fn pin<P: ProgressBars>(
                 "stack-backup sacred set {full} of stack {stack} (snapshot {})",
                 set.short_id()
             );
-            if let Err(e) = git::create_tag(dir, &tag, commit, &message) {
+            if let Err(e) = git::create_tag(dir, &full, commit, &message) {
                 let repo = repository::open_from(cfg, env)?;
                 if let Ok(snap) = repo.get_snapshot_from_str(&set.id, |_| true) {
                     if let Err(d) = repo.delete_snapshots(&[snap.id]) {
@@ -144,11 +144,11 @@ pub fn pin<P: ProgressBars>(
                 return Err(Error::component(
                     "git",
                     format!(
-                        "creating the tag {tag} failed, so the sacred set was removed again: {e}"
+                        "creating the tag {full} failed, so the sacred set was removed again: {e}"
                     ),
                 ));
             }
-            (Some(tag), None)
+            (Some(full.clone()), None)
         }
         (None, _) => (
             None,
