@@ -5,6 +5,7 @@
 //! decision lives here.
 
 pub mod config;
+pub mod copy;
 pub mod disk;
 pub mod docker;
 pub mod doctor;
@@ -17,6 +18,7 @@ pub mod migrations;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod remote;
 pub mod repository;
 pub mod restore;
 pub mod secret;

@@ -39,8 +39,17 @@ impl Output {
             (false, 1) => log::LevelFilter::Info,
             (false, _) => log::LevelFilter::Debug,
         };
+        // OpenDAL logs every failed request as a warning, including the
+        // expected "not found" of probing for a repository; its retries and
+        // failures show at -vv (the error itself is always reported).
+        let opendal = if self.verbose >= 2 {
+            level
+        } else {
+            log::LevelFilter::Error
+        };
         env_logger::Builder::new()
             .filter_level(level)
+            .filter_module("opendal", opendal)
             .format_timestamp(None)
             .target(env_logger::Target::Stderr)
             .init();

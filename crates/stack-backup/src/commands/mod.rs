@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod backup;
+mod copy;
 mod doctor;
 mod init;
 mod list;
@@ -39,6 +40,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
             out,
         ),
         Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Copy(args) => copy::run(&load_config(cli, &env)?, args, &env, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
