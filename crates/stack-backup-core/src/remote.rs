@@ -91,6 +91,27 @@ pub fn check_config_options(options: &BTreeMap<String, String>) -> Result<(), St
     Ok(())
 }
 
+/// The secret values held in environment variables this tool reads
+/// (AWS keys, repository passwords, secret backend options), so that log
+/// output can be scrubbed of them whatever a library logs.
+#[must_use]
+pub fn env_secrets(env: &Env) -> Vec<String> {
+    let named = [
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "STACK_BACKUP_PASSWORD",
+        "STACK_BACKUP_TO_PASSWORD",
+    ];
+    env.iter()
+        .filter(|(k, v)| {
+            v.len() >= 4
+                && (named.contains(&k.as_str())
+                    || k.strip_prefix(OPTION_ENV_PREFIX).is_some_and(is_secret_key))
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 /// Parses `s3:…` in restic's notation into endpoint, bucket and prefix.
 pub fn parse_s3(rest: &str) -> Result<S3Target, String> {
     let (scheme, hostpath) = if let Some(r) = rest.strip_prefix("http://") {

@@ -243,6 +243,17 @@ pub fn op_error(cfg: &Config, what: &str, e: &rustic_core::RusticError) -> Error
     )
 }
 
+/// A backend error text about the repository of `cfg`, explained (for a
+/// remote one: missing bucket, refused credentials, unreachable endpoint)
+/// and scrubbed of secrets; without the location (callers name it).
+#[must_use]
+pub fn explain(cfg: &Config, raw: &str) -> String {
+    match remote_of(cfg, &Location::of(cfg)).ok().flatten() {
+        Some(r) => r.explain(raw),
+        None => raw.to_string(),
+    }
+}
+
 /// The default cache directory for remote repositories:
 /// `$XDG_CACHE_HOME/stack-backup`, else `~/.cache/stack-backup`.
 #[must_use]
@@ -301,7 +312,7 @@ pub fn exists(cfg: &Config) -> Result<bool> {
         }
     }
     if let Location::Remote(_) = &loc {
-        probe(cfg, &loc)?;
+        return probe(cfg, &loc);
     }
     let (loc, repo) = unopened(cfg)?;
     Ok(repo
@@ -310,16 +321,27 @@ pub fn exists(cfg: &Config) -> Result<bool> {
         .is_some())
 }
 
-/// Lists the keys of a remote repository with few retries, so that an
-/// unreachable endpoint, a missing bucket or refused credentials are
-/// reported at once and clearly (a missing `config` alone cannot tell
-/// them apart: S3 answers a HEAD on a missing bucket with a bare 404).
-fn probe(cfg: &Config, loc: &Location) -> Result<()> {
+/// Reads the `config` file of a remote repository with few retries: true
+/// when it is there, false when the bucket answers that it is not, and a
+/// clear error for an unreachable endpoint, a missing bucket or refused
+/// credentials (rustic's own existence check turns every failure into
+/// "not there", and its listings skip failed requests).
+fn probe(cfg: &Config, loc: &Location) -> Result<bool> {
     let be = backends_with(cfg, loc, &[("retry", "2")])?;
-    be.repository()
-        .list(rustic_core::FileType::Key)
-        .map(|_| ())
-        .map_err(|e| rustic_err(cfg, loc, &e))
+    match be
+        .repository()
+        .read_full(rustic_core::FileType::Config, &rustic_core::Id::default())
+    {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let text = e.display_log();
+            if text.contains("NoSuchKey") || text.contains("NotFound (persistent) at read") {
+                Ok(false)
+            } else {
+                Err(rustic_err(cfg, loc, &e))
+            }
+        }
+    }
 }
 
 /// Creates a new repository (restic format version 2). Refuses with
