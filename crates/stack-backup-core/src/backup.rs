@@ -449,6 +449,9 @@ pub fn run_locked<P: ProgressBars>(
     phase("planned");
     if let Location::Local(p) = &loc {
         disk::ensure(p, estimate, cfg.min_free_space())?;
+    } else if let Some(c) = repository::cache_dir(cfg) {
+        // A remote repository's cache grows with the index and snapshots.
+        disk::ensure(&c, 0, cfg.min_free_space())?;
     }
     disk::ensure(&std::env::temp_dir(), 0, cfg.min_free_space())?;
     let mut stopped = Vec::new();

@@ -130,7 +130,8 @@ pub struct DumpArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Repository directory for a new config [default: /var/backups/<stack>].
+    /// Repository for a new config: a directory, or a URL such as
+    /// `s3:http://host:9000/bucket/prefix` [default: /var/backups/<stack>].
     #[arg(long, value_name = "PATH")]
     pub repo: Option<PathBuf>,
     /// Stack name for a new config [default: the directory's name].
