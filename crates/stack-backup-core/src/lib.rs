@@ -15,6 +15,7 @@ pub mod health;
 pub mod init;
 pub mod lock;
 pub mod migrations;
+pub mod packcache;
 pub mod postgres;
 pub mod process;
 pub mod redis;

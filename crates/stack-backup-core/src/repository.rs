@@ -210,8 +210,31 @@ fn backends_with(
         .map_err(|e| backend_err(loc, remote.as_ref(), &e.display_log()))
 }
 
+/// The backends of the repository; a remote one reads packs through a
+/// [`crate::packcache::PackCache`] beside its cache (whole packs instead of
+/// one request per blob when a set is read back).
 fn backends(cfg: &Config, loc: &Location) -> Result<RepositoryBackends> {
-    backends_with(cfg, loc, &[])
+    let be = backends_with(cfg, loc, &[])?;
+    let Some(parent) = cache_dir(cfg) else {
+        return Ok(be);
+    };
+    match crate::packcache::PackCache::new(
+        be.repository(),
+        &parent,
+        crate::packcache::DEFAULT_BUDGET,
+    ) {
+        Ok(pc) => Ok(RepositoryBackends::new(
+            std::sync::Arc::new(pc),
+            be.repo_hot(),
+        )),
+        Err(e) => {
+            log::warn!(
+                "no pack cache under {} ({e}); reading packs range by range",
+                parent.display()
+            );
+            Ok(be)
+        }
+    }
 }
 
 /// A repository error; for a remote one the backend's text is explained

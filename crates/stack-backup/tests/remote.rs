@@ -137,6 +137,15 @@ fn backup_to_s3_restore_from_it_and_the_cache_spares_the_index() {
     let media = media_dir.path().join("media");
     std::fs::create_dir_all(&media).unwrap();
     std::fs::write(media.join("one.jpg"), "one".repeat(1000)).unwrap();
+    let thumbs = media.join("thumbs");
+    std::fs::create_dir_all(&thumbs).unwrap();
+    for i in 0..400 {
+        std::fs::write(
+            thumbs.join(format!("t{i}.png")),
+            format!("thumb {i}\n").repeat(i % 7 + 1),
+        )
+        .unwrap();
+    }
     let sb = s3_sandbox(
         &url,
         secret,
@@ -210,6 +219,17 @@ fn backup_to_s3_restore_from_it_and_the_cache_spares_the_index() {
     assert!(
         nocache.path().join("stack-backup").is_dir(),
         "the default cache lives in $XDG_CACHE_HOME/stack-backup"
+    );
+
+    // Reading a set back (the verify step reads every file) fetches whole
+    // packs, not one range per file.
+    let at = log_len(&log);
+    sb.run(&["restore", "first", "--dry-run"]).expect_code(0);
+    let verify = settled_log_since(&log, at);
+    let pack_reads = gets(&verify, &bucket, "shop", "data");
+    assert!(
+        (1..40).contains(&pack_reads),
+        "{pack_reads} pack reads to verify 400+ files:\n{verify}"
     );
 
     // Restore from S3 through the safety chain.
