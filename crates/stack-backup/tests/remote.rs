@@ -306,6 +306,31 @@ fn copy_local_to_s3_and_back_keeps_names_tiers_and_manifests() {
     assert_eq!(rep["copied"].as_array().unwrap().len(), 0, "{rep}");
     assert_eq!(rep["skipped"].as_array().unwrap().len(), 2, "{rep}");
 
+    // Another repository's set of the same name is a conflict: refused,
+    // nothing copied.
+    let other = Sandbox {
+        dir: tempfile::tempdir().unwrap(),
+        env: sb.env.clone(),
+    };
+    other.write_config(
+        "shop",
+        &format!("[paths.data]\npath = \"{}\"\n", data.display()),
+    );
+    other.init();
+    other.run(&["backup", "--name", "one"]).expect_code(0);
+    let r = other.run(&["copy", "one", "--to", &url]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("already holds another backup set named `one`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        set_names(&sb, &[("STACK_BACKUP_REPOSITORY", &url)]),
+        local_sets
+    );
+
     // A new set, copied by name; then back from S3 into a new local repo,
     // with a different password for the target.
     std::fs::write(data.join("c.txt"), "gamma").unwrap();
