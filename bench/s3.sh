@@ -17,7 +17,7 @@
 #        first backup (cold, empty repository and cache),
 #        a small change, second backup (incremental, warm cache),
 #        restore of the first set (the whole safety chain, --yes);
-#      each timed (wall seconds);
+#      each timed (wall seconds, peak RSS with GNU time);
 #   4. prints a table with the ratios S3/local (per round and the median)
 #      and, with SB_BENCH_DOC=1 (default), writes the results section of
 #      docs/benchmarks.md.
@@ -55,6 +55,12 @@ MARKER="$BENCH/.stack-backup-bench-s3"
 # shellcheck source=../scripts/services.sh
 source scripts/services.sh
 set -euo pipefail
+
+if [ ! -x /usr/bin/time ]; then
+  say "installing GNU time"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null; }
+fi
 
 ROUNDS=${SB_BENCH_ROUNDS:-3}
 PG_SCALE=${SB_BENCH_PG_SCALE:-5}
@@ -151,13 +157,14 @@ change() { # the same small change before every second backup
 
 now() { date +%s.%N; }
 RESULTS="$BENCH/results.tsv"
-printf 'round\ttarget\tstep\twall_s\n' > "$RESULTS"
-timed() { # timed ROUND TARGET STEP CMD...
-  local r=$1 t=$2 s=$3 t0 t1; shift 3
+printf 'round\ttarget\tstep\twall_s\tmax_rss_kib\n' > "$RESULTS"
+timed() { # timed ROUND TARGET STEP CMD...   (wall seconds, peak RSS)
+  local r=$1 t=$2 s=$3 t0 t1 log="$BENCH/logs/$1-$2-$3.log"; shift 3
   t0=$(now)
-  "$@" > "$BENCH/logs/$r-$t-$s.log" 2>&1 || { cat "$BENCH/logs/$r-$t-$s.log" >&2; die "$t $s failed (round $r)"; }
+  /usr/bin/time -f %M -o "$log.rss" "$@" > "$log" 2>&1 || { cat "$log" >&2; die "$t $s failed (round $r)"; }
   t1=$(now)
-  printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
+    "$(tail -1 "$log.rss")" >> "$RESULTS"
 }
 
 run_target() { # run_target ROUND TARGET
@@ -200,14 +207,19 @@ out.append(f"Run {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_coun
            f"{files_n} small files and a {big} MiB random file ({stack_mib} MiB of files); "
            f"S3 = moto server on this machine (loopback, in memory); {len(rounds)} rounds, order alternating.")
 out.append("")
-out.append("| step | local (median) | S3 (median) | S3/local per round | **S3/local (median)** |")
-out.append("| --- | ---: | ---: | --- | ---: |")
+rss = {}
+for r in rows:
+    rss[(r["round"], r["target"], r["step"])] = int(r["max_rss_kib"]) / 1024
+out.append("| step | local (median) | S3 (median) | S3/local per round | **S3/local (median)** | peak RSS local / S3 (median) |")
+out.append("| --- | ---: | ---: | --- | ---: | ---: |")
 for key, label in steps:
     loc = [t[(r, "local", key)] for r in rounds]
     s3 = [t[(r, "s3", key)] for r in rounds]
     ratios = [b / a for a, b in zip(loc, s3)]
+    rl = statistics.median(rss[(r, "local", key)] for r in rounds)
+    rs = statistics.median(rss[(r, "s3", key)] for r in rounds)
     out.append(f"| {label} | {statistics.median(loc):.2f} s | {statistics.median(s3):.2f} s | "
-               + ", ".join(f"{x:.2f}" for x in ratios) + f" | **{statistics.median(ratios):.2f}** |")
+               + ", ".join(f"{x:.2f}" for x in ratios) + f" | **{statistics.median(ratios):.2f}** | {rl:.0f} / {rs:.0f} MiB |")
 print("\n".join(out))
 PY
 )
