@@ -105,7 +105,10 @@ else
   fi
   SB_MOTO_SERVER="$SB_MOTO_VENV/bin/moto_server"
 fi
-if ! curl -s -o /dev/null "http://127.0.0.1:$SB_S3_PORT/moto-api/" 2>/dev/null; then
+if ! curl -sf -o /dev/null "http://127.0.0.1:$SB_S3_PORT/moto-api/data.json" 2>/dev/null; then
+  if curl -s -o /dev/null "http://127.0.0.1:$SB_S3_PORT/" 2>/dev/null; then
+    log "port $SB_S3_PORT is taken by something that is not moto; set SB_S3_PORT"; exit 1
+  fi
   log "starting moto S3 server on port $SB_S3_PORT (request log $SB_S3_LOG)"
   (setsid "$SB_MOTO_SERVER" -H 127.0.0.1 -p "$SB_S3_PORT" >>"$SB_S3_LOG" 2>&1 &)
   wait_for "moto S3 server" 60 curl -sf -o /dev/null "http://127.0.0.1:$SB_S3_PORT/"

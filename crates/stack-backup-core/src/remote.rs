@@ -415,6 +415,32 @@ mod tests {
     }
 
     #[test]
+    fn backend_errors_are_explained_and_scrubbed() {
+        let e = env(&[
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK-123"),
+        ]);
+        let r = resolve("s3:http://h:9/b/p", &BTreeMap::new(), &e).unwrap();
+        let m = r.explain("S3Error { code: \"NoSuchBucket\" } sig SK-123");
+        assert!(
+            m.starts_with("the bucket does not exist (bucket `b` at http://h:9)"),
+            "{m}"
+        );
+        assert!(!m.contains("SK-123"), "{m}");
+        let m = r.explain("error sending request for url (http://h:9/b/p/config)");
+        assert!(m.starts_with("cannot reach bucket `b`"), "{m}");
+        let m = r.explain("S3Error { code: \"InvalidAccessKeyId\" }");
+        assert!(m.contains("refused the credentials"), "{m}");
+        assert_eq!(r.explain("something else"), "something else");
+        let secrets = env_secrets(&env(&[
+            ("AWS_SECRET_ACCESS_KEY", "SK-123"),
+            ("STACK_BACKUP_REPOSITORY_OPTION_PASSWORD", "pw-456"),
+            ("STACK_BACKUP_REPOSITORY_OPTION_REGION", "eu-west-1"),
+        ]));
+        assert_eq!(secrets.len(), 2, "{secrets:?}");
+    }
+
+    #[test]
     fn secret_options_refused_in_config() {
         let mut o = BTreeMap::new();
         o.insert("region".to_string(), "x".to_string());
