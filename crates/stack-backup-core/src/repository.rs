@@ -334,7 +334,9 @@ pub fn exists(cfg: &Config) -> Result<bool> {
             return Ok(false);
         }
     }
-    if let Location::Remote(_) = &loc {
+    // OpenDAL backends (S3 and the others) are probed for clear errors;
+    // `rest:`/`rclone:` answer rustic's own check well enough.
+    if remote_of(cfg, &loc)?.is_some_and(|r| r.backend.starts_with("opendal:")) {
         return probe(cfg, &loc);
     }
     let (loc, repo) = unopened(cfg)?;
