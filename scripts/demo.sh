@@ -82,6 +82,9 @@ path = "app"
 
 [paths.media]
 path = "media"
+
+[retention.backups]
+keep-last = 1
 TOML
 umask 077; printf '%s\n' "$SB_PG_PASSWORD" > "$DEMO/db.password"; umask 022
 cd "$DEMO"
@@ -139,6 +142,27 @@ step "stack-backup restore before-migration --yes"
 
 step "the data is back"
 show_state
+
+step "stack-backup immaculate create --name baseline (read back in full before it counts)"
+"$SB" immaculate create --name baseline
+"$SB" immaculate list
+
+step "everything breaks again; stack-backup emergency --confirm --yes-i-am-sure=demo"
+psql -q "${SB_TEST_PG_URL%/*}/$DB" -c 'DELETE FROM orders'
+redis-cli -n "$REDIS_DB" FLUSHDB >/dev/null
+show_state
+"$SB" emergency --confirm --yes-i-am-sure=demo
+show_state
+
+step "stack-backup prune (the plan; nothing is removed without --apply)"
+"$SB" prune
+
+step "stack-backup export baseline, checked by hand with sha256sum"
+rm -rf "$DEMO/export"
+"$SB" export baseline "$DEMO/export"
+(cd "$DEMO/export" && sha256sum -c --quiet CHECKSUM.sha256 && echo "all $(wc -l < CHECKSUM.sha256) checksums OK")
+
+step "stack-backup list"
 "$SB" list
 
 printf '\ndemo finished: config %s, repository %s\n' "$DEMO/stack-backup.toml" "$DEMO/repo"

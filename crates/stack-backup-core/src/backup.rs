@@ -58,6 +58,9 @@ pub struct Request {
     /// dropped database, a stopped Redis) instead of failing: what does not
     /// exist cannot be lost. Used for the pre-restore snapshot.
     pub skip_missing: bool,
+    /// Write the set tagged [`sets::UNVERIFIED_TAG`]: not a backup set until
+    /// the caller verified and promoted it (`immaculate create`).
+    pub hold: bool,
 }
 
 /// One component in the summary.
@@ -208,7 +211,9 @@ pub fn run_locked<P: ProgressBars>(
     let started = Instant::now();
     let stack = cfg.stack.name.0.clone();
     let name = req.name.clone().unwrap_or_else(generated_name);
-    crate::config::validate_name(&name).map_err(|m| Error::Refused(format!("--name: {m}")))?;
+    // Sacred sets are named `sacred/NAME`; NAME follows the usual rules.
+    crate::config::validate_name(name.strip_prefix("sacred/").unwrap_or(&name))
+        .map_err(|m| Error::Refused(format!("--name: {m}")))?;
     if name == "latest" {
         return Err(Error::Refused(
             "`latest` is reserved; choose another --name".into(),
@@ -614,6 +619,7 @@ pub fn run_locked<P: ProgressBars>(
         components: components.clone(),
         artifacts: artifacts.clone(),
         restore_command,
+        imported: None,
     };
     let json = serde_json::to_vec_pretty(&m).map_err(|e| repo_err(e, "rendering manifest.json"))?;
     let md = m.to_markdown().into_bytes();
@@ -691,10 +697,16 @@ pub fn run_locked<P: ProgressBars>(
     let summary = Summary {
         components: components.keys().cloned().collect(),
         git_commit: git_head.as_ref().map(|g| g.commit.clone()),
+        ..Summary::default()
+    };
+    let hold = if req.hold {
+        format!(",{}", sets::UNVERIFIED_TAG)
+    } else {
+        String::new()
     };
     let mut final_opts = SnapshotOptions::default()
         .add_tags(&format!(
-            "{MARKER_TAG},stack:{stack},{},name:{name}",
+            "{MARKER_TAG},stack:{stack},{},name:{name}{hold}",
             req.tier.tag()
         ))
         .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
@@ -727,7 +739,7 @@ pub fn run_locked<P: ProgressBars>(
     };
     delete(&repo, &[snap_a.id, snap_b.id]);
 
-    let set = BackupSet::from_snapshot(&snap_c)
+    let set = BackupSet::from_snapshot_any(&snap_c)
         .ok_or_else(|| repo_err("tags missing", "reading back the set"))?;
     let secs = ledger.seconds();
     let summary = snap_a.summary.clone().unwrap_or_default();
@@ -876,8 +888,9 @@ fn tree_holds(
     }
 }
 
-/// Deletes incomplete snapshots of this stack written on this host by a
-/// backup that was killed (the caller holds the lock).
+/// Deletes incomplete and unverified snapshots of this stack written on this
+/// host by a backup or an `immaculate create` that was killed (the caller
+/// holds the lock, so no such run is in progress).
 fn remove_stale_incomplete(repo: &repository::OpenRepo, stack: &str) {
     let Ok(snaps) = repo.get_all_snapshots() else {
         return;
@@ -889,7 +902,7 @@ fn remove_stale_incomplete(repo: &repository::OpenRepo, stack: &str) {
     let stale: Vec<_> = snaps
         .iter()
         .filter(|s| {
-            s.tags.contains(INCOMPLETE_TAG)
+            (s.tags.contains(INCOMPLETE_TAG) || s.tags.contains(sets::UNVERIFIED_TAG))
                 && s.tags.contains(&format!("stack:{stack}"))
                 && s.hostname == host
         })

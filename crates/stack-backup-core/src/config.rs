@@ -295,6 +295,80 @@ pub struct HealthCheck {
     pub timeout_seconds: u64,
 }
 
+/// `[retention]`: one policy per prunable tier. A tier without a policy
+/// keeps every set; immaculate and sacred sets cannot have one (they are
+/// never pruned).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Retention {
+    /// `[retention.data]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<KeepPolicy>,
+    /// `[retention.backups]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<KeepPolicy>,
+    /// `[retention.pre-restore]` (the newest pre-restore set is kept anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_restore: Option<KeepPolicy>,
+}
+
+impl Retention {
+    /// No policy at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Which sets of a tier to keep (restic's `forget` rules): a set is kept
+/// when any rule keeps it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeepPolicy {
+    /// Keep the newest N sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest set of each of the last N hours that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    /// … days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    /// … weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// … months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    /// … years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every set newer than this, relative to the newest set of the
+    /// tier (e.g. `"14d"`, `"36h"`, `"2w"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+impl KeepPolicy {
+    /// Whether any rule is set.
+    #[must_use]
+    pub fn has_rule(&self) -> bool {
+        self != &Self::default()
+    }
+
+    /// `keep-within` as a span, or the reason it is not one.
+    pub fn within(&self) -> Result<Option<jiff::Span>, String> {
+        self.keep_within
+            .as_deref()
+            .map(|w| {
+                w.parse::<jiff::Span>().map_err(|e| {
+                    format!("`{w}` is not a duration (e.g. \"14d\", \"36h\", \"2w\"): {e}")
+                })
+            })
+            .transpose()
+    }
+}
+
 fn default_health_timeout() -> u64 {
     30
 }
@@ -384,6 +458,9 @@ pub struct Config {
     /// `[[health]]` checks run after a restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<HealthCheck>,
+    /// `[retention.TIER]` policies applied by `prune`.
+    #[serde(default, skip_serializing_if = "Retention::is_empty")]
+    pub retention: Retention,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -490,6 +567,20 @@ impl Config {
             {
                 return Err(ConfigError::in_file(file, key, "an `sql` health check needs `postgres = \"NAME\"` naming a [postgres.NAME] table"));
             }
+        }
+        for (tier, p) in [
+            ("data", &self.retention.data),
+            ("backups", &self.retention.backups),
+            ("pre-restore", &self.retention.pre_restore),
+        ] {
+            let Some(p) = p else { continue };
+            let key = Some(format!("retention.{tier}"));
+            if !p.has_rule() {
+                return Err(ConfigError::in_file(file, key, "a retention policy needs at least one keep-* rule (keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-yearly, keep-within)"));
+            }
+            p.within().map_err(|m| {
+                ConfigError::in_file(file, Some(format!("retention.{tier}.keep-within")), m)
+            })?;
         }
         for (name, rd) in &self.redis {
             if !rd.url.expose().starts_with("redis") && !rd.url.expose().starts_with("unix") {

@@ -88,3 +88,45 @@ pub fn plan(
     };
     Ok((entries, head, record))
 }
+
+/// The commit a tag points at, or `None` when there is no such tag.
+pub fn tag_target(path: &Path, tag: &str) -> Result<Option<String>> {
+    let p = path.to_string_lossy();
+    let exists = process::output("git", "git", &["-C", &p, "tag", "--list", tag])?;
+    if exists.is_empty() {
+        return Ok(None);
+    }
+    let target = format!("refs/tags/{tag}^{{commit}}");
+    Ok(Some(process::output(
+        "git",
+        "git",
+        &["-C", &p, "rev-parse", "--verify", &target],
+    )?))
+}
+
+/// Whether `commit` exists in the repository at `path`.
+#[must_use]
+pub fn has_commit(path: &Path, commit: &str) -> bool {
+    let p = path.to_string_lossy();
+    let want = format!("{commit}^{{commit}}");
+    process::output("git", "git", &["-C", &p, "cat-file", "-e", &want]).is_ok()
+}
+
+/// Creates the annotated tag `tag` at `commit`. When the repository has no
+/// committer identity configured, the tag is made by `stack-backup`.
+pub fn create_tag(path: &Path, tag: &str, commit: &str, message: &str) -> Result<()> {
+    let p = path.to_string_lossy();
+    let has_identity = process::output("git", "git", &["-C", &p, "config", "user.email"])
+        .is_ok_and(|e| !e.is_empty());
+    let mut args: Vec<&str> = vec!["-C", &p];
+    if !has_identity {
+        args.extend([
+            "-c",
+            "user.name=stack-backup",
+            "-c",
+            "user.email=stack-backup@localhost",
+        ]);
+    }
+    args.extend(["tag", "-a", tag, "-m", message, commit]);
+    process::output("git", "git", &args).map(|_| ())
+}

@@ -59,6 +59,25 @@ pub struct Manifest {
     pub artifacts: Vec<ArtifactRecord>,
     /// The command that restores this set.
     pub restore_command: String,
+    /// Where the set came from, when it was made by `import`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
+}
+
+/// How an imported set was made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Imported {
+    /// `export` (a directory `stack-backup export` wrote: the artifacts are
+    /// the original ones) or `legacy` (a shell-script backup directory,
+    /// stored file by file; restored by hand from its MANIFEST.md).
+    pub layout: String,
+    /// The directory imported.
+    pub source: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// The set it was exported from, for `export`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_name: Option<String>,
 }
 
 /// One single-file artifact.

@@ -14,7 +14,6 @@
 //! `docs/decisions/0004-restore-beside-then-swap.md`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +21,6 @@ use std::time::{Duration, Instant};
 use rustic_core::repofile::{Node, SnapshotFile};
 use rustic_core::{IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Env, RedisRole};
 use crate::error::{Error, Result};
@@ -141,6 +139,16 @@ fn plan_with(repo: &Indexed, cfg: &Config, req: &Request) -> Result<Plan> {
                 set.name
             ))
         })?;
+    if manifest
+        .imported
+        .as_ref()
+        .is_some_and(|i| i.layout == "legacy")
+    {
+        return Err(Error::Refused(format!(
+            "set `{0}` was imported from a legacy backup directory and is restored by hand: `stack-backup export {0} DIR`, then follow DIR/MANIFEST.md and DIR/legacy/MANIFEST.md",
+            set.name
+        )));
+    }
     if manifest.schema > manifest::SCHEMA {
         return Err(Error::Refused(format!(
             "set `{}` has manifest schema {}; this stack-backup reads up to {}: upgrade it",
@@ -360,6 +368,7 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
                 only,
                 databases_only: false,
                 skip_missing: true,
+                hold: false,
             },
             None,
             rustic_core::NoProgressBars,
@@ -549,24 +558,7 @@ fn disk_check(cfg: &Config, plan: &Plan) -> Result<String> {
     Ok(parts.join("; "))
 }
 
-/// A writer that only hashes.
-struct HashSink(Sha256, u64);
-impl Write for HashSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        self.1 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn hash_node(repo: &Indexed, node: &Node) -> std::result::Result<(String, u64), String> {
-    let mut sink = HashSink(Sha256::new(), 0);
-    repo.dump(node, &mut sink).map_err(|e| e.display_log())?;
-    Ok((hex::encode(sink.0.finalize()), sink.1))
-}
+use crate::verify::hash_node;
 
 /// Paths (inside the set) of every file a component consists of.
 fn component_files(repo: &Indexed, plan: &Plan, c: &str) -> Result<Vec<(String, Node)>> {
@@ -1091,11 +1083,9 @@ fn restore_tree(
     for (path, _) in component_files(repo, plan, c)? {
         let rel = path.strip_prefix(&format!("{set_path}/")).unwrap_or(&path);
         let file = staging.join(rel);
-        let mut sink = HashSink(Sha256::new(), 0);
-        std::fs::File::open(&file)
-            .and_then(|mut f| std::io::copy(&mut f, &mut sink))
+        let (got, _) = std::fs::File::open(&file)
+            .and_then(|mut f| crate::verify::sha256_of(&mut f))
             .map_err(|e| Error::io("reading restored", &file, e))?;
-        let got = hex::encode(sink.0.finalize());
         if plan.checksums.get(&path) != Some(&got) {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(Error::Verification(format!(

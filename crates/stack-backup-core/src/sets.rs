@@ -15,6 +15,11 @@ use crate::tiers::Tier;
 /// The tag every stack-backup snapshot carries.
 pub const MARKER_TAG: &str = "stack-backup";
 
+/// The extra tag of a set that is written but not yet verified (an
+/// immaculate being created): such a snapshot is not a backup set yet, and
+/// one left by a killed run is removed by the next backup.
+pub const UNVERIFIED_TAG: &str = "stack-backup-unverified";
+
 /// The summary stored in a snapshot's description.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Summary {
@@ -24,6 +29,13 @@ pub struct Summary {
     /// The git commit the code was at, when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
+    /// When the set was read back in full and verified at creation
+    /// (immaculate sets), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
+    /// The set this one pins (a sacred set made with `--from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_from: Option<String>,
 }
 
 /// One backup set as listed.
@@ -45,6 +57,9 @@ pub struct BackupSet {
     pub components: Vec<String>,
     /// Bytes of data the set holds (sum of file sizes), when known.
     pub size: Option<u64>,
+    /// The description summary (verification time, pin origin).
+    #[serde(skip)]
+    pub summary: Summary,
 }
 
 impl BackupSet {
@@ -52,6 +67,15 @@ impl BackupSet {
     /// stack-backup did not write.
     #[must_use]
     pub fn from_snapshot(snap: &SnapshotFile) -> Option<Self> {
+        if snap.tags.contains(UNVERIFIED_TAG) {
+            return None;
+        }
+        Self::from_snapshot_any(snap)
+    }
+
+    /// [`Self::from_snapshot`], also for a set not yet verified.
+    #[must_use]
+    pub fn from_snapshot_any(snap: &SnapshotFile) -> Option<Self> {
         let tags: Vec<String> = snap.tags.iter().cloned().collect();
         if !tags.iter().any(|t| t == MARKER_TAG) {
             return None;
@@ -72,9 +96,10 @@ impl BackupSet {
             tier,
             stack: value("stack:").unwrap_or_default(),
             time: snap.time.timestamp().to_string(),
-            git_commit: summary.git_commit,
-            components: summary.components,
+            git_commit: summary.git_commit.clone(),
+            components: summary.components.clone(),
             size: snap.summary.as_ref().map(|s| s.total_bytes_processed),
+            summary,
         })
     }
 

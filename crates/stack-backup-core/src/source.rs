@@ -53,6 +53,8 @@ pub enum Content {
     Bytes(Arc<Vec<u8>>),
     /// A file on this machine.
     LocalFile(PathBuf),
+    /// A gzip file on this machine, stored decompressed (`import`).
+    Gunzip(PathBuf),
 }
 
 /// One file in the backup set.
@@ -186,6 +188,17 @@ impl ReadSourceOpen for EntryOpen {
             Content::LocalFile(p) => match std::fs::File::open(&p) {
                 Ok(f) => Ok(Box::new(TrackedReader::new(
                     f, artifact, component, ledger, None, None,
+                ))),
+                Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
+            },
+            Content::Gunzip(p) => match std::fs::File::open(&p) {
+                Ok(f) => Ok(Box::new(TrackedReader::new(
+                    flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)),
+                    artifact,
+                    component,
+                    ledger,
+                    None,
+                    None,
                 ))),
                 Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
             },

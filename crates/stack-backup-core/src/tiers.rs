@@ -46,10 +46,12 @@ impl Tier {
         format!("tier:{}", self.as_str())
     }
 
-    /// Whether retention may ever remove a set of this tier.
+    /// Whether retention may ever remove a set of this tier (immaculate and
+    /// sacred: never; the newest pre-restore set is protected by `prune`
+    /// itself). Sets of other tiers carry restic's `delete_never`.
     #[must_use]
     pub fn prunable(self) -> bool {
-        matches!(self, Tier::Data | Tier::Backups)
+        matches!(self, Tier::Data | Tier::Backups | Tier::PreRestore)
     }
 }
 

@@ -56,30 +56,113 @@ pub enum Command {
     /// Copy backup sets to another repository (an off-site copy); sets the
     /// target already holds are skipped.
     Copy(CopyArgs),
+    /// Immaculate baselines: verified sets that are never modified or pruned.
+    #[command(subcommand)]
+    Immaculate(ImmaculateCommand),
+    /// Restore the newest immaculate baseline (asks twice).
+    Emergency(EmergencyArgs),
+    /// Pin a backup set (or a new one) as `sacred/NAME` and tag its git commit.
+    Sacred(SacredArgs),
+    /// Remove sets that the `[retention]` policies no longer keep (plan only
+    /// without --apply), then the data nothing references.
+    Prune(PruneArgs),
+    /// Check the repository and read backup sets back (every SHA-256).
+    Verify(VerifyArgs),
+    /// Write a backup set as a plain directory that needs no stack-backup.
+    Export(ExportArgs),
+    /// Store an exported (or legacy shell-script) directory as a backup set.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImmaculateCommand {
+    /// Take a new set and make it immaculate once it has been read back in full.
+    Create(ImmaculateCreateArgs),
+    /// List immaculate baselines with their last verification.
+    List,
+    /// Read immaculate baselines back in full (all, or the one named).
+    Verify(ImmaculateVerifyArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct CopyArgs {
-    /// Backup set name, snapshot id (prefix) or `latest` [default: latest,
-    /// unless --tier or --all].
-    #[arg(conflicts_with_all = ["tier", "all"])]
+pub struct ImmaculateCreateArgs {
+    /// Unique name [default: immaculate-<time>].
+    #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Every set of this tier.
-    #[arg(long, value_name = "TIER", conflicts_with = "all")]
-    pub tier: Option<stack_backup_core::tiers::Tier>,
-    /// Every set of the stack.
+    /// Also back up Redis instances whose role is `cache`.
+    #[arg(long)]
+    pub include_redis: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImmaculateVerifyArgs {
+    /// Name or id of one immaculate set [default: all of them].
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EmergencyArgs {
+    /// Required: the first of the two confirmations.
+    #[arg(long)]
+    pub confirm: bool,
+    /// The immaculate baseline to restore [default: the newest].
+    #[arg(long, value_name = "NAME")]
+    pub baseline: Option<String>,
+    /// The second confirmation without a terminal: the stack's name.
+    #[arg(long, value_name = "STACK")]
+    pub yes_i_am_sure: Option<String>,
+    /// Show the plan and run the checks; change nothing (needs no confirmation).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Restore even when the baseline's migration state does not fit the code.
+    #[arg(long)]
+    pub allow_migration_mismatch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SacredArgs {
+    /// The milestone's name: the set becomes `sacred/NAME`, the git tag `sacred/NAME`.
+    pub name: String,
+    /// Pin this existing backup set instead of taking a new one.
+    #[arg(long, value_name = "BACKUP")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Apply the plan (without it, only show it).
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup set name, snapshot id (prefix) or `latest`.
+    #[arg(conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Every backup set of the stack.
     #[arg(long)]
     pub all: bool,
-    /// The target repository: a directory or a URL (`s3:http://host:9000/bucket/prefix`).
-    #[arg(long, value_name = "REPO")]
-    pub to: String,
-    /// File holding the target's password [default: STACK_BACKUP_TO_PASSWORD,
-    /// else the source repository's password].
-    #[arg(long, value_name = "FILE")]
-    pub to_password_file: Option<PathBuf>,
-    /// Create the target repository when there is none.
+    /// Also read every pack file of the repository (slow: reads everything).
     #[arg(long)]
-    pub init: bool,
+    pub read_data: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Backup set name, snapshot id (prefix) or `latest`.
+    pub name: String,
+    /// Directory to create (must not exist, or be empty).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The directory (with CHECKSUM.sha256).
+    pub dir: PathBuf,
+    /// Name of the new set [default: the exported set's name, or `imported-<time>`].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -158,4 +241,28 @@ pub struct ShowArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
     #[arg(default_value = "latest")]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Backup set name, snapshot id (prefix) or `latest` [default: latest,
+    /// unless --tier or --all].
+    #[arg(conflicts_with_all = ["tier", "all"])]
+    pub name: Option<String>,
+    /// Every set of this tier.
+    #[arg(long, value_name = "TIER", conflicts_with = "all")]
+    pub tier: Option<stack_backup_core::tiers::Tier>,
+    /// Every set of the stack.
+    #[arg(long)]
+    pub all: bool,
+    /// The target repository: a directory or a URL (`s3:http://host:9000/bucket/prefix`).
+    #[arg(long, value_name = "REPO")]
+    pub to: String,
+    /// File holding the target's password [default: STACK_BACKUP_TO_PASSWORD,
+    /// else the source repository's password].
+    #[arg(long, value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Create the target repository when there is none.
+    #[arg(long)]
+    pub init: bool,
 }

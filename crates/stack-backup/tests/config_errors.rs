@@ -115,6 +115,30 @@ const CASES: &[Case] = &[
         key: "repository.url",
         line: None,
     },
+    Case {
+        what: "retention for a tier that is never pruned",
+        edit: (
+            "[docker]",
+            "[retention.immaculate]\nkeep-last = 3\n\n[docker]",
+        ),
+        key: "retention.immaculate",
+        line: Some(14),
+    },
+    Case {
+        what: "retention policy without a rule",
+        edit: ("[docker]", "[retention.backups]\n\n[docker]"),
+        key: "retention.backups",
+        line: None,
+    },
+    Case {
+        what: "retention keep-within that is not a duration",
+        edit: (
+            "[docker]",
+            "[retention.data]\nkeep-within = \"fortnight\"\n\n[docker]",
+        ),
+        key: "retention.data.keep-within",
+        line: None,
+    },
 ];
 
 #[test]

@@ -68,15 +68,24 @@ impl Observer for Bars {
     }
 }
 
+/// Progress bars per component, on a terminal.
+pub fn observer(out: &Output) -> Option<Arc<dyn Observer>> {
+    out.progress
+        .then(|| Arc::new(Bars::new()) as Arc<dyn Observer>)
+}
+
 pub fn run(cfg: &Config, env: &Env, req: &Request, out: &Output) -> anyhow::Result<ExitCode> {
-    let observer: Option<Arc<dyn Observer>> = out
-        .progress
-        .then(|| Arc::new(Bars::new()) as Arc<dyn Observer>);
     let report = ctx(
-        backup::run(cfg, env, req, observer, NoProgress),
+        backup::run(cfg, env, req, observer(out), NoProgress),
         "backup failed",
     )?;
     out.json(&serde_json::to_value(&report)?);
+    render(&report, out);
+    Ok(ExitCode::Success)
+}
+
+/// The summary table and the closing lines of a backup, for people.
+pub fn render(report: &backup::Report, out: &Output) {
     let rows: Vec<Vec<String>> = report
         .components
         .iter()
@@ -112,5 +121,4 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, out: &Output) -> anyhow::Resu
         "restore it with: stack-backup restore {}",
         report.set.name
     ));
-    Ok(ExitCode::Success)
 }

@@ -3,10 +3,16 @@
 mod backup;
 mod copy;
 mod doctor;
+mod emergency;
+mod export;
+mod immaculate;
 mod init;
 mod list;
+mod prune;
 mod restore;
+mod sacred;
 mod show;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -36,11 +42,19 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 only: args.only.clone(),
                 databases_only: false,
                 skip_missing: false,
+                hold: false,
             },
             out,
         ),
         Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
         Command::Copy(args) => copy::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Immaculate(cmd) => immaculate::run(&load_config(cli, &env)?, cmd, &env, out),
+        Command::Emergency(args) => emergency::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
+        Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
@@ -51,6 +65,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
                 only: args.only.clone(),
                 databases_only: true,
                 skip_missing: false,
+                hold: false,
             },
             out,
         ),

@@ -73,6 +73,42 @@ pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
         dry_run: args.dry_run,
         allow_migration_mismatch: args.allow_migration_mismatch,
     };
+    let yes = args.yes;
+    run_with(cfg, env, &req, out, &|| {
+        if yes {
+            return Ok(());
+        }
+        ask("restore replaces live data and needs confirmation: run it on a terminal, or pass --yes", "Type `yes` to restore: ", "yes")
+    })
+}
+
+/// Asks on the terminal for `expected`; refuses without a terminal
+/// (`no_tty`) or on any other answer.
+pub fn ask(no_tty: &str, prompt: &str, expected: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Refused(no_tty.into()).into());
+    }
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != expected {
+        return Err(Error::Refused("not confirmed; nothing was changed".into()).into());
+    }
+    Ok(())
+}
+
+/// Plans, shows what will be replaced, calls `confirm` (unless a dry run),
+/// then runs the chain.
+pub fn run_with(
+    cfg: &Config,
+    env: &Env,
+    req: &Request,
+    out: &Output,
+    confirm: &dyn Fn() -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let args = req;
+    let req = req.clone();
     let plan = ctx(restore::plan(cfg, env, &req), "planning the restore")?;
     let set = &plan.set;
     if !out.json {
@@ -103,20 +139,8 @@ pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
         }
         eprintln!("Chain: {}", STEPS.join(" → "));
     }
-    if !args.dry_run && !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::Refused(
-                "restore replaces live data and needs confirmation: run it on a terminal, or pass --yes".into(),
-            )
-            .into());
-        }
-        eprint!("Type `yes` to restore: ");
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            return Err(Error::Refused("not confirmed; nothing was changed".into()).into());
-        }
+    if !args.dry_run {
+        confirm()?;
     }
     let printer = Printer {
         out,

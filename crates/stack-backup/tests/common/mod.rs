@@ -39,7 +39,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Self {
+    pub fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -116,6 +116,38 @@ impl Sandbox {
             cmd.env(k, v);
         }
         Run::from(cmd.output().expect("running stack-backup"))
+    }
+
+    /// Runs the binary on a pseudo-terminal (`script`), typing `input`;
+    /// everything it printed is in `stdout`.
+    pub fn run_on_tty(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write;
+        let line = std::iter::once(bin().display().to_string())
+            .chain(args.iter().map(|a| format!("'{a}'")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.path())
+            .env("TMPDIR", std::env::temp_dir())
+            .env("TERM", "dumb")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("running script");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("typing");
+        Run::from(child.wait_with_output().expect("waiting for script"))
     }
 
     /// `init` and assert it worked.

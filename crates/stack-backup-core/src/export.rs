@@ -1,0 +1,400 @@
+//! `export NAME DIR`: a backup set as a plain directory that a person can
+//! check with `sha256sum -c CHECKSUM.sha256` and restore by following its
+//! MANIFEST.md, without stack-backup or restic.
+//!
+//! ```text
+//! DIR/MANIFEST.md                   how to restore by hand, component by component
+//! DIR/CHECKSUM.sha256               every file below, sha256sum format
+//! DIR/database/<name>.dump          pg_dump custom format (pg_restore)
+//! DIR/database/<name>.globals.sql   roles (psql)
+//! DIR/redis/dump.rdb                (redis/<name>.rdb with several instances)
+//! DIR/docker/images/<ref>.tar.gz    docker save, gzip (gunzip -c | docker load)
+//! DIR/docker/volumes/<volume>/…     the volume's files, owners and modes
+//! DIR/paths/<name>/…                the directory's files, owners and modes
+//! DIR/git/HEAD_COMMIT, BRANCH, …
+//! DIR/stack-backup/                 the set's manifest.json, CHECKSUM.sha256, config
+//! ```
+//!
+//! Every artifact is checked against the set's SHA-256 while it is written;
+//! a mismatch stops the export (verification failure) and the directory is
+//! removed again. `import` reads such a directory back into an identical set.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rustic_core::{LocalDestination, LsOptions, RestoreOptions};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Env};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Component, Manifest};
+use crate::repository;
+use crate::sets::{self, BackupSet};
+use crate::{disk, verify};
+
+/// Where an artifact of the set goes in an export, and whether it is
+/// gzip-compressed there. The same mapping is used by `import`.
+#[must_use]
+pub fn export_path(m: &Manifest, set_path: &str, component: &str) -> (String, bool) {
+    let file = set_path.rsplit('/').next().unwrap_or(set_path);
+    if let Some(name) = component.strip_prefix("postgres.") {
+        let safe = manifest::safe_file_name(name);
+        if file.ends_with(".dump") {
+            return (format!("database/{safe}.dump"), false);
+        }
+        return (format!("database/{safe}.{file}"), false);
+    }
+    if let Some(name) = component.strip_prefix("redis.") {
+        let several = m
+            .components
+            .keys()
+            .filter(|c| c.starts_with("redis."))
+            .count()
+            > 1;
+        if several {
+            return (
+                format!("redis/{}.rdb", manifest::safe_file_name(name)),
+                false,
+            );
+        }
+        return ("redis/dump.rdb".into(), false);
+    }
+    if component.starts_with("docker.image.") {
+        return (format!("{set_path}.gz"), true);
+    }
+    if component == "legacy" && set_path == "MANIFEST.md" {
+        return ("legacy/MANIFEST.md".into(), false);
+    }
+    (set_path.to_string(), false)
+}
+
+/// What `export` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exported {
+    /// The set.
+    pub set: BackupSet,
+    /// The directory.
+    pub dir: PathBuf,
+    /// Files written (CHECKSUM.sha256 lists each).
+    pub files: usize,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hashing<W: Write>(inner: W) -> Hashing<W> {
+    Hashing {
+        inner,
+        hash: Sha256::new(),
+        n: 0,
+    }
+}
+
+/// Writes set `name` into `dir` (which must not exist or be empty). Reads
+/// the repository only; on any failure the partly written directory is
+/// removed.
+pub fn export(cfg: &Config, env: &Env, name: &str, dir: &Path) -> Result<Exported> {
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io("reading", dir, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::Refused(format!(
+            "{} exists and is not empty; export writes into a new or empty directory",
+            dir.display()
+        )));
+    }
+    let repo = repository::open_indexed(cfg, env)?;
+    let (set, snap) = sets::find(&repo, &cfg.stack.name.0, name)?;
+    let m: Manifest = serde_json::from_slice(&sets::read_file(&repo, &snap, manifest::JSON_PATH)?)
+        .map_err(|e| Error::Verification(format!("{}: manifest.json: {e}", set.name)))?;
+    let set_sums = manifest::parse_checksums(&String::from_utf8_lossy(&sets::read_file(
+        &repo,
+        &snap,
+        manifest::CHECKSUM_PATH,
+    )?));
+    let needed = set.size.unwrap_or(0);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    disk::ensure(dir, needed, cfg.min_free_space())?;
+    let result = write_all(&repo, &set, &snap, &m, &set_sums, dir);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn write_all(
+    repo: &rustic_core::Repository<rustic_core::IndexedFullStatus>,
+    set: &BackupSet,
+    snap: &rustic_core::repofile::SnapshotFile,
+    m: &Manifest,
+    set_sums: &BTreeMap<String, String>,
+    dir: &Path,
+) -> Result<Exported> {
+    let location = repo.name.clone();
+    let mut sums: BTreeMap<String, String> = BTreeMap::new();
+    let mut bytes = 0u64;
+    let node_of = |path: &str| {
+        repo.node_from_snapshot_and_path(snap, &format!("/{path}"))
+            .map_err(|e| Error::Repository {
+                location: location.clone(),
+                message: format!("{path}: {}", e.display_log()),
+            })
+    };
+    // Single-file artifacts, and the set's own manifest files.
+    let mut files: Vec<(String, String)> = m
+        .artifacts
+        .iter()
+        .map(|a| (a.path.clone(), a.component.clone()))
+        .collect();
+    for p in [
+        manifest::JSON_PATH,
+        manifest::CONFIG_PATH,
+        manifest::MD_PATH,
+    ] {
+        // An imported legacy set has no stored config.
+        if set_sums.contains_key(p) {
+            files.push((p.to_string(), "manifest".into()));
+        }
+    }
+    for (path, component) in &files {
+        let (out, gz) = export_path(m, path, component);
+        let target = dir.join(&out);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+        }
+        let node = node_of(path)?;
+        let file = std::fs::File::create(&target).map_err(|e| Error::io("creating", &target, e))?;
+        let mut outer = hashing(std::io::BufWriter::new(file));
+        let raw_sha = if gz {
+            let enc = flate2::write::GzEncoder::new(&mut outer, flate2::Compression::fast());
+            let mut inner = hashing(enc);
+            repo.dump(&node, &mut inner)
+                .map_err(|e| Error::Repository {
+                    location: location.clone(),
+                    message: format!("reading {path}: {}", e.display_log()),
+                })?;
+            let sha = hex::encode(inner.hash.finalize());
+            inner
+                .inner
+                .finish()
+                .map_err(|e| Error::io("writing", &target, e))?;
+            sha
+        } else {
+            repo.dump(&node, &mut outer)
+                .map_err(|e| Error::Repository {
+                    location: location.clone(),
+                    message: format!("reading {path}: {}", e.display_log()),
+                })?;
+            String::new()
+        };
+        outer
+            .flush()
+            .map_err(|e| Error::io("writing", &target, e))?;
+        let written = hex::encode(outer.hash.clone().finalize());
+        let content_sha = if gz { raw_sha } else { written.clone() };
+        if let Some(want) = set_sums.get(path) {
+            if want != &content_sha {
+                return Err(Error::Verification(format!(
+                    "{path} does not match its checksum in set `{}` (expected {want}, read {content_sha}); export stopped",
+                    set.name
+                )));
+            }
+        }
+        bytes += outer.n;
+        sums.insert(out, written);
+    }
+    // The set's CHECKSUM.sha256, as stored (import checks artifacts with it).
+    let stored = dir.join(manifest::CHECKSUM_PATH);
+    let text = manifest::render_checksums(set_sums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+    std::fs::write(&stored, &text).map_err(|e| Error::io("writing", &stored, e))?;
+    sums.insert(
+        manifest::CHECKSUM_PATH.to_string(),
+        crate::ledger::sha256_hex(text.as_bytes()),
+    );
+    // Directory trees: restored with owners and modes, then every file
+    // hashed and checked against the set.
+    for c in m.components.values() {
+        let (Component::DockerVolume(t) | Component::Path(t)) = c else {
+            continue;
+        };
+        let target = dir.join(&t.path);
+        std::fs::create_dir_all(&target).map_err(|e| Error::io("creating", &target, e))?;
+        let node = node_of(&t.path)?;
+        let fail = |what: &str, e: Box<rustic_core::RusticError>| Error::Repository {
+            location: location.clone(),
+            message: format!("{}: {what}: {}", t.path, e.display_log()),
+        };
+        let dest = LocalDestination::new(&format!("{}/", target.display()), true, false)
+            .map_err(|e| fail("destination", e))?;
+        let opts = RestoreOptions::default();
+        let ls = repo
+            .ls(&node, &LsOptions::default())
+            .map_err(|e| fail("reading the tree", e))?;
+        let plan = repo
+            .prepare_restore(&opts, ls.clone(), &dest, false)
+            .map_err(|e| fail("planning", e))?;
+        repo.restore(plan, &opts, ls, &dest)
+            .map_err(|e| fail("restoring files", e))?;
+        let prefix = format!("{}/", t.path);
+        for (p, want) in set_sums.range(prefix.clone()..) {
+            if !p.starts_with(&prefix) {
+                break;
+            }
+            let file = dir.join(p);
+            let (got, n) = std::fs::File::open(&file)
+                .and_then(|mut f| verify::sha256_of(&mut f))
+                .map_err(|e| Error::io("reading exported", &file, e))?;
+            if &got != want {
+                return Err(Error::Verification(format!(
+                    "{p} does not match its checksum in set `{}`; export stopped",
+                    set.name
+                )));
+            }
+            bytes += n;
+            sums.insert(p.clone(), got);
+        }
+    }
+    let md = export_markdown(m, set, &sums);
+    let md_path = dir.join("MANIFEST.md");
+    std::fs::write(&md_path, &md).map_err(|e| Error::io("writing", &md_path, e))?;
+    sums.insert(
+        "MANIFEST.md".into(),
+        crate::ledger::sha256_hex(md.as_bytes()),
+    );
+    let text = manifest::render_checksums(sums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+    let sum_path = dir.join("CHECKSUM.sha256");
+    std::fs::write(&sum_path, text).map_err(|e| Error::io("writing", &sum_path, e))?;
+    Ok(Exported {
+        set: set.clone(),
+        dir: dir.to_path_buf(),
+        files: sums.len(),
+        bytes,
+    })
+}
+
+/// MANIFEST.md of an export: what is there and how to restore each part by
+/// hand.
+fn export_markdown(m: &Manifest, set: &BackupSet, sums: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Export of backup set `{}` of stack `{}`\n\nTaken {} on {}{}.\n",
+        set.name,
+        m.stack,
+        m.created,
+        m.host,
+        m.git
+            .as_ref()
+            .map_or(String::new(), |g| format!(" at git commit {}", g.commit))
+    );
+    let _ = writeln!(
+        s,
+        "This directory needs neither stack-backup nor restic. First check it:\n\n    sha256sum -c CHECKSUM.sha256\n\nThen restore what you need, as below (stop the application first).\nWith stack-backup, `stack-backup import DIR` stores it as a backup set again.\n"
+    );
+    let path_of = |component: &str, set_path: &str| export_path(m, set_path, component).0;
+    for (name, c) in &m.components {
+        let _ = writeln!(s, "## {name}\n");
+        match c {
+            Component::Postgres(p) => {
+                let dump = path_of(name, &p.dump);
+                if let Some(roles) = &p.roles {
+                    let _ = writeln!(
+                        s,
+                        "Roles first (as a superuser):\n\n    psql -h {} -p {} -U postgres -f {}\n",
+                        p.host,
+                        p.port,
+                        path_of(name, roles)
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "PostgreSQL {} database `{}`. Into a new, empty database:\n\n    createdb -h {h} -p {port} -U {u} {db}\n    pg_restore --exit-on-error --no-owner -h {h} -p {port} -U {u} -d {db} {dump}\n\n(`pg_restore` {} or newer; check with `pg_restore --version`.) Expected row counts: {} tables recorded in stack-backup/manifest.json.\n",
+                    p.server_version,
+                    p.database,
+                    p.pg_dump_version,
+                    p.row_counts.len(),
+                    h = p.host,
+                    port = p.port,
+                    u = p.user,
+                    db = p.database,
+                );
+            }
+            Component::Redis(r) => {
+                let _ = writeln!(
+                    s,
+                    "Redis {} ({} keys at backup time). Stop Redis, copy the file over its RDB\n(`redis-cli CONFIG GET dir` and `CONFIG GET dbfilename` tell where), turn AOF off\nor it wins over the RDB, and start Redis:\n\n    cp {} /var/lib/redis/dump.rdb\n",
+                    r.version,
+                    r.keys,
+                    path_of(name, &r.rdb)
+                );
+            }
+            Component::DockerImage(i) => {
+                let _ = writeln!(
+                    s,
+                    "Image `{}`, ID `{}`:\n\n    gunzip -c {} | docker load\n",
+                    i.reference,
+                    i.id,
+                    path_of(name, &i.archive)
+                );
+            }
+            Component::DockerVolume(t) => {
+                let _ = writeln!(
+                    s,
+                    "Volume `{}` ({} files). Stop the containers using it, then:\n\n    docker volume create {}\n    cp -a {}/. \"$(docker volume inspect -f '{{{{.Mountpoint}}}}' {})\"/\n",
+                    t.source, t.files, t.source, t.path, t.source
+                );
+            }
+            Component::Path(t) => {
+                let _ = writeln!(
+                    s,
+                    "Directory `{}` ({} files):\n\n    rsync -a --delete {}/ {}/\n",
+                    t.source, t.files, t.path, t.source
+                );
+            }
+            Component::Git(g) => {
+                let commit = m.git.as_ref().map_or("?", |h| h.commit.as_str());
+                let _ = writeln!(
+                    s,
+                    "The code at `{}` was at commit {commit} (git/HEAD_COMMIT):\n\n    git -C {} checkout {commit}\n",
+                    g.path, g.path
+                );
+            }
+        }
+    }
+    if let Some(i) = &m.imported {
+        if i.layout == "legacy" {
+            let _ = writeln!(
+                s,
+                "## Imported from a legacy backup directory\n\nFollow `legacy/MANIFEST.md`, the original instructions.\n"
+            );
+        }
+    }
+    let _ = writeln!(s, "## Files\n");
+    for p in sums.keys() {
+        let _ = writeln!(s, "- `{p}`");
+    }
+    s
+}

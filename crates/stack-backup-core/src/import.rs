@@ -1,0 +1,386 @@
+//! `import DIR`: stores a backup directory as a backup set (tier
+//! `backups`), after every checksum in its `CHECKSUM.sha256` matched.
+//!
+//! Two layouts are read:
+//!
+//! - an `export` of stack-backup (it has `stack-backup/manifest.json`): the
+//!   artifacts are stored back at their original paths, decompressed, and
+//!   must equal the original SHA-256s: the set is the exported one, and
+//!   restores like it;
+//! - a legacy shell-script directory (`database/dump.sql.gz`,
+//!   `docker/images/*.tar.gz`, `git/HEAD_COMMIT`, `MANIFEST.md`,
+//!   `CHECKSUM.sha256`): stored file by file as it is. Such a set is kept and
+//!   verified like any other, but restored by hand (`export` it and follow
+//!   its MANIFEST.md); `restore` refuses it with that advice.
+//!
+//! Nothing is stored unless every listed file matched; files the checksum
+//! list does not name are not imported (and are reported).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::{BackupOptions, ParentOptions, SnapshotOptions, StringList};
+use serde::Serialize;
+
+use crate::config::{Config, Env};
+use crate::error::{Error, Result};
+use crate::ledger::{sha256_hex, Ledger, Outcome};
+use crate::lock::RepoLock;
+use crate::manifest::{self, ArtifactRecord, Component, Imported, Manifest};
+use crate::repository::{self, Location};
+use crate::sets::{self, BackupSet, Summary, MARKER_TAG};
+use crate::source::{Artifact, Content, Entry, StackSource};
+use crate::tiers::Tier;
+use crate::verify;
+
+/// What `import` stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    /// The new set.
+    pub set: BackupSet,
+    /// `export` or `legacy`.
+    pub layout: String,
+    /// Files checked against CHECKSUM.sha256.
+    pub checked: usize,
+    /// Files in the directory that CHECKSUM.sha256 does not list (not imported).
+    pub unlisted: Vec<String>,
+}
+
+/// Every regular file under `dir`, relative, `/`-separated.
+fn walk(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io("reading", &d, e))? {
+            let e = e.map_err(|e| Error::io("reading", &d, e))?;
+            let ft = e
+                .file_type()
+                .map_err(|er| Error::io("reading", e.path(), er))?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap_or(&e.path())
+                    .to_path_buf();
+                out.push(rel.to_string_lossy().to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks every file `CHECKSUM.sha256` lists; the first mismatch or missing
+/// file is a verification error naming it.
+fn check_all(dir: &Path, sums: &BTreeMap<String, String>) -> Result<()> {
+    for (p, want) in sums {
+        if p.split('/').any(|c| c == "..") || p.starts_with('/') {
+            return Err(Error::Verification(format!(
+                "CHECKSUM.sha256 names `{p}`, outside the directory; refused"
+            )));
+        }
+        let f = dir.join(p);
+        let (got, _) = std::fs::File::open(&f)
+            .and_then(|mut r| verify::sha256_of(&mut r))
+            .map_err(|e| {
+                Error::Verification(format!(
+                    "{p}: listed in CHECKSUM.sha256 but cannot be read: {e}; nothing was imported"
+                ))
+            })?;
+        if &got != want {
+            return Err(Error::Verification(format!(
+                "{p}: checksum mismatch (CHECKSUM.sha256 says {want}, the file is {got}); nothing was imported"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Imports `dir` as a new set named `name` (default: the exported set's
+/// name when free, else `imported-<time>`). Holds the repository lock.
+pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result<ImportReport> {
+    let sum_path = dir.join("CHECKSUM.sha256");
+    let text = std::fs::read_to_string(&sum_path).map_err(|e| {
+        Error::Refused(format!(
+            "{} cannot be read ({e}); import needs a directory with CHECKSUM.sha256",
+            sum_path.display()
+        ))
+    })?;
+    let sums = manifest::parse_checksums(&text);
+    if sums.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} lists no file",
+            sum_path.display()
+        )));
+    }
+    check_all(dir, &sums)?;
+    let files = walk(dir)?;
+    let unlisted: Vec<String> = files
+        .iter()
+        .filter(|f| f.as_str() != "CHECKSUM.sha256" && !sums.contains_key(*f))
+        .cloned()
+        .collect();
+    for u in &unlisted {
+        log::warn!("{u}: not listed in CHECKSUM.sha256, not imported");
+    }
+
+    let stack = cfg.stack.name.0.clone();
+    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let repo = repository::open_from(cfg, env)?;
+    let existing = sets::list(&repo, &stack)?;
+    let taken = |n: &str| existing.iter().any(|(b, _)| b.name == n);
+    let own = dir.join(manifest::JSON_PATH);
+    let exported: Option<Manifest> = if own.exists() {
+        if !sums.contains_key(manifest::JSON_PATH) {
+            return Err(Error::Verification(format!(
+                "{} is not listed in CHECKSUM.sha256; refused",
+                manifest::JSON_PATH
+            )));
+        }
+        let b = std::fs::read(&own).map_err(|e| Error::io("reading", &own, e))?;
+        Some(serde_json::from_slice(&b).map_err(|e| {
+            Error::Verification(format!(
+                "{}: not a stack-backup manifest: {e}",
+                own.display()
+            ))
+        })?)
+    } else {
+        None
+    };
+    let now = jiff::Timestamp::now();
+    let name = match (name, &exported) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(m)) if !taken(&m.name) && crate::config::validate_name(&m.name).is_ok() => {
+            m.name.clone()
+        }
+        (None, _) => format!("imported-{}", crate::backup::generated_name()),
+    };
+    crate::config::validate_name(&name).map_err(|m| Error::Usage(format!("--name: {m}")))?;
+    if taken(&name) {
+        return Err(Error::Refused(format!(
+            "a backup set named `{name}` already exists; choose another --name"
+        )));
+    }
+    let imported = |layout: &str, original: Option<String>| Imported {
+        layout: layout.into(),
+        source: dir.display().to_string(),
+        time: now.to_string(),
+        original_name: original,
+    };
+
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new(); // set path → sha256
+    let (m, checksums, layout) = match exported {
+        Some(mut m) => {
+            let set_sums_path = dir.join(manifest::CHECKSUM_PATH);
+            let set_sums = manifest::parse_checksums(
+                &std::fs::read_to_string(&set_sums_path)
+                    .map_err(|e| Error::io("reading", &set_sums_path, e))?,
+            );
+            for a in &m.artifacts {
+                let (out, gz) = crate::export::export_path(&m, &a.path, &a.component);
+                if !sums.contains_key(&out) {
+                    return Err(Error::Verification(format!(
+                        "{out} (artifact {}) is missing from the directory or from CHECKSUM.sha256",
+                        a.path
+                    )));
+                }
+                let p = dir.join(&out);
+                entries.push(Entry::File(Artifact {
+                    path: a.path.clone(),
+                    component: a.component.clone(),
+                    content: if gz {
+                        Content::Gunzip(p)
+                    } else {
+                        Content::LocalFile(p)
+                    },
+                    reuse_meta: None,
+                }));
+                expected.insert(a.path.clone(), a.sha256.clone());
+            }
+            for (c, rec) in &m.components {
+                if let Component::DockerVolume(t) | Component::Path(t) = rec {
+                    let prefix = format!("{}/", t.path);
+                    if let Some(u) = unlisted.iter().find(|u| u.starts_with(&prefix)) {
+                        return Err(Error::Verification(format!(
+                            "{u} (in {c}) is not listed in CHECKSUM.sha256; refused"
+                        )));
+                    }
+                    entries.push(Entry::Tree {
+                        component: c.clone(),
+                        root: dir.join(&t.path),
+                        target: t.path.clone(),
+                    });
+                }
+            }
+            let original = m.name.clone();
+            m.name.clone_from(&name);
+            m.tier = Tier::Backups;
+            m.restore_command = format!("stack-backup restore {name}");
+            m.imported = Some(imported("export", Some(original)));
+            let mut checksums: BTreeMap<String, String> = set_sums
+                .into_iter()
+                .filter(|(p, _)| {
+                    !matches!(
+                        p.as_str(),
+                        manifest::JSON_PATH | manifest::MD_PATH | manifest::CONFIG_PATH
+                    )
+                })
+                .collect();
+            let cfg_path = dir.join(manifest::CONFIG_PATH);
+            let toml = std::fs::read(&cfg_path).unwrap_or_default();
+            checksums.insert(manifest::CONFIG_PATH.into(), sha256_hex(&toml));
+            entries.push(bytes_entry(manifest::CONFIG_PATH, toml));
+            (m, checksums, "export")
+        }
+        None => {
+            let mut artifacts = Vec::new();
+            for (p, sha) in &sums {
+                let size = std::fs::metadata(dir.join(p)).map_or(0, |m| m.len());
+                entries.push(Entry::File(Artifact {
+                    path: p.clone(),
+                    component: "legacy".into(),
+                    content: Content::LocalFile(dir.join(p)),
+                    reuse_meta: None,
+                }));
+                expected.insert(p.clone(), sha.clone());
+                artifacts.push(ArtifactRecord {
+                    path: p.clone(),
+                    component: "legacy".into(),
+                    size,
+                    sha256: sha.clone(),
+                    reused: false,
+                });
+            }
+            let commit = std::fs::read_to_string(dir.join("git/HEAD_COMMIT"))
+                .ok()
+                .map(|c| c.trim().to_string())
+                .filter(|c| c.len() >= 7 && c.chars().all(|x| x.is_ascii_hexdigit()));
+            let m = Manifest {
+                schema: manifest::SCHEMA,
+                tool: format!("stack-backup {}", env!("CARGO_PKG_VERSION")),
+                stack: stack.clone(),
+                name: name.clone(),
+                tier: Tier::Backups,
+                created: std::fs::metadata(&sum_path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                    .unwrap_or(now)
+                    .to_string(),
+                host: String::new(),
+                parent: None,
+                git: commit.map(|commit| crate::git::GitHead {
+                    commit,
+                    branch: None,
+                    dirty: false,
+                    untracked: 0,
+                    status: String::new(),
+                }),
+                components: BTreeMap::new(),
+                artifacts,
+                restore_command: format!(
+                    "stack-backup export {name} DIR, then follow DIR/legacy/MANIFEST.md"
+                ),
+                imported: Some(imported("legacy", None)),
+            };
+            (m, sums.clone(), "legacy")
+        }
+    };
+    let mut checksums = checksums;
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(format!("manifest: {e}")))?;
+    let md = m.to_markdown().into_bytes();
+    checksums.insert(manifest::JSON_PATH.into(), sha256_hex(&json));
+    checksums.insert(manifest::MD_PATH.into(), sha256_hex(&md));
+    let sum_text =
+        manifest::render_checksums(checksums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+    entries.push(bytes_entry(manifest::JSON_PATH, json));
+    entries.push(bytes_entry(manifest::MD_PATH, md));
+    entries.push(bytes_entry(manifest::CHECKSUM_PATH, sum_text.into_bytes()));
+
+    // One snapshot, tagged incomplete until every file is known to be in it.
+    let location = Location::of(cfg).to_string();
+    let repo_err = |what: &str, e: Box<rustic_core::RusticError>| Error::Repository {
+        location: location.clone(),
+        message: format!("{what}: {}", e.display_log()),
+    };
+    let repo = repo
+        .to_indexed_ids()
+        .map_err(|e| repo_err("reading the index", e))?;
+    let ledger = Arc::new(Ledger::new(None));
+    let source = StackSource::new(entries, ledger.clone());
+    let mut opts = BackupOptions::default();
+    opts.parent_opts = ParentOptions::default().force(true);
+    let snap = SnapshotOptions::default()
+        .add_tags(&format!("{},stack:{stack}", crate::backup::INCOMPLETE_TAG))
+        .and_then(|o| o.to_snapshot())
+        .and_then(|s| repo.archive(&opts, &source, s, &[PathBuf::from("/")]))
+        .map_err(|e| repo_err("storing the directory", e))?;
+    let mut problems = Vec::new();
+    for y in source.yielded().iter().filter(|y| y.is_file) {
+        match ledger.get(&y.path) {
+            Some(Outcome::Done { sha256, .. }) => {
+                if let Some(want) = expected.get(&y.path) {
+                    if want != &sha256 {
+                        problems.push(format!(
+                            "{}: stored content has SHA-256 {sha256}, the set recorded {want}",
+                            y.path
+                        ));
+                    }
+                }
+            }
+            Some(Outcome::Failed(msg)) => problems.push(format!("{}: {msg}", y.path)),
+            None => problems.push(format!("{}: not read", y.path)),
+        }
+    }
+    if !problems.is_empty() {
+        if let Err(e) = repo.delete_snapshots(&[snap.id]) {
+            log::error!(
+                "could not delete the incomplete import: {}",
+                e.display_log()
+            );
+        }
+        return Err(Error::Verification(format!(
+            "import failed, nothing was stored: {}",
+            problems.join("; ")
+        )));
+    }
+    let summary = Summary {
+        components: m.components.keys().cloned().collect(),
+        git_commit: m.git.as_ref().map(|g| g.commit.clone()),
+        ..Summary::default()
+    };
+    let mut done: SnapshotFile = snap.clone();
+    done.tags = format!(
+        "{MARKER_TAG},stack:{stack},{},name:{name}",
+        Tier::Backups.tag()
+    )
+    .parse::<StringList>()
+    .map_err(|e| Error::Usage(format!("--name: {e}")))?;
+    done.description = Some(serde_json::to_string(&summary).unwrap_or_default());
+    done.label.clone_from(&name);
+    repo.save_snapshots(vec![done])
+        .map_err(|e| repo_err("saving the imported set", e))?;
+    repo.delete_snapshots(&[snap.id])
+        .map_err(|e| repo_err("removing the incomplete snapshot", e))?;
+    let (set, _) = sets::find(&repo, &stack, &name)?;
+    Ok(ImportReport {
+        set,
+        layout: layout.into(),
+        checked: sums.len(),
+        unlisted,
+    })
+}
+
+fn bytes_entry(path: &str, b: Vec<u8>) -> Entry {
+    Entry::File(Artifact {
+        path: path.to_string(),
+        component: "manifest".into(),
+        content: Content::Bytes(Arc::new(b)),
+        reuse_meta: None,
+    })
+}

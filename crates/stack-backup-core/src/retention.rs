@@ -1,0 +1,424 @@
+//! Retention: which backup sets `prune` removes.
+//!
+//! The decision is a pure function of the sets, the `[retention]` policies
+//! and the time ([`plan`]), so it can be tested over many sets without a
+//! repository. The rules, in order:
+//!
+//! 1. immaculate and sacred sets are always kept (and carry restic's
+//!    `delete_never`, so stock restic's `forget` keeps them too);
+//! 2. the newest pre-restore set is always kept;
+//! 3. a tier without a policy keeps every set;
+//! 4. otherwise restic's `forget` rules (`keep-last`, `keep-daily`, …,
+//!    `keep-within`) decide, within the tier only.
+
+use jiff::Zoned;
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::KeepOptions;
+use serde::Serialize;
+
+use crate::config::{KeepPolicy, Retention};
+use crate::error::{Error, Result};
+use crate::sets::BackupSet;
+use crate::tiers::Tier;
+
+/// What happens to one set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// The set.
+    pub set: BackupSet,
+    /// Kept (`true`) or removed.
+    pub keep: bool,
+    /// Why: the rules that keep it, or why it goes.
+    pub reasons: Vec<String>,
+}
+
+/// The policy for a tier, if it has one (only data, backups, pre-restore can).
+#[must_use]
+pub fn policy(retention: &Retention, tier: Tier) -> Option<&KeepPolicy> {
+    match tier {
+        Tier::Data => retention.data.as_ref(),
+        Tier::Backups => retention.backups.as_ref(),
+        Tier::PreRestore => retention.pre_restore.as_ref(),
+        Tier::Immaculate | Tier::Sacred => None,
+    }
+}
+
+fn keep_options(p: &KeepPolicy) -> Result<KeepOptions> {
+    let n = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+    let within = p.within().map_err(Error::Usage)?;
+    let mut k = KeepOptions::default()
+        .keep_last(n(p.keep_last))
+        .keep_hourly(n(p.keep_hourly))
+        .keep_daily(n(p.keep_daily))
+        .keep_weekly(n(p.keep_weekly))
+        .keep_monthly(n(p.keep_monthly))
+        .keep_yearly(n(p.keep_yearly));
+    k.keep_within = within;
+    Ok(k)
+}
+
+/// Decides, for every set (`sets` as returned by [`crate::sets::list`]),
+/// whether it is kept. The result is in the order of `sets`.
+pub fn plan(
+    sets: &[(BackupSet, SnapshotFile)],
+    retention: &Retention,
+    now: &Zoned,
+) -> Result<Vec<Decision>> {
+    let mut decided: Vec<Option<Decision>> = vec![None; sets.len()];
+    let newest_pre_restore = sets
+        .iter()
+        .enumerate()
+        .filter(|(_, (b, _))| b.tier == Tier::PreRestore)
+        .max_by(|a, b| a.1 .1.time.cmp(&b.1 .1.time))
+        .map(|(i, _)| i);
+    for tier in Tier::ALL {
+        let members: Vec<usize> = (0..sets.len())
+            .filter(|i| sets[*i].0.tier == tier)
+            .collect();
+        let fixed = |why: &str| {
+            members
+                .iter()
+                .map(|i| (*i, true, vec![why.to_string()]))
+                .collect::<Vec<_>>()
+        };
+        let verdicts: Vec<(usize, bool, Vec<String>)> =
+            match (tier.prunable(), policy(retention, tier)) {
+                (false, _) => fixed(&format!("{tier}: never pruned")),
+                (true, None) => fixed(&format!("no [retention.{tier}] policy")),
+                (true, Some(p)) => {
+                    let snaps: Vec<SnapshotFile> =
+                        members.iter().map(|i| sets[*i].1.clone()).collect();
+                    let applied = keep_options(p)?.apply(snaps, now).map_err(|e| {
+                        Error::Usage(format!("[retention.{tier}]: {}", e.display_log()))
+                    })?;
+                    applied
+                        .into_iter()
+                        .map(|f| {
+                            let i = members
+                                .iter()
+                                .copied()
+                                .find(|i| sets[*i].1.id == f.snapshot.id)
+                                .expect("apply returns the snapshots it was given");
+                            let reasons = if f.keep {
+                                f.reasons
+                            } else {
+                                vec![format!("not selected by [retention.{tier}]")]
+                            };
+                            (i, f.keep, reasons)
+                        })
+                        .collect()
+                }
+            };
+        for (i, mut keep, mut reasons) in verdicts {
+            if Some(i) == newest_pre_restore && !keep {
+                keep = true;
+                reasons = vec!["newest pre-restore set".into()];
+            }
+            decided[i] = Some(Decision {
+                set: sets[i].0.clone(),
+                keep,
+                reasons,
+            });
+        }
+    }
+    Ok(decided
+        .into_iter()
+        .map(|d| d.expect("every set belongs to a tier"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use jiff::civil::date;
+    use jiff::tz::TimeZone;
+    use rustic_core::repofile::{DeleteOption, SnapshotFile};
+    use rustic_core::StringList;
+
+    use super::*;
+    use crate::config::KeepPolicy;
+
+    /// A set named `name` of `tier`, `hours` hours after 2026-01-01 00:00 UTC.
+    fn set(name: &str, tier: Tier, hours: i64) -> (BackupSet, SnapshotFile) {
+        // A distinct id per set.
+        let mut bytes = [0u8; 32];
+        let h = name
+            .bytes()
+            .fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+        bytes[..8].copy_from_slice(&h.to_le_bytes());
+        let s = SnapshotFile {
+            time: date(2026, 1, 1)
+                .at(0, 0, 0, 0)
+                .to_zoned(TimeZone::UTC)
+                .unwrap()
+                .checked_add(jiff::Span::new().hours(hours))
+                .unwrap(),
+            tags: format!("stack-backup,stack:shop,{},name:{name}", tier.tag())
+                .parse::<StringList>()
+                .unwrap(),
+            delete: if tier.prunable() {
+                DeleteOption::NotSet
+            } else {
+                DeleteOption::Never
+            },
+            id: rustic_core::repofile::SnapshotId::from(rustic_core::Id::new(bytes)),
+            ..SnapshotFile::default()
+        };
+        let b = BackupSet::from_snapshot(&s).expect("tagged");
+        (b, s)
+    }
+
+    fn now() -> Zoned {
+        date(2026, 3, 1)
+            .at(0, 0, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap()
+    }
+
+    /// ~30 sets over two months in every tier.
+    fn fleet() -> Vec<(BackupSet, SnapshotFile)> {
+        let mut v = Vec::new();
+        // data: 12 dumps, every 6 hours over 3 days (day 40..43).
+        for i in 0..12 {
+            v.push(set(&format!("d{i:02}"), Tier::Data, 40 * 24 + i * 6));
+        }
+        // backups: 10 sets, one a day from day 30 (two on day 35).
+        for i in 0..9 {
+            v.push(set(&format!("b{i:02}"), Tier::Backups, (30 + i) * 24 + 10));
+        }
+        v.push(set("b09", Tier::Backups, 35 * 24 + 20));
+        // immaculate: 3 (one very old), sacred: 2, pre-restore: 4.
+        for (i, d) in [1, 20, 44].iter().enumerate() {
+            v.push(set(&format!("imm{i}"), Tier::Immaculate, d * 24));
+        }
+        for (i, d) in [2, 25].iter().enumerate() {
+            v.push(set(&format!("sac{i}"), Tier::Sacred, d * 24));
+        }
+        for (i, d) in [10, 31, 36, 45].iter().enumerate() {
+            v.push(set(&format!("pre{i}"), Tier::PreRestore, d * 24 + 3));
+        }
+        v.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        v
+    }
+
+    fn removed(sets: &[(BackupSet, SnapshotFile)], r: &Retention) -> BTreeSet<String> {
+        plan(sets, r, &now())
+            .unwrap()
+            .into_iter()
+            .filter(|d| !d.keep)
+            .map(|d| d.set.name)
+            .collect()
+    }
+
+    fn names(s: &[&str]) -> BTreeSet<String> {
+        s.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    fn p(f: impl FnOnce(&mut KeepPolicy)) -> Option<KeepPolicy> {
+        let mut k = KeepPolicy::default();
+        f(&mut k);
+        Some(k)
+    }
+
+    #[test]
+    fn policies_remove_exactly_what_they_select() {
+        let sets = fleet();
+        assert_eq!(sets.len(), 31);
+        let all_pre = |keep: u32| Retention {
+            pre_restore: p(|k| k.keep_last = Some(keep)),
+            ..Retention::default()
+        };
+        let cases: Vec<(&str, Retention, BTreeSet<String>)> = vec![
+            (
+                "no policy removes nothing",
+                Retention::default(),
+                names(&[]),
+            ),
+            (
+                "data keep-last 3",
+                Retention {
+                    data: p(|k| k.keep_last = Some(3)),
+                    ..Retention::default()
+                },
+                names(&[
+                    "d00", "d01", "d02", "d03", "d04", "d05", "d06", "d07", "d08",
+                ]),
+            ),
+            (
+                "data keep-daily 2: newest of the last two days",
+                Retention {
+                    data: p(|k| k.keep_daily = Some(2)),
+                    ..Retention::default()
+                },
+                // days 40 (d00-d03), 41 (d04-d07), 42 (d08-d11): keep d11, d07.
+                names(&[
+                    "d00", "d01", "d02", "d03", "d04", "d05", "d06", "d08", "d09", "d10",
+                ]),
+            ),
+            (
+                "backups keep-last 2 + keep-daily 4 (two on day 35 count once)",
+                Retention {
+                    backups: p(|k| {
+                        k.keep_last = Some(2);
+                        k.keep_daily = Some(4);
+                    }),
+                    ..Retention::default()
+                },
+                // newest first: b08(d38) b07(d37) b06(d36) b09(d35 20h) b05(d35 10h) …
+                // last 2: b08, b07; daily 4: b08, b07, b06, b09.
+                names(&["b00", "b01", "b02", "b03", "b04", "b05"]),
+            ),
+            (
+                "pre-restore keep-last 1",
+                all_pre(1),
+                names(&["pre0", "pre1", "pre2"]),
+            ),
+            (
+                "every tier at its tightest: immaculate, sacred, newest pre-restore stay",
+                Retention {
+                    data: p(|k| k.keep_last = Some(1)),
+                    backups: p(|k| k.keep_last = Some(1)),
+                    pre_restore: p(|k| k.keep_last = Some(1)),
+                },
+                {
+                    let mut s = names(&["pre0", "pre1", "pre2"]);
+                    s.extend((0..11).map(|i| format!("d{i:02}")));
+                    s.extend(
+                        [
+                            "b00", "b01", "b02", "b03", "b04", "b05", "b06", "b07", "b09",
+                        ]
+                        .map(String::from),
+                    );
+                    s
+                },
+            ),
+        ];
+        for (what, retention, want) in cases {
+            let got = removed(&sets, &retention);
+            assert_eq!(got, want, "{what}");
+            for n in &got {
+                assert!(
+                    !n.starts_with("imm") && !n.starts_with("sac") && n != "pre3",
+                    "{what}: removed a protected set {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keep_within_counts_from_the_newest_set_of_the_tier() {
+        let sets = fleet();
+        let r = Retention {
+            backups: p(|k| k.keep_within = Some("3d".into())),
+            ..Retention::default()
+        };
+        // newest backups set: b08 at day 38 10:00; within 3 days: b06 (36),
+        // b07 (37), b08 (38), and the two of day 35 are older than 3 days
+        // except b09 (day 35 20:00).
+        assert_eq!(
+            removed(&sets, &r),
+            names(&["b00", "b01", "b02", "b03", "b04", "b05"])
+        );
+    }
+
+    #[test]
+    fn newest_pre_restore_survives_a_policy_that_keeps_none_of_it() {
+        // keep-last = 0 selects nothing at all.
+        let sets = vec![
+            set("pre-a", Tier::PreRestore, 0),
+            set("pre-b", Tier::PreRestore, 100),
+            set("imm", Tier::Immaculate, 50),
+        ];
+        let r = Retention {
+            pre_restore: p(|k| k.keep_last = Some(0)),
+            ..Retention::default()
+        };
+        let d = plan(&sets, &r, &now()).unwrap();
+        let by = |n: &str| d.iter().find(|d| d.set.name == n).unwrap().clone();
+        assert!(!by("pre-a").keep);
+        assert!(by("pre-b").keep);
+        assert_eq!(
+            by("pre-b").reasons,
+            vec!["newest pre-restore set".to_string()]
+        );
+        assert!(by("imm").keep);
+        assert!(by("imm").reasons[0].contains("never pruned"));
+    }
+
+    #[test]
+    fn a_bad_duration_is_a_usage_error() {
+        let sets = fleet();
+        let r = Retention {
+            data: p(|k| k.keep_within = Some("fortnight".into())),
+            ..Retention::default()
+        };
+        assert!(matches!(plan(&sets, &r, &now()), Err(Error::Usage(_))));
+    }
+}
+
+/// What `prune` decided and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Every set with its verdict, oldest first.
+    pub decisions: Vec<Decision>,
+    /// Whether the plan was applied (`--apply`).
+    pub applied: bool,
+    /// Sets removed (0 without `--apply`).
+    pub removed_sets: usize,
+    /// Pack files deleted and repacked by the data prune.
+    pub packs_removed: u64,
+    /// Bytes of repository data freed.
+    pub bytes_freed: u64,
+}
+
+/// `stack-backup prune`: decides with [`plan`]; with `apply`, removes the
+/// sets that go, then the data no snapshot references any more (rustic's
+/// prune, deleting unused packs at once). Holds the repository lock. Without
+/// `apply` nothing is changed.
+pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Result<PruneReport> {
+    use crate::repository::{self, Location};
+    let location = Location::of(cfg);
+    let _lock = crate::lock::RepoLock::acquire(&location)?;
+    let repo = repository::open_from(cfg, env)?;
+    let sets = crate::sets::list(&repo, &cfg.stack.name.0)?;
+    let decisions = plan(&sets, &cfg.retention, &Zoned::now())?;
+    let mut report = PruneReport {
+        decisions,
+        applied: apply,
+        removed_sets: 0,
+        packs_removed: 0,
+        bytes_freed: 0,
+    };
+    if !apply {
+        return Ok(report);
+    }
+    let repo_err = |what: &str, e: Box<rustic_core::RusticError>| Error::Repository {
+        location: location.to_string(),
+        message: format!("{what}: {}", e.display_log()),
+    };
+    let gone: Vec<_> = report
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .filter_map(|d| sets.iter().find(|(b, _)| b.id == d.set.id))
+        .map(|(_, s)| s.id)
+        .collect();
+    if !gone.is_empty() {
+        repo.delete_snapshots(&gone)
+            .map_err(|e| repo_err("removing backup sets", e))?;
+    }
+    report.removed_sets = gone.len();
+    let mut opts = rustic_core::PruneOptions::default();
+    // stack-backup holds its lock; like restic's prune, unused packs go now.
+    opts.instant_delete = true;
+    let prune_plan = repo
+        .prune_plan(&opts)
+        .map_err(|e| repo_err("planning the data prune", e))?;
+    let stats = &prune_plan.stats;
+    report.packs_removed = stats.packs_to_delete.remove;
+    report.bytes_freed = stats.size_to_delete.remove;
+    repo.prune(&opts, prune_plan)
+        .map_err(|e| repo_err("removing unreferenced data", e))?;
+    Ok(report)
+}

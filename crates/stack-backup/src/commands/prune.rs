@@ -1,0 +1,45 @@
+//! `prune [--apply]`
+
+use stack_backup_core::config::{Config, Env};
+use stack_backup_core::{disk, retention, ExitCode};
+
+use super::ctx;
+use crate::cli::PruneArgs;
+use crate::output::{table, Output};
+
+pub fn run(cfg: &Config, args: &PruneArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    let report = ctx(retention::prune(cfg, env, args.apply), "prune failed")?;
+    out.json(&serde_json::to_value(&report)?);
+    let rows = report
+        .decisions
+        .iter()
+        .map(|d| {
+            vec![
+                if d.keep { "keep" } else { "REMOVE" }.to_string(),
+                d.set.name.clone(),
+                d.set.tier.to_string(),
+                d.set.time.clone(),
+                d.reasons.join(", "),
+            ]
+        })
+        .collect::<Vec<_>>();
+    if rows.is_empty() {
+        out.say("no backup sets");
+    } else {
+        out.say(table(&["ACTION", "NAME", "TIER", "TIME", "WHY"], &rows));
+    }
+    let gone = report.decisions.iter().filter(|d| !d.keep).count();
+    if report.applied {
+        out.say(format!(
+            "\nremoved {} set(s); {} pack file(s) of unreferenced data deleted, {} freed",
+            report.removed_sets,
+            report.packs_removed,
+            disk::human(report.bytes_freed)
+        ));
+    } else {
+        out.say(format!(
+            "\n{gone} set(s) would be removed; nothing was changed (run `stack-backup prune --apply` to apply)"
+        ));
+    }
+    Ok(ExitCode::Success)
+}
