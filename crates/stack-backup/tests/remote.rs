@@ -714,3 +714,38 @@ fn s3_server_killed_mid_upload_fails_the_backup_and_the_repository_stays_consist
     .expect_code(0);
     sha256sum_check(back.path()).expect_code(0);
 }
+
+#[test]
+fn immaculate_emergency_verify_and_prune_work_the_same_on_s3() {
+    let secret = "sbtest-secret-key";
+    let bucket = new_bucket(&endpoint());
+    let url = format!("s3:{}/{bucket}/shop", endpoint());
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "baseline").unwrap();
+    let sb = s3_sandbox(
+        &url,
+        secret,
+        &format!("[paths.data]\npath = \"{}\"\n", dir.display()),
+    );
+    sb.init();
+    sb.run(&["immaculate", "create", "--name", "base"])
+        .expect_code(0);
+    let r = sb.run(&["immaculate", "verify"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("every SHA-256 matches"), "{}", r.stdout);
+
+    std::fs::write(dir.join("a.txt"), "broken").unwrap();
+    sb.run(&["emergency", "--confirm", "--yes-i-am-sure=shop"])
+        .expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a.txt")).unwrap(),
+        "baseline"
+    );
+    sb.run(&["verify", "--all", "--read-data"]).expect_code(0);
+    sb.run(&["prune"]).expect_code(0);
+    let tiers: Vec<String> = set_names(&sb, &[]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(tiers, ["immaculate", "pre-restore"]);
+    restic_s3(&url, secret, &["check"]).expect_code(0);
+}
