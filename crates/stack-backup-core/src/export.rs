@@ -24,7 +24,6 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rustic_core::{LocalDestination, LsOptions, RestoreOptions};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -243,21 +242,10 @@ fn write_all(
         let target = dir.join(&t.path);
         std::fs::create_dir_all(&target).map_err(|e| Error::io("creating", &target, e))?;
         let node = node_of(&t.path)?;
-        let fail = |what: &str, e: Box<rustic_core::RusticError>| Error::Repository {
+        crate::restore::restore_node_into(repo, &node, &target).map_err(|m| Error::Repository {
             location: location.clone(),
-            message: format!("{}: {what}: {}", t.path, e.display_log()),
-        };
-        let dest = LocalDestination::new(&format!("{}/", target.display()), true, false)
-            .map_err(|e| fail("destination", e))?;
-        let opts = RestoreOptions::default();
-        let ls = repo
-            .ls(&node, &LsOptions::default())
-            .map_err(|e| fail("reading the tree", e))?;
-        let plan = repo
-            .prepare_restore(&opts, ls.clone(), &dest, false)
-            .map_err(|e| fail("planning", e))?;
-        repo.restore(plan, &opts, ls, &dest)
-            .map_err(|e| fail("restoring files", e))?;
+            message: format!("{}: {m}", t.path),
+        })?;
         let prefix = format!("{}/", t.path);
         for (p, want) in set_sums.range(prefix.clone()..) {
             if !p.starts_with(&prefix) {

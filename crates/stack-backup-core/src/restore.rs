@@ -397,14 +397,27 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
     let mut done: Vec<Applied> = Vec::new();
     let result = (|| -> Result<()> {
         run(5, &mut || {
-            for c in plan
+            let wanted: Vec<&String> = plan
                 .components
                 .iter()
                 .filter(|c| !redis_flush_only(cfg, req, c))
-            {
-                done.push(restore_component(&repo, cfg, &plan, c)?);
+                .collect();
+            let results = restore_concurrently(&repo, cfg, &plan, &wanted);
+            // Keep every change that was applied (to undo it), in plan order;
+            // report the first failure.
+            let mut first_err = None;
+            for r in results {
+                match r {
+                    Ok(a) => done.push(a),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
-            Ok(format!("{} component(s) restored", done.len()))
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(format!("{} component(s) restored", done.len())),
+            }
         })?;
         let flush: Vec<&String> = plan
             .components
@@ -468,6 +481,63 @@ pub fn execute(cfg: &Config, env: &Env, req: &Request, steps: &dyn Steps) -> Res
             }
         }
     }
+}
+
+/// The lane a component is restored in: lanes run side by side, the
+/// components of one lane one after the other. Each lane loads a different
+/// part of the machine (the database server, the Docker daemon, the
+/// filesystem), so they overlap well; two `docker load`s or two large
+/// `pg_restore`s at once only compete.
+fn lane(component: &str) -> &'static str {
+    if component.starts_with("postgres.") {
+        "postgres"
+    } else if component.starts_with("docker.image.") {
+        "images"
+    } else if component.starts_with("redis.") {
+        "redis"
+    } else {
+        "files" // volumes and paths
+    }
+}
+
+/// Restores `wanted`, one thread per [`lane`]. Every component runs to its
+/// end even when another failed, so that the caller knows exactly what was
+/// applied; results are in the order of `wanted`.
+fn restore_concurrently(
+    repo: &Indexed,
+    cfg: &Config,
+    plan: &Plan,
+    wanted: &[&String],
+) -> Vec<Result<Applied>> {
+    let mut lanes: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in wanted.iter().enumerate() {
+        lanes.entry(lane(c)).or_default().push(i);
+    }
+    let slots: Vec<std::sync::Mutex<Option<Result<Applied>>>> =
+        wanted.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for members in lanes.values() {
+            let slots = &slots;
+            s.spawn(move || {
+                for &i in members {
+                    let c = wanted[i];
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        restore_component(repo, cfg, plan, c)
+                    }))
+                    .unwrap_or_else(|_| Err(Error::component(c.as_str(), "restoring it panicked")));
+                    *slots[i].lock().expect("slot") = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("slot")
+                .expect("every component was restored")
+        })
+        .collect()
 }
 
 fn redis_flush_only(cfg: &Config, req: &Request, component: &str) -> bool {
@@ -1043,6 +1113,29 @@ fn restore_image(repo: &Indexed, plan: &Plan, i: &manifest::ImageRecord) -> Resu
     })
 }
 
+/// Restores the tree under `node` into the existing directory `dir`, with
+/// owners, modes and times (rustic's restore; files are written in place).
+/// The error says which part failed.
+pub(crate) fn restore_node_into(
+    repo: &Indexed,
+    node: &Node,
+    dir: &Path,
+) -> std::result::Result<(), String> {
+    let fail =
+        |what: &str, e: Box<rustic_core::RusticError>| format!("{what}: {}", e.display_log());
+    let dest = LocalDestination::new(&format!("{}/", dir.display()), true, false)
+        .map_err(|e| fail("destination", e))?;
+    let opts = RestoreOptions::default();
+    let ls = repo
+        .ls(node, &LsOptions::default())
+        .map_err(|e| fail("reading the tree", e))?;
+    let plan = repo
+        .prepare_restore(&opts, ls.clone(), &dest, false)
+        .map_err(|e| fail("planning", e))?;
+    repo.restore(plan, &opts, ls, &dest)
+        .map_err(|e| fail("restoring files", e))
+}
+
 /// Restores a directory of the set beside `live`, then swaps it in.
 fn restore_tree(
     repo: &Indexed,
@@ -1057,20 +1150,7 @@ fn restore_tree(
     let node = repo
         .node_from_snapshot_and_path(&plan.snap, &format!("/{set_path}"))
         .map_err(|e| Error::component(c, format!("{set_path}: {}", e.display_log())))?;
-    let fail = |what: &str, e: Box<rustic_core::RusticError>| {
-        Error::component(c, format!("{what}: {}", e.display_log()))
-    };
-    let dest = LocalDestination::new(&format!("{}/", staging.display()), true, false)
-        .map_err(|e| fail("staging", e))?;
-    let opts = RestoreOptions::default();
-    let ls = repo
-        .ls(&node, &LsOptions::default())
-        .map_err(|e| fail("reading the tree", e))?;
-    let restore_plan = repo
-        .prepare_restore(&opts, ls.clone(), &dest, false)
-        .map_err(|e| fail("planning", e))?;
-    repo.restore(restore_plan, &opts, ls, &dest)
-        .map_err(|e| fail("restoring files", e))?;
+    restore_node_into(repo, &node, &staging).map_err(|m| Error::component(c, m))?;
     // The root directory's own mode and owner.
     use std::os::unix::fs::PermissionsExt;
     if let Some(mode) = node.meta.mode {

@@ -7,7 +7,22 @@ mod output;
 
 use clap::Parser;
 
+/// At most two glibc malloc arenas. rustic_core runs pools of up to 20
+/// threads (restore, archiver); with one arena per thread, memory freed by
+/// one phase stays reserved in arenas the next phase does not use, and the
+/// peak RSS of a restore grows by a third. See
+/// `docs/decisions/0007-restore-memory.md`.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     let cli = cli::Cli::parse();
     let out = output::Output::new(&cli);
     out.init_logging();

@@ -23,14 +23,7 @@ fn stack() -> Stack {
     let db = TempDb::new();
     seed_db(&db, 120, "a1b2c3d4e5f6");
     let redis = RedisServer::start();
-    let mut c = redis.client().get_connection().unwrap();
-    for i in 0..20 {
-        redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(format!("v{i}"))
-            .query::<()>(&mut c)
-            .unwrap();
-    }
+    redis.fill(20);
     let img = TempImage::build("lifecycle");
     let media = sb.path().join("media");
     std::fs::create_dir_all(&media).unwrap();
@@ -285,21 +278,6 @@ fn emergency_needs_both_confirmations_then_brings_the_baseline_back() {
     assert_eq!(pre.as_array().unwrap().len(), 1);
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn sacred_pins_a_set_tags_its_commit_and_restores_by_name() {
     let s = stack();
@@ -307,20 +285,7 @@ fn sacred_pins_a_set_tags_its_commit_and_restores_by_name() {
     let good = state(&s);
     // The code moves on after the backup.
     std::fs::write(s.code.join("app.py"), "print('v2')\n").unwrap();
-    Command::new("git")
-        .arg("-C")
-        .arg(&s.code)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.invalid",
-            "commit",
-            "-qam",
-            "v2",
-        ])
-        .status()
-        .unwrap();
+    git(&s.code, &["commit", "-qam", "v2"]);
     let r = s.sb.run(&["--json", "sacred", "launch", "--from", "v1"]);
     r.expect_code(0);
     let v = r.json();

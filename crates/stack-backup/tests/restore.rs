@@ -52,14 +52,7 @@ fn stack() -> Stack {
     let db2 = TempDb::new();
     seed_db(&db2, 40, "bbbb0000cccc");
     let redis = RedisServer::start();
-    let mut c = redis.client().get_connection().unwrap();
-    for i in 0..30 {
-        redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(format!("v{i}"))
-            .query::<()>(&mut c)
-            .unwrap();
-    }
+    redis.fill(30);
     let img = TempImage::build("restore me");
     let vol = TempVolume::new();
     std::fs::write(vol.mountpoint().join("a.txt"), "original volume file").unwrap();

@@ -12,7 +12,8 @@ use crate::define_new_id_struct;
 pub(super) mod constants {
     /// The maximum size of pack-part which is read at once from the backend.
     /// (needed to limit the memory size used for large backends)
-    pub(crate) const LIMIT_PACK_READ: u32 = 40 * 1024 * 1024; // 40 MiB
+    // stack-backup patch: 8 MiB instead of 40 MiB per coalesced read.
+    pub(crate) const LIMIT_PACK_READ: u32 = 8 * 1024 * 1024; // 8 MiB
     /// The maximum size of holes which are still read when repacking
     pub(crate) const MAX_HOLESIZE: u32 = 256 * 1024; // 256 kiB
 }

@@ -287,6 +287,18 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Sets keys `k0`…`k{n-1}` to `v0`….
+    pub fn fill(&self, n: usize) {
+        let mut c = self.client().get_connection().unwrap();
+        for i in 0..n {
+            redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(format!("v{i}"))
+                .query::<()>(&mut c)
+                .unwrap();
+        }
+    }
+
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).unwrap()
     }
@@ -402,29 +414,31 @@ impl Drop for TempVolume {
 
 // --- git ------------------------------------------------------------------------------
 
+/// Runs git in `dir` (with a committer identity) and returns its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Makes `dir` a git repository with one commit; returns the commit id.
 pub fn git_repo(dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["init", "-q", "-b", "main"]);
+    git(dir, &["init", "-q", "-b", "main"]);
     std::fs::write(dir.join("app.py"), "print('hi')\n").unwrap();
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "first"]);
-    git(&["rev-parse", "HEAD"])
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "first"]);
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 // --- Stack fixtures ------------------------------------------------------------------

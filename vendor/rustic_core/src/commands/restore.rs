@@ -27,7 +27,9 @@ use crate::{
 
 pub(crate) mod constants {
     /// The maximum number of reader threads to use for restoring.
-    pub(crate) const MAX_READER_THREADS_NUM: usize = 20;
+    // stack-backup patch: 4 instead of 20 (each reader holds up to
+    // LIMIT_PACK_READ of pack data plus its decrypted blobs).
+    pub(crate) const MAX_READER_THREADS_NUM: usize = 4;
 }
 
 type Filenames = Vec<PathBuf>;
