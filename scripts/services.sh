@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (on a fresh Debian machine, as root) and starts what stack-backup's
-# tests and demo need: PostgreSQL, Redis, a Docker Engine, restic, and a tiny
-# local base image. Safe to run again: it reuses what is already there.
+# tests and demo need: PostgreSQL, Redis, a Docker Engine, restic, an
+# S3-compatible server (moto), and a tiny local base image. Safe to run
+# again: it reuses what is already there.
 # Sourced by scripts/test.sh and scripts/demo.sh; exports SB_TEST_* variables.
 set -euo pipefail
 
@@ -13,6 +14,10 @@ SB_PG_PASSWORD=${SB_PG_PASSWORD:-sbtest-pw}
 SB_PG_PORT=${SB_PG_PORT:-5432}
 SB_REDIS_PORT=${SB_REDIS_PORT:-6379}
 SB_BASE_IMAGE=${SB_BASE_IMAGE:-stack-backup-test-base:latest}
+SB_S3_PORT=${SB_S3_PORT:-9000}
+SB_S3_LOG=${SB_S3_LOG:-/var/log/moto-stack-backup.log}
+# moto's server mode from PyPI, in its own virtualenv unless one is on PATH.
+SB_MOTO_VENV=${SB_MOTO_VENV:-/opt/stack-backup-moto}
 
 need_pkgs=()
 command -v pg_lsclusters >/dev/null 2>&1 || need_pkgs+=(postgresql)
@@ -24,6 +29,10 @@ command -v git >/dev/null 2>&1 || need_pkgs+=(git)
 command -v sha256sum >/dev/null 2>&1 || need_pkgs+=(coreutils)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -85,7 +94,34 @@ if ! docker image inspect "$SB_BASE_IMAGE" >/dev/null 2>&1; then
   rm -rf "$root"
 fi
 
+# --- S3-compatible object storage (moto server) ---------------------------
+if command -v moto_server >/dev/null 2>&1; then
+  SB_MOTO_SERVER=$(command -v moto_server)
+else
+  if [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
+    log "installing moto[server] into $SB_MOTO_VENV"
+    python3 -m venv "$SB_MOTO_VENV"
+    "$SB_MOTO_VENV/bin/pip" install -q 'moto[server]'
+  fi
+  SB_MOTO_SERVER="$SB_MOTO_VENV/bin/moto_server"
+fi
+if ! curl -sf -o /dev/null "http://127.0.0.1:$SB_S3_PORT/moto-api/data.json" 2>/dev/null; then
+  if curl -s -o /dev/null "http://127.0.0.1:$SB_S3_PORT/" 2>/dev/null; then
+    log "port $SB_S3_PORT is taken by something that is not moto; set SB_S3_PORT"; exit 1
+  fi
+  log "starting moto S3 server on port $SB_S3_PORT (request log $SB_S3_LOG)"
+  (setsid "$SB_MOTO_SERVER" -H 127.0.0.1 -p "$SB_S3_PORT" >>"$SB_S3_LOG" 2>&1 &)
+  wait_for "moto S3 server" 60 curl -sf -o /dev/null "http://127.0.0.1:$SB_S3_PORT/"
+fi
+
 export SB_TEST_PG_URL="postgres://$SB_PG_USER:$SB_PG_PASSWORD@127.0.0.1:$SB_PG_PORT/postgres"
 export SB_TEST_REDIS_URL="redis://127.0.0.1:$SB_REDIS_PORT/0"
 export SB_TEST_BASE_IMAGE="$SB_BASE_IMAGE"
-log "PostgreSQL, Redis and Docker Engine are up"
+export SB_TEST_S3_ENDPOINT="http://127.0.0.1:$SB_S3_PORT"
+export SB_TEST_S3_LOG="$SB_S3_LOG"
+export SB_TEST_MOTO_SERVER="$SB_MOTO_SERVER"
+# moto accepts any credentials; these are throwaway test values.
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-sbtest-access-key}
+export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-sbtest-secret-key}
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
+log "PostgreSQL, Redis, Docker Engine and the S3 server are up"

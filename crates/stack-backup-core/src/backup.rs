@@ -256,7 +256,7 @@ pub fn run_locked<P: ProgressBars>(
     remove_stale_incomplete(&repo, &stack);
     let repo = repo
         .to_indexed()
-        .map_err(|e| repo_err(e.display_log(), "reading the index"))?;
+        .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
 
     // The parent: the newest set holding the most of the wanted components
     // (its unchanged files and images are reused unread).
@@ -454,6 +454,9 @@ pub fn run_locked<P: ProgressBars>(
     phase("planned");
     if let Location::Local(p) = &loc {
         disk::ensure(p, estimate, cfg.min_free_space())?;
+    } else if let Some(c) = repository::cache_dir(cfg) {
+        // A remote repository's cache grows with the index and snapshots.
+        disk::ensure(&c, 0, cfg.min_free_space())?;
     }
     disk::ensure(&std::env::temp_dir(), 0, cfg.min_free_space())?;
     let mut stopped = Vec::new();
@@ -477,7 +480,7 @@ pub fn run_locked<P: ProgressBars>(
     let snap_a = SnapshotOptions::default()
         .add_tags(&tags)
         .and_then(|o| o.to_snapshot())
-        .map_err(|e| repo_err(e.display_log(), "preparing the snapshot"))?;
+        .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
     let archived = repo.archive(&opts, &source, snap_a, &[PathBuf::from("/")]);
     drop(stopped); // volume users start again, also when the archive failed
     let mut fact_failures = Vec::new();
@@ -497,8 +500,11 @@ pub fn run_locked<P: ProgressBars>(
     let snap_a = archived.map_err(|e| {
         let mut problems = ledger.component_failures();
         problems.push((
-            "repository".into(),
-            format!("writing the snapshot failed: {}", e.display_log()),
+            format!("repository {loc}"),
+            repository::explain(
+                cfg,
+                &format!("writing the snapshot failed: {}", e.display_log()),
+            ),
         ));
         failed(problems)
     })?;
@@ -683,7 +689,7 @@ pub fn run_locked<P: ProgressBars>(
     phase("tree check and merge");
     let repo = repo
         .to_indexed()
-        .map_err(|e| repo_err(e.display_log(), "reading the index"))?;
+        .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
     if let Err(missing) = tree_holds(&repo, &snap_a, &yielded) {
         delete(&repo, &[snap_a.id, snap_b.id]);
         return Err(failed(missing));
@@ -703,13 +709,13 @@ pub fn run_locked<P: ProgressBars>(
             "{MARKER_TAG},stack:{stack},{},name:{name}{hold}",
             req.tier.tag()
         ))
-        .map_err(|e| repo_err(e.display_log(), "preparing the snapshot"))?;
+        .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
     final_opts.description = Some(serde_json::to_string(&summary).unwrap_or_default());
     final_opts.label = Some(name.clone());
     final_opts.delete_never = !req.tier.prunable();
     let mut final_snap = final_opts
         .to_snapshot()
-        .map_err(|e| repo_err(e.display_log(), "preparing the snapshot"))?;
+        .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
     // The merge counts the files of the merged tree itself.
     final_snap.summary = None;
     final_snap.parent = snap_a.parent;
@@ -723,8 +729,11 @@ pub fn run_locked<P: ProgressBars>(
         Err(e) => {
             delete(&repo, &[snap_a.id, snap_b.id]);
             return Err(failed(vec![(
-                "repository".into(),
-                format!("saving the backup set failed: {}", e.display_log()),
+                format!("repository {}", Location::of(cfg)),
+                repository::explain(
+                    cfg,
+                    &format!("saving the backup set failed: {}", e.display_log()),
+                ),
             )]));
         }
     };

@@ -167,9 +167,15 @@ pub struct RepositorySection {
     /// A command printing the repository password (run without a shell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_command: Option<String>,
-    /// Local cache directory for remote repositories.
+    /// Local cache directory for remote repositories
+    /// [default: `$XDG_CACHE_HOME/stack-backup` or `~/.cache/stack-backup`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Extra `rustic_backend` / OpenDAL options for a remote repository
+    /// (`region`, `retry`, `connections`, … or a service's settings for
+    /// `opendal:SERVICE`). Never secrets: see [`crate::remote`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// `[postgres.NAME]`: one database.
@@ -515,6 +521,8 @@ impl Config {
             }
             _ => {}
         }
+        crate::remote::check_config_options(&r.options)
+            .map_err(|m| ConfigError::in_file(file, Some("repository.options".into()), m))?;
         if r.password_file.is_some() && r.password_command.is_some() {
             return Err(ConfigError::in_file(
                 file,

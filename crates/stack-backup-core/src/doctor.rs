@@ -118,6 +118,8 @@ fn check_disk(cfg: &Config) -> Result<String, Error> {
     let mut places = vec![("temp", std::env::temp_dir())];
     if let Location::Local(p) = Location::of(cfg) {
         places.insert(0, ("repository", p));
+    } else if let Some(c) = repository::cache_dir(cfg) {
+        places.insert(0, ("repository cache", c));
     }
     for (what, path) in places {
         let space = disk::ensure(&path, 0, floor)?;

@@ -80,10 +80,14 @@ pub fn starter_config(d: &Discovery, repo: &Path, password_file: Option<&Path>) 
         "[stack]\nname = {}\nmin-free-space = \"1GiB\"\n\n",
         quote(&d.stack_name)
     ));
-    t.push_str(&format!(
-        "[repository]\npath = {}\n",
-        quote(&repo.display().to_string())
-    ));
+    let repo = repo.display().to_string();
+    // `--repo s3:http://host:9000/bucket/prefix` makes a remote repository.
+    let key = if crate::config::looks_like_url(&repo) {
+        "url"
+    } else {
+        "path"
+    };
+    t.push_str(&format!("[repository]\n{key} = {}\n", quote(&repo)));
     match password_file {
         Some(p) => t.push_str(&format!(
             "password-file = {}\n",

@@ -5,6 +5,7 @@
 //! decision lives here.
 
 pub mod config;
+pub mod copy;
 pub mod disk;
 pub mod docker;
 pub mod doctor;
@@ -17,9 +18,11 @@ pub mod import;
 pub mod init;
 pub mod lock;
 pub mod migrations;
+pub mod packcache;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod remote;
 pub mod repository;
 pub mod restore;
 pub mod retention;

@@ -16,6 +16,7 @@ use rustic_core::{
 
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
+use crate::remote::{self, Remote};
 
 /// An open repository (keys read, no index loaded).
 pub type OpenRepo = Repository<OpenStatus>;
@@ -172,11 +173,135 @@ fn repo_err(loc: &Location, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn backends(loc: &Location) -> Result<RepositoryBackends> {
-    BackendOptions::default()
-        .repository(loc.backend_string())
-        .to_backends()
-        .map_err(|e| repo_err(loc, e.display_log()))
+/// The process environment, for credentials of remote repositories.
+fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+/// The resolved remote (backend string, options with credentials) of a
+/// remote location; `None` for a local one.
+fn remote_of(cfg: &Config, loc: &Location) -> Result<Option<Remote>> {
+    match loc {
+        Location::Local(_) => Ok(None),
+        Location::Remote(u) => {
+            remote::resolve(u, &cfg.repository.options, &process_env()).map(Some)
+        }
+    }
+}
+
+fn backends_with(
+    cfg: &Config,
+    loc: &Location,
+    extra: &[(&str, &str)],
+) -> Result<RepositoryBackends> {
+    let remote = remote_of(cfg, loc)?;
+    let mut opts = BackendOptions::default();
+    match &remote {
+        None => opts = opts.repository(loc.backend_string()),
+        Some(r) => {
+            let mut options = r.options.clone();
+            for (k, v) in extra {
+                options.insert((*k).to_string(), (*v).to_string());
+            }
+            opts = opts.repository(r.backend.clone()).options(options);
+        }
+    }
+    opts.to_backends()
+        .map_err(|e| backend_err(loc, remote.as_ref(), &e.display_log()))
+}
+
+/// The backends of the repository; a remote one reads packs through a
+/// [`crate::packcache::PackCache`] beside its cache (whole packs instead of
+/// one request per blob when a set is read back).
+fn backends(cfg: &Config, loc: &Location) -> Result<RepositoryBackends> {
+    let be = backends_with(cfg, loc, &[])?;
+    let Some(parent) = cache_dir(cfg) else {
+        return Ok(be);
+    };
+    match crate::packcache::PackCache::new(
+        be.repository(),
+        &parent,
+        crate::packcache::DEFAULT_BUDGET,
+    ) {
+        Ok(pc) => Ok(RepositoryBackends::new(
+            std::sync::Arc::new(pc),
+            be.repo_hot(),
+        )),
+        Err(e) => {
+            log::warn!(
+                "no pack cache under {} ({e}); reading packs range by range",
+                parent.display()
+            );
+            Ok(be)
+        }
+    }
+}
+
+/// A repository error; for a remote one the backend's text is explained
+/// (missing bucket, refused credentials, unreachable endpoint) and scrubbed
+/// of secrets.
+fn backend_err(loc: &Location, remote: Option<&Remote>, raw: &str) -> Error {
+    match remote {
+        Some(r) => repo_err(loc, r.explain(raw)),
+        None => repo_err(loc, raw),
+    }
+}
+
+/// Maps a rustic error of an operation on the repository at `loc`.
+fn rustic_err(cfg: &Config, loc: &Location, e: &rustic_core::RusticError) -> Error {
+    let remote = remote_of(cfg, loc).ok().flatten();
+    backend_err(loc, remote.as_ref(), &e.display_log())
+}
+
+/// An error of `what` (e.g. "copying backup sets") on the repository of
+/// `cfg`, explained and scrubbed of secrets like every repository error.
+#[must_use]
+pub fn op_error(cfg: &Config, what: &str, e: &rustic_core::RusticError) -> Error {
+    let loc = Location::of(cfg);
+    let remote = remote_of(cfg, &loc).ok().flatten();
+    backend_err(
+        &loc,
+        remote.as_ref(),
+        &format!("{what}: {}", e.display_log()),
+    )
+}
+
+/// A backend error text about the repository of `cfg`, explained (for a
+/// remote one: missing bucket, refused credentials, unreachable endpoint)
+/// and scrubbed of secrets; without the location (callers name it).
+#[must_use]
+pub fn explain(cfg: &Config, raw: &str) -> String {
+    match remote_of(cfg, &Location::of(cfg)).ok().flatten() {
+        Some(r) => r.explain(raw),
+        None => raw.to_string(),
+    }
+}
+
+/// The default cache directory for remote repositories:
+/// `$XDG_CACHE_HOME/stack-backup`, else `~/.cache/stack-backup`.
+#[must_use]
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = process_env();
+    env.get("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            env.get("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .map(|d| d.join("stack-backup"))
+}
+
+/// Where the cache of a remote repository lives (`None` for a local one,
+/// which has no cache). rustic keeps one subdirectory per repository id in
+/// it, holding copies of the index, snapshot and key files.
+#[must_use]
+pub fn cache_dir(cfg: &Config) -> Option<PathBuf> {
+    match Location::of(cfg) {
+        Location::Local(_) => None,
+        Location::Remote(_) => cfg.repository.cache_dir.clone().or_else(default_cache_dir),
+    }
 }
 
 fn repo_options(cfg: &Config, loc: &Location) -> RepositoryOptions {
@@ -184,16 +309,19 @@ fn repo_options(cfg: &Config, loc: &Location) -> RepositoryOptions {
     match loc {
         // A local repository is as fast as a cache; don't keep a second copy.
         Location::Local(_) => opts.no_cache = true,
-        Location::Remote(_) => opts.cache_dir = cfg.repository.cache_dir.clone(),
+        // A remote one keeps index, snapshot and key files in a local cache
+        // so that list, incremental backups and restores don't download
+        // the index every time.
+        Location::Remote(_) => opts.cache_dir = cache_dir(cfg),
     }
     opts
 }
 
 fn unopened(cfg: &Config) -> Result<(Location, Repository<()>)> {
     let loc = Location::of(cfg);
-    let be = backends(&loc)?;
-    let repo = Repository::new(&repo_options(cfg, &loc), &be)
-        .map_err(|e| repo_err(&loc, e.display_log()))?;
+    let be = backends(cfg, &loc)?;
+    let repo =
+        Repository::new(&repo_options(cfg, &loc), &be).map_err(|e| rustic_err(cfg, &loc, &e))?;
     Ok((loc, repo))
 }
 
@@ -206,11 +334,39 @@ pub fn exists(cfg: &Config) -> Result<bool> {
             return Ok(false);
         }
     }
+    // OpenDAL backends (S3 and the others) are probed for clear errors;
+    // `rest:`/`rclone:` answer rustic's own check well enough.
+    if remote_of(cfg, &loc)?.is_some_and(|r| r.backend.starts_with("opendal:")) {
+        return probe(cfg, &loc);
+    }
     let (loc, repo) = unopened(cfg)?;
     Ok(repo
         .config_id()
-        .map_err(|e| repo_err(&loc, e.display_log()))?
+        .map_err(|e| rustic_err(cfg, &loc, &e))?
         .is_some())
+}
+
+/// Reads the `config` file of a remote repository with few retries: true
+/// when it is there, false when the bucket answers that it is not, and a
+/// clear error for an unreachable endpoint, a missing bucket or refused
+/// credentials (rustic's own existence check turns every failure into
+/// "not there", and its listings skip failed requests).
+fn probe(cfg: &Config, loc: &Location) -> Result<bool> {
+    let be = backends_with(cfg, loc, &[("retry", "2")])?;
+    match be
+        .repository()
+        .read_full(rustic_core::FileType::Config, &rustic_core::Id::default())
+    {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let text = e.display_log();
+            if text.contains("NoSuchKey") || text.contains("NotFound (persistent) at read") {
+                Ok(false)
+            } else {
+                Err(rustic_err(cfg, loc, &e))
+            }
+        }
+    }
 }
 
 /// Creates a new repository (restic format version 2). Refuses with
@@ -240,7 +396,7 @@ pub fn init(cfg: &Config, password: &str) -> Result<OpenRepo> {
         &KeyOptions::default(),
         &config_opts,
     )
-    .map_err(|e| repo_err(&loc, e.display_log()))
+    .map_err(|e| rustic_err(cfg, &loc, &e))
 }
 
 /// Opens an existing repository. A wrong password and a missing repository
@@ -262,9 +418,9 @@ pub fn open_with_progress<P: rustic_core::ProgressBars>(
             "no repository here; create one with `stack-backup init`",
         ));
     }
-    let be = backends(&loc)?;
+    let be = backends(cfg, &loc)?;
     let repo = Repository::new_with_progress(&repo_options(cfg, &loc), &be, pb)
-        .map_err(|e| repo_err(&loc, e.display_log()))?;
+        .map_err(|e| rustic_err(cfg, &loc, &e))?;
     repo.open(&Credentials::password(password)).map_err(|e| {
         if e.is_incorrect_password() {
             repo_err(
@@ -272,7 +428,7 @@ pub fn open_with_progress<P: rustic_core::ProgressBars>(
                 "the password does not open this repository (no key matches)",
             )
         } else {
-            repo_err(&loc, e.display_log())
+            rustic_err(cfg, &loc, &e)
         }
     })
 }
@@ -286,10 +442,10 @@ pub fn open_from(cfg: &Config, env: &Env) -> Result<OpenRepo> {
 /// read files of snapshots).
 pub fn open_indexed(cfg: &Config, env: &Env) -> Result<Repository<rustic_core::IndexedFullStatus>> {
     open_from(cfg, env)?.to_indexed().map_err(|e| {
-        repo_err(
-            &Location::of(cfg),
-            format!("reading the index: {}", e.display_log()),
-        )
+        let loc = Location::of(cfg);
+        let remote = remote_of(cfg, &loc).ok().flatten();
+        let raw = format!("reading the index: {}", e.display_log());
+        backend_err(&loc, remote.as_ref(), &raw)
     })
 }
 

@@ -611,6 +611,8 @@ fn disk_check(cfg: &Config, plan: &Plan) -> Result<String> {
     }
     if let Location::Local(p) = Location::of(cfg) {
         needs.entry(p).or_default();
+    } else if let Some(c) = crate::repository::cache_dir(cfg) {
+        needs.entry(c).or_default();
     }
     needs.entry(std::env::temp_dir()).or_default();
     let mut parts = Vec::new();

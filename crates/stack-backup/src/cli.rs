@@ -53,6 +53,9 @@ pub enum Command {
     Dump(DumpArgs),
     /// Restore a backup set through the safety chain.
     Restore(RestoreArgs),
+    /// Copy backup sets to another repository (an off-site copy); sets the
+    /// target already holds are skipped.
+    Copy(CopyArgs),
     /// Immaculate baselines: verified sets that are never modified or pruned.
     #[command(subcommand)]
     Immaculate(ImmaculateCommand),
@@ -210,7 +213,8 @@ pub struct DumpArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Repository directory for a new config [default: /var/backups/<stack>].
+    /// Repository for a new config: a directory, or a URL such as
+    /// `s3:http://host:9000/bucket/prefix` [default: /var/backups/<stack>].
     #[arg(long, value_name = "PATH")]
     pub repo: Option<PathBuf>,
     /// Stack name for a new config [default: the directory's name].
@@ -237,4 +241,28 @@ pub struct ShowArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
     #[arg(default_value = "latest")]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Backup set name, snapshot id (prefix) or `latest` [default: latest,
+    /// unless --tier or --all].
+    #[arg(conflicts_with_all = ["tier", "all"])]
+    pub name: Option<String>,
+    /// Every set of this tier.
+    #[arg(long, value_name = "TIER", conflicts_with = "all")]
+    pub tier: Option<stack_backup_core::tiers::Tier>,
+    /// Every set of the stack.
+    #[arg(long)]
+    pub all: bool,
+    /// The target repository: a directory or a URL (`s3:http://host:9000/bucket/prefix`).
+    #[arg(long, value_name = "REPO")]
+    pub to: String,
+    /// File holding the target's password [default: STACK_BACKUP_TO_PASSWORD,
+    /// else the source repository's password].
+    #[arg(long, value_name = "FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Create the target repository when there is none.
+    #[arg(long)]
+    pub init: bool,
 }

@@ -39,8 +39,31 @@ impl Output {
             (false, 1) => log::LevelFilter::Info,
             (false, _) => log::LevelFilter::Debug,
         };
+        // OpenDAL logs every failed request as a warning, including the
+        // expected "not found" of probing for a repository; its retries and
+        // failures show at -vv (the error itself is always reported).
+        let opendal = if self.verbose >= 2 {
+            level
+        } else {
+            log::LevelFilter::Off
+        };
+        // Every line is scrubbed of the secrets found in the environment,
+        // and reqsign (which prints credentials at debug level) is capped.
+        let env: stack_backup_core::config::Env = std::env::vars().collect();
+        let secrets = stack_backup_core::remote::env_secrets(&env);
         env_logger::Builder::new()
             .filter_level(level)
+            .filter_module("opendal", opendal)
+            .filter_module("reqsign", level.min(log::LevelFilter::Info))
+            .filter_module("reqsign_core", level.min(log::LevelFilter::Info))
+            .filter_module("reqsign_aws_v4", level.min(log::LevelFilter::Info))
+            .format(move |buf, record| {
+                let mut text = record.args().to_string();
+                for s in &secrets {
+                    text = text.replace(s.as_str(), "***");
+                }
+                writeln!(buf, "[{:<5} {}] {text}", record.level(), record.target())
+            })
             .format_timestamp(None)
             .target(env_logger::Target::Stderr)
             .init();

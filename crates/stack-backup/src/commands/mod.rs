@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod backup;
+mod copy;
 mod doctor;
 mod emergency;
 mod export;
@@ -46,6 +47,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
             out,
         ),
         Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Copy(args) => copy::run(&load_config(cli, &env)?, args, &env, out),
         Command::Immaculate(cmd) => immaculate::run(&load_config(cli, &env)?, cmd, &env, out),
         Command::Emergency(args) => emergency::run(&load_config(cli, &env)?, args, &env, out),
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
