@@ -86,6 +86,18 @@ mod tests {
         let err = RepoLock::acquire(&loc).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         drop(held);
-        RepoLock::acquire(&loc).unwrap();
+        // Released with the file. Another test thread that forks a child at
+        // this moment shares the open file until the child's exec closes it
+        // (close-on-exec), so give that a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match RepoLock::acquire(&loc) {
+                Ok(_) => break,
+                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("not released: {e}"),
+            }
+        }
     }
 }
