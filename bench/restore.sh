@@ -69,11 +69,9 @@ MARKER="$BENCH/.stack-backup-bench"
 source scripts/services.sh
 set -euo pipefail
 
-if [ ! -x /usr/bin/time ]; then
-  say "installing GNU time"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null; }
-fi
+# shellcheck source=common.sh
+source bench/common.sh
+ensure_gnu_time
 
 # --- settings (the sizes as bench/backup.sh computes them) ------------------
 SCALE=${SB_BENCH_SCALE:-1}

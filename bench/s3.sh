@@ -56,11 +56,9 @@ MARKER="$BENCH/.stack-backup-bench-s3"
 source scripts/services.sh
 set -euo pipefail
 
-if [ ! -x /usr/bin/time ]; then
-  say "installing GNU time"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null; }
-fi
+# shellcheck source=common.sh
+source bench/common.sh
+ensure_gnu_time
 
 ROUNDS=${SB_BENCH_ROUNDS:-3}
 PG_SCALE=${SB_BENCH_PG_SCALE:-5}
