@@ -468,9 +468,22 @@ pub fn run_locked<P: ProgressBars>(
         stopped.push(s);
     }
 
-    // 3. Archive the artifacts into snapshot A.
+    // 3. Archive the artifacts: the streams (dumps, images, RDB files, git)
+    // into snapshot A and, at the same time, the directory trees (volumes,
+    // paths) into snapshot A2, so that a dump does not wait for the walk of
+    // a large tree (entries are archived in path order).
     phase("archiving");
-    let source = StackSource::new(entries.clone(), ledger.clone());
+    let (trees, files): (Vec<Entry>, Vec<Entry>) = entries
+        .iter()
+        .cloned()
+        .partition(|e| matches!(e, Entry::Tree { .. }));
+    let (files, trees) = if files.is_empty() || trees.is_empty() {
+        (entries.clone(), Vec::new())
+    } else {
+        (files, trees)
+    };
+    let source = StackSource::new(files, ledger.clone());
+    let tree_source = StackSource::new(trees, ledger.clone());
     let mut opts = BackupOptions::default();
     opts.parent_opts = match &parent.snap {
         Some(s) => ParentOptions::default().parents(vec![s.id.to_hex().to_string()]),
@@ -481,8 +494,38 @@ pub fn run_locked<P: ProgressBars>(
         .add_tags(&tags)
         .and_then(|o| o.to_snapshot())
         .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
-    let archived = repo.archive(&opts, &source, snap_a, &[PathBuf::from("/")]);
+    let (archived, archived_trees) = std::thread::scope(|sc| {
+        let trees = (!tree_source.is_empty()).then(|| {
+            let snap = snap_a.clone();
+            let (repo, opts, tree_source) = (&repo, &opts, &tree_source);
+            sc.spawn(move || repo.archive(opts, tree_source, snap, &[PathBuf::from("/")]))
+        });
+        let streams = repo.archive(&opts, &source, snap_a, &[PathBuf::from("/")]);
+        let trees = trees.map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(rustic_core::RusticError::new(
+                    rustic_core::ErrorKind::Internal,
+                    "archiving the directory trees panicked",
+                ))
+            })
+        });
+        (streams, trees)
+    });
     drop(stopped); // volume users start again, also when the archive failed
+                   // Either half failing fails the backup; the other half is deleted.
+    let (archived, extra) = match (archived, archived_trees) {
+        (Ok(a), None) => (Ok(a), Vec::new()),
+        (Ok(a), Some(Ok(t))) => (Ok(a), vec![t]),
+        (Ok(a), Some(Err(e))) => {
+            delete(&repo, &[a.id]);
+            (Err(e), Vec::new())
+        }
+        (Err(e), Some(Ok(t))) => {
+            delete(&repo, &[t.id]);
+            (Err(e), Vec::new())
+        }
+        (Err(e), _) => (Err(e), Vec::new()),
+    };
     let mut fact_failures = Vec::new();
     for (comp, handle) in facts {
         match handle.join() {
@@ -511,7 +554,14 @@ pub fn run_locked<P: ProgressBars>(
 
     // 4. The ledger.
     phase("archived");
-    let yielded = source.yielded();
+    let stream_yields = source.yielded();
+    let tree_yields = tree_source.yielded();
+    let mut yielded = stream_yields.clone();
+    yielded.extend(tree_yields.iter().cloned());
+    // Every snapshot of this run so far (deleted on failure, merged at the end).
+    let mut parts: Vec<SnapshotFile> = vec![snap_a.clone()];
+    parts.extend(extra);
+    let part_ids: Vec<_> = parts.iter().map(|p| p.id).collect();
     let mut problems = ledger.component_failures();
     problems.extend(fact_failures);
     let mut checksums: BTreeMap<String, String> = BTreeMap::new();
@@ -592,7 +642,7 @@ pub fn run_locked<P: ProgressBars>(
         }
     }
     if !problems.is_empty() {
-        delete(&repo, &[snap_a.id]);
+        delete(&repo, &part_ids);
         return Err(failed(problems));
     }
     for (comp, record) in &mut components {
@@ -664,7 +714,7 @@ pub fn run_locked<P: ProgressBars>(
     let snap_b = match snap_b {
         Ok(s) => s,
         Err(e) => {
-            delete(&repo, &[snap_a.id]);
+            delete(&repo, &part_ids);
             return Err(failed(vec![(
                 "manifest".into(),
                 format!("writing the manifest failed: {}", e.display_log()),
@@ -677,22 +727,26 @@ pub fn run_locked<P: ProgressBars>(
         .filter(|y| !matches!(meta_ledger.get(&y.path), Some(Outcome::Done { .. })))
         .map(|y| y.path.clone())
         .collect();
+    let mut all_ids = part_ids.clone();
+    all_ids.push(snap_b.id);
     if !meta_missing.is_empty() {
-        delete(&repo, &[snap_a.id, snap_b.id]);
+        delete(&repo, &all_ids);
         return Err(failed(vec![(
             "manifest".into(),
             format!("not written: {}", meta_missing.join(", ")),
         )]));
     }
 
-    // Check A's tree holds every artifact, then merge A and B into C.
+    // Check A (and A2) hold every artifact, then merge them and B into C.
     phase("tree check and merge");
     let repo = repo
         .to_indexed()
         .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
-    if let Err(missing) = tree_holds(&repo, &snap_a, &yielded) {
-        delete(&repo, &[snap_a.id, snap_b.id]);
-        return Err(failed(missing));
+    for (part, yields) in parts.iter().zip([&stream_yields, &tree_yields]) {
+        if let Err(missing) = tree_holds(&repo, part, yields) {
+            delete(&repo, &all_ids);
+            return Err(failed(missing));
+        }
     }
     let summary = Summary {
         components: components.keys().cloned().collect(),
@@ -719,15 +773,16 @@ pub fn run_locked<P: ProgressBars>(
     // The merge counts the files of the merged tree itself.
     final_snap.summary = None;
     final_snap.parent = snap_a.parent;
+    parts.push(snap_b.clone());
     let merged = repo.merge_snapshots(
-        &[snap_a.clone(), snap_b.clone()],
+        &parts,
         &|a: &Node, b: &Node| a.meta.mtime.cmp(&b.meta.mtime),
         final_snap,
     );
     let snap_c = match merged {
         Ok(s) => s,
         Err(e) => {
-            delete(&repo, &[snap_a.id, snap_b.id]);
+            delete(&repo, &all_ids);
             return Err(failed(vec![(
                 format!("repository {}", Location::of(cfg)),
                 repository::explain(
@@ -737,12 +792,20 @@ pub fn run_locked<P: ProgressBars>(
             )]));
         }
     };
-    delete(&repo, &[snap_a.id, snap_b.id]);
+    delete(&repo, &all_ids);
 
     let set = BackupSet::from_snapshot_any(&snap_c)
         .ok_or_else(|| repo_err("tags missing", "reading back the set"))?;
     let secs = ledger.seconds();
-    let summary = snap_a.summary.clone().unwrap_or_default();
+    // What the archive runs read and added (the merge adds only trees).
+    let mut summary = snap_a.summary.clone().unwrap_or_default();
+    for p in &parts[1..parts.len() - 1] {
+        if let Some(t) = &p.summary {
+            summary.total_bytes_processed += t.total_bytes_processed;
+            summary.data_added += t.data_added;
+            summary.data_added_packed += t.data_added_packed;
+        }
+    }
     Ok(Report {
         components: components
             .keys()

@@ -139,6 +139,12 @@ impl StackSource {
         }
     }
 
+    /// Whether there is nothing to archive.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Every entry yielded so far (complete once the archiver returned).
     pub fn yielded(&self) -> BTreeSet<Yielded> {
         self.yielded.lock().expect("yielded lock").clone()
