@@ -174,7 +174,7 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
 
     let mut entries: Vec<Entry> = Vec::new();
     let mut expected: BTreeMap<String, String> = BTreeMap::new(); // set path → sha256
-    let (m, checksums, layout) = match exported {
+    let (m, mut checksums, layout) = match exported {
         Some(mut m) => {
             let set_sums_path = dir.join(manifest::CHECKSUM_PATH);
             let set_sums = manifest::parse_checksums(
@@ -291,7 +291,6 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
             (m, sums.clone(), "legacy")
         }
     };
-    let mut checksums = checksums;
     let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(format!("manifest: {e}")))?;
     let md = m.to_markdown().into_bytes();
     checksums.insert(manifest::JSON_PATH.into(), sha256_hex(&json));

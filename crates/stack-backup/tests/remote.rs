@@ -71,11 +71,28 @@ fn restic_s3(url: &str, secret: &str, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("restic is installed");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
+}
+
+/// Stock restic restores set `name` from the S3 repository and
+/// `sha256sum -c` passes on it.
+fn restic_s3_restore_verified(url: &str, secret: &str, name: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let tag = format!("name:{name}");
+    restic_s3(
+        url,
+        secret,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            &tag,
+            "--target",
+            &out.path().to_string_lossy(),
+        ],
+    )
+    .expect_code(0);
+    sha256sum_check(out.path()).expect_code(0);
 }
 
 /// The server's request log from `offset` on, once it has settled.
@@ -162,21 +179,7 @@ fn backup_to_s3_restore_from_it_and_the_cache_spares_the_index() {
 
     // Stock restic reads the S3 repository: check passes, a restore verifies.
     restic_s3(&url, secret, &["check"]).expect_code(0);
-    let out = tempfile::tempdir().unwrap();
-    restic_s3(
-        &url,
-        secret,
-        &[
-            "restore",
-            "latest",
-            "--tag",
-            "name:second",
-            "--target",
-            &out.path().to_string_lossy(),
-        ],
-    )
-    .expect_code(0);
-    sha256sum_check(out.path()).expect_code(0);
+    restic_s3_restore_verified(&url, secret, "second");
 
     // The cache: a second `list` reads no snapshot file, a second `show`
     // (which loads the index) reads no index file from the server.
@@ -698,21 +701,7 @@ fn s3_server_killed_mid_upload_fails_the_backup_and_the_repository_stays_consist
         set_names(&sb, &[]),
         vec![("after".to_string(), "backups".to_string())]
     );
-    let back = tempfile::tempdir().unwrap();
-    restic_s3(
-        &url,
-        secret,
-        &[
-            "restore",
-            "latest",
-            "--tag",
-            "name:after",
-            "--target",
-            &back.path().to_string_lossy(),
-        ],
-    )
-    .expect_code(0);
-    sha256sum_check(back.path()).expect_code(0);
+    restic_s3_restore_verified(&url, secret, "after");
 }
 
 #[test]
