@@ -112,6 +112,50 @@ pub(crate) mod archiver;
 pub(crate) mod backend;
 pub(crate) mod blob;
 pub(crate) mod chunker;
+
+/// stack-backup patch: the lengths of the chunks the Rabin chunker cuts
+/// `reader` into, and how many of them the chunks of `previous` (the old
+/// content, when given) predicted; for a test outside this crate that checks
+/// the boundaries against `rustic_cdc::Rabin64` (they decide deduplication).
+///
+/// # Errors
+///
+/// * If the parameters are invalid or reading fails.
+#[doc(hidden)]
+pub fn rabin_chunk_lengths(
+    poly: u64,
+    chunk_size: usize,
+    chunk_min_size: usize,
+    chunk_max_size: usize,
+    reader: impl std::io::Read + Send,
+    previous: Option<&[u8]>,
+) -> RusticResult<(Vec<usize>, usize)> {
+    let tables = std::sync::Arc::new(chunker::rabin::RabinTables::new(poly));
+    let new = |r| {
+        chunker::rabin::ChunkIter::new(
+            tables.clone(),
+            chunk_size,
+            chunk_min_size,
+            chunk_max_size,
+            r,
+            0,
+        )
+    };
+    let reader: Box<dyn std::io::Read + Send + '_> = Box::new(reader);
+    let mut iter = new(reader)?;
+    if let Some(old) = previous {
+        let old: Box<dyn std::io::Read + Send + '_> = Box::new(old);
+        let old_chunks = new(old)?
+            .map(|c| c.map(|c| (crypto::hasher::hash(&c), c.len())))
+            .collect::<RusticResult<Vec<_>>>()?;
+        iter = iter.with_guide(chunker::rabin::Guide::new(old_chunks));
+    }
+    let mut lengths = Vec::new();
+    while let Some(c) = iter.next_with_id() {
+        lengths.push(c?.0.len());
+    }
+    Ok((lengths, iter.guided_chunks()))
+}
 pub(crate) mod commands;
 pub(crate) mod crypto;
 pub(crate) mod error;

@@ -141,28 +141,44 @@ impl<'a, BE: DecryptWriteBackend, I: ReadGlobalIndex> FileArchiver<'a, BE, I> {
         node: Node,
         p: &Progress,
     ) -> RusticResult<(Node, u64)> {
-        let chunks: Vec<_> = ChunkIter::from_config(
+        // stack-backup patch: a changed file arrives with its previous
+        // content (see `Parent::process`), whose chunks guide the chunker.
+        let mut node = node;
+        let guide = node.content.take().and_then(|old| {
+            (old.len() > 1)
+                .then(|| {
+                    old.iter()
+                        .map(|id| {
+                            self.index
+                                .get_data(id)
+                                .map(|e| (**id, e.data_length() as usize))
+                        })
+                        .collect::<Option<Vec<_>>>()
+                })
+                .flatten()
+        });
+        let mut iter = ChunkIter::from_config(
             &self.config,
             r,
             usize::try_from(node.meta.size).unwrap_or(usize::MAX),
-        )?
-        .map(|chunk| {
-            let chunk = chunk?;
-            let id = hash(&chunk);
+            guide,
+        )?;
+        let mut chunks = Vec::new();
+        while let Some(chunk) = iter.next_with_id() {
+            let (chunk, id) = chunk?;
+            let id = id.unwrap_or_else(|| hash(&chunk));
             let size = chunk.len() as u64;
 
             if !self.index.has_data(&DataId::from(id)) {
                 self.data_packer.add(chunk.into(), BlobId::from(id))?;
             }
             p.inc(size);
-            Ok((DataId::from(id), size))
-        })
-        .collect::<RusticResult<_>>()?;
+            chunks.push((DataId::from(id), size));
+        }
 
         let filesize = chunks.iter().map(|x| x.1).sum();
         let content = chunks.into_iter().map(|x| x.0).collect();
 
-        let mut node = node;
         node.content = Some(content);
         // stack-backup patch: record the size actually read. Sources that
         // cannot know a file's size in advance (stdin, a child's stdout)

@@ -7,7 +7,10 @@ use log::warn;
 
 use crate::{
     archiver::{TreeStackEmptyError, tree::TreeType},
-    backend::{decrypt::DecryptReadBackend, node::Node},
+    backend::{
+        decrypt::DecryptReadBackend,
+        node::{Node, NodeType},
+    },
     blob::tree::{Tree, TreeId},
     index::ReadGlobalIndex,
 };
@@ -302,7 +305,20 @@ impl Parent {
                             ParentResult::NotFound
                         }
                     }
-                    parent_result => parent_result.map(|_| ()),
+                    ParentResult::NotMatched => {
+                        // stack-backup patch: a changed file takes its
+                        // previous content along, to guide the chunker
+                        // (`FileArchiver::backup_reader` replaces it).
+                        if node.node_type == NodeType::File {
+                            let name = node.name().into_owned();
+                            node.content = self
+                                .p_node(&name)
+                                .find(|p_node| p_node.node_type == NodeType::File)
+                                .and_then(|p_node| p_node.content.clone());
+                        }
+                        ParentResult::NotMatched
+                    }
+                    ParentResult::NotFound => ParentResult::NotFound,
                 };
                 TreeType::Other((path, node, (open, parent)))
             }

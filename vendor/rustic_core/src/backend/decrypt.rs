@@ -3,9 +3,66 @@ use std::{num::NonZeroU32, sync::Arc};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, bounded};
 use rayon::{prelude::*, spawn};
-use zstd::stream::{copy_encode, decode_all, encode_all};
+use zstd::stream::decode_all;
 
 pub use zstd::compression_level_range;
+
+/// stack-backup patch: one zstd context per thread, reused for every blob.
+///
+/// `zstd::stream::{encode_all, decode_all}` create a context per call, and
+/// the streaming encoder, not knowing the input size, sets up (and clears)
+/// the tables for its largest window every time: with many small blobs
+/// (a tree of small files) that cost more than the compression itself. The
+/// bulk API reuses the context and sizes the tables to the input; the
+/// output is an ordinary zstd frame (with its content size), read by any
+/// zstd decoder, restic's included.
+mod zstd_context {
+    use std::cell::RefCell;
+    use std::io;
+
+    use zstd::bulk::{Compressor, Decompressor};
+
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, Compressor<'static>)>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+
+    /// `data` compressed at `level`, as one frame.
+    pub(super) fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+        COMPRESSOR.with_borrow_mut(|slot| {
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, Compressor::new(level)?));
+            }
+            let (_, c) = slot.as_mut().expect("set above");
+            let result = c.compress(data);
+            if result.is_err() {
+                *slot = None;
+            }
+            result
+        })
+    }
+
+    /// Appends `data` compressed at `level`, as one frame, to `out`.
+    pub(super) fn compress_into(data: &[u8], out: &mut Vec<u8>, level: i32) -> io::Result<()> {
+        out.extend_from_slice(&compress(data, level)?);
+        Ok(())
+    }
+
+    /// `data` decompressed; an error when it holds more than `capacity` bytes.
+    pub(super) fn decompress(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
+        DECOMPRESSOR.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                *slot = Some(Decompressor::new()?);
+            }
+            let d = slot.as_mut().expect("set above");
+            let result = d.decompress(data, capacity);
+            if result.is_err() {
+                *slot = None;
+            }
+            result
+        })
+    }
+}
 
 use crate::{
     BytesList, Progress,
@@ -75,7 +132,7 @@ pub trait DecryptReadBackend: ReadBackend + Clone + 'static {
     ) -> RusticResult<Bytes> {
         let mut data = self.decrypt(data)?;
         if let Some(length) = uncompressed_length {
-            data = decode_all(&*data).map_err(|err| {
+            data = zstd_context::decompress(&data, length.get() as usize).map_err(|err| {
                 RusticError::with_source(
                     ErrorKind::Internal,
                     "Failed to decode zstd compressed data. The data may be corrupted.",
@@ -443,7 +500,7 @@ impl<C: CryptoKey> DecryptBackend<C> {
         let data_encrypted = match self.zstd {
             Some(level) => {
                 let mut out = vec![2_u8];
-                copy_encode(data, &mut out, level).map_err(|err| {
+                zstd_context::compress_into(data, &mut out, level).map_err(|err| {
                     RusticError::with_source(
                         ErrorKind::Internal,
                         "Compressing and appending data failed. The data may be corrupted.",
@@ -491,7 +548,7 @@ impl<C: CryptoKey> DecryptBackend<C> {
             // compress if requested
             Some(level) => (
                 self.key
-                    .encrypt_data(&encode_all(data, level).map_err(|err| {
+                    .encrypt_data(&zstd_context::compress(data, level).map_err(|err| {
                         RusticError::with_source(
                             ErrorKind::Internal,
                             "Failed to encode zstd compressed data. The data may be corrupted.",
