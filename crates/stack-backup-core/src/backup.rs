@@ -232,6 +232,10 @@ pub fn run_locked<P: ProgressBars>(
         }
     }
     let want = |c: &str| selected(c, &req.only);
+    // The databases are planned (connect, export a snapshot, take the
+    // roles, start counting rows) while the repository opens: deriving the
+    // key alone takes a quarter of a second.
+    let pg_planning = PostgresPlanning::start(cfg, req);
 
     let loc = Location::of(cfg);
     let password = repository::password(cfg, env)?;
@@ -291,19 +295,7 @@ pub fn run_locked<P: ProgressBars>(
     let mut git_head = None;
     let mut reused_images: BTreeSet<String> = BTreeSet::new();
 
-    for (n, pg) in &cfg.postgres {
-        let comp = postgres::component(n);
-        if !want(&comp) {
-            continue;
-        }
-        let plan = match postgres::plan_dump(n, pg) {
-            Ok(p) => p,
-            Err(e) if req.skip_missing && e.to_string().contains("does not exist") => {
-                log::info!("{comp}: skipped, it does not exist: {e}");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+    for (comp, plan) in pg_planning.join()? {
         entries.extend(plan.entries);
         components.insert(comp.clone(), Component::Postgres(plan.record));
         sessions.push(plan.session);
@@ -526,6 +518,7 @@ pub fn run_locked<P: ProgressBars>(
         }
         (Err(e), _) => (Err(e), Vec::new()),
     };
+    phase("archive runs ended");
     let mut fact_failures = Vec::new();
     for (comp, handle) in facts {
         match handle.join() {
@@ -597,12 +590,7 @@ pub fn run_locked<P: ProgressBars>(
                     (Some(sha), Some(a)) if a.reuse_meta.is_some() => {
                         (old_size.unwrap_or(0), sha.clone(), true)
                     }
-                    (Some(sha), None) => (
-                        std::fs::symlink_metadata(source_root(&entries, &y.path))
-                            .map_or(0, |m| m.len()),
-                        sha.clone(),
-                        true,
-                    ),
+                    (Some(sha), None) => (y.size, sha.clone(), true),
                     _ => {
                         problems.push((
                             y.component.clone(),
@@ -641,6 +629,7 @@ pub fn run_locked<P: ProgressBars>(
             problems.push((c.clone(), "produced no artifact".into()));
         }
     }
+    phase("ledger checked");
     if !problems.is_empty() {
         delete(&repo, &part_ids);
         return Err(failed(problems));
@@ -742,6 +731,7 @@ pub fn run_locked<P: ProgressBars>(
     let repo = repo
         .to_indexed()
         .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
+    phase("index reloaded");
     for (part, yields) in parts.iter().zip([&stream_yields, &tree_yields]) {
         if let Err(missing) = tree_holds(&repo, part, yields) {
             delete(&repo, &all_ids);
@@ -770,10 +760,12 @@ pub fn run_locked<P: ProgressBars>(
     let mut final_snap = final_opts
         .to_snapshot()
         .map_err(|e| repository::op_error(cfg, "preparing the snapshot", &e))?;
-    // The merge counts the files of the merged tree itself.
-    final_snap.summary = None;
-    final_snap.parent = snap_a.parent;
+    // The set's counts are those of the archive runs (the merge keeps
+    // directories found in only one part unread and counts nothing).
     parts.push(snap_b.clone());
+    final_snap.summary = Some(summed_counts(&parts));
+    final_snap.parent = snap_a.parent;
+    phase("trees checked");
     let merged = repo.merge_snapshots(
         &parts,
         &|a: &Node, b: &Node| a.meta.mtime.cmp(&b.meta.mtime),
@@ -792,7 +784,9 @@ pub fn run_locked<P: ProgressBars>(
             )]));
         }
     };
+    phase("merged");
     delete(&repo, &all_ids);
+    phase("done");
 
     let set = BackupSet::from_snapshot_any(&snap_c)
         .ok_or_else(|| repo_err("tags missing", "reading back the set"))?;
@@ -829,6 +823,54 @@ pub fn run_locked<P: ProgressBars>(
     })
 }
 
+/// The planning of the wanted databases, on a thread of its own. A backup
+/// that fails before it joins leaves the thread to finish on its own: its
+/// plans, and with them the sessions holding the exported snapshots, are
+/// dropped when it ends.
+struct PostgresPlanning(Option<std::thread::JoinHandle<Result<PostgresPlans>>>);
+
+/// Each wanted database's component name and dump plan.
+type PostgresPlans = Vec<(String, postgres::DumpPlan)>;
+
+impl PostgresPlanning {
+    fn start(cfg: &Config, req: &Request) -> Self {
+        let wanted: Vec<(String, crate::config::PostgresConfig)> = cfg
+            .postgres
+            .iter()
+            .filter(|(n, _)| selected(&postgres::component(n), &req.only))
+            .map(|(n, pg)| (n.clone(), pg.clone()))
+            .collect();
+        if wanted.is_empty() {
+            return Self(None);
+        }
+        let skip = req.skip_missing;
+        Self(Some(std::thread::spawn(move || {
+            let mut plans = Vec::new();
+            for (n, pg) in &wanted {
+                let comp = postgres::component(n);
+                match postgres::plan_dump(n, pg) {
+                    Ok(p) => plans.push((comp, p)),
+                    Err(e) if skip && e.to_string().contains("does not exist") => {
+                        log::info!("{comp}: skipped, it does not exist: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(plans)
+        })))
+    }
+
+    /// The plans, in config order.
+    fn join(mut self) -> Result<PostgresPlans> {
+        match self.0.take() {
+            None => Ok(Vec::new()),
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(Error::component("postgres", "planning the dump panicked"))
+            }),
+        }
+    }
+}
+
 /// A component's planning result; with `skip`, a failure means "it does not
 /// exist" and the component is left out (`None`).
 fn skip_missing<T>(r: Result<T>, skip: bool, component: &str) -> Result<Option<T>> {
@@ -856,16 +898,31 @@ fn delete<S: rustic_core::Open>(
     }
 }
 
-/// The local root of the tree entry that holds `path`, joined with the rest.
-fn source_root(entries: &[Entry], path: &str) -> PathBuf {
-    for e in entries {
-        if let Entry::Tree { root, target, .. } = e {
-            if let Some(rest) = path.strip_prefix(&format!("{target}/")) {
-                return root.join(rest);
-            }
-        }
+/// The file and directory counts of the snapshots merged into a set, summed
+/// (their top directories are counted once per part).
+fn summed_counts(parts: &[SnapshotFile]) -> rustic_core::repofile::SnapshotSummary {
+    let mut sum = rustic_core::repofile::SnapshotSummary::default();
+    for s in parts.iter().filter_map(|p| p.summary.as_ref()) {
+        sum.files_new += s.files_new;
+        sum.files_changed += s.files_changed;
+        sum.files_unmodified += s.files_unmodified;
+        sum.total_files_processed += s.total_files_processed;
+        sum.total_bytes_processed += s.total_bytes_processed;
+        sum.dirs_new += s.dirs_new;
+        sum.dirs_changed += s.dirs_changed;
+        sum.dirs_unmodified += s.dirs_unmodified;
+        sum.total_dirs_processed += s.total_dirs_processed;
+        sum.total_dirsize_processed += s.total_dirsize_processed;
+        sum.data_blobs += s.data_blobs;
+        sum.tree_blobs += s.tree_blobs;
+        sum.data_added += s.data_added;
+        sum.data_added_packed += s.data_added_packed;
+        sum.data_added_files += s.data_added_files;
+        sum.data_added_files_packed += s.data_added_files_packed;
+        sum.data_added_trees += s.data_added_trees;
+        sum.data_added_trees_packed += s.data_added_trees_packed;
     }
-    PathBuf::new()
+    sum
 }
 
 /// The parent's node for an image tar with the same image ID, so the

@@ -5,6 +5,7 @@
 //! child processes only through `PGPASSWORD` in their environment, never in
 //! argv, and never appears in errors (URLs are redacted).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -110,7 +111,22 @@ pub struct PgTool {
     pub major: u32,
 }
 
+/// What `PATH --version` says, asked once per process and path.
 fn tool_version(path: &Path) -> Option<PgTool> {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<BTreeMap<PathBuf, Option<PgTool>>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(t) = seen.lock().ok().and_then(|m| m.get(path).cloned()) {
+        return t;
+    }
+    let t = ask_version(path);
+    if let Ok(mut m) = seen.lock() {
+        m.insert(path.to_path_buf(), t.clone());
+    }
+    t
+}
+
+fn ask_version(path: &Path) -> Option<PgTool> {
     let out = process::output("postgres", &path.to_string_lossy(), &["--version"]).ok()?;
     let major = out
         .split_whitespace()
@@ -160,12 +176,17 @@ pub fn find_tool(
     server_major: u32,
     bin_dir: Option<&Path>,
 ) -> Result<PgTool> {
-    let found: Vec<PgTool> = candidates(tool, bin_dir)
-        .iter()
-        .filter_map(|p| tool_version(p))
-        .collect();
-    if let Some(t) = found.iter().find(|t| t.major == server_major) {
-        return Ok(t.clone());
+    // Candidates are asked in order and the first of the server's major
+    // wins, so the usual case runs one `--version` (Debian's PATH entries
+    // are Perl wrappers, slow to start).
+    let mut found: Vec<PgTool> = Vec::new();
+    for p in candidates(tool, bin_dir) {
+        if let Some(t) = tool_version(&p) {
+            if t.major == server_major {
+                return Ok(t);
+            }
+            found.push(t);
+        }
     }
     if let Some(t) = found
         .iter()

@@ -109,6 +109,9 @@ pub struct Yielded {
     pub component: String,
     /// True for regular files (which have content and a checksum).
     pub is_file: bool,
+    /// Its size as yielded: a local file's, 0 for a stream (not known
+    /// before it is read).
+    pub size: u64,
 }
 
 /// The `ReadSource` of one backup set.
@@ -351,6 +354,7 @@ impl ReadSource for StackSource {
                         path: a.path.clone(),
                         component: a.component.clone(),
                         is_file: true,
+                        size: node.meta.size,
                     });
                     out.push(Ok(ReadSourceEntry {
                         path: PathBuf::from(format!("/{}", a.path)),
@@ -431,6 +435,7 @@ impl StackSource {
                             path: snap_rel.clone(),
                             component: component.to_string(),
                             is_file,
+                            size: node.meta.size,
                         });
                     }
                     let open = is_file.then(|| EntryOpen {

@@ -940,9 +940,12 @@ pub(crate) fn merge_nodes(
     let mut node = nodes.into_iter().max_by(|n1, n2| cmp(n1, n2)).unwrap();
 
     // if this is a dir, merge with all other dirs
-    if node.is_dir() {
+    // (stack-backup patch: a dir found in only one tree is kept unread; its
+    // merge would give the same tree, and reading it all is what a merge
+    // of a large tree spent its time on)
+    if node.is_dir() && trees.len() > 1 {
         node.subtree = Some(merge_trees(be, index, &trees, cmp, save, summary)?);
-    } else {
+    } else if !node.is_dir() {
         summary.files_unmodified += 1;
         summary.total_files_processed += 1;
         summary.total_bytes_processed += node.meta.size;

@@ -58,13 +58,28 @@ pub(crate) fn merge_snapshots<S: IndexedTree>(
         .max_by(|sn1, sn2| sn1.time.cmp(&sn2.time))
         .map_or_else(|| now.clone(), |sn| sn.time.clone());
 
-    let mut summary = snap.summary.take().unwrap_or_default();
-    summary.backup_start = now.clone();
+    // stack-backup patch: a directory found in only one of the merged trees
+    // is kept as it is, not read (see `tree::merge_nodes`), so the merge
+    // counts only what it combined. A caller that gives a summary keeps its
+    // counts (only the times are the merge's); without one, the summary
+    // holds the merge's partial counts.
+    let given = snap.summary.take();
+    let mut summary = SnapshotSummary {
+        backup_start: now.clone(),
+        ..Default::default()
+    };
 
     let trees: Vec<TreeId> = snapshots.iter().map(|sn| sn.tree).collect();
     snap.tree = merge_trees(repo, &trees, cmp, &mut summary)?;
 
     summary.finalize(&now);
+    if let Some(mut given) = given {
+        given.backup_start = summary.backup_start;
+        given.backup_end = summary.backup_end;
+        given.backup_duration = summary.backup_duration;
+        given.total_duration = summary.total_duration;
+        summary = given;
+    }
     snap.summary = Some(summary);
 
     snap.id = repo.dbe().save_file(&snap)?.into();
