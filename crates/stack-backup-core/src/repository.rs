@@ -421,7 +421,29 @@ pub fn open_with_progress<P: rustic_core::ProgressBars>(
     let be = backends(cfg, &loc)?;
     let repo = Repository::new_with_progress(&repo_options(cfg, &loc), &be, pb)
         .map_err(|e| rustic_err(cfg, &loc, &e))?;
-    repo.open(&Credentials::password(password)).map_err(|e| {
+    let cache_key = format!("{loc}\n{}", crate::ledger::sha256_hex(password.as_bytes()));
+    let repo = match key_cache::get(&cache_key) {
+        None => repo,
+        Some(key) => match repo.open(&Credentials::Masterkey(key)) {
+            Ok(repo) => return Ok(repo),
+            Err(_) => {
+                // A repository created anew under the same name: derive
+                // the key from the password again (without progress bars).
+                key_cache::forget(&cache_key);
+                Repository::new_with_progress(
+                    &repo_options(cfg, &loc),
+                    &be,
+                    rustic_core::NoProgressBars,
+                )
+                .map_err(|e| rustic_err(cfg, &loc, &e))?
+            }
+        },
+    };
+    let opened = repo.open(&Credentials::password(password));
+    if let Ok(repo) = &opened {
+        key_cache::put(&cache_key, repo.key());
+    }
+    opened.map_err(|e| {
         if e.is_incorrect_password() {
             repo_err(
                 &loc,
@@ -431,6 +453,38 @@ pub fn open_with_progress<P: rustic_core::ProgressBars>(
             rustic_err(cfg, &loc, &e)
         }
     })
+}
+
+/// Master keys of the repositories this process opened, by location and
+/// the SHA-256 of the password: a second open (restore opens the repository
+/// several times) skips the key derivation, a quarter of a second of scrypt
+/// each time. Kept in memory only, as an open repository keeps its key.
+mod key_cache {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use rustic_core::repofile::MasterKey;
+
+    fn keys() -> &'static Mutex<BTreeMap<String, MasterKey>> {
+        static KEYS: OnceLock<Mutex<BTreeMap<String, MasterKey>>> = OnceLock::new();
+        KEYS.get_or_init(Default::default)
+    }
+
+    pub(super) fn get(id: &str) -> Option<MasterKey> {
+        keys().lock().ok()?.get(id).cloned()
+    }
+
+    pub(super) fn put(id: &str, key: MasterKey) {
+        if let Ok(mut k) = keys().lock() {
+            k.insert(id.to_string(), key);
+        }
+    }
+
+    pub(super) fn forget(id: &str) {
+        if let Ok(mut k) = keys().lock() {
+            k.remove(id);
+        }
+    }
 }
 
 /// Opens the repository named by the config, reading the password.
