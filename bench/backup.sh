@@ -26,8 +26,8 @@
 #   SB_BENCH_PG_SCALE, SB_BENCH_FILES, SB_BENCH_LAYER_MIB, SB_BENCH_PGBENCH_TX
 #                   override one size each (PGBENCH_TX: transactions per client,
 #                   2 clients, for the day of change)
-#   SB_BIN          stack-backup binary (default target/debug/stack-backup: the
-#                   dev profile is optimised and shared with the tests)
+#   SB_BIN          stack-backup binary (default: target/release/stack-backup,
+#                   built or brought up to date first)
 #   SB_BENCH_DOC    1 = write docs/benchmarks.md, 0 = don't (default: 1 at
 #                   full size only)
 set -euo pipefail
@@ -93,12 +93,7 @@ IMAGES=(sbbench-a:latest sbbench-b:latest sbbench-c:latest)
 LARGE_IMAGE=sbbench-large:latest
 LABEL=stack-backup-bench
 
-if [ -z "${SB_BIN:-}" ]; then
-  # The dev profile is optimised (opt-level 2, see Cargo.toml): the same
-  # binary the tests and the demo use. Build it when it is missing.
-  [ -x "$ROOT/target/debug/stack-backup" ] || cargo build --locked -q -p stack-backup
-  SB_BIN="$ROOT/target/debug/stack-backup"
-fi
+ensure_sb_bin || die "building stack-backup failed"
 
 psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d "$PG_BASE/postgres" "$@"; }
 
@@ -235,16 +230,8 @@ fi
 meta sb_bin "$SB_BIN"
 if [ -x "$SB_BIN" ]; then
   meta sb_version "$("$SB_BIN" --version 2>/dev/null | awk '{ print $NF }')"
-  case "$SB_BIN" in
-    */release/*) meta sb_profile release ;;
-    */debug/*)
-      if grep -A3 '^\[profile.dev\]' "$ROOT/Cargo.toml" | grep -q '^opt-level *= *[23]'; then
-        meta sb_profile dev-optimised
-      else
-        meta sb_profile debug; say "warning: $SB_BIN is a debug build; timings of (c) mean little"
-      fi ;;
-    *) meta sb_profile unknown ;;
-  esac
+  meta sb_profile "$(sb_profile)"
+  [ "$(sb_profile)" != debug ] || say "warning: $SB_BIN is a debug build; timings of (c) mean little"
 fi
 
 # stack-backup gets only what its config says: no database or repository

@@ -8,3 +8,29 @@ ensure_gnu_time() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null \
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null; }
 }
+
+# The stack-backup binary measured: SB_BIN when set, else a release build of
+# this checkout, built (or brought up to date) here. Benchmarks measure what
+# users install; the dev profile the tests share keeps debug assertions and
+# overflow checks. Sets SB_BIN.
+ensure_sb_bin() {
+  if [ -z "${SB_BIN:-}" ]; then
+    say "building target/release/stack-backup (a no-op when it is up to date)"
+    cargo build --release --locked -q -p stack-backup >&2 || return 1
+    SB_BIN="$ROOT/target/release/stack-backup"
+  fi
+}
+
+# The cargo profile SB_BIN was built with, for the results.
+sb_profile() {
+  case "$SB_BIN" in
+    */release/*) echo release ;;
+    */debug/*)
+      if grep -A3 '^\[profile.dev\]' "$ROOT/Cargo.toml" | grep -q '^opt-level *= *[23]'; then
+        echo dev-optimised
+      else
+        echo debug
+      fi ;;
+    *) echo unknown ;;
+  esac
+}

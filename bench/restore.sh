@@ -33,7 +33,8 @@
 #   SB_BENCH_SCALE, SB_BENCH_PG_SCALE, SB_BENCH_FILES, SB_BENCH_LAYER_MIB
 #                   sizes of the stack (see bench/backup.sh); a stack made at
 #                   other sizes is regenerated
-#   SB_BIN          stack-backup binary (default target/debug/stack-backup)
+#   SB_BIN          stack-backup binary (default: target/release/stack-backup,
+#                   built or brought up to date first)
 #   SB_BENCH_ROUNDS rounds (default 2)
 #   SB_BENCH_RESTORE_SET  the set to restore (default: the newest of tier backups)
 #   SB_BENCH_DOC    1 = write docs/benchmarks.md, 0 = don't (default: 1 at
@@ -105,11 +106,7 @@ SB_CONFIG="$BENCH/stack-backup.toml"
 SB_REPO="$BENCH/sb-repo"
 SB_KEY="$BENCH/sb.key"
 
-if [ -z "${SB_BIN:-}" ]; then
-  # The dev profile is optimised (opt-level 2, see Cargo.toml).
-  [ -x "$ROOT/target/debug/stack-backup" ] || cargo build --locked -q -p stack-backup
-  SB_BIN="$ROOT/target/debug/stack-backup"
-fi
+ensure_sb_bin || die "building stack-backup failed"
 [ -x "$SB_BIN" ] || die "no stack-backup binary at $SB_BIN"
 
 psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d "$PG_BASE/postgres" "$@"; }
@@ -170,16 +167,8 @@ meta small_layer_mib "$(bench_meta small_layer_mib)"
 meta sb_bin "$SB_BIN"
 meta sb_version "$("$SB_BIN" --version 2>/dev/null | awk '{ print $NF }')"
 meta sb_bin_built "$(date -u -r "$SB_BIN" '+%Y-%m-%d %H:%M UTC')"
-case "$SB_BIN" in
-  */release/*) meta sb_profile release ;;
-  */debug/*)
-    if grep -A3 '^\[profile.dev\]' "$ROOT/Cargo.toml" | grep -q '^opt-level *= *[23]'; then
-      meta sb_profile dev-optimised
-    else
-      meta sb_profile debug; say "warning: $SB_BIN is a debug build; timings of (c) mean little"
-    fi ;;
-  *) meta sb_profile unknown ;;
-esac
+meta sb_profile "$(sb_profile)"
+[ "$(sb_profile)" != debug ] || say "warning: $SB_BIN is a debug build; timings of (c) mean little"
 
 # stack-backup gets only what its config says (as in bench/backup.sh).
 SB_CMD=(env -u PGPASSWORD -u RESTIC_PASSWORD -u RESTIC_PASSWORD_FILE -u RESTIC_REPOSITORY

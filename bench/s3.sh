@@ -28,7 +28,8 @@
 #   SB_BENCH_PG_SCALE pgbench scale (default 5, ~75 MiB of table data)
 #   SB_BENCH_FILES    small files (default 3000)
 #   SB_BENCH_BIG_MIB  size of the random file (default 64)
-#   SB_BIN            stack-backup binary (default target/debug/stack-backup)
+#   SB_BIN            stack-backup binary (default: target/release/stack-backup,
+#                     built or brought up to date first)
 #   SB_BENCH_DOC      1 = write docs/benchmarks.md (default), 0 = don't
 set -euo pipefail
 
@@ -70,10 +71,7 @@ PG_BASE="postgres://$SB_PG_USER@127.0.0.1:$SB_PG_PORT"
 export PGPASSWORD="$SB_PG_PASSWORD"   # env only, never argv
 psql_admin() { psql -X -q -v ON_ERROR_STOP=1 -d "$PG_BASE/postgres" "$@"; }
 
-if [ -z "${SB_BIN:-}" ]; then
-  [ -x "$ROOT/target/debug/stack-backup" ] || cargo build --locked -q -p stack-backup
-  SB_BIN="$ROOT/target/debug/stack-backup"
-fi
+ensure_sb_bin || die "building stack-backup failed"
 
 clean_all() {
   PGOPTIONS='-c client_min_messages=warning' psql_admin -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
