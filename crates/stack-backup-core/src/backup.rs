@@ -861,8 +861,8 @@ impl PostgresPlanning {
     }
 
     /// The plans, in config order.
-    fn join(mut self) -> Result<PostgresPlans> {
-        match self.0.take() {
+    fn join(self) -> Result<PostgresPlans> {
+        match self.0 {
             None => Ok(Vec::new()),
             Some(h) => h.join().unwrap_or_else(|_| {
                 Err(Error::component("postgres", "planning the dump panicked"))
