@@ -632,7 +632,7 @@ fn disk_check(cfg: &Config, plan: &Plan) -> Result<String> {
     Ok(parts.join("; "))
 }
 
-use crate::verify::hash_node;
+use crate::verify::hash_nodes;
 
 /// Paths (inside the set) of every file a component consists of.
 fn component_files(repo: &Indexed, plan: &Plan, c: &str) -> Result<Vec<(String, Node)>> {
@@ -679,8 +679,8 @@ fn component_files(repo: &Indexed, plan: &Plan, c: &str) -> Result<Vec<(String, 
 }
 
 /// Step 2: every artifact of the restored components read back from the
-/// repository and hashed, on two threads (the largest files first); the
-/// first mismatch in plan order is the error.
+/// repository and hashed (two threads, see [`hash_nodes`]); the first
+/// mismatch in plan order is the error.
 fn verify(repo: &Indexed, plan: &Plan) -> Result<String> {
     let mut work: Vec<(String, String, Node, String)> = Vec::new();
     for c in &plan.components {
@@ -694,41 +694,22 @@ fn verify(repo: &Indexed, plan: &Plan) -> Result<String> {
             work.push((c.clone(), path, node, want.clone()));
         }
     }
-    let mut order: Vec<usize> = (0..work.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(work[i].2.meta.size));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<std::sync::Mutex<Option<std::result::Result<u64, String>>>> =
-        work.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = order.get(k) else { break };
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    break; // the restore stops anyway
-                }
-                let (c, path, node, want) = &work[i];
-                let r = match hash_node(repo, node) {
-                    Err(e) => Err(format!("{c}: reading {path} failed: {e}")),
-                    Ok((got, _)) if &got != want => Err(format!(
-                        "{c}: {path} does not match its checksum (expected {want}, read {got}); nothing was changed"
-                    )),
-                    Ok((_, n)) => Ok(n),
-                };
-                if r.is_err() {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                *results[i].lock().expect("result slot") = Some(r);
-            });
-        }
-    });
+    let nodes: Vec<&Node> = work.iter().map(|w| &w.2).collect();
     let mut bytes = 0u64;
-    for r in results {
-        match r.into_inner().expect("result slot") {
-            Some(Ok(n)) => bytes += n,
-            Some(Err(m)) => return Err(Error::Verification(m)),
+    for ((c, path, _, want), hash) in work.iter().zip(hash_nodes(repo, &nodes, true)) {
+        match hash {
             None => {} // not read: another file failed first
+            Some(Err(e)) => {
+                return Err(Error::Verification(format!(
+                    "{c}: reading {path} failed: {e}"
+                )))
+            }
+            Some(Ok((got, _))) if &got != want => {
+                return Err(Error::Verification(format!(
+                    "{c}: {path} does not match its checksum (expected {want}, read {got}); nothing was changed"
+                )))
+            }
+            Some(Ok((_, n))) => bytes += n,
         }
     }
     Ok(format!(

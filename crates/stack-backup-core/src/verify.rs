@@ -47,6 +47,44 @@ pub fn hash_node(repo: &Indexed, node: &Node) -> std::result::Result<(String, u6
     Ok((hex::encode(sink.0.finalize()), sink.1))
 }
 
+/// What reading one file node back gave: its SHA-256 (hex) and size, or why
+/// it could not be read.
+pub type NodeHash = std::result::Result<(String, u64), String>;
+
+/// [`hash_node`] for each of `nodes`, read on two threads, the largest
+/// first; results in the order of `nodes`. With `stop_early`, the nodes not
+/// yet started when one fails are left unread (`None`); otherwise every
+/// result is `Some`.
+pub fn hash_nodes(repo: &Indexed, nodes: &[&Node], stop_early: bool) -> Vec<Option<NodeHash>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let mut order: Vec<usize> = (0..nodes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(nodes[i].meta.size));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<std::sync::Mutex<Option<NodeHash>>> =
+        nodes.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if stop_early && failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = hash_node(repo, nodes[i]);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    *slots[i].lock().expect("result slot") = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().expect("result slot"))
+        .collect()
+}
+
 /// The SHA-256 (hex) and length of everything `r` yields.
 pub fn sha256_of(r: &mut impl std::io::Read) -> std::io::Result<(String, u64)> {
     let mut sink = HashSink(Sha256::new(), 0);
@@ -116,6 +154,7 @@ pub fn verify_set(repo: &Indexed, set: &BackupSet, snap: &SnapshotFile) -> SetRe
             return r;
         }
     };
+    let mut files: Vec<(String, Node)> = Vec::new();
     for item in walk {
         let (path, node) = match item {
             Ok(v) => v,
@@ -131,12 +170,17 @@ pub fn verify_set(repo: &Indexed, set: &BackupSet, snap: &SnapshotFile) -> SetRe
         if path == manifest::CHECKSUM_PATH {
             continue;
         }
-        match hash_node(repo, &node) {
+        files.push((path, node));
+    }
+    let nodes: Vec<&Node> = files.iter().map(|(_, n)| n).collect();
+    let hashes = hash_nodes(repo, &nodes, false);
+    for ((path, _), hash) in files.iter().zip(hashes) {
+        match hash.expect("every node is read") {
             Err(e) => r.problem(format!("{path}: cannot be read: {e}")),
             Ok((got, n)) => {
                 r.files += 1;
                 r.bytes += n;
-                match want.remove(&path) {
+                match want.remove(path) {
                     None => r.problem(format!("{path}: not listed in CHECKSUM.sha256")),
                     Some(w) if w != got => r.problem(format!(
                         "{path}: SHA-256 mismatch (expected {w}, read {got})"
