@@ -254,28 +254,6 @@ impl<R: Read> Read for TrackedReader<R> {
         if self.finished {
             return Ok(0);
         }
-        // Fill the whole buffer unless the stream ends: rustic's chunker
-        // shrinks its read buffer to the size of a short read, so pipes
-        // (which return whatever is there) would otherwise be read a few
-        // bytes at a time.
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.read_some(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(filled)
-    }
-}
-
-impl<R: Read> TrackedReader<R> {
-    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.finished {
-            return Ok(0);
-        }
         match self.inner.read(buf) {
             Ok(0) => {
                 self.finish()?;
