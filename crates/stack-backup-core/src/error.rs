@@ -99,6 +99,21 @@ pub enum Error {
         message: String,
     },
 
+    /// A component that does not exist (a dropped database, a removed
+    /// volume or image, a stopped Redis): what does not exist cannot be
+    /// lost, so a pre-restore snapshot leaves it out instead of failing.
+    #[error("{component}: {message}")]
+    Missing {
+        /// The component, e.g. `postgres.main`.
+        component: String,
+        /// What was not found.
+        message: String,
+    },
+
+    /// Nothing is configured or selected to back up.
+    #[error("nothing to back up: {0}")]
+    NothingToBackUp(String),
+
     /// Plain I/O with the path it concerned.
     #[error("{action} {path}: {cause}")]
     Io {
@@ -118,7 +133,9 @@ impl Error {
         match self {
             Self::Config(_) | Self::NoPassword | Self::Usage(_) => ExitCode::Usage,
             Self::Verification(_) => ExitCode::Verification,
-            Self::Refused(_) | Self::RepositoryExists(_) => ExitCode::SafetyRefusal,
+            Self::Refused(_) | Self::RepositoryExists(_) | Self::NothingToBackUp(_) => {
+                ExitCode::SafetyRefusal
+            }
             Self::Locked { .. } => ExitCode::Locked,
             _ => ExitCode::Failure,
         }
@@ -138,6 +155,43 @@ impl Error {
         Self::Component {
             component: component.into(),
             message: message.into(),
+        }
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::Missing`].
+    pub fn missing(component: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Missing {
+            component: component.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same failure, as "the component does not exist" (for probes
+    /// whose every failure means that: `docker volume inspect`, a Redis
+    /// that does not answer).
+    #[must_use]
+    pub fn into_missing(self) -> Self {
+        match self {
+            Self::Component { component, message } => Self::Missing { component, message },
+            other => other,
+        }
+    }
+
+    /// Whether the component does not exist.
+    #[must_use]
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Missing { .. })
+    }
+
+    /// The message without the component's name, for reports that show the
+    /// component beside it.
+    #[must_use]
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Component { message, .. } | Self::Missing { message, .. } => message.clone(),
+            other => other.to_string(),
         }
     }
 }

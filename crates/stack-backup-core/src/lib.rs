@@ -2,39 +2,37 @@
 //! restic-format repository, the components and the checks.
 //!
 //! The `stack-backup` binary parses arguments and renders output; every
-//! decision lives here.
+//! decision lives here. The folders show the architecture:
+//!
+//! - [`model`]: what a stack and a backup set are (config, manifest, tiers,
+//!   tags, sets). Pure data, no I/O beyond reading the config.
+//! - [`repo`]: the restic-format repository (open, lock, remote backends,
+//!   pack cache).
+//! - [`archive`]: how artifacts go into and come out of the repository
+//!   (the archive source, the ledger of what was read, read-back hashing).
+//! - [`components`]: one module per component kind behind one trait; the
+//!   only place that knows what a PostgreSQL database or a volume is.
+//! - [`operations`]: the commands (backup, restore, export, import,
+//!   lifecycle), written against the component trait.
+//! - [`system`]: processes and disks.
 
-pub mod config;
-pub mod copy;
-pub mod disk;
-pub mod docker;
-pub mod doctor;
+pub mod archive;
+pub mod components;
 pub mod error;
-pub mod export;
-pub mod git;
-pub mod health;
-pub mod immaculate;
-pub mod import;
-pub mod init;
-pub mod lock;
-pub mod migrations;
-pub mod packcache;
-pub mod postgres;
-pub mod process;
-pub mod redis;
-pub mod remote;
-pub mod repository;
-pub mod restore;
-pub mod retention;
-pub mod sacred;
-pub mod secret;
-pub mod sets;
-pub mod tiers;
-pub mod verify;
+pub mod model;
+pub mod operations;
+pub mod repo;
+pub mod system;
+
+// Short paths for the modules every layer uses.
+pub use archive::{ledger, source, verify};
+pub use components::{docker, git, migrations, postgres, redis};
+pub use model::{config, manifest, secret, sets, tags, tiers};
+pub use operations::{
+    backup, copy, doctor, export, health, immaculate, import, init, restore, retention, sacred,
+};
+pub use repo::{lock, packcache, remote, repository};
+pub use system::{disk, process};
 
 pub use config::Config;
 pub use error::{Error, ExitCode, Result};
-pub mod backup;
-pub mod ledger;
-pub mod manifest;
-pub mod source;

@@ -23,6 +23,7 @@ fn limit_malloc_arenas() {
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    stack_backup_core::system::fault::setup();
     let cli = cli::Cli::parse();
     let out = output::Output::new(&cli);
     out.init_logging();

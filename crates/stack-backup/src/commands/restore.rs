@@ -147,13 +147,15 @@ pub fn run_with(
         steps: Mutex::new(Vec::new()),
         spinner: Mutex::new(None),
     };
-    let result = restore::execute(cfg, env, &req, &printer);
+    // The plan shown is the plan run: the set is pinned by its snapshot id.
+    let targets = plan.targets.clone();
+    let result = restore::execute(cfg, env, plan, &printer);
     let steps = printer.steps.into_inner().expect("steps");
     match result {
         Ok(o) => {
             out.json(&serde_json::json!({
                 "set": o.set, "dry_run": o.dry_run, "pre_restore": o.pre_restore,
-                "restored": o.restored, "targets": plan.targets, "steps": steps,
+                "restored": o.restored, "targets": targets, "steps": steps,
             }));
             if o.dry_run {
                 out.say("dry run: nothing was changed");

@@ -1,7 +1,7 @@
 //! Immaculate baselines: backup sets that are read back in full before they
 //! become immaculate, and are never modified or pruned afterwards.
 //!
-//! `create` writes the set tagged [`sets::UNVERIFIED_TAG`] (not a backup set
+//! `create` writes the set tagged [`crate::tags::UNVERIFIED`] (not a backup set
 //! yet), reads every tree, blob and SHA-256 back ([`verify::verify_set`]) and
 //! only then saves the same tree as a snapshot tagged `tier:immaculate` and
 //! deletes the unverified one. A failed read-back deletes it: no immaculate
@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustic_core::repofile::SnapshotFile;
-use rustic_core::{ProgressBars, StringList};
+use rustic_core::ProgressBars;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{self, Request};
@@ -28,6 +28,7 @@ use crate::ledger::Observer;
 use crate::lock::RepoLock;
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet, Summary};
+use crate::tags::SetTags;
 use crate::tiers::Tier;
 use crate::verify::{self, SetReport};
 
@@ -235,19 +236,11 @@ pub fn create<P: ProgressBars>(
     // Promote: the same tree, without the unverified tag, with the time of
     // the verification in its description.
     let mut promoted = held.clone();
-    let tags: Vec<String> = held
-        .tags
-        .iter()
-        .filter(|t| t.as_str() != sets::UNVERIFIED_TAG)
-        .cloned()
-        .collect();
-    promoted.tags = tags
-        .join(",")
-        .parse::<StringList>()
-        .map_err(|e| Error::Repository {
-            location: location.clone(),
-            message: format!("tags: {e}"),
-        })?;
+    let tags = SetTags::of(&held).ok_or_else(|| Error::Repository {
+        location: location.clone(),
+        message: "the held set lost its tags".into(),
+    })?;
+    promoted.tags = tags.verified(true).to_list();
     let mut summary: Summary = report.set.summary.clone();
     summary.verified = Some(jiff::Timestamp::now().to_string());
     promoted.description = Some(serde_json::to_string(&summary).unwrap_or_default());

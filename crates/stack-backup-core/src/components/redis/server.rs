@@ -11,7 +11,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The component name of a `[redis.NAME]` table.
 #[must_use]
 pub fn component(name: &str) -> String {
-    format!("redis.{name}")
+    crate::components::ComponentId::new(&super::Redis, name).to_string()
 }
 
 /// Connects (and authenticates) to a configured Redis.
@@ -77,10 +77,7 @@ pub const SAVE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Takes a point-in-time RDB (`BGSAVE`, then waits until `LASTSAVE` moved
 /// and no save is in progress, and checks the save succeeded) and
 /// prepares the entry that streams the file into the backup set.
-pub fn plan(
-    name: &str,
-    cfg: &RedisConfig,
-) -> Result<(crate::source::Entry, crate::manifest::RedisRecord)> {
+pub fn plan(name: &str, cfg: &RedisConfig) -> Result<(crate::source::Entry, super::RedisRecord)> {
     use crate::source::{Artifact, Content, Entry, StreamSpec};
     let comp = component(name);
     let mut conn = connect(name, cfg)?;
@@ -181,7 +178,7 @@ pub fn plan(
             }),
             reuse_meta: None,
         }),
-        crate::manifest::RedisRecord {
+        super::RedisRecord {
             url: cfg.url.redacted(),
             version,
             role: format!("{:?}", cfg.role).to_lowercase(),

@@ -27,47 +27,26 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::components::ComponentId;
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
-use crate::manifest::{self, Component, Manifest};
+use crate::manifest::{self, Manifest};
 use crate::repository;
 use crate::sets::{self, BackupSet};
 use crate::{disk, verify};
 
 /// Where an artifact of the set goes in an export, and whether it is
-/// gzip-compressed there. The same mapping is used by `import`.
+/// gzip-compressed there (the component's kind decides). The same mapping
+/// is used by `import`.
 #[must_use]
 pub fn export_path(m: &Manifest, set_path: &str, component: &str) -> (String, bool) {
-    let file = set_path.rsplit('/').next().unwrap_or(set_path);
-    if let Some(name) = component.strip_prefix("postgres.") {
-        let safe = manifest::safe_file_name(name);
-        if file.ends_with(".dump") {
-            return (format!("database/{safe}.dump"), false);
-        }
-        return (format!("database/{safe}.{file}"), false);
-    }
-    if let Some(name) = component.strip_prefix("redis.") {
-        let several = m
-            .components
-            .keys()
-            .filter(|c| c.starts_with("redis."))
-            .count()
-            > 1;
-        if several {
-            return (
-                format!("redis/{}.rdb", manifest::safe_file_name(name)),
-                false,
-            );
-        }
-        return ("redis/dump.rdb".into(), false);
-    }
-    if component.starts_with("docker.image.") {
-        return (format!("{set_path}.gz"), true);
-    }
     if component == "legacy" && set_path == "MANIFEST.md" {
         return ("legacy/MANIFEST.md".into(), false);
     }
-    (set_path.to_string(), false)
+    match ComponentId::parse(component) {
+        Ok(id) => id.kind().export_path(m, &id, set_path),
+        Err(_) => (set_path.to_string(), false),
+    }
 }
 
 /// What `export` wrote.
@@ -236,17 +215,19 @@ fn write_all(
     // Directory trees: restored with owners and modes, then every file
     // hashed and checked against the set.
     for c in m.components.values() {
-        let (Component::DockerVolume(t) | Component::Path(t)) = c else {
+        let Some(tree) = c.kind().tree(c) else {
             continue;
         };
-        let target = dir.join(&t.path);
+        let target = dir.join(tree);
         std::fs::create_dir_all(&target).map_err(|e| Error::io("creating", &target, e))?;
-        let node = node_of(&t.path)?;
-        crate::restore::restore_node_into(repo, &node, &target).map_err(|m| Error::Repository {
-            location: location.clone(),
-            message: format!("{}: {m}", t.path),
+        let node = node_of(tree)?;
+        crate::components::tree::restore_node_into(repo, &node, &target).map_err(|m| {
+            Error::Repository {
+                location: location.clone(),
+                message: format!("{tree}: {m}"),
+            }
         })?;
-        let prefix = format!("{}/", t.path);
+        let prefix = format!("{tree}/");
         for (p, want) in set_sums.range(prefix.clone()..) {
             if !p.starts_with(&prefix) {
                 break;
@@ -302,75 +283,11 @@ fn export_markdown(m: &Manifest, set: &BackupSet, sums: &BTreeMap<String, String
         s,
         "This directory needs neither stack-backup nor restic. First check it:\n\n    sha256sum -c CHECKSUM.sha256\n\nThen restore what you need, as below (stop the application first).\nWith stack-backup, `stack-backup import DIR` stores it as a backup set again.\n"
     );
-    let path_of = |component: &str, set_path: &str| export_path(m, set_path, component).0;
+    let export_of = |component: &str, set_path: &str| export_path(m, set_path, component).0;
     for (name, c) in &m.components {
         let _ = writeln!(s, "## {name}\n");
-        match c {
-            Component::Postgres(p) => {
-                let dump = path_of(name, &p.dump);
-                if let Some(roles) = &p.roles {
-                    let _ = writeln!(
-                        s,
-                        "Roles first (as a superuser):\n\n    psql -h {} -p {} -U postgres -f {}\n",
-                        p.host,
-                        p.port,
-                        path_of(name, roles)
-                    );
-                }
-                let _ = writeln!(
-                    s,
-                    "PostgreSQL {} database `{}`. Into a new, empty database:\n\n    createdb -h {h} -p {port} -U {u} {db}\n    pg_restore --exit-on-error --no-owner -h {h} -p {port} -U {u} -d {db} {dump}\n\n(`pg_restore` {} or newer; check with `pg_restore --version`.) Expected row counts: {} tables recorded in stack-backup/manifest.json.\n",
-                    p.server_version,
-                    p.database,
-                    p.pg_dump_version,
-                    p.row_counts.len(),
-                    h = p.host,
-                    port = p.port,
-                    u = p.user,
-                    db = p.database,
-                );
-            }
-            Component::Redis(r) => {
-                let _ = writeln!(
-                    s,
-                    "Redis {} ({} keys at backup time). Stop Redis, copy the file over its RDB\n(`redis-cli CONFIG GET dir` and `CONFIG GET dbfilename` tell where), turn AOF off\nor it wins over the RDB, and start Redis:\n\n    cp {} /var/lib/redis/dump.rdb\n",
-                    r.version,
-                    r.keys,
-                    path_of(name, &r.rdb)
-                );
-            }
-            Component::DockerImage(i) => {
-                let _ = writeln!(
-                    s,
-                    "Image `{}`, ID `{}`:\n\n    gunzip -c {} | docker load\n",
-                    i.reference,
-                    i.id,
-                    path_of(name, &i.archive)
-                );
-            }
-            Component::DockerVolume(t) => {
-                let _ = writeln!(
-                    s,
-                    "Volume `{}` ({} files). Stop the containers using it, then:\n\n    docker volume create {}\n    cp -a {}/. \"$(docker volume inspect -f '{{{{.Mountpoint}}}}' {})\"/\n",
-                    t.source, t.files, t.source, t.path, t.source
-                );
-            }
-            Component::Path(t) => {
-                let _ = writeln!(
-                    s,
-                    "Directory `{}` ({} files):\n\n    rsync -a --delete {}/ {}/\n",
-                    t.source, t.files, t.path, t.source
-                );
-            }
-            Component::Git(g) => {
-                let commit = m.git.as_ref().map_or("?", |h| h.commit.as_str());
-                let _ = writeln!(
-                    s,
-                    "The code at `{}` was at commit {commit} (git/HEAD_COMMIT):\n\n    git -C {} checkout {commit}\n",
-                    g.path, g.path
-                );
-            }
-        }
+        let path_of = |set_path: &str| export_of(name.as_str(), set_path);
+        let _ = writeln!(s, "{}", c.kind().export_howto(m, c, &path_of));
     }
     if let Some(i) = &m.imported {
         if i.layout == "legacy" {

@@ -22,7 +22,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The component name of a `[postgres.NAME]` table.
 #[must_use]
 pub fn component(name: &str) -> String {
-    format!("postgres.{name}")
+    crate::components::ComponentId::new(&super::Postgres, name).to_string()
 }
 
 /// The connection parameters of a config entry, password included.
@@ -47,18 +47,21 @@ pub fn client_config(name: &str, cfg: &PostgresConfig) -> Result<postgres::Confi
 }
 
 /// Connects to the database of a config entry.
+/// A database that does not exist is [`Error::is_missing`].
 pub fn connect(name: &str, cfg: &PostgresConfig) -> Result<postgres::Client> {
     client_config(name, cfg)?
         .connect(postgres::NoTls)
         .map_err(|e| {
-            Error::component(
-                component(name),
-                format!(
-                    "cannot connect to {}: {}",
-                    cfg.url.redacted(),
-                    error_text(&e)
-                ),
-            )
+            let message = format!(
+                "cannot connect to {}: {}",
+                cfg.url.redacted(),
+                error_text(&e)
+            );
+            if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                Error::missing(component(name), message)
+            } else {
+                Error::component(component(name), message)
+            }
         })
 }
 
@@ -492,7 +495,7 @@ pub struct DumpPlan {
     /// Files of the backup set.
     pub entries: Vec<crate::source::Entry>,
     /// The manifest record.
-    pub record: crate::manifest::PostgresRecord,
+    pub record: super::PostgresRecord,
     /// Keeps the snapshot alive until the backup has read the dump.
     pub session: postgres::Client,
     /// Counts rows and reads migration state in the same snapshot, on a
@@ -626,7 +629,7 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
     };
     Ok(DumpPlan {
         entries,
-        record: crate::manifest::PostgresRecord {
+        record: super::PostgresRecord {
             database,
             host,
             port,

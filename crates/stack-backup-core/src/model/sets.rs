@@ -10,15 +10,8 @@ use serde::{Deserialize, Serialize};
 use rustic_core::repofile::SnapshotFile;
 
 use crate::error::{Error, Result};
+use crate::tags::SetTags;
 use crate::tiers::Tier;
-
-/// The tag every stack-backup snapshot carries.
-pub const MARKER_TAG: &str = "stack-backup";
-
-/// The extra tag of a set that is written but not yet verified (an
-/// immaculate being created): such a snapshot is not a backup set yet, and
-/// one left by a killed run is removed by the next backup.
-pub const UNVERIFIED_TAG: &str = "stack-backup-unverified";
 
 /// The summary stored in a snapshot's description.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,34 +60,28 @@ impl BackupSet {
     /// stack-backup did not write.
     #[must_use]
     pub fn from_snapshot(snap: &SnapshotFile) -> Option<Self> {
-        if snap.tags.contains(UNVERIFIED_TAG) {
-            return None;
-        }
-        Self::from_snapshot_any(snap)
+        Self::from_snapshot_any(snap).filter(|_| SetTags::of(snap).is_some_and(|t| t.is_set()))
     }
 
     /// [`Self::from_snapshot`], also for a set not yet verified.
     #[must_use]
     pub fn from_snapshot_any(snap: &SnapshotFile) -> Option<Self> {
-        let tags: Vec<String> = snap.tags.iter().cloned().collect();
-        if !tags.iter().any(|t| t == MARKER_TAG) {
+        let SetTags::Set {
+            stack, tier, name, ..
+        } = SetTags::of(snap)?
+        else {
             return None;
-        }
-        let value = |prefix: &str| {
-            tags.iter()
-                .find_map(|t| t.strip_prefix(prefix).map(str::to_string))
         };
-        let tier = value("tier:")?.parse().ok()?;
         let summary: Summary = snap
             .description
             .as_deref()
             .and_then(|d| serde_json::from_str(d).ok())
             .unwrap_or_default();
         Some(Self {
-            name: value("name:").unwrap_or_else(|| snap.id.to_hex().to_string()),
+            name,
             id: snap.id.to_hex().to_string(),
             tier,
-            stack: value("stack:").unwrap_or_default(),
+            stack,
             time: snap.time.timestamp().to_string(),
             git_commit: summary.git_commit.clone(),
             components: summary.components.clone(),
@@ -135,7 +122,14 @@ pub fn find<S: rustic_core::Open>(
     stack: &str,
     wanted: &str,
 ) -> Result<(BackupSet, SnapshotFile)> {
-    let mut sets = list(repo, stack)?;
+    find_in(list(repo, stack)?, wanted)
+}
+
+/// [`find`] among `sets` (oldest first).
+pub fn find_in(
+    mut sets: Vec<(BackupSet, SnapshotFile)>,
+    wanted: &str,
+) -> Result<(BackupSet, SnapshotFile)> {
     if wanted == "latest" {
         return sets.pop().ok_or_else(|| Error::NotFound("latest".into()));
     }
@@ -180,4 +174,76 @@ pub fn read_file<S: rustic_core::IndexedFull>(
     let mut out = Vec::new();
     repo.dump(&node, &mut out).map_err(err)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tags::SetTags;
+
+    fn snap(name: &str, tier: Tier, id_byte: u8, hour: i8) -> SnapshotFile {
+        let mut bytes = [0u8; 32];
+        bytes[0] = id_byte;
+        bytes[1] = 0xab;
+        SnapshotFile {
+            time: jiff::civil::date(2026, 1, 1)
+                .at(hour, 0, 0, 0)
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .unwrap(),
+            tags: SetTags::set("shop", tier, name).to_list(),
+            id: rustic_core::repofile::SnapshotId::from(rustic_core::Id::new(bytes)),
+            ..SnapshotFile::default()
+        }
+    }
+
+    fn sets() -> Vec<(BackupSet, SnapshotFile)> {
+        let mut held = snap("held", Tier::Immaculate, 0x13, 3);
+        held.tags = SetTags::set("shop", Tier::Immaculate, "held")
+            .verified(false)
+            .to_list();
+        assert!(
+            BackupSet::from_snapshot(&held).is_none(),
+            "unverified is no set"
+        );
+        assert!(BackupSet::from_snapshot_any(&held).is_some());
+        [
+            snap("one", Tier::Backups, 0x11, 1),
+            snap("two", Tier::Data, 0x12, 2),
+            snap("sacred/v1", Tier::Sacred, 0x21, 4),
+        ]
+        .into_iter()
+        .map(|s| (BackupSet::from_snapshot(&s).unwrap(), s))
+        .collect()
+    }
+
+    #[test]
+    fn sets_are_found_by_name_latest_or_a_unique_id_prefix() {
+        let name = |w: &str| find_in(sets(), w).map(|(b, _)| b.name);
+        assert_eq!(name("two").unwrap(), "two");
+        assert_eq!(name("sacred/v1").unwrap(), "sacred/v1");
+        assert_eq!(name("latest").unwrap(), "sacred/v1");
+        assert_eq!(name("12ab").unwrap(), "two");
+        // Three digits are never an id prefix; `1` prefixes two sets.
+        assert!(matches!(name("12a"), Err(Error::NotFound(_))));
+        assert!(matches!(name("1"), Err(Error::NotFound(_))));
+        let ambiguous = find_in(
+            vec![
+                (
+                    BackupSet::from_snapshot(&snap("a", Tier::Backups, 0x11, 1)).unwrap(),
+                    snap("a", Tier::Backups, 0x11, 1),
+                ),
+                (
+                    BackupSet::from_snapshot(&snap("b", Tier::Backups, 0x11, 2)).unwrap(),
+                    snap("b", Tier::Backups, 0x11, 2),
+                ),
+            ],
+            "11ab",
+        );
+        assert!(matches!(ambiguous, Err(Error::Refused(m)) if m.contains("matches 2")));
+        assert!(matches!(name("nope"), Err(Error::NotFound(n)) if n == "nope"));
+        assert!(matches!(
+            find_in(Vec::new(), "latest"),
+            Err(Error::NotFound(_))
+        ));
+    }
 }

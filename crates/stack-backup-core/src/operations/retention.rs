@@ -134,7 +134,6 @@ mod tests {
     use jiff::civil::date;
     use jiff::tz::TimeZone;
     use rustic_core::repofile::{DeleteOption, SnapshotFile};
-    use rustic_core::StringList;
 
     use super::*;
     use crate::config::KeepPolicy;
@@ -154,9 +153,7 @@ mod tests {
                 .unwrap()
                 .checked_add(jiff::Span::new().hours(hours))
                 .unwrap(),
-            tags: format!("stack-backup,stack:shop,{},name:{name}", tier.tag())
-                .parse::<StringList>()
-                .unwrap(),
+            tags: crate::tags::SetTags::set("shop", tier, name).to_list(),
             delete: if tier.prunable() {
                 DeleteOption::NotSet
             } else {

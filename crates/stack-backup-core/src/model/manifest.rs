@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::components::ComponentId;
 use crate::git::GitHead;
 use crate::tiers::Tier;
 
@@ -51,8 +52,8 @@ pub struct Manifest {
     /// git state, when `[git]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitHead>,
-    /// Every component, by name (`postgres.main`, `docker.image.web:latest`…).
-    pub components: BTreeMap<String, Component>,
+    /// Every component, by id (`postgres.main`, `docker.image.web:latest`…).
+    pub components: BTreeMap<ComponentId, Component>,
     /// Every single-file artifact (dumps, image tars, RDB files, generated
     /// files) with size and SHA-256. Files of directory trees (volumes,
     /// paths) are listed in `CHECKSUM.sha256` only.
@@ -96,24 +97,6 @@ pub struct ArtifactRecord {
     pub reused: bool,
 }
 
-/// What one component holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Component {
-    /// A PostgreSQL database.
-    Postgres(PostgresRecord),
-    /// A Redis instance.
-    Redis(RedisRecord),
-    /// A Docker image.
-    DockerImage(ImageRecord),
-    /// A Docker volume.
-    DockerVolume(TreeRecord),
-    /// git state.
-    Git(GitRecord),
-    /// A plain directory.
-    Path(TreeRecord),
-}
-
 /// A migration tool's applied state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MigrationState {
@@ -125,95 +108,13 @@ pub struct MigrationState {
     pub applied: Vec<String>,
 }
 
-/// `postgres.NAME`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PostgresRecord {
-    /// Database name.
-    pub database: String,
-    /// Host (as configured; `container:<name>` when dumped in a container).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Role used.
-    pub user: String,
-    /// `SHOW server_version`.
-    pub server_version: String,
-    /// Server major version.
-    pub server_major: u32,
-    /// `pg_dump --version` of the tool used.
-    pub pg_dump_version: String,
-    /// The dump: custom format, compression off.
-    pub dump: String,
-    /// Roles file (`pg_dumpall --globals-only`), when taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles: Option<String>,
-    /// Why roles were not taken, or were taken without passwords.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roles_note: Option<String>,
-    /// Applied migrations per tool found.
-    pub migrations: Vec<MigrationState>,
-    /// Exact row count of every table (`schema.table`), in the dump's snapshot.
-    pub row_counts: BTreeMap<String, i64>,
-}
-
-/// `redis.NAME`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RedisRecord {
-    /// URL, password redacted.
-    pub url: String,
-    /// `redis_version`.
-    pub version: String,
-    /// `cache` or `data`.
-    pub role: String,
-    /// The RDB file in the set.
-    pub rdb: String,
-    /// Keys in the configured database at backup time.
-    pub keys: u64,
-    /// `LASTSAVE` of the save that produced the RDB (unix seconds).
-    pub lastsave: i64,
-}
-
-/// `docker.image.REF`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImageRecord {
-    /// The reference configured.
-    pub reference: String,
-    /// Image ID (`sha256:…`): the identity.
-    pub id: String,
-    /// Repo digests known to the engine.
-    pub repo_digests: Vec<String>,
-    /// Tags pointing at it.
-    pub tags: Vec<String>,
-    /// The `docker save` tar in the set.
-    pub archive: String,
-    /// True when the tar was reused from the parent set (same image ID).
-    pub reused: bool,
-}
-
-/// A directory tree (volume or path).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TreeRecord {
-    /// Volume name or directory on the host.
-    pub source: String,
-    /// Where it is in the set.
-    pub path: String,
-    /// Regular files.
-    pub files: u64,
-    /// Bytes in regular files.
-    pub bytes: u64,
-    /// Containers stopped while it was copied.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stopped_containers: Vec<String>,
-}
-
-/// `git`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GitRecord {
-    /// Working tree.
-    pub path: String,
-    /// Files in the set.
-    pub files: Vec<String>,
-}
+pub use crate::components::docker::ImageRecord;
+pub use crate::components::git::GitRecord;
+pub use crate::components::postgres::PostgresRecord;
+pub use crate::components::redis::RedisRecord;
+pub use crate::components::tree::TreeRecord;
+/// What one component holds: the record of its kind.
+pub use crate::components::Record as Component;
 
 /// A name made safe for a file in a backup set: letters, digits, `-`, `_`
 /// and `.` are kept, anything else (`/`, `:`, `@`, spaces) becomes `_`.
@@ -332,45 +233,7 @@ impl Manifest {
         let _ = writeln!(s, "## Components\n");
         let _ = writeln!(s, "| component | what | details |\n| --- | --- | --- |");
         for (name, c) in &self.components {
-            let (what, details) = match c {
-                Component::Postgres(p) => (
-                    format!("database `{}` on {}:{}", p.database, p.host, p.port),
-                    format!(
-                        "PostgreSQL {} (pg_dump {}); {} tables; migrations: {}",
-                        p.server_version,
-                        p.pg_dump_version,
-                        p.row_counts.len(),
-                        if p.migrations.is_empty() {
-                            "none found".to_string()
-                        } else {
-                            p.migrations
-                                .iter()
-                                .map(|m| {
-                                    format!(
-                                        "{} {}",
-                                        m.tool,
-                                        m.applied.last().map_or("-", String::as_str)
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    ),
-                ),
-                Component::Redis(r) => (
-                    format!("Redis at {}", r.url),
-                    format!("Redis {}, role {}, {} keys", r.version, r.role, r.keys),
-                ),
-                Component::DockerImage(i) => (
-                    format!("image `{}`", i.reference),
-                    format!("ID {}{}", i.id, if i.reused { " (reused)" } else { "" }),
-                ),
-                Component::DockerVolume(t) | Component::Path(t) => (
-                    format!("`{}`", t.source),
-                    format!("{} files, {}", t.files, human(t.bytes)),
-                ),
-                Component::Git(g) => (format!("git tree `{}`", g.path), g.files.join(", ")),
-            };
+            let (what, details) = c.kind().describe(c);
             let _ = writeln!(s, "| {name} | {what} | {details} |");
         }
         let _ = writeln!(s, "\n## Artifacts\n");

@@ -14,6 +14,16 @@ pub struct Engine {
     pub api_version: String,
 }
 
+/// The component id of an image reference, for errors.
+fn image_component(reference: &str) -> String {
+    crate::components::ComponentId::new(&super::Image, reference).to_string()
+}
+
+/// The component id of a volume, for errors.
+fn volume_component(volume: &str) -> String {
+    crate::components::ComponentId::new(&super::Volume, volume).to_string()
+}
+
 fn docker(component: &str, args: &[&str]) -> Result<String> {
     process::output(component, "docker", args)
 }
@@ -38,7 +48,7 @@ pub fn engine() -> Result<Engine> {
 /// The image ID (`sha256:…`) of an image reference.
 pub fn image_id(reference: &str) -> Result<String> {
     docker(
-        &format!("docker.image.{reference}"),
+        &image_component(reference),
         &["image", "inspect", "--format", "{{.Id}}", reference],
     )
 }
@@ -46,7 +56,7 @@ pub fn image_id(reference: &str) -> Result<String> {
 /// Checks that a named volume exists; returns its mount point.
 pub fn volume_mountpoint(name: &str) -> Result<String> {
     docker(
-        &format!("docker.volume.{name}"),
+        &volume_component(name),
         &["volume", "inspect", "--format", "{{.Mountpoint}}", name],
     )
 }
@@ -70,7 +80,7 @@ pub struct ImageInfo {
 
 /// Inspects an image.
 pub fn image_info(reference: &str) -> Result<ImageInfo> {
-    let comp = format!("docker.image.{reference}");
+    let comp = image_component(reference);
     let out = docker(
         &comp,
         &["image", "inspect", "--format", "{{json .}}", reference],
@@ -107,7 +117,7 @@ pub fn save_stream(reference: &str) -> crate::source::StreamSpec {
 /// Names of running containers that mount a volume.
 pub fn volume_users(volume: &str) -> Result<Vec<String>> {
     let out = docker(
-        &format!("docker.volume.{volume}"),
+        &volume_component(volume),
         &[
             "ps",
             "--filter",

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustic_core::{ProgressBars, StringList};
+use rustic_core::ProgressBars;
 use serde::Serialize;
 
 use crate::backup::{self, Request};
@@ -19,7 +19,8 @@ use crate::git;
 use crate::ledger::Observer;
 use crate::lock::RepoLock;
 use crate::repository::{self, Location};
-use crate::sets::{self, BackupSet, Summary, MARKER_TAG};
+use crate::sets::{self, BackupSet, Summary};
+use crate::tags::SetTags;
 use crate::tiers::Tier;
 
 /// What `sacred` did.
@@ -87,12 +88,7 @@ pub fn pin<P: ProgressBars>(
                 }
             }
             let mut pinned = snap.clone();
-            pinned.tags = format!(
-                "{MARKER_TAG},stack:{stack},{},name:{full}",
-                Tier::Sacred.tag()
-            )
-            .parse::<StringList>()
-            .map_err(|e| Error::Usage(format!("sacred name: {e}")))?;
+            pinned.tags = SetTags::set(&stack, Tier::Sacred, &full).to_list();
             let mut summary: Summary = orig.summary.clone();
             summary.pinned_from = Some(orig.name.clone());
             summary.verified = None;

@@ -21,17 +21,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustic_core::repofile::SnapshotFile;
-use rustic_core::{BackupOptions, ParentOptions, SnapshotOptions, StringList};
+use rustic_core::{BackupOptions, ParentOptions, SnapshotOptions};
 use serde::Serialize;
 
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::{sha256_hex, Ledger, Outcome};
 use crate::lock::RepoLock;
-use crate::manifest::{self, ArtifactRecord, Component, Imported, Manifest};
+use crate::manifest::{self, ArtifactRecord, Imported, Manifest};
 use crate::repository::{self, Location};
-use crate::sets::{self, BackupSet, Summary, MARKER_TAG};
+use crate::sets::{self, BackupSet, Summary};
 use crate::source::{Artifact, Content, Entry, StackSource};
+use crate::tags::SetTags;
 use crate::tiers::Tier;
 use crate::verify;
 
@@ -172,125 +173,25 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
         original_name: original,
     };
 
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut expected: BTreeMap<String, String> = BTreeMap::new(); // set path → sha256
-    let (m, mut checksums, layout) = match exported {
-        Some(mut m) => {
-            let set_sums_path = dir.join(manifest::CHECKSUM_PATH);
-            let set_sums = manifest::parse_checksums(
-                &std::fs::read_to_string(&set_sums_path)
-                    .map_err(|e| Error::io("reading", &set_sums_path, e))?,
-            );
-            for a in &m.artifacts {
-                let (out, gz) = crate::export::export_path(&m, &a.path, &a.component);
-                if !sums.contains_key(&out) {
-                    return Err(Error::Verification(format!(
-                        "{out} (artifact {}) is missing from the directory or from CHECKSUM.sha256",
-                        a.path
-                    )));
-                }
-                let p = dir.join(&out);
-                entries.push(Entry::File(Artifact {
-                    path: a.path.clone(),
-                    component: a.component.clone(),
-                    content: if gz {
-                        Content::Gunzip(p)
-                    } else {
-                        Content::LocalFile(p)
-                    },
-                    reuse_meta: None,
-                }));
-                expected.insert(a.path.clone(), a.sha256.clone());
-            }
-            for (c, rec) in &m.components {
-                if let Component::DockerVolume(t) | Component::Path(t) = rec {
-                    let prefix = format!("{}/", t.path);
-                    if let Some(u) = unlisted.iter().find(|u| u.starts_with(&prefix)) {
-                        return Err(Error::Verification(format!(
-                            "{u} (in {c}) is not listed in CHECKSUM.sha256; refused"
-                        )));
-                    }
-                    entries.push(Entry::Tree {
-                        component: c.clone(),
-                        root: dir.join(&t.path),
-                        target: t.path.clone(),
-                    });
-                }
-            }
-            let original = m.name.clone();
-            m.name.clone_from(&name);
-            m.tier = Tier::Backups;
-            m.restore_command = format!("stack-backup restore {name}");
-            m.imported = Some(imported("export", Some(original)));
-            let mut checksums: BTreeMap<String, String> = set_sums
-                .into_iter()
-                .filter(|(p, _)| {
-                    !matches!(
-                        p.as_str(),
-                        manifest::JSON_PATH | manifest::MD_PATH | manifest::CONFIG_PATH
-                    )
-                })
-                .collect();
-            let cfg_path = dir.join(manifest::CONFIG_PATH);
-            let toml = std::fs::read(&cfg_path).unwrap_or_default();
-            checksums.insert(manifest::CONFIG_PATH.into(), sha256_hex(&toml));
-            entries.push(bytes_entry(manifest::CONFIG_PATH, toml));
-            (m, checksums, "export")
-        }
-        None => {
-            let mut artifacts = Vec::new();
-            for (p, sha) in &sums {
-                let size = std::fs::metadata(dir.join(p)).map_or(0, |m| m.len());
-                entries.push(Entry::File(Artifact {
-                    path: p.clone(),
-                    component: "legacy".into(),
-                    content: Content::LocalFile(dir.join(p)),
-                    reuse_meta: None,
-                }));
-                expected.insert(p.clone(), sha.clone());
-                artifacts.push(ArtifactRecord {
-                    path: p.clone(),
-                    component: "legacy".into(),
-                    size,
-                    sha256: sha.clone(),
-                    reused: false,
-                });
-            }
-            let commit = std::fs::read_to_string(dir.join("git/HEAD_COMMIT"))
-                .ok()
-                .map(|c| c.trim().to_string())
-                .filter(|c| c.len() >= 7 && c.chars().all(|x| x.is_ascii_hexdigit()));
-            let m = Manifest {
-                schema: manifest::SCHEMA,
-                tool: format!("stack-backup {}", env!("CARGO_PKG_VERSION")),
-                stack: stack.clone(),
-                name: name.clone(),
-                tier: Tier::Backups,
-                created: std::fs::metadata(&sum_path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| jiff::Timestamp::try_from(t).ok())
-                    .unwrap_or(now)
-                    .to_string(),
-                host: String::new(),
-                parent: None,
-                git: commit.map(|commit| crate::git::GitHead {
-                    commit,
-                    branch: None,
-                    dirty: false,
-                    untracked: 0,
-                    status: String::new(),
-                }),
-                components: BTreeMap::new(),
-                artifacts,
-                restore_command: format!(
-                    "stack-backup export {name} DIR, then follow DIR/legacy/MANIFEST.md"
-                ),
-                imported: Some(imported("legacy", None)),
-            };
-            (m, sums.clone(), "legacy")
-        }
+    let staged = match exported {
+        Some(m) => from_export(dir, m, &sums, &unlisted, &name, imported("export", None))?,
+        None => from_legacy(
+            dir,
+            &sums,
+            &sum_path,
+            &stack,
+            &name,
+            now,
+            imported("legacy", None),
+        ),
     };
+    let Staged {
+        manifest: m,
+        mut checksums,
+        mut entries,
+        expected,
+        layout,
+    } = staged;
     let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(format!("manifest: {e}")))?;
     let md = m.to_markdown().into_bytes();
     checksums.insert(manifest::JSON_PATH.into(), sha256_hex(&json));
@@ -315,7 +216,7 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
     let mut opts = BackupOptions::default();
     opts.parent_opts = ParentOptions::default().force(true);
     let snap = SnapshotOptions::default()
-        .add_tags(&format!("{},stack:{stack}", crate::backup::INCOMPLETE_TAG))
+        .add_tags(&SetTags::incomplete(&stack).to_vec().join(","))
         .and_then(|o| o.to_snapshot())
         .and_then(|s| repo.archive(&opts, &source, s, &[PathBuf::from("/")]))
         .map_err(|e| repo_err("storing the directory", e))?;
@@ -349,17 +250,12 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
         )));
     }
     let summary = Summary {
-        components: m.components.keys().cloned().collect(),
+        components: m.components.keys().map(ToString::to_string).collect(),
         git_commit: m.git.as_ref().map(|g| g.commit.clone()),
         ..Summary::default()
     };
     let mut done: SnapshotFile = snap.clone();
-    done.tags = format!(
-        "{MARKER_TAG},stack:{stack},{},name:{name}",
-        Tier::Backups.tag()
-    )
-    .parse::<StringList>()
-    .map_err(|e| Error::Usage(format!("--name: {e}")))?;
+    done.tags = SetTags::set(&stack, Tier::Backups, &name).to_list();
     done.description = Some(serde_json::to_string(&summary).unwrap_or_default());
     done.label.clone_from(&name);
     repo.save_snapshots(vec![done])
@@ -382,4 +278,170 @@ fn bytes_entry(path: &str, b: Vec<u8>) -> Entry {
         content: Content::Bytes(Arc::new(b)),
         reuse_meta: None,
     })
+}
+
+/// What an import stores: the set's manifest and checksums, the entries to
+/// archive, and the SHA-256 each stored file must have.
+struct Staged {
+    manifest: Manifest,
+    checksums: BTreeMap<String, String>,
+    entries: Vec<Entry>,
+    /// Set path → SHA-256.
+    expected: BTreeMap<String, String>,
+    layout: &'static str,
+}
+
+/// A directory `export` wrote: the original artifacts under their export
+/// paths (the component kinds map them back), trees as directories. Its
+/// manifest is input: ids must agree with their records.
+fn from_export(
+    dir: &Path,
+    mut m: Manifest,
+    sums: &BTreeMap<String, String>,
+    unlisted: &[String],
+    name: &str,
+    mut imported: Imported,
+) -> Result<Staged> {
+    crate::components::check_manifest(&m)
+        .map_err(|e| Error::Verification(format!("{}: {e}; refused", manifest::JSON_PATH)))?;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let set_sums_path = dir.join(manifest::CHECKSUM_PATH);
+    let set_sums = manifest::parse_checksums(
+        &std::fs::read_to_string(&set_sums_path)
+            .map_err(|e| Error::io("reading", &set_sums_path, e))?,
+    );
+    for a in &m.artifacts {
+        let (out, gz) = crate::export::export_path(&m, &a.path, &a.component);
+        if !sums.contains_key(&out) {
+            return Err(Error::Verification(format!(
+                "{out} (artifact {}) is missing from the directory or from CHECKSUM.sha256",
+                a.path
+            )));
+        }
+        let p = dir.join(&out);
+        entries.push(Entry::File(Artifact {
+            path: a.path.clone(),
+            component: a.component.clone(),
+            content: if gz {
+                Content::Gunzip(p)
+            } else {
+                Content::LocalFile(p)
+            },
+            reuse_meta: None,
+        }));
+        expected.insert(a.path.clone(), a.sha256.clone());
+    }
+    for (c, rec) in &m.components {
+        if let Some(tree) = rec.kind().tree(rec) {
+            let prefix = format!("{tree}/");
+            if let Some(u) = unlisted.iter().find(|u| u.starts_with(&prefix)) {
+                return Err(Error::Verification(format!(
+                    "{u} (in {c}) is not listed in CHECKSUM.sha256; refused"
+                )));
+            }
+            entries.push(Entry::Tree {
+                component: c.to_string(),
+                root: dir.join(tree),
+                target: tree.to_string(),
+            });
+        }
+    }
+    let original = m.name.clone();
+    m.name = name.to_string();
+    m.tier = Tier::Backups;
+    m.restore_command = format!("stack-backup restore {name}");
+    imported.original_name = Some(original);
+    m.imported = Some(imported);
+    let mut checksums: BTreeMap<String, String> = set_sums
+        .into_iter()
+        .filter(|(p, _)| {
+            !matches!(
+                p.as_str(),
+                manifest::JSON_PATH | manifest::MD_PATH | manifest::CONFIG_PATH
+            )
+        })
+        .collect();
+    let cfg_path = dir.join(manifest::CONFIG_PATH);
+    let toml = std::fs::read(&cfg_path).unwrap_or_default();
+    checksums.insert(manifest::CONFIG_PATH.into(), sha256_hex(&toml));
+    entries.push(bytes_entry(manifest::CONFIG_PATH, toml));
+    Ok(Staged {
+        manifest: m,
+        checksums,
+        entries,
+        expected,
+        layout: "export",
+    })
+}
+
+/// A shell-script backup directory: stored file by file, restored by hand.
+fn from_legacy(
+    dir: &Path,
+    sums: &BTreeMap<String, String>,
+    sum_path: &Path,
+    stack: &str,
+    name: &str,
+    now: jiff::Timestamp,
+    imported: Imported,
+) -> Staged {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut artifacts = Vec::new();
+    for (p, sha) in sums {
+        let size = std::fs::metadata(dir.join(p)).map_or(0, |m| m.len());
+        entries.push(Entry::File(Artifact {
+            path: p.clone(),
+            component: "legacy".into(),
+            content: Content::LocalFile(dir.join(p)),
+            reuse_meta: None,
+        }));
+        expected.insert(p.clone(), sha.clone());
+        artifacts.push(ArtifactRecord {
+            path: p.clone(),
+            component: "legacy".into(),
+            size,
+            sha256: sha.clone(),
+            reused: false,
+        });
+    }
+    let commit = std::fs::read_to_string(dir.join("git/HEAD_COMMIT"))
+        .ok()
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.len() >= 7 && c.chars().all(|x| x.is_ascii_hexdigit()));
+    let m = Manifest {
+        schema: manifest::SCHEMA,
+        tool: format!("stack-backup {}", env!("CARGO_PKG_VERSION")),
+        stack: stack.to_string(),
+        name: name.to_string(),
+        tier: Tier::Backups,
+        created: std::fs::metadata(sum_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok())
+            .unwrap_or(now)
+            .to_string(),
+        host: String::new(),
+        parent: None,
+        git: commit.map(|commit| crate::git::GitHead {
+            commit,
+            branch: None,
+            dirty: false,
+            untracked: 0,
+            status: String::new(),
+        }),
+        components: BTreeMap::new(),
+        artifacts,
+        restore_command: format!(
+            "stack-backup export {name} DIR, then follow DIR/legacy/MANIFEST.md"
+        ),
+        imported: Some(imported),
+    };
+    Staged {
+        manifest: m,
+        checksums: sums.clone(),
+        entries,
+        expected,
+        layout: "legacy",
+    }
 }

@@ -1,0 +1,225 @@
+//! `docker.image.REF`: an image, identified by its ID (the tag alone is not
+//! identity), saved with `docker save`. An image whose ID is already in the
+//! parent set is not saved again.
+
+use serde::{Deserialize, Serialize};
+
+use super::engine;
+use crate::components::restoring::{Applied, Lane, Restore, Restorer, SetContext, UndoContext};
+use crate::components::{
+    wrong_record, Archived, BackupContext, ComponentId, DiskNeeds, Kind, Planned, Record,
+    RestoreOptions, Stack,
+};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::source::{Artifact, Content, Entry};
+
+/// `docker.image.REF`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The reference configured.
+    pub reference: String,
+    /// Image ID (`sha256:…`): the identity.
+    pub id: String,
+    /// Repo digests known to the engine.
+    pub repo_digests: Vec<String>,
+    /// Tags pointing at it.
+    pub tags: Vec<String>,
+    /// The `docker save` tar in the set.
+    pub archive: String,
+    /// True when the tar was reused from the parent set (same image ID).
+    pub reused: bool,
+}
+
+/// The kind `docker.image`.
+pub struct Image;
+
+/// The first 12 hex digits of an image ID.
+fn short(id: &str) -> &str {
+    let id = id.trim_start_matches("sha256:");
+    &id[..id.len().min(12)]
+}
+
+impl Kind for Image {
+    fn prefix(&self) -> &'static str {
+        "docker.image"
+    }
+
+    fn configured(&self, stack: &Stack) -> Vec<String> {
+        stack.images.clone()
+    }
+
+    fn doctor(&self, _stack: &Stack, id: &ComponentId) -> Result<String> {
+        engine::image_id(id.name()).map(|i| format!("present, ID {i}"))
+    }
+
+    fn plan_backup(&self, _ctx: &BackupContext, id: &ComponentId) -> Result<Option<Planned>> {
+        let reference = id.name();
+        let info = engine::image_info(reference).map_err(Error::into_missing)?;
+        let path = engine::image_artifact(reference);
+        let entry = Entry::File(Artifact {
+            path: path.clone(),
+            component: id.to_string(),
+            content: Content::Stream(engine::save_stream(reference)),
+            reuse_meta: None,
+        });
+        let record = ImageRecord {
+            reference: reference.to_string(),
+            id: info.id,
+            repo_digests: info.repo_digests.unwrap_or_default(),
+            tags: info.repo_tags.unwrap_or_default(),
+            reused: false,
+            archive: path,
+        };
+        Ok(Some(Planned::new(
+            Record::DockerImage(record),
+            vec![entry],
+            info.size,
+        )))
+    }
+
+    fn same_content(&self, new: &Record, old: &Record) -> bool {
+        matches!((new, old), (Record::DockerImage(n), Record::DockerImage(o))
+            if n.id == o.id && n.archive == o.archive)
+    }
+
+    fn archived(&self, record: &mut Record, measured: &Archived) {
+        if let Record::DockerImage(i) = record {
+            i.reused = measured.reused;
+        }
+    }
+
+    fn restorer(
+        &self,
+        _cfg: &Config,
+        _opts: &RestoreOptions,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Restore> {
+        let Record::DockerImage(record) = r else {
+            return Err(wrong_record(id));
+        };
+        Ok(Restore::Into(Box::new(ImageRestorer {
+            id: id.clone(),
+            record: record.clone(),
+            reference: record.reference.clone(),
+        })))
+    }
+
+    fn describe(&self, r: &Record) -> (String, String) {
+        let Record::DockerImage(i) = r else {
+            return (String::new(), String::new());
+        };
+        (
+            format!("image `{}`", i.reference),
+            format!("ID {}{}", i.id, if i.reused { " (reused)" } else { "" }),
+        )
+    }
+
+    fn export_path(&self, _m: &Manifest, _id: &ComponentId, set_path: &str) -> (String, bool) {
+        (format!("{set_path}.gz"), true)
+    }
+
+    fn export_howto(&self, _m: &Manifest, r: &Record, path_of: &dyn Fn(&str) -> String) -> String {
+        let Record::DockerImage(i) = r else {
+            return String::new();
+        };
+        format!(
+            "Image `{}`, ID `{}`:\n\n    gunzip -c {} | docker load\n",
+            i.reference,
+            i.id,
+            path_of(&i.archive)
+        )
+    }
+}
+
+/// An image of the set, loaded unless its ID is present and tagged as
+/// `reference` (the configured one, or a drill tag).
+pub struct ImageRestorer {
+    id: ComponentId,
+    record: ImageRecord,
+    reference: String,
+}
+
+impl ImageRestorer {
+    /// Loads the image of `record` and tags it `reference`.
+    #[must_use]
+    pub fn new(id: ComponentId, record: ImageRecord, reference: &str) -> Self {
+        Self {
+            id,
+            record,
+            reference: reference.to_string(),
+        }
+    }
+}
+
+impl Restorer for ImageRestorer {
+    fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    fn action(&self) -> String {
+        format!(
+            "load image `{}` (ID {}) unless present, and tag it",
+            self.reference,
+            short(&self.record.id)
+        )
+    }
+
+    fn lane(&self) -> Lane {
+        Lane::Images
+    }
+
+    fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
+        Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
+    }
+
+    fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
+        let old_id = engine::image_id(&self.reference).ok();
+        if engine::image_id(&self.record.id).is_err() {
+            let mut cmd = std::process::Command::new("docker");
+            cmd.args(["load", "--quiet"]);
+            set.pipe_into(&self.id, &self.record.archive, cmd, "docker load")?;
+        }
+        crate::process::output(
+            self.id.as_str(),
+            "docker",
+            &["tag", &self.record.id, &self.reference],
+        )?;
+        Ok(Box::new(Tagged {
+            reference: self.reference.clone(),
+            old_id,
+        }))
+    }
+
+    fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
+        let id = engine::image_id(&self.reference)?;
+        if id != self.record.id {
+            return Err(Error::Verification(format!(
+                "{}: {} is {id}, expected {}",
+                self.id, self.reference, self.record.id
+            )));
+        }
+        Ok(Some(format!("{}: ID {}", self.id, short(&id))))
+    }
+}
+
+/// An image loaded/tagged; `old_id` is what the tag pointed at before.
+struct Tagged {
+    reference: String,
+    old_id: Option<String>,
+}
+
+impl Applied for Tagged {
+    fn commit(self: Box<Self>) {}
+
+    fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+        match &self.old_id {
+            Some(id) => crate::process::output("docker", "docker", &["tag", id, &self.reference])?,
+            // It was not there before: take it away again.
+            None => crate::process::output("docker", "docker", &["image", "rm", &self.reference])?,
+        };
+        Ok(())
+    }
+}

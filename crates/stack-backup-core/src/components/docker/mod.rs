@@ -1,0 +1,10 @@
+//! Docker: images (by ID, saved with `docker save`) and volumes (as
+//! files), through the `docker` CLI (`engine`).
+
+mod engine;
+mod image;
+mod volume;
+
+pub use engine::*;
+pub use image::{Image, ImageRecord, ImageRestorer};
+pub use volume::{Volume, VolumeRestorer};

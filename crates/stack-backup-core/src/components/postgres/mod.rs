@@ -1,0 +1,207 @@
+//! `postgres.NAME`: a database, dumped with `pg_dump` in custom format
+//! (uncompressed: the repository compresses and deduplicates) in an
+//! exported snapshot, with roles, exact row counts and migration state
+//! taken in the same snapshot.
+
+mod restore;
+mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use restore::{PgRestorer, PgTarget};
+pub use server::*;
+
+use super::restoring::Restore;
+use super::{BackupContext, ComponentId, Kind, Planned, Record, RestoreOptions, Stack};
+use crate::config::{Config, PostgresConfig};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, MigrationState};
+
+/// `postgres.NAME`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PostgresRecord {
+    /// Database name.
+    pub database: String,
+    /// Host (as configured; `container:<name>` when dumped in a container).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Role used.
+    pub user: String,
+    /// `SHOW server_version`.
+    pub server_version: String,
+    /// Server major version.
+    pub server_major: u32,
+    /// `pg_dump --version` of the tool used.
+    pub pg_dump_version: String,
+    /// The dump: custom format, compression off.
+    pub dump: String,
+    /// Roles file (`pg_dumpall --globals-only`), when taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
+    /// Why roles were not taken, or were taken without passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_note: Option<String>,
+    /// Applied migrations per tool found.
+    pub migrations: Vec<MigrationState>,
+    /// Exact row count of every table (`schema.table`), in the dump's snapshot.
+    pub row_counts: BTreeMap<String, i64>,
+}
+
+/// The kind `postgres`.
+pub struct Postgres;
+
+/// The config of `[postgres.NAME]` for a component id.
+pub(crate) fn configured<'c>(cfg: &'c Config, id: &ComponentId) -> Result<&'c PostgresConfig> {
+    cfg.postgres
+        .get(id.name())
+        .ok_or_else(|| Error::component(id.as_str(), "not in the config"))
+}
+
+impl Kind for Postgres {
+    fn prefix(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn is_database(&self) -> bool {
+        true
+    }
+
+    fn configured(&self, stack: &Stack) -> Vec<String> {
+        stack.cfg.postgres.keys().cloned().collect()
+    }
+
+    fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
+        let (name, pg) = (id.name(), configured(stack.cfg, id)?);
+        let mut client = connect(name, pg)?;
+        let server = server_version(name, &mut client)?;
+        let pc = client_config(name, pg)?;
+        let t = ToolRun::find(name, pg, &pc, "pg_dump", server.major)?;
+        let tool = match &pg.container {
+            Some(c) => format!("pg_dump in container {c}: {}", t.version),
+            None => format!("{} ({})", t.program.display(), t.version),
+        };
+        Ok(format!(
+            "server {} (major {}); {tool}",
+            server.version, server.major
+        ))
+    }
+
+    fn plan_backup(&self, ctx: &BackupContext, id: &ComponentId) -> Result<Option<Planned>> {
+        let plan = plan_dump(id.name(), configured(ctx.stack.cfg, id)?)?;
+        let DumpPlan {
+            entries,
+            record,
+            mut session,
+            facts,
+        } = plan;
+        let estimate = session
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+        let comp = id.clone();
+        let mut planned = Planned::new(Record::Postgres(record), entries, estimate);
+        planned.finish = Some(Box::new(move |record: &mut Record| {
+            let facts = facts.join();
+            drop(session); // ends the snapshot transaction
+            let (counts, migrations) = facts.unwrap_or_else(|_| {
+                Err(Error::component(comp.as_str(), "counting rows panicked"))
+            })?;
+            if let Record::Postgres(p) = record {
+                p.row_counts = counts;
+                p.migrations = migrations;
+            }
+            Ok(())
+        }));
+        Ok(Some(planned))
+    }
+
+    fn restorer(
+        &self,
+        cfg: &Config,
+        _opts: &RestoreOptions,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Restore> {
+        let Record::Postgres(record) = r else {
+            return Err(super::wrong_record(id));
+        };
+        let Some(pg) = cfg.postgres.get(id.name()) else {
+            return Ok(Restore::Skip("not in the config".into()));
+        };
+        let target = PgTarget::live(id, pg, &record.database)?;
+        Ok(Restore::Into(Box::new(PgRestorer::new(
+            id.clone(),
+            record.clone(),
+            target,
+        ))))
+    }
+
+    fn describe(&self, r: &Record) -> (String, String) {
+        let Record::Postgres(p) = r else {
+            return (String::new(), String::new());
+        };
+        let migrations = if p.migrations.is_empty() {
+            "none found".to_string()
+        } else {
+            p.migrations
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {}",
+                        m.tool,
+                        m.applied.last().map_or("-", String::as_str)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        (
+            format!("database `{}` on {}:{}", p.database, p.host, p.port),
+            format!(
+                "PostgreSQL {} (pg_dump {}); {} tables; migrations: {migrations}",
+                p.server_version,
+                p.pg_dump_version,
+                p.row_counts.len(),
+            ),
+        )
+    }
+
+    fn export_path(&self, _m: &Manifest, id: &ComponentId, set_path: &str) -> (String, bool) {
+        let file = set_path.rsplit('/').next().unwrap_or(set_path);
+        let safe = crate::manifest::safe_file_name(id.name());
+        if file.ends_with(".dump") {
+            return (format!("database/{safe}.dump"), false);
+        }
+        (format!("database/{safe}.{file}"), false)
+    }
+
+    fn export_howto(&self, _m: &Manifest, r: &Record, path_of: &dyn Fn(&str) -> String) -> String {
+        let Record::Postgres(p) = r else {
+            return String::new();
+        };
+        let mut s = String::new();
+        if let Some(roles) = &p.roles {
+            s.push_str(&format!(
+                "Roles first (as a superuser):\n\n    psql -h {} -p {} -U postgres -f {}\n\n",
+                p.host,
+                p.port,
+                path_of(roles)
+            ));
+        }
+        s.push_str(&format!(
+            "PostgreSQL {} database `{}`. Into a new, empty database:\n\n    createdb -h {h} -p {port} -U {u} {db}\n    pg_restore --exit-on-error --no-owner -h {h} -p {port} -U {u} -d {db} {dump}\n\n(`pg_restore` {} or newer; check with `pg_restore --version`.) Expected row counts: {} tables recorded in stack-backup/manifest.json.\n",
+            p.server_version,
+            p.database,
+            p.pg_dump_version,
+            p.row_counts.len(),
+            h = p.host,
+            port = p.port,
+            u = p.user,
+            db = p.database,
+            dump = path_of(&p.dump),
+        ));
+        s
+    }
+}

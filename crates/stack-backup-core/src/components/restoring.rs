@@ -1,0 +1,322 @@
+//! The restore side of a component: a [`Restorer`] bound to one target,
+//! the [`Applied`] change it leaves (kept undoable until the restore as a
+//! whole succeeded), and the [`SetContext`] through which it reads the set.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use rustic_core::repofile::{Node, SnapshotFile};
+use rustic_core::{IndexedFullStatus, LsOptions, Repository};
+
+use super::{ComponentId, DiskNeeds};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+
+/// A repository with its full index loaded.
+pub type Indexed = Repository<IndexedFullStatus>;
+
+/// What the plan decided for one component of a set.
+pub enum Restore {
+    /// Restore it with this restorer.
+    Into(Box<dyn Restorer>),
+    /// Leave it, for this reason (shown in the plan).
+    Skip(String),
+}
+
+/// Which lane a component is restored in: lanes run side by side, the
+/// components of one lane one after the other. Each lane loads a different
+/// part of the machine (the database server, the Docker daemon, the
+/// filesystem), so they overlap well; two `docker load`s or two large
+/// `pg_restore`s at once only compete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// Database servers.
+    Databases,
+    /// The Docker daemon's image store.
+    Images,
+    /// Redis.
+    Redis,
+    /// Directory trees (volumes, paths).
+    Files,
+}
+
+/// The step of the chain a restorer runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Step 5: replaced by the set's content (snapshotted before).
+    Restore,
+    /// Step 6: emptied (`--flush-redis`); not snapshotted, not undone.
+    Flush,
+}
+
+/// One component of a plan, bound to its target (the live component, or
+/// a scratch one for a drill). Contract: nothing is changed before
+/// [`Restorer::restore`], which leaves the target either untouched (on an
+/// error) or replaced, with the original kept by the returned [`Applied`].
+pub trait Restorer: Send + Sync {
+    /// The component (of the set).
+    fn id(&self) -> &ComponentId;
+
+    /// What the restore does to the target, naming host, database,
+    /// container, volume or directory (shown before asking).
+    fn action(&self) -> String;
+
+    /// The lane it is restored in.
+    fn lane(&self) -> Lane;
+
+    /// The step it runs in.
+    fn stage(&self) -> Stage {
+        Stage::Restore
+    }
+
+    /// Free space needed on host paths, beyond the floor.
+    fn disk_needs(&self, _set: &SetContext) -> Result<DiskNeeds> {
+        Ok(Vec::new())
+    }
+
+    /// Step 3: migration state of the set against the live target and the
+    /// code. Notes are informational; problems refuse the restore unless
+    /// the user allows a mismatch.
+    fn migration_check(&self, _set: &SetContext) -> MigrationReport {
+        MigrationReport::default()
+    }
+
+    /// Puts the set's content into the target.
+    fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>>;
+
+    /// Step 7: checks the target against the record; `Ok(None)` when there
+    /// is nothing to check.
+    fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// What step 3 found for one component.
+#[derive(Debug, Default)]
+pub struct MigrationReport {
+    /// Informational lines.
+    pub notes: Vec<String>,
+    /// Mismatches that refuse the restore unless allowed.
+    pub problems: Vec<String>,
+}
+
+/// A change made to a target, undoable until the restore as a whole
+/// succeeded. Dropping it without either call leaves the change and the
+/// kept original in place (a crash: the next run must find them).
+pub trait Applied: Send {
+    /// The restore succeeded: drop the original kept for an undo.
+    fn commit(self: Box<Self>);
+
+    /// The restore failed: put the original back exactly.
+    fn undo(self: Box<Self>, undo: &UndoContext) -> Result<()>;
+}
+
+/// Nothing to commit or undo (a flush).
+pub struct Nothing;
+
+impl Applied for Nothing {
+    fn commit(self: Box<Self>) {}
+    fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A backup set open for reading: its snapshot, manifest and checksums.
+pub struct SetContext<'a> {
+    /// The repository, index loaded.
+    pub repo: &'a Indexed,
+    /// The configuration.
+    pub cfg: &'a Config,
+    /// The set's snapshot.
+    pub snap: &'a SnapshotFile,
+    /// Its manifest (checked: ids and kinds agree).
+    pub manifest: &'a Manifest,
+    /// Its `CHECKSUM.sha256`.
+    pub checksums: &'a BTreeMap<String, String>,
+    docker_root: OnceLock<std::result::Result<PathBuf, String>>,
+}
+
+impl<'a> SetContext<'a> {
+    /// A set open for reading.
+    #[must_use]
+    pub fn new(
+        repo: &'a Indexed,
+        cfg: &'a Config,
+        snap: &'a SnapshotFile,
+        manifest: &'a Manifest,
+        checksums: &'a BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            repo,
+            cfg,
+            snap,
+            manifest,
+            checksums,
+            docker_root: OnceLock::new(),
+        }
+    }
+
+    /// The node of a file or directory of the set (`path` without the
+    /// leading `/`).
+    pub fn node(&self, id: &ComponentId, path: &str) -> Result<Node> {
+        self.repo
+            .node_from_snapshot_and_path(self.snap, &format!("/{path}"))
+            .map_err(|e| {
+                Error::Verification(format!(
+                    "{id}: {path} missing from the set: {}",
+                    e.display_log()
+                ))
+            })
+    }
+
+    /// Bytes of the single-file artifacts of a component.
+    #[must_use]
+    pub fn artifact_bytes(&self, id: &ComponentId) -> u64 {
+        self.manifest
+            .artifacts
+            .iter()
+            .filter(|a| a.component == id.as_str())
+            .map(|a| a.size)
+            .sum()
+    }
+
+    /// The Docker Engine's data root (asked once).
+    pub fn docker_root(&self) -> Result<PathBuf> {
+        self.docker_root
+            .get_or_init(|| {
+                crate::process::output(
+                    "docker",
+                    "docker",
+                    &["info", "--format", "{{.DockerRootDir}}"],
+                )
+                .map(PathBuf::from)
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|m| Error::component("docker", m))
+    }
+
+    /// Every file a component consists of in the set, with its node: the
+    /// files of its tree, or its single-file artifacts.
+    pub fn files(&self, id: &ComponentId) -> Result<Vec<(String, Node)>> {
+        let record = &self.manifest.components[id];
+        let Some(tree) = record.kind().tree(record) else {
+            return self
+                .manifest
+                .artifacts
+                .iter()
+                .filter(|a| a.component == id.as_str())
+                .map(|a| Ok((a.path.clone(), self.node(id, &a.path)?)))
+                .collect();
+        };
+        let root = self.node(id, tree)?;
+        let walk = self
+            .repo
+            .ls(&root, &LsOptions::default())
+            .map_err(|e| Error::Verification(format!("{id}: {}", e.display_log())))?;
+        let mut out = Vec::new();
+        for item in walk {
+            let (p, node) = item.map_err(|e| {
+                Error::Verification(format!("{id}: reading the tree: {}", e.display_log()))
+            })?;
+            if node.is_file() {
+                out.push((format!("{tree}/{}", p.display()), node));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams a file of the set into a process's stdin and waits for it;
+    /// returns its stdout. The process failing, or the stream breaking, is
+    /// the error.
+    pub fn pipe_into(
+        &self,
+        id: &ComponentId,
+        path: &str,
+        mut cmd: Command,
+        what: &str,
+    ) -> Result<String> {
+        let node = self.node(id, path)?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::component(id.as_str(), format!("cannot run {what}: {e}")))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let written = self.repo.dump(&node, &mut stdin);
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::component(id.as_str(), format!("{what}: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::component(
+                id.as_str(),
+                format!(
+                    "{what} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        written.map_err(|e| {
+            Error::component(id.as_str(), format!("feeding {what}: {}", e.display_log()))
+        })?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+/// What an undo may need: the configuration and, loaded only when asked,
+/// the pre-restore set (the state before the restore, for what cannot be
+/// kept aside, such as a Redis instance's keys).
+pub struct UndoContext<'a> {
+    /// The configuration.
+    pub cfg: &'a Config,
+    pre_restore: &'a dyn Fn() -> Result<Option<PreRestore>>,
+    loaded: OnceLock<std::result::Result<Option<PreRestore>, String>>,
+}
+
+/// The pre-restore set, open for reading.
+pub struct PreRestore {
+    /// The repository with an index that includes the set.
+    pub repo: Indexed,
+    /// Its snapshot.
+    pub snap: SnapshotFile,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its checksums.
+    pub checksums: BTreeMap<String, String>,
+}
+
+impl<'a> UndoContext<'a> {
+    /// An undo context; `pre_restore` loads the pre-restore set on first use.
+    pub fn new(cfg: &'a Config, pre_restore: &'a dyn Fn() -> Result<Option<PreRestore>>) -> Self {
+        Self {
+            cfg,
+            pre_restore,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// The pre-restore set, when one was taken.
+    pub fn pre_restore(&self) -> Result<Option<&PreRestore>> {
+        match self
+            .loaded
+            .get_or_init(|| (self.pre_restore)().map_err(|e| e.to_string()))
+        {
+            Ok(p) => Ok(p.as_ref()),
+            Err(m) => Err(Error::component("restore", m.clone())),
+        }
+    }
+}
+
+impl PreRestore {
+    /// The set as a [`SetContext`].
+    #[must_use]
+    pub fn context<'a>(&'a self, cfg: &'a Config) -> SetContext<'a> {
+        SetContext::new(&self.repo, cfg, &self.snap, &self.manifest, &self.checksums)
+    }
+}

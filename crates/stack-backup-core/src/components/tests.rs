@@ -1,0 +1,306 @@
+//! The pure parts of the component layer: which components a config
+//! describes, what a restore plan says it will do, and the export layout.
+//! No service is needed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+use crate::config::Config;
+use crate::manifest::{ArtifactRecord, Manifest};
+use crate::tiers::Tier;
+
+const CONFIG: &str = r#"
+[stack]
+name = "shop"
+
+[repository]
+path = "/var/backups/shop"
+
+[postgres.main]
+url = "postgres://shop:s3cret@127.0.0.1:5432/shop"
+
+[redis.cache]
+url = "redis://:hush@127.0.0.1:6379/0"
+role = "cache"
+
+[redis.jobs]
+url = "redis://127.0.0.1:6379/1"
+role = "data"
+
+[docker]
+images = ["shop-web:latest", "registry.local:5000/worker:v2"]
+
+[git]
+path = "."
+
+[paths.media]
+path = "/srv/shop/media"
+"#;
+
+fn cfg() -> Config {
+    Config::parse(CONFIG, Path::new("stack-backup.toml")).expect("config parses")
+}
+
+fn id(text: &str) -> ComponentId {
+    ComponentId::parse(text).unwrap()
+}
+
+fn records() -> BTreeMap<ComponentId, Record> {
+    let pg = postgres::PostgresRecord {
+        database: "shop".into(),
+        host: "127.0.0.1".into(),
+        port: 5432,
+        user: "shop".into(),
+        server_version: "15.18".into(),
+        server_major: 15,
+        pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),
+        dump: "postgres/main/shop.dump".into(),
+        roles: Some("postgres/main/globals.sql".into()),
+        roles_note: None,
+        migrations: Vec::new(),
+        row_counts: [("public.a".to_string(), 3), ("public.b".to_string(), 4)].into(),
+    };
+    let redis = |n: &str| redis::RedisRecord {
+        url: "redis://127.0.0.1:6379/0".into(),
+        version: "7.0.15".into(),
+        role: "cache".into(),
+        rdb: format!("redis/{n}/dump.rdb"),
+        keys: 12,
+        lastsave: 0,
+    };
+    let image = docker::ImageRecord {
+        reference: "shop-web:latest".into(),
+        id: "sha256:0123456789abcdef0123".into(),
+        repo_digests: Vec::new(),
+        tags: vec!["shop-web:latest".into()],
+        archive: "docker/images/shop-web_latest.tar".into(),
+        reused: false,
+    };
+    [
+        ("postgres.main", Record::Postgres(pg)),
+        ("redis.cache", Record::Redis(redis("cache"))),
+        ("redis.gone", Record::Redis(redis("gone"))),
+        ("docker.image.shop-web:latest", Record::DockerImage(image)),
+        (
+            "paths.media",
+            Record::Path(tree::TreeRecord::new(
+                "/srv/shop/media".into(),
+                "paths/media".into(),
+            )),
+        ),
+        (
+            "git",
+            Record::Git(git::GitRecord {
+                path: ".".into(),
+                files: vec!["git/HEAD_COMMIT".into()],
+            }),
+        ),
+    ]
+    .into_iter()
+    .map(|(i, r)| (id(i), r))
+    .collect()
+}
+
+fn manifest(components: BTreeMap<ComponentId, Record>) -> Manifest {
+    Manifest {
+        schema: crate::manifest::SCHEMA,
+        tool: "stack-backup test".into(),
+        stack: "shop".into(),
+        name: "n".into(),
+        tier: Tier::Backups,
+        created: "2026-11-29T00:00:00Z".into(),
+        host: "h".into(),
+        parent: None,
+        git: None,
+        components,
+        artifacts: Vec::<ArtifactRecord>::new(),
+        restore_command: "stack-backup restore n".into(),
+        imported: None,
+    }
+}
+
+#[test]
+fn a_config_describes_its_components_in_registry_order() {
+    let cfg = cfg();
+    let stack = Stack::resolve(&cfg).expect("no compose project: nothing to ask");
+    let ids: Vec<String> = stack.components().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        ids,
+        [
+            "postgres.main",
+            "redis.cache",
+            "redis.jobs",
+            "docker.image.registry.local:5000/worker:v2",
+            "docker.image.shop-web:latest",
+            "git",
+            "paths.media",
+        ]
+    );
+    let databases: Vec<String> = stack
+        .components()
+        .into_iter()
+        .filter(|c| c.kind().is_database())
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(databases, ["postgres.main", "redis.cache", "redis.jobs"]);
+}
+
+/// (component, what is done to it, or why it is left).
+type Lines = Vec<(String, String)>;
+
+/// What a restore of `records` would do, as shown to the user, and what
+/// it leaves.
+fn plan(opts: &RestoreOptions) -> (Lines, Lines) {
+    let cfg = cfg();
+    let mut actions = Vec::new();
+    let mut skipped = Vec::new();
+    let records = records();
+    for (id, r) in &records {
+        match id.kind().restorer(&cfg, opts, id, r).unwrap() {
+            Restore::Into(r) => actions.push((r.id().to_string(), r.action())),
+            Restore::Skip(why) => skipped.push((id.to_string(), why)),
+        }
+    }
+    let in_set: Vec<ComponentId> = records.keys().cloned().collect();
+    for k in KINDS {
+        for r in k.extra_restorers(&cfg, opts, &in_set).unwrap() {
+            actions.push((r.id().to_string(), r.action()));
+        }
+    }
+    (actions, skipped)
+}
+
+#[test]
+fn a_restore_plan_names_every_target_and_says_what_it_leaves() {
+    let (actions, skipped) = plan(&RestoreOptions::default());
+    let action = |c: &str| {
+        actions
+            .iter()
+            .find(|(i, _)| i == c)
+            .map(|(_, a)| a.as_str())
+            .unwrap_or_else(|| panic!("{c} not planned: {actions:?}"))
+    };
+    assert_eq!(
+        action("postgres.main"),
+        "replace database `shop` (postgres://shop:***@127.0.0.1:5432/shop) with the dump of `shop` (2 tables)"
+    );
+    assert_eq!(
+        action("redis.cache"),
+        "replace every key of Redis redis://:***@127.0.0.1:6379/0 with the RDB (12 keys in its db)"
+    );
+    assert_eq!(
+        action("docker.image.shop-web:latest"),
+        "load image `shop-web:latest` (ID 0123456789ab) unless present, and tag it"
+    );
+    assert_eq!(action("paths.media"), "replace directory /srv/shop/media");
+    assert_eq!(
+        skipped,
+        [
+            (
+                "git".to_string(),
+                "code is not restored; check out the recorded commit yourself".to_string()
+            ),
+            ("redis.gone".to_string(), "not in the config".to_string()),
+        ]
+    );
+    for (_, a) in &actions {
+        assert!(
+            !a.contains("s3cret") && !a.contains("hush"),
+            "secret shown: {a}"
+        );
+    }
+}
+
+#[test]
+fn flush_redis_flushes_cache_instances_in_the_set_or_not() {
+    let (actions, _) = plan(&RestoreOptions { flush_redis: true });
+    let flushes: Vec<&str> = actions
+        .iter()
+        .filter(|(_, a)| a.starts_with("flush Redis"))
+        .map(|(i, _)| i.as_str())
+        .collect();
+    // `redis.cache` is in the set and flushed instead of restored;
+    // `redis.jobs` (role data) is neither in the set nor a cache.
+    assert_eq!(flushes, ["redis.cache"]);
+    assert_eq!(
+        actions.iter().filter(|(i, _)| i == "redis.cache").count(),
+        1
+    );
+}
+
+#[test]
+fn export_paths_follow_the_kind() {
+    let mut records = records();
+    let m = manifest(records.clone());
+    let path = |c: &str, p: &str| crate::export::export_path(&m, p, c);
+    assert_eq!(
+        path("postgres.main", "postgres/main/shop.dump"),
+        ("database/main.dump".into(), false)
+    );
+    assert_eq!(
+        path("postgres.main", "postgres/main/globals.sql"),
+        ("database/main.globals.sql".into(), false)
+    );
+    assert_eq!(
+        path("redis.cache", "redis/cache/dump.rdb"),
+        ("redis/cache.rdb".into(), false),
+        "two Redis in the set: one file each"
+    );
+    assert_eq!(
+        path(
+            "docker.image.shop-web:latest",
+            "docker/images/shop-web_latest.tar"
+        ),
+        ("docker/images/shop-web_latest.tar.gz".into(), true)
+    );
+    assert_eq!(
+        path("git", "git/HEAD_COMMIT"),
+        ("git/HEAD_COMMIT".into(), false)
+    );
+    assert_eq!(
+        path("legacy", "MANIFEST.md"),
+        ("legacy/MANIFEST.md".into(), false)
+    );
+    assert_eq!(path("legacy", "db.sql.gz"), ("db.sql.gz".into(), false));
+    records.remove(&id("redis.gone"));
+    let m = manifest(records);
+    assert_eq!(
+        crate::export::export_path(&m, "redis/cache/dump.rdb", "redis.cache"),
+        ("redis/dump.rdb".into(), false),
+        "one Redis: the name a person expects"
+    );
+}
+
+#[test]
+fn manifests_keep_their_format_and_a_mismatched_record_is_refused() {
+    let m = manifest(records());
+    let json = serde_json::to_string(&m).unwrap();
+    for kind in [
+        "\"kind\":\"postgres\"",
+        "\"kind\":\"docker-image\"",
+        "\"kind\":\"path\"",
+        "\"kind\":\"git\"",
+    ] {
+        assert!(json.contains(kind), "{kind} missing from {json}");
+    }
+    let back: Manifest = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, m);
+    assert!(check_manifest(&m).is_ok());
+    // A tampered manifest: a directory record under a database's id
+    // parses (it is valid JSON of a known kind) and is refused.
+    let mut tampered = m.clone();
+    tampered.components.insert(
+        id("postgres.main"),
+        Record::Path(tree::TreeRecord::new("/etc".into(), "x".into())),
+    );
+    let t: Manifest = serde_json::from_str(&serde_json::to_string(&tampered).unwrap()).unwrap();
+    let err = check_manifest(&t).unwrap_err();
+    assert!(
+        err.contains("postgres.main") && err.contains("paths"),
+        "{err}"
+    );
+    let unknown = json.replacen("\"git\":{", "\"mysql.main\":{", 1);
+    let err = serde_json::from_str::<Manifest>(&unknown).unwrap_err();
+    assert!(err.to_string().contains("not a component id"), "{err}");
+}

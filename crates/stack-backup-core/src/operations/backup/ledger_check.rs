@@ -1,0 +1,138 @@
+//! Phase 4: the ledger. rustic's archiver skips an entry whose open or
+//! read fails and saves the snapshot anyway, so the backup itself checks
+//! that every artifact was read to the end with its producer exiting 0, or
+//! reused unchanged from the parent set, and that every component that
+//! plans files produced at least one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::failed;
+use super::phases::ParentInfo;
+use crate::components::{Archived, ComponentId, Planned};
+use crate::error::Result;
+use crate::ledger::{Ledger, Outcome};
+use crate::manifest::ArtifactRecord;
+use crate::source::{Entry, Yielded};
+
+/// What the ledger check established.
+pub(super) struct Checked {
+    /// Every single-file artifact, with size and SHA-256.
+    pub artifacts: Vec<ArtifactRecord>,
+    /// SHA-256 of every file (artifacts and tree files).
+    pub checksums: BTreeMap<String, String>,
+    /// Per component: bytes, files, all reused.
+    sizes: BTreeMap<String, (u64, u64, bool)>,
+    /// Per component: the containers stopped while it was copied.
+    stopped: BTreeMap<String, Vec<String>>,
+}
+
+impl Checked {
+    /// What the archive runs measured of a component.
+    pub fn measured(&self, id: &ComponentId) -> Archived {
+        let (bytes, files, reused) = self
+            .sizes
+            .get(id.as_str())
+            .copied()
+            .unwrap_or((0, 0, false));
+        Archived {
+            bytes,
+            files,
+            reused,
+            stopped: self.stopped.get(id.as_str()).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// Checks the ledger against what the archive runs yielded. `earlier`
+/// holds failures found before (the components' finish hooks). Any problem
+/// fails the backup naming every component concerned.
+pub(super) fn check(
+    ledger: &Ledger,
+    planned: &[(ComponentId, Planned)],
+    parent: &ParentInfo,
+    streams: &BTreeSet<Yielded>,
+    trees: &BTreeSet<Yielded>,
+    earlier: Vec<(String, String)>,
+) -> Result<Checked> {
+    let mut problems = ledger.component_failures();
+    problems.extend(earlier);
+    let mut checked = Checked {
+        artifacts: Vec::new(),
+        checksums: BTreeMap::new(),
+        sizes: BTreeMap::new(),
+        stopped: planned
+            .iter()
+            .map(|(id, p)| (id.to_string(), p.stop.clone()))
+            .collect(),
+    };
+    let single: BTreeMap<&str, bool> = planned
+        .iter()
+        .flat_map(|(_, p)| &p.entries)
+        .filter_map(|e| match e {
+            Entry::File(a) => Some((a.path.as_str(), a.reuse_meta.is_some())),
+            Entry::Tree { .. } => None,
+        })
+        .collect();
+    for y in streams.iter().chain(trees).filter(|y| y.is_file) {
+        let reusable = single.get(y.path.as_str()).copied();
+        let (size, sha, reused) = match ledger.get(&y.path) {
+            Some(Outcome::Done { size, sha256 }) => (size, sha256, false),
+            Some(Outcome::Failed(m)) => {
+                problems.push((y.component.clone(), m));
+                continue;
+            }
+            // Not opened: the archiver reused the parent's content.
+            None => match (parent.checksums.get(&y.path), reusable) {
+                (Some(sha), Some(true)) => (parent_size(parent, &y.path), sha.clone(), true),
+                (Some(sha), None) => (y.size, sha.clone(), true),
+                _ => {
+                    problems.push((
+                        y.component.clone(),
+                        format!(
+                            "{} was not read and has no checksum in the parent set",
+                            y.path
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let e = checked
+            .sizes
+            .entry(y.component.clone())
+            .or_insert((0, 0, true));
+        e.0 += size;
+        e.1 += 1;
+        e.2 &= reused;
+        if reusable.is_some() {
+            checked.artifacts.push(ArtifactRecord {
+                path: y.path.clone(),
+                component: y.component.clone(),
+                size,
+                sha256: sha.clone(),
+                reused,
+            });
+        }
+        checked.checksums.insert(y.path.clone(), sha);
+    }
+    for (id, p) in planned {
+        let has_files = p.entries.iter().any(|e| matches!(e, Entry::File(_)));
+        if has_files && !checked.sizes.contains_key(id.as_str()) {
+            problems.push((id.to_string(), "produced no artifact".into()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(checked)
+    } else {
+        Err(failed(problems))
+    }
+}
+
+/// The size the parent's manifest records for an artifact.
+fn parent_size(parent: &ParentInfo, path: &str) -> u64 {
+    parent
+        .manifest
+        .as_ref()
+        .and_then(|m| m.artifacts.iter().find(|a| a.path == path))
+        .map_or(0, |a| a.size)
+}

@@ -1,0 +1,661 @@
+//! The phases of one backup run after planning: prepare, archive, ledger
+//! check, manifest, commit. Every part snapshot is held by [`Parts`] from
+//! the moment it exists.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustic_core::repofile::{Node, NodeType, SnapshotFile};
+use rustic_core::{BackupOptions, LsOptions, ParentOptions, SnapshotOptions};
+
+use super::ledger_check::{self, Checked};
+use super::parts::Parts;
+use super::{failed, Report, Request};
+use crate::components::{ComponentId, Planned, Record};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::git::GitHead;
+use crate::ledger::{sha256_hex, Ledger, Observer, Outcome};
+use crate::manifest::{self, Manifest};
+use crate::repository::{self, Location, OpenRepo};
+use crate::sets::{self, BackupSet, Summary};
+use crate::source::{Artifact, Content, Entry, StackSource, Yielded};
+use crate::system::fault::point as fault;
+use crate::tags::SetTags;
+
+type Indexed = rustic_core::Repository<rustic_core::IndexedFullStatus>;
+
+/// What the parent set offers for reuse.
+#[derive(Default)]
+pub(super) struct ParentInfo {
+    pub snap: Option<SnapshotFile>,
+    pub checksums: BTreeMap<String, String>,
+    pub manifest: Option<Manifest>,
+}
+
+/// One backup run, after planning.
+pub(super) struct Run<'a> {
+    cfg: &'a Config,
+    req: &'a Request,
+    name: String,
+    stack: String,
+    started: Instant,
+    ledger: Arc<Ledger>,
+}
+
+/// The archive runs' part snapshots and what each yielded.
+struct ArchiveRuns {
+    streams: Yields,
+    trees: Yields,
+}
+
+type Yields = BTreeSet<Yielded>;
+
+impl<'a> Run<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        req: &'a Request,
+        name: String,
+        started: Instant,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
+        Self {
+            cfg,
+            req,
+            name,
+            stack: cfg.stack.name.0.clone(),
+            started,
+            ledger: Arc::new(Ledger::new(observer)),
+        }
+    }
+
+    fn phase(&self, what: &str) {
+        log::info!(
+            "backup: {what} at {:.2}s",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Runs the phases. Whatever happens, the part snapshots are deleted
+    /// when `parts` drops; only the merged set remains.
+    pub fn execute(
+        mut self,
+        repo: OpenRepo,
+        deleter: OpenRepo,
+        wanted: &[ComponentId],
+        mut planned: Vec<(ComponentId, Planned)>,
+        git: Option<GitHead>,
+    ) -> Result<Report> {
+        self.phase("repository open");
+        self.unique_name(&repo)?;
+        remove_stale_parts(&repo, &self.stack);
+        let mut parts = Parts::new(deleter);
+        let repo = repo
+            .to_indexed()
+            .map_err(|e| repository::op_error(self.cfg, "reading the index", &e))?;
+        let parent = self.parent(&repo, wanted)?;
+        mark_reusable(&repo, &parent, &mut planned);
+        fault("backup-planned")?;
+
+        self.phase("planned");
+        self.check_disk(&planned)?;
+        let (archived, finished) = self.archive(&repo, &parent, &mut planned, &mut parts);
+        let runs = archived?;
+        fault("backup-archived")?;
+
+        self.phase("archived");
+        let checked = ledger_check::check(
+            &self.ledger,
+            &planned,
+            &parent,
+            &runs.streams,
+            &runs.trees,
+            finished,
+        )?;
+        let mut records: BTreeMap<ComponentId, Record> = BTreeMap::new();
+        for (id, p) in planned {
+            let mut record = p.record;
+            record.kind().archived(&mut record, &checked.measured(&id));
+            records.insert(id, record);
+        }
+        fault("backup-ledger-checked")?;
+
+        self.phase("manifest");
+        let snap_a = parts.snaps()[0].clone();
+        let m = self.manifest(&snap_a, &parent, git, records, &checked);
+        let repo = self.write_manifest(repo, &m, &checked, &mut parts)?;
+        fault("backup-manifest-written")?;
+
+        self.phase("tree check and merge");
+        let set = self.commit(repo, &m, &runs, &parts)?;
+        fault("backup-committed")?;
+        self.phase("done");
+        Ok(self.report(set, &parts, &checked, &m, parent.snap.as_ref()))
+    }
+
+    /// Refuses a name that is taken; a generated name gets a suffix.
+    fn unique_name(&mut self, repo: &OpenRepo) -> Result<()> {
+        let existing = sets::list(repo, &self.stack)?;
+        let taken = |n: &str| existing.iter().any(|(b, _)| b.name == n);
+        if self.req.name.is_some() && taken(&self.name) {
+            return Err(Error::Refused(format!(
+                "a backup set named `{}` already exists; names are unique (choose another --name)",
+                self.name
+            )));
+        }
+        if taken(&self.name) {
+            self.name = (2..)
+                .map(|i| format!("{}-{i}", self.name))
+                .find(|n| !taken(n))
+                .expect("some suffix is free");
+        }
+        Ok(())
+    }
+
+    /// The parent: the newest set holding the most of the wanted
+    /// components (its unchanged files and images are reused unread).
+    fn parent(&self, repo: &Indexed, wanted: &[ComponentId]) -> Result<ParentInfo> {
+        let existing = sets::list(repo, &self.stack)?;
+        // Oldest to newest: `max_by_key` keeps the last of equal keys, so
+        // the newest set covering the most of this backup's components.
+        let Some(snap) = existing
+            .iter()
+            .max_by_key(|(b, _)| {
+                wanted
+                    .iter()
+                    .filter(|c| b.components.iter().any(|bc| c == &bc.as_str()))
+                    .count()
+            })
+            .map(|(_, s)| s.clone())
+        else {
+            return Ok(ParentInfo::default());
+        };
+        let read = |path: &str| sets::read_file(repo, &snap, path).ok();
+        Ok(ParentInfo {
+            checksums: read(manifest::CHECKSUM_PATH)
+                .map(|b| manifest::parse_checksums(&String::from_utf8_lossy(&b)))
+                .unwrap_or_default(),
+            manifest: read(manifest::JSON_PATH).and_then(|b| serde_json::from_slice(&b).ok()),
+            snap: Some(snap),
+        })
+    }
+
+    /// Free space for what the repository may grow by, and the floor.
+    fn check_disk(&self, planned: &[(ComponentId, Planned)]) -> Result<()> {
+        let estimate: u64 = planned.iter().map(|(_, p)| p.estimate).sum();
+        let floor = self.cfg.min_free_space();
+        if let Location::Local(p) = Location::of(self.cfg) {
+            crate::disk::ensure(&p, estimate, floor)?;
+        } else if let Some(c) = repository::cache_dir(self.cfg) {
+            // A remote repository's cache grows with the index and snapshots.
+            crate::disk::ensure(&c, 0, floor)?;
+        }
+        crate::disk::ensure(&std::env::temp_dir(), 0, floor)?;
+        Ok(())
+    }
+
+    /// Archives the artifacts: the streams (dumps, images, RDB files, git)
+    /// into one part and, at the same time, the directory trees (volumes,
+    /// paths) into another, so that a dump does not wait for the walk of a
+    /// large tree (entries are archived in path order). Volume users are
+    /// stopped meanwhile. Returns the runs and, separately, what the
+    /// components' `finish` hooks reported (they run whether the archive
+    /// succeeded or not, to release what the plans held).
+    fn archive(
+        &self,
+        repo: &Indexed,
+        parent: &ParentInfo,
+        planned: &mut [(ComponentId, Planned)],
+        parts: &mut Parts,
+    ) -> (Result<ArchiveRuns>, Vec<(String, String)>) {
+        let stopped = match stop_users(planned) {
+            Ok(s) => s,
+            Err(e) => return (Err(e), finish_all(planned)),
+        };
+        let entries: Vec<Entry> = planned
+            .iter()
+            .flat_map(|(_, p)| p.entries.iter().cloned())
+            .collect();
+        let (trees, files): (Vec<Entry>, Vec<Entry>) = entries
+            .iter()
+            .cloned()
+            .partition(|e| matches!(e, Entry::Tree { .. }));
+        let (files, trees) = if files.is_empty() || trees.is_empty() {
+            (entries, Vec::new())
+        } else {
+            (files, trees)
+        };
+        let source = StackSource::new(files, self.ledger.clone());
+        let tree_source = StackSource::new(trees, self.ledger.clone());
+        let mut opts = BackupOptions::default();
+        opts.parent_opts = match &parent.snap {
+            Some(s) => ParentOptions::default().parents(vec![s.id.to_hex().to_string()]),
+            None => ParentOptions::default().force(true),
+        };
+        let snap = match self.part_snapshot() {
+            Ok(s) => s,
+            Err(e) => return (Err(e), finish_all(planned)),
+        };
+        let (streams, trees) = std::thread::scope(|sc| {
+            let trees = (!tree_source.is_empty()).then(|| {
+                let (snap, opts, tree_source) = (snap.clone(), &opts, &tree_source);
+                sc.spawn(move || repo.archive(opts, tree_source, snap, &[PathBuf::from("/")]))
+            });
+            let streams = repo.archive(&opts, &source, snap, &[PathBuf::from("/")]);
+            let trees = trees.map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(rustic_core::RusticError::new(
+                        rustic_core::ErrorKind::Internal,
+                        "archiving the directory trees panicked",
+                    ))
+                })
+            });
+            (streams, trees)
+        });
+        drop(stopped); // volume users start again, also when the archive failed
+        let finished = finish_all(planned);
+        self.phase("archive runs ended");
+        // Every part that was written is held before any error is returned.
+        let streams = streams.map(|s| parts.add(s));
+        let trees = trees.transpose().map(|t| {
+            if let Some(t) = t {
+                parts.add(t);
+            }
+        });
+        let result = streams.and(trees).map_err(|e| {
+            let mut problems = self.ledger.component_failures();
+            problems.push((
+                format!("repository {}", Location::of(self.cfg)),
+                repository::explain(
+                    self.cfg,
+                    &format!("writing the snapshot failed: {}", e.display_log()),
+                ),
+            ));
+            problems.extend(finished.iter().cloned());
+            failed(problems)
+        });
+        (
+            result.map(|()| ArchiveRuns {
+                streams: source.yielded(),
+                trees: tree_source.yielded(),
+            }),
+            finished,
+        )
+    }
+
+    /// A new part snapshot's metadata, tagged incomplete.
+    fn part_snapshot(&self) -> Result<SnapshotFile> {
+        let mut opts = SnapshotOptions::default();
+        opts.tags = vec![SetTags::incomplete(&self.stack).to_list()];
+        opts.to_snapshot()
+            .map_err(|e| repository::op_error(self.cfg, "preparing the snapshot", &e))
+    }
+
+    fn manifest(
+        &self,
+        snap_a: &SnapshotFile,
+        parent: &ParentInfo,
+        git: Option<GitHead>,
+        components: BTreeMap<ComponentId, Record>,
+        checked: &Checked,
+    ) -> Manifest {
+        Manifest {
+            schema: manifest::SCHEMA,
+            tool: format!("stack-backup {}", env!("CARGO_PKG_VERSION")),
+            stack: self.stack.clone(),
+            name: self.name.clone(),
+            tier: self.req.tier,
+            created: snap_a.time.timestamp().to_string(),
+            host: snap_a.hostname.clone(),
+            parent: parent.snap.as_ref().map(|s| s.id.to_hex().to_string()),
+            git,
+            components,
+            artifacts: checked.artifacts.clone(),
+            restore_command: format!("stack-backup restore {}", self.name),
+            imported: None,
+        }
+    }
+
+    /// Writes the manifest files into one more part (the index loaded
+    /// before the archive still serves: it is only asked whether a blob
+    /// exists, and these blobs are all new).
+    fn write_manifest(
+        &self,
+        repo: Indexed,
+        m: &Manifest,
+        checked: &Checked,
+        parts: &mut Parts,
+    ) -> Result<OpenRepo> {
+        let json = serde_json::to_vec_pretty(m).map_err(|e| Error::Repository {
+            location: "repository".into(),
+            message: format!("rendering manifest.json: {e}"),
+        })?;
+        let md = m.to_markdown().into_bytes();
+        let toml = self.cfg.redacted_toml().into_bytes();
+        let mut checksums = checked.checksums.clone();
+        for (p, b) in [
+            (manifest::JSON_PATH, &json),
+            (manifest::MD_PATH, &md),
+            (manifest::CONFIG_PATH, &toml),
+        ] {
+            checksums.insert(p.to_string(), sha256_hex(b));
+        }
+        let sums =
+            manifest::render_checksums(checksums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+        let entries: Vec<Entry> = [
+            (manifest::CHECKSUM_PATH, sums.into_bytes()),
+            (manifest::JSON_PATH, json),
+            (manifest::MD_PATH, md),
+            (manifest::CONFIG_PATH, toml),
+        ]
+        .into_iter()
+        .map(|(p, b)| {
+            Entry::File(Artifact {
+                path: p.to_string(),
+                component: "manifest".into(),
+                content: Content::Bytes(Arc::new(b)),
+                reuse_meta: None,
+            })
+        })
+        .collect();
+        let ledger = Arc::new(Ledger::default());
+        let source = StackSource::new(entries, ledger.clone());
+        let mut opts = BackupOptions::default();
+        opts.parent_opts = ParentOptions::default().force(true);
+        let snap = self.part_snapshot().and_then(|s| {
+            repo.archive(&opts, &source, s, &[PathBuf::from("/")])
+                .map_err(|e| {
+                    failed(vec![(
+                        "manifest".into(),
+                        format!("writing the manifest failed: {}", e.display_log()),
+                    )])
+                })
+        })?;
+        parts.add(snap);
+        let missing: Vec<String> = source
+            .yielded()
+            .iter()
+            .filter(|y| !matches!(ledger.get(&y.path), Some(Outcome::Done { .. })))
+            .map(|y| y.path.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(failed(vec![(
+                "manifest".into(),
+                format!("not written: {}", missing.join(", ")),
+            )]));
+        }
+        Ok(repo.drop_index())
+    }
+
+    /// Checks that the archive parts hold every artifact, then merges all
+    /// parts into the set's snapshot with its tags.
+    fn commit(
+        &self,
+        repo: OpenRepo,
+        m: &Manifest,
+        runs: &ArchiveRuns,
+        parts: &Parts,
+    ) -> Result<BackupSet> {
+        let repo = repo
+            .to_indexed()
+            .map_err(|e| repository::op_error(self.cfg, "reading the index", &e))?;
+        self.phase("index reloaded");
+        let archive_parts = &parts.snaps()[..parts.snaps().len() - 1];
+        for (part, yields) in archive_parts.iter().zip([&runs.streams, &runs.trees]) {
+            tree_holds(&repo, part, yields).map_err(failed)?;
+        }
+        let summary = Summary {
+            components: m.components.keys().map(ToString::to_string).collect(),
+            git_commit: m.git.as_ref().map(|g| g.commit.clone()),
+            ..Summary::default()
+        };
+        let tags = SetTags::set(&self.stack, self.req.tier, &self.name).verified(!self.req.hold);
+        let mut opts = SnapshotOptions::default();
+        opts.tags = vec![tags.to_list()];
+        opts.description = Some(serde_json::to_string(&summary).unwrap_or_default());
+        opts.label = Some(self.name.clone());
+        opts.delete_never = !self.req.tier.prunable();
+        let mut snap = opts
+            .to_snapshot()
+            .map_err(|e| repository::op_error(self.cfg, "preparing the snapshot", &e))?;
+        // The set's counts are those of the archive runs (the merge keeps
+        // directories found in only one part unread and counts nothing).
+        snap.summary = Some(summed_counts(parts.snaps()));
+        snap.parent = parts.snaps()[0].parent;
+        let merged = repo
+            .merge_snapshots(
+                parts.snaps(),
+                &|a: &Node, b: &Node| a.meta.mtime.cmp(&b.meta.mtime),
+                snap,
+            )
+            .map_err(|e| {
+                failed(vec![(
+                    format!("repository {}", Location::of(self.cfg)),
+                    repository::explain(
+                        self.cfg,
+                        &format!("saving the backup set failed: {}", e.display_log()),
+                    ),
+                )])
+            })?;
+        self.phase("merged");
+        BackupSet::from_snapshot_any(&merged).ok_or_else(|| Error::Repository {
+            location: "repository".into(),
+            message: "reading back the set: tags missing".into(),
+        })
+    }
+
+    fn report(
+        &self,
+        set: BackupSet,
+        parts: &Parts,
+        checked: &Checked,
+        m: &Manifest,
+        parent: Option<&SnapshotFile>,
+    ) -> Report {
+        let secs = self.ledger.seconds();
+        // What the archive runs read and added (the manifest part adds
+        // little, the merge only trees).
+        let archive_parts = &parts.snaps()[..parts.snaps().len() - 1];
+        let mut total = rustic_core::repofile::SnapshotSummary::default();
+        for t in archive_parts.iter().filter_map(|p| p.summary.as_ref()) {
+            total.total_bytes_processed += t.total_bytes_processed;
+            total.data_added += t.data_added;
+            total.data_added_packed += t.data_added_packed;
+        }
+        Report {
+            components: m
+                .components
+                .keys()
+                .map(|c| {
+                    let s = checked.measured(c);
+                    super::ComponentReport {
+                        component: c.to_string(),
+                        size: s.bytes,
+                        files: s.files,
+                        reused: s.reused && s.files > 0,
+                        seconds: secs.get(c.as_str()).copied().unwrap_or(0.0),
+                    }
+                })
+                .collect(),
+            total_bytes: total.total_bytes_processed,
+            data_added: total.data_added,
+            data_added_packed: total.data_added_packed,
+            parent: parent.map(|s| s.id.to_hex().to_string()),
+            seconds: self.started.elapsed().as_secs_f64(),
+            set,
+        }
+    }
+}
+
+/// Stops the containers that use volumes being copied (when configured);
+/// they start again when the returned guards drop.
+fn stop_users(
+    planned: &mut [(ComponentId, Planned)],
+) -> Result<Vec<crate::docker::StoppedContainers>> {
+    let mut stopped = Vec::new();
+    for (id, p) in planned.iter_mut().filter(|(_, p)| !p.stop.is_empty()) {
+        let s = crate::docker::StoppedContainers::stop(id.as_str(), &p.stop)?;
+        p.stop = s.names().to_vec();
+        stopped.push(s);
+    }
+    Ok(stopped)
+}
+
+/// Runs every component's `finish` hook; returns the failures.
+fn finish_all(planned: &mut [(ComponentId, Planned)]) -> Vec<(String, String)> {
+    let mut failures = Vec::new();
+    for (id, p) in planned.iter_mut() {
+        if let Some(f) = p.finish.take() {
+            if let Err(e) = f(&mut p.record) {
+                failures.push((id.to_string(), e.detail()));
+            }
+        }
+    }
+    failures
+}
+
+/// Marks the artifacts whose content the parent set holds unchanged
+/// (the kind says the records agree, e.g. the same image ID): the
+/// archiver reuses the parent's node without running their producer.
+fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentId, Planned)]) {
+    let (Some(snap), Some(m)) = (&parent.snap, &parent.manifest) else {
+        return;
+    };
+    for (id, p) in planned.iter_mut() {
+        let Some(old) = m.components.get(id) else {
+            continue;
+        };
+        if !p.record.kind().same_content(&p.record, old) {
+            continue;
+        }
+        for entry in &mut p.entries {
+            let Entry::File(a) = entry else { continue };
+            let Some(size) = m
+                .artifacts
+                .iter()
+                .find(|x| x.path == a.path)
+                .map(|x| x.size)
+            else {
+                continue;
+            };
+            if !parent.checksums.contains_key(&a.path) {
+                continue;
+            }
+            let Ok(node) = repo.node_from_snapshot_and_path(snap, &format!("/{}", a.path)) else {
+                continue;
+            };
+            // Reuse only a node that is whole: content present and its
+            // recorded size equal to what the parent's manifest says.
+            let whole = node.node_type == NodeType::File
+                && node.content.as_ref().is_some_and(|c| !c.is_empty())
+                && node.meta.size == size;
+            if whole {
+                a.reuse_meta = Some(Box::new(node.meta));
+                p.estimate = 0;
+            }
+        }
+    }
+}
+
+/// The file and directory counts of the snapshots merged into a set, summed
+/// (their top directories are counted once per part).
+fn summed_counts(parts: &[SnapshotFile]) -> rustic_core::repofile::SnapshotSummary {
+    let mut sum = rustic_core::repofile::SnapshotSummary::default();
+    for s in parts.iter().filter_map(|p| p.summary.as_ref()) {
+        sum.files_new += s.files_new;
+        sum.files_changed += s.files_changed;
+        sum.files_unmodified += s.files_unmodified;
+        sum.total_files_processed += s.total_files_processed;
+        sum.total_bytes_processed += s.total_bytes_processed;
+        sum.dirs_new += s.dirs_new;
+        sum.dirs_changed += s.dirs_changed;
+        sum.dirs_unmodified += s.dirs_unmodified;
+        sum.total_dirs_processed += s.total_dirs_processed;
+        sum.total_dirsize_processed += s.total_dirsize_processed;
+        sum.data_blobs += s.data_blobs;
+        sum.tree_blobs += s.tree_blobs;
+        sum.data_added += s.data_added;
+        sum.data_added_packed += s.data_added_packed;
+        sum.data_added_files += s.data_added_files;
+        sum.data_added_files_packed += s.data_added_files_packed;
+        sum.data_added_trees += s.data_added_trees;
+        sum.data_added_trees_packed += s.data_added_trees_packed;
+    }
+    sum
+}
+
+/// Checks that the snapshot's tree holds every yielded entry, regular files
+/// with content. Returns the problems otherwise.
+fn tree_holds(
+    repo: &Indexed,
+    snap: &SnapshotFile,
+    yielded: &Yields,
+) -> std::result::Result<(), Vec<(String, String)>> {
+    let mut root = Node::new_node(
+        std::ffi::OsStr::new(""),
+        NodeType::Dir,
+        rustic_core::repofile::Metadata::default(),
+    );
+    root.subtree = Some(snap.tree);
+    let unreadable = |e: Box<rustic_core::RusticError>| {
+        vec![(
+            "repository".to_string(),
+            format!("reading back the snapshot tree: {}", e.display_log()),
+        )]
+    };
+    let mut present: BTreeMap<String, bool> = BTreeMap::new();
+    for item in repo.ls(&root, &LsOptions::default()).map_err(unreadable)? {
+        let (path, node) = item.map_err(unreadable)?;
+        let has_content = node.node_type != NodeType::File || node.content.is_some();
+        present.insert(
+            path.to_string_lossy().trim_start_matches('/').to_string(),
+            has_content,
+        );
+    }
+    let missing: Vec<(String, String)> = yielded
+        .iter()
+        .filter(|y| present.get(&y.path) != Some(&true))
+        .map(|y| {
+            (
+                y.component.clone(),
+                format!("{} is missing from the snapshot", y.path),
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
+/// Deletes the part snapshots of this stack written on this host by a
+/// backup or an `immaculate create` that was killed (the caller holds the
+/// lock, so no such run is in progress).
+fn remove_stale_parts(repo: &OpenRepo, stack: &str) {
+    let Ok(snaps) = repo.get_all_snapshots() else {
+        return;
+    };
+    let host = SnapshotOptions::default()
+        .to_snapshot()
+        .map(|s| s.hostname)
+        .unwrap_or_default();
+    let stale: Vec<_> = snaps
+        .iter()
+        .filter(|s| {
+            SetTags::of(s).is_some_and(|t| !t.is_set() && t.stack() == stack) && s.hostname == host
+        })
+        .map(|s| s.id)
+        .collect();
+    if !stale.is_empty() {
+        log::warn!(
+            "removing {} incomplete snapshot(s) left by an interrupted backup",
+            stale.len()
+        );
+        if let Err(e) = repo.delete_snapshots(&stale) {
+            log::warn!("could not remove them: {}", e.display_log());
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The commands, written against the component trait
+//! ([`crate::components`]): they never match on component kinds.
+
+pub mod backup;
+pub mod copy;
+pub mod doctor;
+pub mod export;
+pub mod health;
+pub mod immaculate;
+pub mod import;
+pub mod init;
+pub mod restore;
+pub mod retention;
+pub mod sacred;

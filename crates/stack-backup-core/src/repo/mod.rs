@@ -1,0 +1,7 @@
+//! The restic-format repository: opening it (local or remote), the
+//! process lock, and the pack cache of remote repositories.
+
+pub mod lock;
+pub mod packcache;
+pub mod remote;
+pub mod repository;
