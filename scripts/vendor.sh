@@ -86,8 +86,9 @@ case "${1:-}" in
     ;;
   check)
     build "$TMP/tree"
-    # Cargo.lock is ours (see `lock`); `cargo test --locked` checks it.
-    if ! diff -ruN -x Cargo.lock "$TMP/tree" "$VENDOR" >"$TMP/diff"; then
+    # Cargo.lock is ours (see `lock`); `cargo test --locked` checks it. A
+    # target/ left by a cargo run in the crate is not part of the tree.
+    if ! diff -ruN -x Cargo.lock -x target "$TMP/tree" "$VENDOR" >"$TMP/diff"; then
       sed -e "s#$TMP/tree#(upstream + patches)#" "$TMP/diff"
       echo "vendor.sh: $VENDOR differs from $CRATE $VERSION + $PATCHES (above);" \
         "make the change a patch, or run scripts/vendor.sh apply" >&2
