@@ -1,5 +1,6 @@
 //! Tiers and lifecycle against real services: immaculate baselines,
-//! emergency restore, sacred milestones, prune, verify.
+//! emergency restore, sacred milestones, export and import. Prune and
+//! verify run against every backend in backends.rs.
 
 mod common;
 
