@@ -1,11 +1,13 @@
 //! Tiers and lifecycle against real services: immaculate baselines,
-//! emergency restore, sacred milestones, prune, verify.
+//! emergency restore, sacred milestones, export and import. Prune and
+//! verify run against every backend in backends.rs.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::backend::Repo;
 use common::*;
 
 struct Stack {
@@ -146,26 +148,6 @@ fn names(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Flips bytes in the middle of the largest pack file under data/.
-fn corrupt_largest_pack(repo: &std::path::Path) -> PathBuf {
-    let mut packs: Vec<(u64, PathBuf)> = Vec::new();
-    for dir in std::fs::read_dir(repo.join("data")).unwrap() {
-        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            packs.push((std::fs::metadata(&p).unwrap().len(), p));
-        }
-    }
-    packs.sort();
-    let (_, p) = packs.pop().expect("a pack");
-    let mut bytes = std::fs::read(&p).unwrap();
-    let mid = bytes.len() / 2;
-    for b in &mut bytes[mid..mid + 64] {
-        *b ^= 0xff;
-    }
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 #[test]
 fn immaculate_create_reads_back_lists_and_verifies() {
     let s = stack();
@@ -198,7 +180,7 @@ fn immaculate_create_reads_back_lists_and_verifies() {
     s.sb.run(&["immaculate", "verify", "plain"]).expect_code(4);
     // Damage found later: verify fails with the verification code and the
     // failure is what `list` shows.
-    corrupt_largest_pack(&s.sb.repo());
+    Repo::local(&s.sb.repo()).corrupt_largest_pack();
     let r = s.sb.run(&["immaculate", "verify"]);
     r.expect_code(3);
     assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
@@ -213,7 +195,7 @@ fn immaculate_create_with_a_corrupted_blob_leaves_no_immaculate() {
     // The new set reuses the unchanged files' blobs (big.bin): damage one of
     // their packs, as bit rot would. Writing the set does not read them;
     // only the read-back does.
-    corrupt_largest_pack(&s.sb.repo());
+    Repo::local(&s.sb.repo()).corrupt_largest_pack();
     let r = s.sb.run(&["immaculate", "create", "--name", "base"]);
     r.expect_code(3);
     assert!(
@@ -319,101 +301,6 @@ fn sacred_pins_a_set_tags_its_commit_and_restores_by_name() {
     s.sb.run(&["restore", "sacred/launch", "--yes"])
         .expect_code(0);
     assert_eq!(state(&s), good);
-}
-
-#[test]
-fn prune_removes_what_the_policy_selects_and_never_a_protected_set() {
-    let s = stack();
-    let extra = "\n[retention.backups]\nkeep-last = 2\n\n[retention.data]\nkeep-last = 1\n";
-    let cfg = std::fs::read_to_string(s.sb.config()).unwrap() + extra;
-    std::fs::write(s.sb.config(), cfg).unwrap();
-    s.sb.run(&["immaculate", "create", "--name", "base"])
-        .expect_code(0);
-    for n in ["b1", "b2", "b3", "b4"] {
-        s.sb.run(&["backup", "--name", n]).expect_code(0);
-    }
-    for n in ["d1", "d2"] {
-        s.sb.run(&["dump", "--name", n]).expect_code(0);
-    }
-    s.sb.run(&["sacred", "keep", "--from", "b1"]).expect_code(0);
-    // A restore leaves a pre-restore set.
-    s.sb.run(&["restore", "b4", "--yes"]).expect_code(0);
-    let before = names(&s.sb.run(&["--json", "list"]).json());
-    assert_eq!(before.len(), 9, "{before:?}");
-
-    // The plan alone changes nothing.
-    let plan = s.sb.run(&["--json", "prune"]);
-    plan.expect_code(0);
-    let v = plan.json();
-    let removed: Vec<&str> = v["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["keep"] == false)
-        .map(|d| d["set"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(removed, ["b1", "b2", "d1"]);
-    assert_eq!(v["applied"], false);
-    assert_eq!(names(&s.sb.run(&["--json", "list"]).json()), before);
-
-    let r = s.sb.run(&["--json", "prune", "--apply"]);
-    r.expect_code(0);
-    assert_eq!(r.json()["removed_sets"], 3);
-    let after = names(&s.sb.run(&["--json", "list"]).json());
-    let mut want: Vec<String> = before
-        .iter()
-        .filter(|n| !["b1", "b2", "d1"].contains(&n.as_str()))
-        .cloned()
-        .collect();
-    want.sort();
-    let mut got = after.clone();
-    got.sort();
-    assert_eq!(got, want);
-    // Stock restic agrees the repository is whole, and every remaining set
-    // still reads back (the sacred pin of b1 kept b1's data).
-    restic(&s.sb.repo(), &["check"]).expect_code(0);
-    s.sb.run(&["verify", "--all"]).expect_code(0);
-    // Running it again removes nothing more.
-    let again = s.sb.run(&["--json", "prune", "--apply"]);
-    again.expect_code(0);
-    assert_eq!(again.json()["removed_sets"], 0);
-}
-
-#[test]
-fn verify_reports_per_set_and_fails_on_damage() {
-    let s = stack();
-    s.sb.run(&["backup", "--name", "one"]).expect_code(0);
-    s.sb.run(&["dump", "--name", "two"]).expect_code(0);
-    let r = s.sb.run(&["--json", "verify", "--all"]);
-    r.expect_code(0);
-    let v = r.json();
-    assert_eq!(v["sets"].as_array().unwrap().len(), 2);
-    assert!(v["repository_errors"].as_array().unwrap().is_empty());
-    s.sb.run(&["verify", "two", "--read-data"]).expect_code(0);
-    s.sb.run(&["verify", "nope"]).expect_code(1);
-    corrupt_largest_pack(&s.sb.repo());
-    let r = s.sb.run(&["--json", "verify", "--all", "--read-data"]);
-    r.expect_code(3);
-    let v: serde_json::Value = serde_json::from_str(
-        r.stdout
-            .lines()
-            .take_while(|l| !l.starts_with("{\"error\""))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .as_str(),
-    )
-    .unwrap();
-    assert!(
-        !v["repository_errors"].as_array().unwrap().is_empty(),
-        "{v}"
-    );
-    let one = v["sets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["set"]["name"] == "one")
-        .unwrap();
-    assert!(one["problem_count"].as_u64().unwrap() > 0, "{one}");
 }
 
 fn sh(dir: &std::path::Path, script: &str) -> Run {
