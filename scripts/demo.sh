@@ -16,7 +16,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "building stack-backup"
 cargo build --locked --quiet -p stack-backup
-SB="$PWD/target/debug/stack-backup"
+SB="${CARGO_TARGET_DIR:-$PWD/target}/debug/stack-backup"
 
 step "setting up the demo stack in $DEMO"
 rm -rf "$DEMO"

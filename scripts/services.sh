@@ -30,6 +30,8 @@ command -v sha256sum >/dev/null 2>&1 || need_pkgs+=(coreutils)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# scripts/vendor.sh rebuilds vendor/rustic_core from the crate and patches.
+command -v patch >/dev/null 2>&1 || need_pkgs+=(patch)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi

@@ -30,115 +30,40 @@ struct Case {
     line: Option<usize>,
 }
 
+const fn case(
+    what: &'static str,
+    from: &'static str,
+    to: &'static str,
+    key: &'static str,
+    line: Option<usize>,
+) -> Case {
+    Case {
+        what,
+        edit: (from, to),
+        key,
+        line,
+    }
+}
+
+/// (what, replace this, with this, the key the error names, its line)
+#[rustfmt::skip]
 const CASES: &[Case] = &[
-    Case {
-        what: "unknown top-level table",
-        edit: ("[docker]", "[dokcer]"),
-        key: "dokcer",
-        line: Some(14),
-    },
-    Case {
-        what: "unknown key in [stack]",
-        edit: ("name = \"shop\"", "name = \"shop\"\nnmae = \"x\""),
-        key: "stack.nmae",
-        line: Some(3),
-    },
-    Case {
-        what: "wrong type",
-        edit: ("name = \"shop\"", "name = \"shop\"\nmin-free-space = true"),
-        key: "stack.min-free-space",
-        line: Some(3),
-    },
-    Case {
-        what: "unparseable size",
-        edit: (
-            "name = \"shop\"",
-            "name = \"shop\"\nmin-free-space = \"lots\"",
-        ),
-        key: "stack.min-free-space",
-        line: Some(3),
-    },
-    Case {
-        what: "missing stack name",
-        edit: ("name = \"shop\"", ""),
-        key: "stack",
-        line: Some(1),
-    },
-    Case {
-        what: "invalid stack name",
-        edit: ("name = \"shop\"", "name = \"my shop!\""),
-        key: "stack.name",
-        line: Some(2),
-    },
-    Case {
-        what: "TOML syntax error",
-        edit: ("name = \"shop\"", "name = \"shop"),
-        key: "",
-        line: Some(2),
-    },
-    Case {
-        what: "repository without path or url",
-        edit: ("path = \"/tmp/never-created-repo\"", ""),
-        key: "repository.path",
-        line: None,
-    },
-    Case {
-        what: "non-postgres URL",
-        edit: ("postgres://shop@", "mysql://shop@"),
-        key: "postgres.main.url",
-        line: Some(8),
-    },
-    Case {
-        what: "unknown redis role",
-        edit: ("role = \"cache\"", "role = \"persistent\""),
-        key: "redis.cache.role",
-        line: Some(12),
-    },
-    Case {
-        what: "images not a list",
-        edit: ("images = [\"shop-web:latest\"]", "images = \"shop-web\""),
-        key: "docker.images",
-        line: Some(15),
-    },
-    Case {
-        what: "unknown key in a component",
-        edit: ("role = \"cache\"", "role = \"cache\"\nttl = 60"),
-        key: "redis.cache.ttl",
-        line: Some(13),
-    },
-    Case {
-        what: "repository with both path and url",
-        edit: (
-            "path = \"/tmp/never-created-repo\"",
-            "path = \"/tmp/x\"\nurl = \"opendal:memory\"",
-        ),
-        key: "repository.url",
-        line: None,
-    },
-    Case {
-        what: "retention for a tier that is never pruned",
-        edit: (
-            "[docker]",
-            "[retention.immaculate]\nkeep-last = 3\n\n[docker]",
-        ),
-        key: "retention.immaculate",
-        line: Some(14),
-    },
-    Case {
-        what: "retention policy without a rule",
-        edit: ("[docker]", "[retention.backups]\n\n[docker]"),
-        key: "retention.backups",
-        line: None,
-    },
-    Case {
-        what: "retention keep-within that is not a duration",
-        edit: (
-            "[docker]",
-            "[retention.data]\nkeep-within = \"fortnight\"\n\n[docker]",
-        ),
-        key: "retention.data.keep-within",
-        line: None,
-    },
+    case("unknown top-level table", "[docker]", "[dokcer]", "dokcer", Some(14)),
+    case("unknown key in [stack]", "name = \"shop\"", "name = \"shop\"\nnmae = \"x\"", "stack.nmae", Some(3)),
+    case("wrong type", "name = \"shop\"", "name = \"shop\"\nmin-free-space = true", "stack.min-free-space", Some(3)),
+    case("unparseable size", "name = \"shop\"", "name = \"shop\"\nmin-free-space = \"lots\"", "stack.min-free-space", Some(3)),
+    case("missing stack name", "name = \"shop\"", "", "stack", Some(1)),
+    case("invalid stack name", "name = \"shop\"", "name = \"my shop!\"", "stack.name", Some(2)),
+    case("TOML syntax error", "name = \"shop\"", "name = \"shop", "", Some(2)),
+    case("repository without path or url", "path = \"/tmp/never-created-repo\"", "", "repository.path", None),
+    case("non-postgres URL", "postgres://shop@", "mysql://shop@", "postgres.main.url", Some(8)),
+    case("unknown redis role", "role = \"cache\"", "role = \"persistent\"", "redis.cache.role", Some(12)),
+    case("images not a list", "images = [\"shop-web:latest\"]", "images = \"shop-web\"", "docker.images", Some(15)),
+    case("unknown key in a component", "role = \"cache\"", "role = \"cache\"\nttl = 60", "redis.cache.ttl", Some(13)),
+    case("repository with both path and url", "path = \"/tmp/never-created-repo\"", "path = \"/tmp/x\"\nurl = \"opendal:memory\"", "repository.url", None),
+    case("retention for a tier that is never pruned", "[docker]", "[retention.immaculate]\nkeep-last = 3\n\n[docker]", "retention.immaculate", Some(14)),
+    case("retention policy without a rule", "[docker]", "[retention.backups]\n\n[docker]", "retention.backups", None),
+    case("retention keep-within that is not a duration", "[docker]", "[retention.data]\nkeep-within = \"fortnight\"\n\n[docker]", "retention.data.keep-within", None),
 ];
 
 #[test]

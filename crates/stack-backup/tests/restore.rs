@@ -77,97 +77,32 @@ fn stack() -> Stack {
 
 /// Everything a test compares, as one value.
 fn state(s: &Stack) -> Vec<String> {
-    let mut c = s.redis.client().get_connection().unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    keys.sort();
-    let values: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            redis::cmd("GET")
-                .arg(k)
-                .query::<String>(&mut c)
-                .unwrap_or_default()
-        })
-        .collect();
-    let mut media: Vec<String> = std::fs::read_dir(&s.media)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            format!(
-                "{}={}",
-                e.file_name().to_string_lossy(),
-                std::fs::read_to_string(e.path()).unwrap()
-            )
-        })
-        .collect();
-    media.sort();
-    let tables = |db: &str| {
-        let mut out = Vec::new();
-        for t in ["customers", "orders", "alembic_version"] {
-            let exists: bool = pg_client(db)
-                .query_one(
-                    "SELECT to_regclass($1) IS NOT NULL",
-                    &[&format!("public.{t}")],
-                )
-                .unwrap()
-                .get(0);
-            out.push(if exists {
-                table_digest(db, t)
-            } else {
-                format!("{t} missing")
-            });
-        }
-        out.join(",")
-    };
     vec![
-        tables(&s.db1.name),
-        tables(&s.db2.name),
-        format!("{keys:?}={values:?}"),
+        db_tables(&s.db1.name),
+        db_tables(&s.db2.name),
+        redis_state(&s.redis),
         docker(&["image", "inspect", "--format", "{{.Id}}", &s.img.reference])
             .stdout
             .trim()
             .to_string(),
         std::fs::read_to_string(s.vol.mountpoint().join("a.txt")).unwrap_or_default(),
-        media.join(";"),
+        dir_state(&s.media, |p| std::fs::read_to_string(p).unwrap()),
     ]
 }
 
 fn wreck(s: &Stack) {
-    sql(
-        &s.db1,
-        "DROP TABLE orders; UPDATE customers SET name = 'wrecked'",
+    wreck_stack(
+        (&s.db1, &s.db2),
+        &s.redis,
+        &s.img.reference,
+        &s.vol.mountpoint(),
+        &s.media,
     );
-    sql(&s.db2, "DELETE FROM orders WHERE id % 2 = 0");
-    let mut c = s.redis.client().get_connection().unwrap();
-    for i in 0..10 {
-        redis::cmd("DEL")
-            .arg(format!("k{i}"))
-            .query::<()>(&mut c)
-            .unwrap();
-    }
-    redis::cmd("SET")
-        .arg("intruder")
-        .arg("x")
-        .query::<()>(&mut c)
-        .unwrap();
-    docker(&["image", "rm", "-f", &s.img.reference]).expect_code(0);
-    std::fs::write(s.vol.mountpoint().join("a.txt"), "changed").unwrap();
-    std::fs::write(s.media.join("one.jpg"), "changed").unwrap();
-    std::fs::write(s.media.join("new.jpg"), "new").unwrap();
 }
 
-/// Temporary or kept-aside copies of this stack's databases (other tests
-/// run restores of their own databases at the same time).
+/// Temporary or kept-aside copies of this stack's databases.
 fn leftover_databases(s: &Stack) -> Vec<String> {
-    pg_client("postgres")
-        .query(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) OR starts_with(datname, $2)",
-            &[&format!("{}__sb_", s.db1.name), &format!("{}__sb_", s.db2.name)],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    leftover_databases_of(&[&s.db1, &s.db2])
 }
 
 #[test]

@@ -105,53 +105,14 @@ fn check_all(dir: &Path, sums: &BTreeMap<String, String>) -> Result<()> {
 /// name when free, else `imported-<time>`). Holds the repository lock.
 pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result<ImportReport> {
     let sum_path = dir.join("CHECKSUM.sha256");
-    let text = std::fs::read_to_string(&sum_path).map_err(|e| {
-        Error::Refused(format!(
-            "{} cannot be read ({e}); import needs a directory with CHECKSUM.sha256",
-            sum_path.display()
-        ))
-    })?;
-    let sums = manifest::parse_checksums(&text);
-    if sums.is_empty() {
-        return Err(Error::Refused(format!(
-            "{} lists no file",
-            sum_path.display()
-        )));
-    }
-    check_all(dir, &sums)?;
-    let files = walk(dir)?;
-    let unlisted: Vec<String> = files
-        .iter()
-        .filter(|f| f.as_str() != "CHECKSUM.sha256" && !sums.contains_key(*f))
-        .cloned()
-        .collect();
-    for u in &unlisted {
-        log::warn!("{u}: not listed in CHECKSUM.sha256, not imported");
-    }
+    let (sums, unlisted) = read_listing(dir, &sum_path)?;
 
     let stack = cfg.stack.name.0.clone();
     let _lock = RepoLock::acquire(&Location::of(cfg))?;
     let repo = repository::open_from(cfg, env)?;
     let existing = sets::list(&repo, &stack)?;
     let taken = |n: &str| existing.iter().any(|(b, _)| b.name == n);
-    let own = dir.join(manifest::JSON_PATH);
-    let exported: Option<Manifest> = if own.exists() {
-        if !sums.contains_key(manifest::JSON_PATH) {
-            return Err(Error::Verification(format!(
-                "{} is not listed in CHECKSUM.sha256; refused",
-                manifest::JSON_PATH
-            )));
-        }
-        let b = std::fs::read(&own).map_err(|e| Error::io("reading", &own, e))?;
-        Some(serde_json::from_slice(&b).map_err(|e| {
-            Error::Verification(format!(
-                "{}: not a stack-backup manifest: {e}",
-                own.display()
-            ))
-        })?)
-    } else {
-        None
-    };
+    let exported = read_exported(dir, &sums)?;
     let now = jiff::Timestamp::now();
     let name = match (name, &exported) {
         (Some(n), _) => n.to_string(),
@@ -220,23 +181,7 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
         .and_then(|o| o.to_snapshot())
         .and_then(|s| repo.archive(&opts, &source, s, &[PathBuf::from("/")]))
         .map_err(|e| repo_err("storing the directory", e))?;
-    let mut problems = Vec::new();
-    for y in source.yielded().iter().filter(|y| y.is_file) {
-        match ledger.get(&y.path) {
-            Some(Outcome::Done { sha256, .. }) => {
-                if let Some(want) = expected.get(&y.path) {
-                    if want != &sha256 {
-                        problems.push(format!(
-                            "{}: stored content has SHA-256 {sha256}, the set recorded {want}",
-                            y.path
-                        ));
-                    }
-                }
-            }
-            Some(Outcome::Failed(msg)) => problems.push(format!("{}: {msg}", y.path)),
-            None => problems.push(format!("{}: not read", y.path)),
-        }
-    }
+    let problems = stored_problems(&source, &ledger, &expected);
     if !problems.is_empty() {
         if let Err(e) = repo.delete_snapshots(&[snap.id]) {
             log::error!(
@@ -444,4 +389,83 @@ fn from_legacy(
         expected,
         layout: "legacy",
     }
+}
+
+/// The directory's `CHECKSUM.sha256` (every file checked against it) and
+/// the files it does not list (reported, never imported).
+fn read_listing(dir: &Path, sum_path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let text = std::fs::read_to_string(sum_path).map_err(|e| {
+        Error::Refused(format!(
+            "{} cannot be read ({e}); import needs a directory with CHECKSUM.sha256",
+            sum_path.display()
+        ))
+    })?;
+    let sums = manifest::parse_checksums(&text);
+    if sums.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} lists no file",
+            sum_path.display()
+        )));
+    }
+    check_all(dir, &sums)?;
+    let files = walk(dir)?;
+    let unlisted: Vec<String> = files
+        .iter()
+        .filter(|f| f.as_str() != "CHECKSUM.sha256" && !sums.contains_key(*f))
+        .cloned()
+        .collect();
+    for u in &unlisted {
+        log::warn!("{u}: not listed in CHECKSUM.sha256, not imported");
+    }
+
+    Ok((sums, unlisted))
+}
+
+/// The manifest of a directory `export` wrote, when there is one.
+fn read_exported(dir: &Path, sums: &BTreeMap<String, String>) -> Result<Option<Manifest>> {
+    let own = dir.join(manifest::JSON_PATH);
+    Ok(if own.exists() {
+        if !sums.contains_key(manifest::JSON_PATH) {
+            return Err(Error::Verification(format!(
+                "{} is not listed in CHECKSUM.sha256; refused",
+                manifest::JSON_PATH
+            )));
+        }
+        let b = std::fs::read(&own).map_err(|e| Error::io("reading", &own, e))?;
+        Some(serde_json::from_slice(&b).map_err(|e| {
+            Error::Verification(format!(
+                "{}: not a stack-backup manifest: {e}",
+                own.display()
+            ))
+        })?)
+    } else {
+        None
+    })
+}
+
+/// Every stored file that was not read whole or does not hold what the
+/// set recorded.
+fn stored_problems(
+    source: &StackSource,
+    ledger: &Ledger,
+    expected: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for y in source.yielded().iter().filter(|y| y.is_file) {
+        match ledger.get(&y.path) {
+            Some(Outcome::Done { sha256, .. }) => {
+                if let Some(want) = expected.get(&y.path) {
+                    if want != &sha256 {
+                        problems.push(format!(
+                            "{}: stored content has SHA-256 {sha256}, the set recorded {want}",
+                            y.path
+                        ));
+                    }
+                }
+            }
+            Some(Outcome::Failed(msg)) => problems.push(format!("{}: {msg}", y.path)),
+            None => problems.push(format!("{}: not read", y.path)),
+        }
+    }
+    problems
 }

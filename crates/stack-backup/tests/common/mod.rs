@@ -564,3 +564,106 @@ pub fn restic_snapshot_count(repo: &Path) -> usize {
         .as_array()
         .map_or(0, Vec::len)
 }
+
+// --- A restore test's stack --------------------------------------------------------
+
+/// The digests of a seeded database's tables (`customers`, `orders`,
+/// `alembic_version`), `<table> missing` for a dropped one.
+pub fn db_tables(db: &str) -> String {
+    let mut out = Vec::new();
+    for t in ["customers", "orders", "alembic_version"] {
+        let exists: bool = pg_client(db)
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("public.{t}")],
+            )
+            .unwrap()
+            .get(0);
+        out.push(if exists {
+            table_digest(db, t)
+        } else {
+            format!("{t} missing")
+        });
+    }
+    out.join(",")
+}
+
+/// Breaks a restore test's stack the same way everywhere: a table dropped
+/// and rows renamed, rows deleted, Redis keys deleted and a stranger added,
+/// the image removed, a volume file and a media file changed, a media file
+/// added.
+pub fn wreck_stack(
+    dbs: (&TempDb, &TempDb),
+    redis: &RedisServer,
+    image: &str,
+    volume: &Path,
+    media: &Path,
+) {
+    sql(
+        dbs.0,
+        "DROP TABLE orders; UPDATE customers SET name = 'wrecked'",
+    );
+    sql(dbs.1, "DELETE FROM orders WHERE id % 2 = 0");
+    let mut c = redis.client().get_connection().unwrap();
+    for i in 0..10 {
+        redis::cmd("DEL")
+            .arg(format!("k{i}"))
+            .query::<()>(&mut c)
+            .unwrap();
+    }
+    redis::cmd("SET")
+        .arg("intruder")
+        .arg("x")
+        .query::<()>(&mut c)
+        .unwrap();
+    docker(&["image", "rm", "-f", image]).expect_code(0);
+    std::fs::write(volume.join("a.txt"), "changed").unwrap();
+    std::fs::write(media.join("one.jpg"), "changed").unwrap();
+    std::fs::write(media.join("new.jpg"), "new").unwrap();
+}
+
+/// Temporary or kept-aside copies of these databases (other tests run
+/// restores of their own databases at the same time).
+pub fn leftover_databases_of(dbs: &[&TempDb]) -> Vec<String> {
+    let mut out = Vec::new();
+    for db in dbs {
+        let rows = pg_client("postgres")
+            .query(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+                &[&format!("{}__sb_", db.name)],
+            )
+            .unwrap();
+        out.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    out
+}
+
+/// Every key of a Redis with its string value, sorted.
+pub fn redis_state(redis: &RedisServer) -> String {
+    let mut c = redis.client().get_connection().unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.sort();
+    let values: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            redis::cmd("GET")
+                .arg(k)
+                .query::<String>(&mut c)
+                .unwrap_or_default()
+        })
+        .collect();
+    format!("{keys:?}={values:?}")
+}
+
+/// `name=<what of says of it>` for every file of a directory, sorted.
+pub fn dir_state(dir: &Path, of: impl Fn(&Path) -> String) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            format!("{}={}", e.file_name().to_string_lossy(), of(&e.path()))
+        })
+        .collect();
+    files.sort();
+    files.join(";")
+}
