@@ -51,8 +51,7 @@ pub fn run(cfg: &Config, env: &Env) -> Vec<Check> {
         Check::from_result("repository", check_repository(cfg, env)),
         Check::from_result("disk", check_disk(cfg)),
     ];
-    if let Some(d) = &cfg.docker {
-        let _ = d;
+    if cfg.docker.is_some() {
         checks.push(Check::from_result(
             "docker",
             docker::engine()

@@ -89,13 +89,14 @@ impl<'a> Run<'a> {
         git: Option<GitHead>,
     ) -> Result<Report> {
         self.phase("repository open");
-        self.unique_name(&repo)?;
+        let existing = sets::list(&repo, &self.stack)?;
+        self.unique_name(&existing)?;
         remove_stale_parts(&repo, &self.stack);
         let mut parts = Parts::new(deleter);
         let repo = repo
             .to_indexed()
             .map_err(|e| repository::op_error(self.cfg, "reading the index", &e))?;
-        let parent = self.parent(&repo, wanted)?;
+        let parent = parent(&repo, &existing, wanted);
         mark_reusable(&repo, &parent, &mut planned);
         fault("backup-planned")?;
 
@@ -136,8 +137,7 @@ impl<'a> Run<'a> {
     }
 
     /// Refuses a name that is taken; a generated name gets a suffix.
-    fn unique_name(&mut self, repo: &OpenRepo) -> Result<()> {
-        let existing = sets::list(repo, &self.stack)?;
+    fn unique_name(&mut self, existing: &[(BackupSet, SnapshotFile)]) -> Result<()> {
         let taken = |n: &str| existing.iter().any(|(b, _)| b.name == n);
         if self.req.name.is_some() && taken(&self.name) {
             return Err(Error::Refused(format!(
@@ -152,34 +152,6 @@ impl<'a> Run<'a> {
                 .expect("some suffix is free");
         }
         Ok(())
-    }
-
-    /// The parent: the newest set holding the most of the wanted
-    /// components (its unchanged files and images are reused unread).
-    fn parent(&self, repo: &Indexed, wanted: &[ComponentId]) -> Result<ParentInfo> {
-        let existing = sets::list(repo, &self.stack)?;
-        // Oldest to newest: `max_by_key` keeps the last of equal keys, so
-        // the newest set covering the most of this backup's components.
-        let Some(snap) = existing
-            .iter()
-            .max_by_key(|(b, _)| {
-                wanted
-                    .iter()
-                    .filter(|c| b.components.iter().any(|bc| c == &bc.as_str()))
-                    .count()
-            })
-            .map(|(_, s)| s.clone())
-        else {
-            return Ok(ParentInfo::default());
-        };
-        let read = |path: &str| sets::read_file(repo, &snap, path).ok();
-        Ok(ParentInfo {
-            checksums: read(manifest::CHECKSUM_PATH)
-                .map(|b| manifest::parse_checksums(&String::from_utf8_lossy(&b)))
-                .unwrap_or_default(),
-            manifest: read(manifest::JSON_PATH).and_then(|b| serde_json::from_slice(&b).ok()),
-            snap: Some(snap),
-        })
     }
 
     /// Free space for what the repository may grow by, and the floor.
@@ -486,6 +458,37 @@ impl<'a> Run<'a> {
             seconds: self.started.elapsed().as_secs_f64(),
             set,
         }
+    }
+}
+
+/// The parent: the newest set holding the most of the wanted
+/// components (its unchanged files and images are reused unread).
+fn parent(
+    repo: &Indexed,
+    existing: &[(BackupSet, SnapshotFile)],
+    wanted: &[ComponentId],
+) -> ParentInfo {
+    // Oldest to newest: `max_by_key` keeps the last of equal keys, so
+    // the newest set covering the most of this backup's components.
+    let Some(snap) = existing
+        .iter()
+        .max_by_key(|(b, _)| {
+            wanted
+                .iter()
+                .filter(|c| b.components.iter().any(|bc| c == &bc.as_str()))
+                .count()
+        })
+        .map(|(_, s)| s.clone())
+    else {
+        return ParentInfo::default();
+    };
+    let read = |path: &str| sets::read_file(repo, &snap, path).ok();
+    ParentInfo {
+        checksums: read(manifest::CHECKSUM_PATH)
+            .map(|b| manifest::parse_checksums(&String::from_utf8_lossy(&b)))
+            .unwrap_or_default(),
+        manifest: read(manifest::JSON_PATH).and_then(|b| serde_json::from_slice(&b).ok()),
+        snap: Some(snap),
     }
 }
 
