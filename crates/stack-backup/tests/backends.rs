@@ -105,19 +105,8 @@ path = "{}"
 fn stack(backend: Backend) -> Stack {
     let mut sb = Sandbox::new();
     let repo = backend.fresh_repo(&mut sb);
-    let db1 = TempDb::new();
-    seed_db(&db1, 200, "a1b2c3d4e5f6");
-    let db2 = TempDb::new();
-    seed_db(&db2, 40, "bbbb0000cccc");
-    let redis = RedisServer::start();
-    redis.fill(30);
-    let img = TempImage::build("restore me");
-    let vol = TempVolume::new();
-    std::fs::write(vol.mountpoint().join("a.txt"), "original volume file").unwrap();
     let media = sb.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    std::fs::write(media.join("one.jpg"), "one").unwrap();
-    std::fs::write(media.join("two.jpg"), "two").unwrap();
+    let (db1, db2, redis, img, vol) = restore_fixture(&media);
     // Big enough to get a data pack of its own.
     let big: Vec<u8> = (0..6_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -194,21 +183,7 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 /// (name, tier) of every set, sorted.
 fn set_names(sb: &Sandbox) -> Vec<(String, String)> {
     let r = sb.run(&["--json", "list"]);
-    r.expect_code(0);
-    let mut v: Vec<(String, String)> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["tier"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    names_and_tiers(&r)
 }
 
 // --- the behaviours ---------------------------------------------------------

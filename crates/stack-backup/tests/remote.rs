@@ -85,21 +85,7 @@ fn set_names(sb: &Sandbox, extra_env: &[(&str, &str)]) -> Vec<(String, String)> 
         sb2.env.push(((*k).into(), (*v).into()));
     }
     let r = sb2.run(&["--config", &sb.config().to_string_lossy(), "--json", "list"]);
-    r.expect_code(0);
-    let mut v: Vec<(String, String)> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["tier"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
+    names_and_tiers(&r)
 }
 
 /// The round trip through S3 (backup, stock restic, restore) is in

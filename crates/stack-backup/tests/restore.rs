@@ -47,19 +47,8 @@ path = "{}"
 
 fn stack() -> Stack {
     let sb = Sandbox::new();
-    let db1 = TempDb::new();
-    seed_db(&db1, 200, "a1b2c3d4e5f6");
-    let db2 = TempDb::new();
-    seed_db(&db2, 40, "bbbb0000cccc");
-    let redis = RedisServer::start();
-    redis.fill(30);
-    let img = TempImage::build("restore me");
-    let vol = TempVolume::new();
-    std::fs::write(vol.mountpoint().join("a.txt"), "original volume file").unwrap();
     let media = sb.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    std::fs::write(media.join("one.jpg"), "one").unwrap();
-    std::fs::write(media.join("two.jpg"), "two").unwrap();
+    let (db1, db2, redis, img, vol) = restore_fixture(&media);
     let s = Stack {
         sb,
         db1,

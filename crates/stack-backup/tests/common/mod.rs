@@ -667,3 +667,41 @@ pub fn dir_state(dir: &Path, of: impl Fn(&Path) -> String) -> String {
     files.sort();
     files.join(";")
 }
+
+/// The services of a restore test, seeded the same way everywhere: two
+/// databases, a Redis with 30 keys, an image, a volume with `a.txt`, and
+/// `media` with `one.jpg` and `two.jpg`.
+pub fn restore_fixture(media: &Path) -> (TempDb, TempDb, RedisServer, TempImage, TempVolume) {
+    let db1 = TempDb::new();
+    seed_db(&db1, 200, "a1b2c3d4e5f6");
+    let db2 = TempDb::new();
+    seed_db(&db2, 40, "bbbb0000cccc");
+    let redis = RedisServer::start();
+    redis.fill(30);
+    let img = TempImage::build("restore me");
+    let vol = TempVolume::new();
+    std::fs::write(vol.mountpoint().join("a.txt"), "original volume file").unwrap();
+    std::fs::create_dir_all(media).unwrap();
+    std::fs::write(media.join("one.jpg"), "one").unwrap();
+    std::fs::write(media.join("two.jpg"), "two").unwrap();
+    (db1, db2, redis, img, vol)
+}
+
+/// `list --json` as (name, tier) pairs, sorted.
+pub fn names_and_tiers(r: &Run) -> Vec<(String, String)> {
+    r.expect_code(0);
+    let mut v: Vec<(String, String)> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["tier"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
