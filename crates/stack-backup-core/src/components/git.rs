@@ -98,7 +98,10 @@ impl Kind for Git {
         let Some(g) = &ctx.stack.cfg.git else {
             return Ok(None);
         };
-        let head = head(&g.path)?;
+        let head = match &ctx.git_head {
+            Some(h) => h.clone(),
+            None => head(&g.path)?,
+        };
         let info = serde_json::to_vec_pretty(&head).unwrap_or_default();
         let files = [
             ("git/HEAD_COMMIT", format!("{}\n", head.commit).into_bytes()),

@@ -143,6 +143,9 @@ pub struct BackupContext<'s, 'c> {
     pub stack: &'s Stack<'c>,
     /// Include Redis instances whose role is `cache`.
     pub include_redis: bool,
+    /// The code's HEAD, read once per backup (`None` without `[git]`, or
+    /// when it could not be read: the git component then says why).
+    pub git_head: Option<crate::git::GitHead>,
 }
 
 /// Runs once the archive runs ended (whether they succeeded or not): fills

@@ -130,33 +130,36 @@ pub fn run_locked<P: ProgressBars>(
     let name = requested_name(req)?;
     let stack = Stack::resolve(cfg)?;
     let wanted = select(&stack, req)?;
-    let ctx = BackupContext {
-        stack: &stack,
-        include_redis: req.include_redis,
-    };
     // 1. Plan while the repository opens: deriving the key alone takes a
     // quarter of a second, connecting and exporting a snapshot as long.
+    // The code's HEAD is read once, for the manifest and the git component.
     let password = repository::password(cfg, env)?;
     let (planned, repo) = std::thread::scope(|s| {
-        let planning = s.spawn(|| plan_all(&ctx, &wanted, req.skip_missing));
+        let planning = s.spawn(|| {
+            let ctx = BackupContext {
+                stack: &stack,
+                include_redis: req.include_redis,
+                git_head: cfg
+                    .git
+                    .as_ref()
+                    .and_then(|g| crate::git::head(&g.path).ok()),
+            };
+            plan_all(&ctx, &wanted, req.skip_missing).map(|p| (p, ctx.git_head))
+        });
         let repo = repository::open_with_progress(cfg, &password, progress);
         let planned = planning
             .join()
             .unwrap_or_else(|_| Err(Error::component("backup", "planning panicked")));
         (planned, repo)
     });
-    let (planned, repo) = (planned?, repo?);
-    // A second handle (the key is cached) that only deletes parts.
-    let deleter = repository::open(cfg, &password)?;
+    let ((planned, git), repo) = (planned?, repo?);
     if planned.is_empty() {
         return Err(Error::NothingToBackUp(
             "no component is configured or selected".into(),
         ));
     }
-    let git = cfg
-        .git
-        .as_ref()
-        .and_then(|g| crate::git::head(&g.path).ok());
+    // A second handle (the key is cached) that only deletes parts.
+    let deleter = repository::open(cfg, &password)?;
     phases::Run::new(cfg, req, name, started, observer)
         .execute(repo, deleter, &wanted, planned, git)
 }
