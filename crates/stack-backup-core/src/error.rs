@@ -27,6 +27,9 @@ pub enum ExitCode {
     Locked = 5,
     /// `doctor` found a component or the repository not ready.
     NotReady = 6,
+    /// A database lock was not granted within `lock-timeout-seconds`; the
+    /// blocking session is named.
+    LockTimeout = 7,
 }
 
 impl ExitCode {
@@ -65,6 +68,11 @@ pub enum Error {
         /// The lock file held by the other process.
         lock: PathBuf,
     },
+
+    /// A database lock was not granted in time (the message names the
+    /// blocking sessions).
+    #[error("{0}")]
+    LockTimeout(String),
 
     /// No repository password could be found.
     #[error("no repository password: set STACK_BACKUP_PASSWORD, or `password-file` / `password-command` in [repository]")]
@@ -137,6 +145,7 @@ impl Error {
                 ExitCode::SafetyRefusal
             }
             Self::Locked { .. } => ExitCode::Locked,
+            Self::LockTimeout(_) => ExitCode::LockTimeout,
             _ => ExitCode::Failure,
         }
     }

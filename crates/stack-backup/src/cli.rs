@@ -117,6 +117,10 @@ pub struct EmergencyArgs {
     /// Restore even when the baseline's migration state does not fit the code.
     #[arg(long)]
     pub allow_migration_mismatch: bool,
+    /// Roles the restore creates (missing ones the dump needs) get their
+    /// password from the baseline; without it they have none.
+    #[arg(long)]
+    pub restore_role_passwords: bool,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +189,11 @@ pub struct RestoreArgs {
     /// Restore even when the backup's migration state does not fit the code.
     #[arg(long)]
     pub allow_migration_mismatch: bool,
+    /// Roles the restore creates (missing ones the dump needs) get their
+    /// password from the set; without it they have none. Existing roles
+    /// are never changed.
+    #[arg(long)]
+    pub restore_role_passwords: bool,
 }
 
 #[derive(Debug, Args)]

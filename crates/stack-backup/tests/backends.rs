@@ -235,7 +235,7 @@ fn round_trip_brings_every_component_back(b: Backend) {
     assert_eq!(
         steps,
         [
-            "Disk check",
+            "Preflight",
             "Backup verify",
             "Migration check",
             "Pre-restore snapshot",

@@ -171,7 +171,7 @@ fn dry_run_shows_the_plan_and_changes_nothing() {
     let r = s.sb.run(&["restore", "good", "--dry-run"]);
     r.expect_code(0);
     for needle in [
-        "Disk check",
+        "Preflight",
         "Backup verify",
         "Migration check",
         "Pre-restore snapshot",

@@ -143,6 +143,10 @@ pub struct BackupContext<'s, 'c> {
     pub stack: &'s Stack<'c>,
     /// Include Redis instances whose role is `cache`.
     pub include_redis: bool,
+    /// The set is the pre-restore snapshot of components about to be
+    /// replaced: sessions that block reading a database (holding `ACCESS
+    /// EXCLUSIVE`) are ended rather than waited for, as the restore would.
+    pub replacing: bool,
     /// The code's HEAD, read once per backup (`None` without `[git]`, or
     /// when it could not be read: the git component then says why).
     pub git_head: Option<crate::git::GitHead>,
@@ -284,6 +288,9 @@ pub trait Kind: Sync {
 pub struct RestoreOptions {
     /// Flush Redis instances with role `cache` instead of restoring them.
     pub flush_redis: bool,
+    /// Give roles a restore creates the password hash of the set's
+    /// `globals.sql` (they are created without one otherwise).
+    pub restore_role_passwords: bool,
 }
 
 /// Checks that every component id of a manifest names a registered kind and

@@ -72,6 +72,14 @@ pub trait Restorer: Send + Sync {
         Stage::Restore
     }
 
+    /// Step 1: whether the target can be restored with the credentials
+    /// and services at hand (privileges, a free scratch database, …),
+    /// naming what is missing; a line for the report when it can. Changes
+    /// nothing.
+    fn preflight(&self, _set: &SetContext) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Free space needed on host paths, beyond the floor.
     fn disk_needs(&self, _set: &SetContext) -> Result<DiskNeeds> {
         Ok(Vec::new())
@@ -107,6 +115,14 @@ pub struct MigrationReport {
 /// succeeded. Dropping it without either call leaves the change and the
 /// kept original in place (a crash: the next run must find them).
 pub trait Applied: Send {
+    /// The restored targets passed their own checks: let what was paused
+    /// for the change run again (containers stopped for a volume), so that
+    /// `[[health]]` checks see the restored stack. An undo after this
+    /// still puts the original back (pausing them again first).
+    fn resume(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// The restore succeeded: drop the original kept for an undo.
     fn commit(self: Box<Self>);
 

@@ -58,6 +58,7 @@ fn records() -> BTreeMap<ComponentId, Record> {
         dump: "postgres/main/shop.dump".into(),
         roles: Some("postgres/main/globals.sql".into()),
         roles_note: None,
+        roles_used: Some(vec!["shop".into()]),
         migrations: Vec::new(),
         row_counts: [("public.a".to_string(), 3), ("public.b".to_string(), 4)].into(),
     };
@@ -181,9 +182,12 @@ fn a_restore_plan_names_every_target_and_says_what_it_leaves() {
             .map(|(_, a)| a.as_str())
             .unwrap_or_else(|| panic!("{c} not planned: {actions:?}"))
     };
-    assert_eq!(
-        action("postgres.main"),
-        "replace database `shop` (postgres://shop:***@127.0.0.1:5432/shop) with the dump of `shop` (2 tables)"
+    // The method follows (it depends on the server's privileges, which a
+    // unit test has none of: here it says why it cannot restore).
+    let pg = action("postgres.main");
+    assert!(
+        pg.starts_with("replace database `shop` (postgres://shop:***@127.0.0.1:5432/shop) with the dump of `shop` (2 tables): "),
+        "{pg}"
     );
     assert_eq!(
         action("redis.cache"),
@@ -214,7 +218,10 @@ fn a_restore_plan_names_every_target_and_says_what_it_leaves() {
 
 #[test]
 fn flush_redis_flushes_cache_instances_in_the_set_or_not() {
-    let (actions, _) = plan(&RestoreOptions { flush_redis: true });
+    let (actions, _) = plan(&RestoreOptions {
+        flush_redis: true,
+        ..RestoreOptions::default()
+    });
     let flushes: Vec<&str> = actions
         .iter()
         .filter(|(_, a)| a.starts_with("flush Redis"))

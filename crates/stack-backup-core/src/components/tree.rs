@@ -133,7 +133,7 @@ pub fn restore_tree(
     Ok(Box::new(Swapped {
         live: live.to_path_buf(),
         old,
-        _users: users,
+        users,
     }))
 }
 
@@ -141,7 +141,9 @@ pub fn restore_tree(
 struct Swapped {
     live: PathBuf,
     old: Option<PathBuf>,
-    _users: Option<StoppedContainers>,
+    /// Containers stopped for the swap: started by `resume`, or when this
+    /// is dropped after the commit or undo.
+    users: Option<StoppedContainers>,
 }
 
 impl Applied for Swapped {
@@ -153,7 +155,17 @@ impl Applied for Swapped {
         }
     }
 
-    fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+    fn resume(&mut self) -> Result<()> {
+        match &mut self.users {
+            Some(u) => u.start_again("docker"),
+            None => Ok(()),
+        }
+    }
+
+    fn undo(mut self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+        if let Some(u) = &mut self.users {
+            u.stop_again("docker")?;
+        }
         let failed = sibling(&self.live, "sb-failed");
         let _ = std::fs::remove_dir_all(&failed);
         if self.live.exists() {

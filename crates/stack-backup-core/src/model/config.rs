@@ -201,6 +201,71 @@ pub struct PostgresConfig {
     /// instead of the ones found (still checked against the server version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<PathBuf>,
+    /// A privileged connection used only by restores (creating the
+    /// database beside the live one, swapping it in, creating roles the
+    /// dump needs). Never used by backups. Its password is a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<DbUrl>,
+    /// A file holding the password of `admin-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password_file: Option<PathBuf>,
+    /// How a restore replaces the database (`docs/decisions/0011`).
+    #[serde(default)]
+    pub restore_method: RestoreMethod,
+    /// How long any statement or tool waits for a lock held by another
+    /// session before it gives up naming the blocker.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout_seconds: u64,
+}
+
+impl PostgresConfig {
+    /// A database reached by `url`, everything else by default.
+    #[must_use]
+    pub fn new(url: DbUrl) -> Self {
+        Self {
+            url,
+            password_file: None,
+            container: None,
+            migrations_dir: None,
+            roles: true,
+            bin_dir: None,
+            admin_url: None,
+            admin_password_file: None,
+            restore_method: RestoreMethod::Auto,
+            lock_timeout_seconds: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    /// The lock timeout as a duration (at least one second).
+    #[must_use]
+    pub fn lock_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_timeout_seconds.max(1))
+    }
+}
+
+/// Default of `lock-timeout-seconds`.
+pub const DEFAULT_LOCK_TIMEOUT: u64 = 30;
+
+fn default_lock_timeout() -> u64 {
+    DEFAULT_LOCK_TIMEOUT
+}
+
+/// How a restore replaces a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMethod {
+    /// `beside` when the role (or `admin-url`) may create and rename
+    /// databases, else `in-place` when the role owns the database.
+    #[default]
+    Auto,
+    /// A new database beside the live one, swapped in by renames; the
+    /// original kept until the restore succeeded. Needs `CREATEDB` and
+    /// ownership of the database (or a superuser), directly or through
+    /// `admin-url`.
+    Beside,
+    /// Into the live database in one transaction (`pg_restore --clean
+    /// --single-transaction`); needs only ownership of the database.
+    InPlace,
 }
 
 fn yes() -> bool {
@@ -625,7 +690,8 @@ impl Config {
     /// - `STACK_BACKUP_REPOSITORY`: a local path, or a URL (`scheme:…`).
     /// - `STACK_BACKUP_PASSWORD_FILE`: replaces `password-file`.
     ///   (`STACK_BACKUP_PASSWORD` itself is read when the repository opens.)
-    /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`:
+    /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`,
+    ///   `STACK_BACKUP_POSTGRES_<NAME>_ADMIN_URL`:
     ///   the URL of that component (`NAME` upper-cased, `-`/`.` as `_`).
     /// - `DATABASE_URL` / `REDIS_URL`: the URL of the component named
     ///   `main` / `cache`, or of the only one; adds one when there is none.
@@ -651,6 +717,10 @@ impl Config {
             if let Some(v) = env.get(&var) {
                 pg.url = DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?;
             }
+            let var = format!("STACK_BACKUP_POSTGRES_{}_ADMIN_URL", env_name(name));
+            if let Some(v) = env.get(&var).filter(|v| !v.is_empty()) {
+                pg.admin_url = Some(DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?);
+            }
         }
         for (name, rd) in &mut self.redis {
             let var = format!("STACK_BACKUP_REDIS_{}_URL", env_name(name));
@@ -666,14 +736,7 @@ impl Config {
                 None if empty => {
                     self.postgres.insert(
                         "main".into(),
-                        PostgresConfig {
-                            url,
-                            password_file: None,
-                            container: None,
-                            migrations_dir: None,
-                            roles: true,
-                            bin_dir: None,
-                        },
+                        PostgresConfig::new(url),
                     );
                 }
                 None => {

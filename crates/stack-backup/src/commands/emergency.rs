@@ -60,6 +60,7 @@ pub fn run(
         flush_redis: false,
         dry_run: args.dry_run,
         allow_migration_mismatch: args.allow_migration_mismatch,
+        restore_role_passwords: args.restore_role_passwords,
     };
     let sure = args.yes_i_am_sure.is_some();
     run_with(cfg, env, &req, out, &|| {

@@ -72,6 +72,7 @@ pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
         flush_redis: args.flush_redis,
         dry_run: args.dry_run,
         allow_migration_mismatch: args.allow_migration_mismatch,
+        restore_role_passwords: args.restore_role_passwords,
     };
     let yes = args.yes;
     run_with(cfg, env, &req, out, &|| {

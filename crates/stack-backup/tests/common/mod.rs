@@ -705,3 +705,76 @@ pub fn names_and_tiers(r: &Run) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+// --- A database as an application owns it --------------------------------------------
+
+/// A database owned by its application's own role (`LOGIN`, no
+/// `CREATEDB`, no `CREATEROLE`, not superuser), seeded by that role: the
+/// credentials a real stack's `DATABASE_URL` holds. The superuser only
+/// creates the role and the empty database. Both are dropped on drop.
+pub struct AppDb {
+    pub db: TempDb,
+    pub role: String,
+    password: String,
+}
+
+impl AppDb {
+    pub fn new(rows: i32, revision: &str) -> Self {
+        let role = unique("sbapp");
+        let password = format!("pw-{role}");
+        let name = unique("sbt");
+        let mut su = pg_client("postgres");
+        su.batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOCREATEDB NOCREATEROLE NOSUPERUSER"
+        ))
+        .unwrap();
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
+            .unwrap();
+        let app = Self {
+            db: TempDb { name },
+            role,
+            password,
+        };
+        let mut c = app.client();
+        c.batch_execute(&format!(
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, note text);
+             INSERT INTO customers (name, note) SELECT 'c' || i, repeat('x', i % 50) FROM generate_series(1, {rows}) i;
+             CREATE TABLE orders (id serial PRIMARY KEY, customer int REFERENCES customers(id), total numeric(10,2));
+             INSERT INTO orders (customer, total) SELECT 1 + i % {rows}, i * 1.5 FROM generate_series(1, {rows} * 3) i;
+             CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+             INSERT INTO alembic_version VALUES ('{revision}');"
+        ))
+        .unwrap();
+        app
+    }
+
+    /// The application's `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        let admin = pg_admin_url();
+        let host = admin
+            .rsplit_once('@')
+            .map_or("127.0.0.1:5432/postgres", |(_, h)| h);
+        let host = host.rsplit_once('/').map_or(host, |(h, _)| h);
+        format!(
+            "postgres://{}:{}@{host}/{}",
+            self.role, self.password, self.db.name
+        )
+    }
+
+    /// A session as the application.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for AppDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&pg_url("postgres"), postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db.name
+            ));
+            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role));
+        }
+    }
+}

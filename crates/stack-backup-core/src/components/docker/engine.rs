@@ -138,6 +138,9 @@ pub fn volume_users(volume: &str) -> Result<Vec<String>> {
 #[derive(Debug, Default)]
 pub struct StoppedContainers {
     names: Vec<String>,
+    /// Started again before the restore as a whole ended
+    /// ([`StoppedContainers::start_again`]).
+    running: bool,
 }
 
 impl StoppedContainers {
@@ -157,10 +160,40 @@ impl StoppedContainers {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+
+    /// Starts them again now (they run on the restored data, so that
+    /// health checks see the stack as it will be); [`Self::stop_again`]
+    /// stops them once more for an undo.
+    pub fn start_again(&mut self, component: &str) -> Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        self.running = true;
+        for n in self.names.iter().rev() {
+            docker(component, &["start", n])?;
+        }
+        Ok(())
+    }
+
+    /// Stops them again after [`Self::start_again`] (an undo is about to
+    /// swap the original back); they are started once more when dropped.
+    pub fn stop_again(&mut self, component: &str) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        for n in &self.names {
+            docker(component, &["stop", n])?;
+        }
+        self.running = false;
+        Ok(())
+    }
 }
 
 impl Drop for StoppedContainers {
     fn drop(&mut self) {
+        if self.running {
+            return;
+        }
         for n in self.names.iter().rev() {
             if let Err(e) = docker("docker", &["start", n]) {
                 log::error!("could not start container {n} again: {e}; start it by hand");

@@ -3,7 +3,10 @@
 //! exported snapshot, with roles, exact row counts and migration state
 //! taken in the same snapshot.
 
+mod locks;
+mod privileges;
 mod restore;
+mod roles;
 mod server;
 
 use std::collections::BTreeMap;
@@ -44,6 +47,11 @@ pub struct PostgresRecord {
     /// Why roles were not taken, or were taken without passwords.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles_note: Option<String>,
+    /// The roles the dump refers to (owners, grantees); a restore creates
+    /// only these, and only when missing. Absent in sets taken before it
+    /// was recorded: such a restore creates no role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_used: Option<Vec<String>>,
     /// Applied migrations per tool found.
     pub migrations: Vec<MigrationState>,
     /// Exact row count of every table (`schema.table`), in the dump's snapshot.
@@ -83,14 +91,44 @@ impl Kind for Postgres {
             Some(c) => format!("pg_dump in container {c}: {}", t.version),
             None => format!("{} ({})", t.program.display(), t.version),
         };
+        // A backup that cannot be restored with these credentials is not
+        // ready: say so now, not on the day of the restore.
+        let database = pc.get_dbname().unwrap_or("postgres").to_string();
+        let how = privileges::decide(name, pg, &database, None)?;
         Ok(format!(
-            "server {} (major {}); {tool}",
-            server.version, server.major
+            "server {} (major {}); {tool}; restore: {}",
+            server.version,
+            server.major,
+            how.describe()
         ))
     }
 
     fn plan_backup(&self, ctx: &BackupContext, id: &ComponentId) -> Result<Option<Planned>> {
-        let plan = plan_dump(id.name(), configured(ctx.stack.cfg, id)?)?;
+        let pg = configured(ctx.stack.cfg, id)?;
+        let plan = match plan_dump(id.name(), pg) {
+            Err(Error::LockTimeout(first)) if ctx.replacing => {
+                // The database is about to be replaced: its blockers go
+                // now rather than at the swap; once, then it is an error.
+                let ended = connect(id.name(), pg).map(|mut c| {
+                    let db = c
+                        .query_one("SELECT current_database()", &[])
+                        .map(|r| r.get::<_, String>(0))
+                        .unwrap_or_default();
+                    locks::end_blockers(&mut c, &db)
+                });
+                match ended {
+                    Ok(ended) if !ended.is_empty() => {
+                        log::warn!(
+                            "{id}: ended the session(s) blocking the pre-restore snapshot: {}",
+                            ended.join("; ")
+                        );
+                        plan_dump(id.name(), pg)?
+                    }
+                    _ => return Err(Error::LockTimeout(first)),
+                }
+            }
+            other => other?,
+        };
         let DumpPlan {
             entries,
             record,
@@ -120,7 +158,7 @@ impl Kind for Postgres {
     fn restorer(
         &self,
         cfg: &Config,
-        _opts: &RestoreOptions,
+        opts: &RestoreOptions,
         id: &ComponentId,
         r: &Record,
     ) -> Result<Restore> {
@@ -135,6 +173,7 @@ impl Kind for Postgres {
             id.clone(),
             record.clone(),
             target,
+            opts.restore_role_passwords,
         ))))
     }
 

@@ -1,21 +1,30 @@
-//! Restoring a database: created beside the live one under a temporary
-//! name, filled by `pg_restore --exit-on-error`, then swapped in by
-//! renames; the original is kept under `<db>__sb_old_<pid>` until the
-//! restore as a whole succeeded.
+//! Restoring a database, by the method its credentials allow
+//! ([`privileges::decide`]): `beside` creates it under a temporary name,
+//! fills it with `pg_restore --exit-on-error` and swaps it in by renames,
+//! keeping the original as `<db>__sb_old_<pid>` until the restore as a
+//! whole succeeded; `in-place` runs `pg_restore --clean --if-exists
+//! --single-transaction` into the live database (all or nothing), and an
+//! undo restores the pre-restore set's dump the same way. Roles the dump
+//! needs and the server lacks are created first ([`roles`]); nothing else
+//! about roles changes.
 
 use std::process::Command;
+use std::sync::OnceLock;
 
-use super::{client_config, component, connect, migration_state_now, quote_ident, row_counts};
-use super::{server_version, PostgresRecord, ToolRun};
+use super::privileges::{self, Decision, Method, Via};
+use super::{admin_config, client_config, component, connect, locks, roles};
+use super::{
+    migration_state_now, quote_ident, row_counts, server_version, PostgresRecord, ToolRun,
+};
 use crate::components::restoring::{
     Applied, Lane, MigrationReport, Restorer, SetContext, UndoContext,
 };
-use crate::components::{ComponentId, DiskNeeds};
+use crate::components::{ComponentId, DiskNeeds, Record};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 
 /// Where a database is restored: a server (the configured connection of
-/// `[postgres.NAME]`, whose role creates the database) and a database name.
+/// `[postgres.NAME]`, and its `admin-url` when set) and a database name.
 #[derive(Debug, Clone)]
 pub struct PgTarget {
     /// The `[postgres.NAME]` key (names the component in errors and
@@ -38,15 +47,40 @@ impl PgTarget {
         })
     }
 
-    fn admin(&self) -> Result<::postgres::Client> {
-        let mut pc = client_config(&self.key, &self.server)?;
-        pc.dbname("postgres");
+    fn config(&self, via: Via) -> Result<::postgres::Config> {
+        match via {
+            Via::Role => client_config(&self.key, &self.server),
+            Via::Admin => admin_config(&self.key, &self.server)?.ok_or_else(|| {
+                Error::component(component(&self.key), "no admin-url is configured")
+            }),
+        }
+    }
+
+    /// A session on database `db` through `via`'s credentials.
+    fn connect(&self, via: Via, db: &str) -> Result<::postgres::Client> {
+        let mut pc = self.config(via)?;
+        pc.dbname(db);
         pc.connect(::postgres::NoTls).map_err(|e| {
+            let detail = std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
             Error::component(
                 component(&self.key),
-                format!("cannot connect to the `postgres` database to recreate the database: {e}"),
+                format!(
+                    "cannot connect to database `{db}`{}: {detail}",
+                    if via == Via::Admin {
+                        " through admin-url"
+                    } else {
+                        ""
+                    }
+                ),
             )
         })
+    }
+
+    /// A libpq tool run with `via`'s credentials.
+    fn tool(&self, via: Via, tool: &str, major: u32) -> Result<ToolRun> {
+        let pc = self.config(via)?;
+        ToolRun::find(&self.key, &self.server, &pc, tool, major)
     }
 }
 
@@ -55,13 +89,51 @@ pub struct PgRestorer {
     id: ComponentId,
     record: PostgresRecord,
     target: PgTarget,
+    role_passwords: bool,
+    decision: OnceLock<std::result::Result<Decision, Error>>,
 }
 
 impl PgRestorer {
-    /// Restores the dump of `record` into `target`.
+    /// Restores the dump of `record` into `target`; roles it creates get
+    /// their password from the set only with `role_passwords`.
     #[must_use]
-    pub fn new(id: ComponentId, record: PostgresRecord, target: PgTarget) -> Self {
-        Self { id, record, target }
+    pub fn new(
+        id: ComponentId,
+        record: PostgresRecord,
+        target: PgTarget,
+        role_passwords: bool,
+    ) -> Self {
+        Self {
+            id,
+            record,
+            target,
+            role_passwords,
+            decision: OnceLock::new(),
+        }
+    }
+
+    /// How the database will be restored (decided once, on first use).
+    fn decision(&self) -> Result<&Decision> {
+        self.decision
+            .get_or_init(|| {
+                privileges::decide(
+                    &self.target.key,
+                    &self.target.server,
+                    &self.target.database,
+                    Some(&self.record),
+                )
+            })
+            .as_ref()
+            .map_err(clone_error)
+    }
+}
+
+/// A decision's error, again (decisions are cached; errors are not Clone).
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Refused(m) => Error::Refused(m.clone()),
+        Error::Component { component, message } => Error::component(component, message),
+        other => Error::component("postgres", other.to_string()),
     }
 }
 
@@ -75,8 +147,12 @@ impl Restorer for PgRestorer {
             || self.target.server.url.redacted(),
             |c| format!("container {c}"),
         );
+        let how = match self.decision() {
+            Ok(d) => d.describe(),
+            Err(e) => format!("CANNOT RESTORE: {e}"),
+        };
         format!(
-            "replace database `{}` ({host}) with the dump of `{}` ({} tables)",
+            "replace database `{}` ({host}) with the dump of `{}` ({} tables): {how}",
             self.target.database,
             self.record.database,
             self.record.row_counts.len()
@@ -87,7 +163,13 @@ impl Restorer for PgRestorer {
         Lane::Databases
     }
 
-    /// A temporary copy of the database exists beside the live one.
+    fn preflight(&self, _set: &SetContext) -> Result<Option<String>> {
+        let d = self.decision()?;
+        Ok(Some(format!("{}: {}", self.id, d.describe())))
+    }
+
+    /// `beside`: a second copy of the database exists beside the live one.
+    /// `in-place`: the old rows stay until the transaction commits.
     fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
         let mut client = connect(&self.target.key, &self.target.server)?;
         let dir: Option<String> = client
@@ -107,7 +189,39 @@ impl Restorer for PgRestorer {
     }
 
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
-        restore_database(set, &self.id, &self.record, &self.target)
+        let d = self.decision()?.clone();
+        let created = create_roles(
+            set,
+            &self.id,
+            &self.record,
+            &self.target,
+            &d,
+            self.role_passwords,
+        )?;
+        let restored = match d.method {
+            Method::Beside(via) => restore_beside(set, &self.id, &self.record, &self.target, via),
+            Method::InPlace => {
+                restore_in_place(set, &self.id, &self.record, &self.target).map(|()| None)
+            }
+        };
+        match restored {
+            Ok(old) => Ok(Box::new(Restored {
+                id: self.id.clone(),
+                target: self.target.clone(),
+                method: d.method,
+                old,
+                created_roles: created,
+                roles_via: d.roles_via,
+            })),
+            Err(e) => {
+                if !created.is_empty() {
+                    if let Ok(mut c) = self.target.connect(d.roles_via, "postgres") {
+                        roles::drop_roles(&mut c, &created);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
@@ -126,6 +240,12 @@ impl Restorer for PgRestorer {
                         counts.get(t).map_or("missing".into(), ToString::to_string)
                     )
                 })
+                .chain(
+                    counts
+                        .keys()
+                        .filter(|t| !self.record.row_counts.contains_key(*t))
+                        .map(|t| format!("{t}: not in the set")),
+                )
                 .collect();
             return Err(Error::Verification(format!(
                 "{c}: row counts differ: {}",
@@ -197,18 +317,60 @@ fn migration_report(
     report
 }
 
-/// Restores beside the live database, then swaps it in.
-fn restore_database(
+/// Creates the roles the decision found missing, from the set's
+/// `globals.sql` when it has one. Returns the roles created.
+fn create_roles(
     set: &SetContext,
     id: &ComponentId,
     p: &PostgresRecord,
     target: &PgTarget,
-) -> Result<Box<dyn Applied>> {
+    decision: &Decision,
+    with_passwords: bool,
+) -> Result<Vec<String>> {
+    if decision.create_roles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let specs = match &p.roles {
+        Some(path) => {
+            let node = set.node(id, path)?;
+            if node.meta.size > MAX_GLOBALS {
+                return Err(Error::Verification(format!(
+                    "{id}: {path} is {} bytes; a roles file is never that large",
+                    node.meta.size
+                )));
+            }
+            let mut sql = Vec::new();
+            set.repo
+                .dump(&node, &mut sql)
+                .map_err(|e| Error::component(id.as_str(), e.display_log()))?;
+            roles::parse_globals(&String::from_utf8_lossy(&sql))
+        }
+        None => Default::default(),
+    };
+    let mut conn = target.connect(decision.roles_via, "postgres")?;
+    roles::create(
+        &mut conn,
+        id.as_str(),
+        &decision.create_roles,
+        &specs,
+        with_passwords,
+    )
+}
+
+/// A roles file larger than this is not read (it is input).
+const MAX_GLOBALS: u64 = 64 << 20;
+
+/// Restores beside the live database, then swaps it in.
+fn restore_beside(
+    set: &SetContext,
+    id: &ComponentId,
+    p: &PostgresRecord,
+    target: &PgTarget,
+    via: Via,
+) -> Result<Option<String>> {
     let key = target.key.as_str();
-    let pg = &target.server;
-    let pc = client_config(key, pg)?;
     let live = target.database.clone();
-    let mut admin = target.admin()?;
+    let mut admin = target.connect(via, "postgres")?;
     let server = server_version(key, &mut admin)?;
     let tag = std::process::id();
     let base = &live[..live.len().min(40)];
@@ -225,16 +387,6 @@ fn restore_database(
         &mut admin,
         &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
     )?;
-    // Roles first, so that ownership in the dump can be restored.
-    if let Some(roles) = &p.roles {
-        let psql = ToolRun::find(key, pg, &pc, "psql", server.major)?;
-        let mut cmd = Command::new(&psql.program);
-        cmd.args(psql.args(&["-X", "-q", "--no-password", "-d", "postgres", "-f", "-"]))
-            .envs(psql.env.iter().map(|(k, v)| (k, v)));
-        if let Err(e) = set.pipe_into(id, roles, cmd, "psql (roles)") {
-            log::warn!("{id}: roles restored with errors (existing roles are kept): {e}");
-        }
-    }
     let create = match &owner {
         Some(o) => format!(
             "CREATE DATABASE {} OWNER {}",
@@ -244,11 +396,11 @@ fn restore_database(
         None => format!("CREATE DATABASE {}", quote_ident(&tmp)),
     };
     exec(&mut admin, &create)?;
-    let restore_tool = ToolRun::find(key, pg, &pc, "pg_restore", server.major)?;
-    let mut cmd = Command::new(&restore_tool.program);
+    let tool = target.tool(via, "pg_restore", server.major)?;
+    let mut cmd = Command::new(&tool.program);
     let dbarg = format!("--dbname={tmp}");
-    cmd.args(restore_tool.args(&["--exit-on-error", "--no-password", &dbarg]))
-        .envs(restore_tool.env.iter().map(|(k, v)| (k, v)));
+    cmd.args(tool.args(&["--exit-on-error", "--no-password", &dbarg]))
+        .envs(tool.env.iter().map(|(k, v)| (k, v)));
     if let Err(e) = set.pipe_into(id, &p.dump, cmd, "pg_restore") {
         let _ = exec(
             &mut admin,
@@ -257,42 +409,208 @@ fn restore_database(
         return Err(e);
     }
     // Swap: nobody may be connected to either database.
-    terminate(&mut admin, &live)?;
-    terminate(&mut admin, &tmp)?;
+    let timeout = target.server.lock_timeout();
     let old = if owner.is_some() {
-        exec(&mut admin, &rename(&live, &old))?;
+        rename(&mut admin, key, &live, &old, timeout)?;
         Some(old)
     } else {
         None
     };
-    exec(&mut admin, &rename(&tmp, &live))?;
-    Ok(Box::new(Swapped {
-        target: target.clone(),
-        old,
-    }))
+    if let Err(e) = rename(&mut admin, key, &tmp, &live, timeout) {
+        if let Some(old) = &old {
+            let _ = rename(&mut admin, key, old, &live, timeout);
+        }
+        let _ = exec(
+            &mut admin,
+            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
+        );
+        return Err(e);
+    }
+    Ok(old)
 }
 
-fn rename(from: &str, to: &str) -> String {
-    format!(
+/// `pg_restore --clean --if-exists --single-transaction` into the live
+/// database: all of it or none of it. Tables the dump does not have (made
+/// by a migration after the backup) are dropped afterwards, in a second
+/// transaction, so that the database holds exactly the set's tables.
+fn restore_in_place(
+    set: &SetContext,
+    id: &ComponentId,
+    p: &PostgresRecord,
+    target: &PgTarget,
+) -> Result<()> {
+    let key = target.key.as_str();
+    let live = target.database.as_str();
+    let mut conn = target.connect(Via::Role, live)?;
+    let server = server_version(key, &mut conn)?;
+    // The database is being replaced: the role's other sessions on it (the
+    // application's) would only block the restore's locks.
+    let ended = locks::terminate_sessions(&mut conn, live)?;
+    if !ended.is_empty() {
+        log::info!("{id}: ended {} session(s) on `{live}`", ended.len());
+    }
+    let mut tool = target.tool(Via::Role, "pg_restore", server.major)?;
+    let app_name = format!("stack-backup-restore-{}-{}", std::process::id(), key);
+    tool.env.retain(|(k, _)| k != "PGAPPNAME");
+    tool.env.push(("PGAPPNAME".into(), app_name.clone()));
+    let mut cmd = Command::new(&tool.program);
+    let dbarg = format!("--dbname={live}");
+    cmd.args(tool.args(&[
+        "--clean",
+        "--if-exists",
+        "--single-transaction",
+        "--exit-on-error",
+        "--no-password",
+        &dbarg,
+    ]))
+    .envs(tool.env.iter().map(|(k, v)| (k, v)));
+    let timeout = target.server.lock_timeout();
+    let run = |cmd: Command| -> Result<String> {
+        let watchdog = locks::Watchdog::start(
+            target.connect(Via::Role, live)?,
+            app_name.clone(),
+            live.to_string(),
+            timeout,
+        );
+        let restored = set.pipe_into(id, &p.dump, cmd, "pg_restore");
+        if let Some(blockers) = watchdog.finish() {
+            return Err(locks::timed_out(id.as_str(), live, timeout, &blockers));
+        }
+        restored
+    };
+    let mut retry = Command::new(cmd.get_program());
+    retry
+        .args(cmd.get_args())
+        .envs(tool.env.iter().map(|(k, v)| (k, v)));
+    match run(cmd) {
+        Ok(_) => drop_extra_tables(&mut conn, id, p).map(|_| ()),
+        // `--clean` drops only what the dump has: a table the set does not
+        // have that refers to one it has (a foreign key added by a later
+        // migration) stops it, atomically. Those tables go first, in a
+        // transaction of their own, and the dump is restored again: the
+        // only case in which an in-place restore is two transactions.
+        Err(e) if e.to_string().contains("depend on it") => {
+            let dropped = drop_extra_tables(&mut conn, id, p)?;
+            if dropped.is_empty() {
+                return Err(e);
+            }
+            run(retry).map_err(|e2| {
+                Error::component(
+                    id.as_str(),
+                    format!(
+                        "{e2}\n(the tables {} that the set does not have were dropped before this second attempt; they are in the pre-restore set)",
+                        dropped.join(", ")
+                    ),
+                )
+            })?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops the tables the role may drop that are not in the set; returns
+/// them.
+fn drop_extra_tables(
+    conn: &mut ::postgres::Client,
+    id: &ComponentId,
+    p: &PostgresRecord,
+) -> Result<Vec<String>> {
+    let rows = conn
+        .query(
+            "SELECT n.nspname || '.' || c.relname, format('%I.%I', n.nspname, c.relname) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             AND pg_has_role(c.relowner, 'USAGE')",
+            &[],
+        )
+        .map_err(|e| Error::component(id.as_str(), format!("listing tables: {e}")))?;
+    let extra: Vec<String> = rows
+        .iter()
+        .filter(|r| !p.row_counts.contains_key(r.get::<_, &str>(0)))
+        .map(|r| r.get(1))
+        .collect();
+    if extra.is_empty() {
+        return Ok(extra);
+    }
+    log::info!(
+        "{id}: dropping {} table(s) the set does not have: {}",
+        extra.len(),
+        extra.join(", ")
+    );
+    exec(
+        conn,
+        &format!(
+            "BEGIN; DROP TABLE IF EXISTS {} CASCADE; COMMIT",
+            extra.join(", ")
+        ),
+    )?;
+    Ok(extra)
+}
+
+/// Renames database `from` to `to`, ending the sessions on `from` first
+/// (the ones the role may end); retried while sessions reconnect, up to
+/// the lock timeout, then refused naming who is still connected.
+fn rename(
+    c: &mut ::postgres::Client,
+    key: &str,
+    from: &str,
+    to: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let sql = format!(
         "ALTER DATABASE {} RENAME TO {}",
         quote_ident(from),
         quote_ident(to)
-    )
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        locks::terminate_sessions(c, from)?;
+        match c.batch_execute(&sql) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.code() == Some(&::postgres::error::SqlState::OBJECT_IN_USE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) if e.code() == Some(&::postgres::error::SqlState::OBJECT_IN_USE) => {
+                let who = locks::sessions(c, from);
+                return Err(locks::timed_out(&component(key), from, timeout, &who));
+            }
+            Err(e) => {
+                let detail = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                return Err(Error::component(
+                    component(key),
+                    format!("`{sql}` failed: {detail}"),
+                ));
+            }
+        }
+    }
 }
 
-/// A database swapped in; the original renamed to `old`.
-struct Swapped {
+/// What a restore of one database changed: swapped in beside (the
+/// original renamed to `old`) or replaced in place; and the roles it
+/// created.
+struct Restored {
+    id: ComponentId,
     target: PgTarget,
+    method: Method,
     old: Option<String>,
+    created_roles: Vec<String>,
+    roles_via: Via,
 }
 
-impl Applied for Swapped {
+impl Applied for Restored {
     fn commit(self: Box<Self>) {
-        let Some(old) = &self.old else {
+        let (Method::Beside(via), Some(old)) = (self.method, &self.old) else {
             return;
         };
-        let dropped = self.target.admin().and_then(|mut a| {
-            terminate(&mut a, old)?;
+        let dropped = self.target.connect(via, "postgres").and_then(|mut a| {
+            locks::terminate_sessions(&mut a, old)?;
             exec(
                 &mut a,
                 &format!("DROP DATABASE IF EXISTS {}", quote_ident(old)),
@@ -303,24 +621,57 @@ impl Applied for Swapped {
         }
     }
 
-    fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+    fn undo(self: Box<Self>, undo: &UndoContext) -> Result<()> {
+        match self.method {
+            Method::Beside(via) => self.undo_beside(via)?,
+            Method::InPlace => self.undo_in_place(undo)?,
+        }
+        if !self.created_roles.is_empty() {
+            let mut c = self.target.connect(self.roles_via, "postgres")?;
+            roles::drop_roles(&mut c, &self.created_roles);
+        }
+        Ok(())
+    }
+}
+
+impl Restored {
+    fn undo_beside(&self, via: Via) -> Result<()> {
+        let key = self.target.key.as_str();
         let live = &self.target.database;
-        let mut admin = self.target.admin()?;
-        terminate(&mut admin, live)?;
+        let timeout = self.target.server.lock_timeout();
+        let mut admin = self.target.connect(via, "postgres")?;
         let failed = format!("{}__sb_failed", &live[..live.len().min(40)]);
         exec(
             &mut admin,
             &format!("DROP DATABASE IF EXISTS {}", quote_ident(&failed)),
         )?;
-        exec(&mut admin, &rename(live, &failed))?;
+        rename(&mut admin, key, live, &failed, timeout)?;
         if let Some(old) = &self.old {
-            exec(&mut admin, &rename(old, live))?;
+            rename(&mut admin, key, old, live, timeout)?;
         }
         exec(
             &mut admin,
             &format!("DROP DATABASE IF EXISTS {}", quote_ident(&failed)),
         )?;
         Ok(())
+    }
+
+    /// The database as it was: the pre-restore set's dump of it, restored
+    /// in place the same way.
+    fn undo_in_place(&self, undo: &UndoContext) -> Result<()> {
+        let pre = undo.pre_restore()?.ok_or_else(|| {
+            Error::component(
+                self.id.as_str(),
+                "no pre-restore set to put the database back from",
+            )
+        })?;
+        let Some(Record::Postgres(before)) = pre.manifest.components.get(&self.id) else {
+            return Err(Error::component(
+                self.id.as_str(),
+                "the pre-restore set has no dump of the database",
+            ));
+        };
+        restore_in_place(&pre.context(undo.cfg), &self.id, before, &self.target)
     }
 }
 
@@ -330,13 +681,4 @@ fn exec(c: &mut ::postgres::Client, sql: &str) -> Result<()> {
             std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
         Error::component("postgres", format!("`{sql}` failed: {detail}"))
     })
-}
-
-fn terminate(c: &mut ::postgres::Client, db: &str) -> Result<()> {
-    c.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        &[&db],
-    )
-    .map_err(|e| Error::component("postgres", format!("terminating sessions on {db}: {e}")))?;
-    Ok(())
 }

@@ -25,25 +25,56 @@ pub fn component(name: &str) -> String {
     crate::components::ComponentId::new(&super::Postgres, name).to_string()
 }
 
-/// The connection parameters of a config entry, password included.
+/// The connection parameters of a config entry, password included. Every
+/// session opened with them gives up waiting for a lock after the entry's
+/// `lock-timeout-seconds` (SQLSTATE 55P03) instead of waiting forever.
 pub fn client_config(name: &str, cfg: &PostgresConfig) -> Result<postgres::Config> {
-    let mut pc = postgres::Config::from_str(cfg.url.expose()).map_err(|e| {
+    connection_config(name, cfg, &cfg.url, cfg.password_file.as_deref(), "")
+}
+
+/// The connection parameters of the entry's `admin-url`, when it has one.
+pub fn admin_config(name: &str, cfg: &PostgresConfig) -> Result<Option<postgres::Config>> {
+    cfg.admin_url
+        .as_ref()
+        .map(|url| connection_config(name, cfg, url, cfg.admin_password_file.as_deref(), "admin-"))
+        .transpose()
+}
+
+fn connection_config(
+    name: &str,
+    cfg: &PostgresConfig,
+    url: &crate::config::DbUrl,
+    password_file: Option<&Path>,
+    what: &str,
+) -> Result<postgres::Config> {
+    let mut pc = postgres::Config::from_str(url.expose()).map_err(|e| {
         Error::component(
             component(name),
-            format!("invalid URL {}: {e}", cfg.url.redacted()),
+            format!("invalid {what}URL {}: {e}", url.redacted()),
         )
     })?;
-    if let Some(file) = &cfg.password_file {
+    if let Some(file) = password_file {
         let pw = std::fs::read_to_string(file).map_err(|e| {
             Error::component(
                 component(name),
-                format!("cannot read password-file {}: {e}", file.display()),
+                format!("cannot read {what}password-file {}: {e}", file.display()),
             )
         })?;
         pc.password(pw.lines().next().unwrap_or_default());
     }
     pc.connect_timeout(CONNECT_TIMEOUT);
+    let lock = lock_timeout_option(cfg);
+    let options = match pc.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {lock}"),
+        _ => lock,
+    };
+    pc.options(&options);
     Ok(pc)
+}
+
+/// `-c lock_timeout=…` for a session's options (`PGOPTIONS` of a tool).
+fn lock_timeout_option(cfg: &PostgresConfig) -> String {
+    format!("-c lock_timeout={}s", cfg.lock_timeout().as_secs())
 }
 
 /// Connects to the database of a config entry.
@@ -216,6 +247,12 @@ pub fn find_tool(
 /// `in_container`, host and port are left to the container's defaults.
 pub fn child_env(pc: &postgres::Config, in_container: bool) -> Vec<(String, String)> {
     let mut env = vec![("PGAPPNAME".to_string(), "stack-backup".to_string())];
+    if let Some(options) = pc.get_options() {
+        // The lock timeout of `client_config`: libpq tools honour it for
+        // what they run before their own `SET`s (pg_dump and pg_restore
+        // reset it; they get `--lock-wait-timeout` or a watchdog instead).
+        env.push(("PGOPTIONS".into(), options.to_string()));
+    }
     if !in_container {
         if let Some(host) = pc.get_hosts().first() {
             let h = match host {
@@ -535,6 +572,87 @@ fn facts_in_snapshot(name: &str, pc: &postgres::Config, snapshot: &str) -> Resul
     Ok((counts, migrations))
 }
 
+/// Takes `ACCESS SHARE` on every user table the role may read, in the
+/// snapshot's transaction, as `pg_dump` is about to: a session holding
+/// `ACCESS EXCLUSIVE` (a migration, an idle transaction) makes this fail
+/// within the lock timeout, naming it, before any dump starts; and the
+/// tables cannot be altered or dropped under the running dump.
+fn lock_tables(
+    name: &str,
+    cfg: &PostgresConfig,
+    client: &mut postgres::Client,
+    db: &str,
+) -> Result<()> {
+    let fail = |e: &postgres::Error| {
+        Error::component(
+            component(name),
+            format!("locking the tables to dump: {}", error_text(e)),
+        )
+    };
+    let tables: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             AND has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
+            &[],
+        )
+        .map_err(|e| fail(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for chunk in tables.chunks(500) {
+        let sql = format!("LOCK TABLE {} IN ACCESS SHARE MODE", chunk.join(", "));
+        if let Err(e) = client.batch_execute(&sql) {
+            if !super::locks::is_lock_timeout(&e) {
+                return Err(fail(&e));
+            }
+            let who = connect(name, cfg)
+                .map(|mut c| super::locks::blockers(&mut c, db))
+                .unwrap_or_default();
+            return Err(super::locks::timed_out(
+                &component(name),
+                db,
+                cfg.lock_timeout(),
+                &who,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The roles the dump refers to: owners of, and grantees on, the objects
+/// of the database's own schemas (built-in `pg_*` roles left out). These
+/// are the only roles a restore may create (`roles::ensure`).
+fn roles_used(name: &str, client: &mut postgres::Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') \
+                         AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%'), \
+                  used AS ( \
+                    SELECT nspowner AS r FROM pg_namespace WHERE oid IN (SELECT oid FROM ns) \
+                    UNION SELECT (aclexplode(nspacl)).grantee FROM pg_namespace WHERE oid IN (SELECT oid FROM ns) AND nspacl IS NOT NULL \
+                    UNION SELECT relowner FROM pg_class WHERE relnamespace IN (SELECT oid FROM ns) \
+                    UNION SELECT (aclexplode(relacl)).grantee FROM pg_class WHERE relnamespace IN (SELECT oid FROM ns) AND relacl IS NOT NULL \
+                    UNION SELECT proowner FROM pg_proc WHERE pronamespace IN (SELECT oid FROM ns) \
+                    UNION SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE pronamespace IN (SELECT oid FROM ns) AND proacl IS NOT NULL \
+                    UNION SELECT typowner FROM pg_type WHERE typnamespace IN (SELECT oid FROM ns) \
+                    UNION SELECT (aclexplode(typacl)).grantee FROM pg_type WHERE typnamespace IN (SELECT oid FROM ns) AND typacl IS NOT NULL \
+                    UNION SELECT defaclrole FROM pg_default_acl \
+                    UNION SELECT (aclexplode(defaclacl)).grantee FROM pg_default_acl) \
+             SELECT rolname FROM pg_roles WHERE oid IN (SELECT r FROM used) AND rolname NOT LIKE 'pg\\_%' ORDER BY 1",
+            &[],
+        )
+        .map_err(|e| {
+            Error::component(
+                component(name),
+                format!("listing the roles the database uses: {}", error_text(&e)),
+            )
+        })?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Connects, exports a snapshot, records versions, row counts and
 /// migration state, dumps roles, and prepares the streaming `pg_dump`.
 pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
@@ -557,17 +675,20 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
         .query_one("SELECT pg_export_snapshot()", &[])
         .map_err(fail)?
         .get(0);
+    let database = pc.get_dbname().unwrap_or("postgres").to_string();
+    lock_tables(name, cfg, &mut client, &database)?;
+    let roles_used = roles_used(name, &mut client)?;
     let facts = {
         let (name, pc, snapshot) = (name.to_string(), pc.clone(), snapshot.clone());
         std::thread::spawn(move || facts_in_snapshot(&name, &pc, &snapshot))
     };
 
-    let database = pc.get_dbname().unwrap_or("postgres").to_string();
     let dump_path = format!(
         "postgres/{name}/{}.dump",
         crate::manifest::safe_file_name(&database)
     );
     let snapshot_arg = format!("--snapshot={snapshot}");
+    let lock_wait = format!("--lock-wait-timeout={}s", cfg.lock_timeout().as_secs());
     let mut entries = vec![Entry::File(Artifact {
         path: dump_path.clone(),
         component: comp.clone(),
@@ -577,6 +698,7 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
                 "--format=custom",
                 "--compress=0",
                 "--no-password",
+                &lock_wait,
                 &snapshot_arg,
             ]),
             env: dump_tool.env.clone(),
@@ -640,6 +762,7 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
             dump: dump_path,
             roles,
             roles_note,
+            roles_used: Some(roles_used),
             migrations: Vec::new(),
             row_counts: std::collections::BTreeMap::new(),
         },

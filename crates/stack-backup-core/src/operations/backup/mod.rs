@@ -139,6 +139,7 @@ pub fn run_locked<P: ProgressBars>(
             let ctx = BackupContext {
                 stack: &stack,
                 include_redis: req.include_redis,
+                replacing: req.tier == Tier::PreRestore,
                 git_head: cfg
                     .git
                     .as_ref()

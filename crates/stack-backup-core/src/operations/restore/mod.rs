@@ -1,7 +1,7 @@
 //! `restore`: the safety chain.
 //!
 //! ```text
-//! Disk check → Backup verify → Migration check → Pre-restore snapshot
+//! Preflight (privileges, disk) → Backup verify → Migration check → Pre-restore snapshot
 //!   → Restore → Redis flush (if asked) → Post-restore verify
 //! ```
 //!
@@ -50,6 +50,9 @@ pub struct Request {
     pub dry_run: bool,
     /// Restore even when the migration state does not fit the code.
     pub allow_migration_mismatch: bool,
+    /// Roles created because the dump needs them get their password hash
+    /// from the set (default: created without a password).
+    pub restore_role_passwords: bool,
 }
 
 /// A step of the chain as reported.
@@ -74,7 +77,7 @@ pub trait Steps {
 
 /// The step names, in order.
 pub const STEPS: [&str; 7] = [
-    "Disk check",
+    "Preflight",
     "Backup verify",
     "Migration check",
     "Pre-restore snapshot",
@@ -119,7 +122,7 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
     pinned(cfg, &plan)?;
     let set = SetContext::new(&plan.repo, cfg, &plan.snap, &plan.manifest, &plan.checksums);
     let req = &plan.request;
-    step(steps, 1, || disk_check(cfg, &set, &plan.restorers))?;
+    step(steps, 1, || preflight(cfg, &set, &plan.restorers))?;
     step(steps, 2, || verify(&set, &plan.restorers))?;
     step(steps, 3, || {
         migration_check(&set, &plan.restorers, req.allow_migration_mismatch)
@@ -212,7 +215,7 @@ fn apply(
                 Ok(format!("flushed {}", ids.join(", ")))
             })?;
         }
-        step(steps, 7, || post_verify(set, restorers))
+        step(steps, 7, || post_verify(set, restorers, &mut done))
     })();
     let Err(e) = result else {
         // Dropping the originals: side by side (a database and a large
@@ -238,7 +241,10 @@ fn apply(
             rollback_errors.join("; ")
         )
     };
-    Err(Error::component("restore", message))
+    Err(match e {
+        Error::LockTimeout(_) => Error::LockTimeout(message),
+        _ => Error::component("restore", message),
+    })
 }
 
 fn staged(restorers: &[Box<dyn Restorer>], stage: Stage) -> Vec<&dyn Restorer> {
@@ -287,7 +293,21 @@ fn restore_concurrently(set: &SetContext, wanted: &[&dyn Restorer]) -> Vec<Resto
         .collect()
 }
 
-/// Step 1: free space on every filesystem the restore writes to.
+/// Step 1: every restorer can restore its target with the credentials at
+/// hand (a missing privilege is named here, before anything changed), and
+/// there is free space on every filesystem the restore writes to.
+fn preflight(cfg: &Config, set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
+    let mut lines = Vec::new();
+    for r in restorers {
+        if let Some(line) = r.preflight(set)? {
+            lines.push(line);
+        }
+    }
+    lines.push(disk_check(cfg, set, restorers)?);
+    Ok(lines.join("; "))
+}
+
+/// Free space on every filesystem the restore writes to.
 fn disk_check(cfg: &Config, set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
     let mut needs: BTreeMap<std::path::PathBuf, u64> = BTreeMap::new();
     for r in restorers
@@ -437,13 +457,22 @@ fn pre_restore_snapshot(
     }
 }
 
-/// Step 7: every restorer's check, then the configured health checks.
-fn post_verify(set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
+/// Step 7: every restorer's check; then what was paused for the restore
+/// runs again (containers stopped for a volume); then the configured
+/// health checks, which so see the stack as it will be left.
+fn post_verify(
+    set: &SetContext,
+    restorers: &[Box<dyn Restorer>],
+    done: &mut [Box<dyn Applied>],
+) -> Result<String> {
     let mut checked = Vec::new();
     for r in restorers {
         if let Some(line) = r.post_check(set)? {
             checked.push(line);
         }
+    }
+    for a in done.iter_mut() {
+        a.resume()?;
     }
     for h in &set.cfg.health {
         checked.push(crate::health::run(set.cfg, h)?);

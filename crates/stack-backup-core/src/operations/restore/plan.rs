@@ -59,6 +59,7 @@ pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
     let (manifest, checksums) = read_set(&repo, &set, &snap)?;
     let opts = RestoreOptions {
         flush_redis: req.flush_redis,
+        restore_role_passwords: req.restore_role_passwords,
     };
     let mut restorers: Vec<Box<dyn Restorer>> = Vec::new();
     let mut skipped = Vec::new();
