@@ -191,7 +191,7 @@ fn a_restore_plan_names_every_target_and_says_what_it_leaves() {
     );
     assert_eq!(
         action("redis.cache"),
-        "replace every key of Redis redis://:***@127.0.0.1:6379/0 with the RDB (12 keys in its db)"
+        "replace the keys of database 0 of Redis redis://:***@127.0.0.1:6379/0 with the RDB's database 0 (12 keys); other databases untouched"
     );
     assert_eq!(
         action("docker.image.shop-web:latest"),

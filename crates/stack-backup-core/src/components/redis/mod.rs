@@ -1,9 +1,12 @@
 //! `redis.NAME`: a point-in-time RDB (`BGSAVE`, then wait on `LASTSAVE`).
 //! A Redis with role `cache` is only taken with `--include-redis`, and can
-//! be flushed instead of restored (`--flush-redis`).
+//! be flushed instead of restored (`--flush-redis`). A restore changes the
+//! configured database only (see `restore.rs`).
 
+mod copy;
 mod restore;
 mod server;
+mod temp_server;
 
 use serde::{Deserialize, Serialize};
 

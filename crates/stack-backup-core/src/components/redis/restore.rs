@@ -1,18 +1,60 @@
-//! Restoring a Redis instance: it becomes a replica of a temporary
-//! `redis-server` that loaded the set's RDB, then is promoted again. The
-//! restored data is what Redis holds in memory, so its own saves (also on
-//! shutdown) write the restored data, never the old.
+//! Restoring the configured database of a Redis instance, and nothing else
+//! on it.
+//!
+//! A set's RDB holds every database of the instance, but `[redis.NAME]`
+//! names one (`redis://host/9`), and other applications often share the
+//! instance through other databases. So the restore:
+//!
+//! 1. loads the RDB into a temporary `redis-server` (see [`TempServer`]);
+//! 2. picks a *scratch* database on the live instance: an empty one that
+//!    no `[redis.*]` of the config uses, the highest such index (the low
+//!    ones are the ones applications pick);
+//! 3. copies the keys of the database the set was taken from into the
+//!    scratch database, `DUMP`/`RESTORE` with their remaining TTL (keys
+//!    whose TTL ran out since the backup are skipped and counted);
+//! 4. checks that the scratch database holds what was copied (someone
+//!    writing into it meanwhile fails the restore; the scratch is flushed
+//!    and nothing else was changed);
+//! 5. `SWAPDB target scratch`: one atomic command, after which the
+//!    restored keys are the target and the original keys sit in the
+//!    scratch database.
+//!
+//! Until the restore as a whole ends, the original is kept there:
+//! [`Applied::undo`] swaps back (exact and instant, whatever happened
+//! since to other databases) and flushes the restored keys;
+//! [`Applied::commit`] flushes the original (`FLUSHDB ASYNC`). A run
+//! killed between the swap and either leaves the original in the scratch
+//! database (logged at the swap, `-v`).
+//!
+//! Durability is Redis's own: the restored keys are in memory and in
+//! whatever the instance's next save or AOF write carries; nothing of the
+//! restore is written to the instance's RDB or AOF files directly, so no
+//! save on shutdown can bring old data back.
+//!
+//! Nothing waits on a replication link. What the live instance needs:
+//! Redis 4 or newer (`SWAPDB`, `FLUSHDB ASYNC`) with those commands not
+//! renamed, a primary (not a replica), not a cluster (one database only),
+//! `CONFIG GET databases` allowed, and a free database; these are checked
+//! before anything changes, in step 1 ([`Restorer::disk_needs`]).
+//!
+//! A Redis inside a container is restored the same way: everything goes
+//! through the configured URL, and the temporary server only talks to
+//! stack-backup. The RDB must be one the host's `redis-server` can load,
+//! and its `DUMP` payloads ones the live server accepts (a live server
+//! older than the host's refuses newer payloads: the restore then fails
+//! before the swap and changes nothing).
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use super::{connect, dbsize, replicate_from, server_version, RedisRecord};
+use super::copy::{copy, Copied};
+use super::temp_server::{remove_leftovers, TempServer};
+use super::{connect, dbsize, info_field, query, RedisRecord};
 use crate::components::restoring::{
     Applied, Lane, Nothing, Restorer, SetContext, Stage, UndoContext,
 };
-use crate::components::ComponentId;
-use crate::config::{Config, DbUrl, RedisConfig, RedisRole};
+use crate::components::{ComponentId, DiskNeeds};
+use crate::config::{Config, RedisConfig};
 use crate::error::{Error, Result};
 
 /// The set's RDB into a Redis instance.
@@ -20,19 +62,110 @@ pub struct RedisRestorer {
     id: ComponentId,
     record: RedisRecord,
     target: RedisConfig,
+    /// Database indexes a scratch database must not take: those of every
+    /// `[redis.*]` (another one may be restored in the same run).
+    reserved: Vec<i64>,
+    /// What the restore copied, for the post-check.
+    copied: Mutex<Option<Copied>>,
 }
 
 impl RedisRestorer {
     /// Restores the RDB of `record` into the live `[redis.NAME]` of `id`.
     pub fn new(cfg: &Config, id: &ComponentId, record: RedisRecord) -> Result<Self> {
         let target = super::configured(cfg, id)?.clone();
-        Ok(Self::into_target(id.clone(), record, target))
+        let mut r = Self::into_target(id.clone(), record, target);
+        r.reserved.extend(
+            cfg.redis
+                .values()
+                .filter_map(|rd| db_index(&rd.url.redacted()).ok()),
+        );
+        Ok(r)
     }
 
     /// Restores the RDB of `record` into the Redis `target`.
     #[must_use]
     pub fn into_target(id: ComponentId, record: RedisRecord, target: RedisConfig) -> Self {
-        Self { id, record, target }
+        Self {
+            id,
+            record,
+            target,
+            reserved: Vec::new(),
+            copied: Mutex::new(None),
+        }
+    }
+
+    fn fail(&self, message: impl Into<String>) -> Error {
+        Error::component(self.id.as_str(), message)
+    }
+
+    /// The database the set was taken from, and the configured one.
+    fn dbs(&self) -> Result<(i64, i64)> {
+        let source = db_index(&self.record.url).map_err(|e| {
+            self.fail(format!(
+                "cannot tell the database of the set's URL {}: {e}",
+                self.record.url
+            ))
+        })?;
+        let target = db_index(&self.target.url.redacted()).map_err(|e| {
+            self.fail(format!(
+                "cannot tell the database of {}: {e}",
+                self.target.url.redacted()
+            ))
+        })?;
+        Ok((source, target))
+    }
+
+    /// Refuses, before anything changes, a live instance this restore
+    /// cannot change one database of; returns the scratch database it
+    /// would use now.
+    fn preflight(&self, live: &mut redis::Connection) -> Result<i64> {
+        let url = self.target.url.redacted();
+        let refuse = |why: String| {
+            Error::Refused(format!(
+                "{}: cannot restore one database of Redis {url}: {why}; nothing was changed",
+                self.id
+            ))
+        };
+        let name = self.id.name();
+        let replication: String = query(
+            name,
+            live,
+            redis::cmd("INFO").arg("replication"),
+            "INFO replication",
+        )?;
+        if info_field(&replication, "role").as_deref() != Some("master") {
+            return Err(refuse("it is a replica (restore into its primary)".into()));
+        }
+        let cluster: String = query(
+            name,
+            live,
+            redis::cmd("INFO").arg("cluster"),
+            "INFO cluster",
+        )?;
+        if info_field(&cluster, "cluster_enabled").as_deref() == Some("1") {
+            return Err(refuse(
+                "it runs in cluster mode (one database only, no SWAPDB)".into(),
+            ));
+        }
+        for command in ["SWAPDB", "FLUSHDB", "RESTORE"] {
+            // Unknown (older than Redis 4, or renamed) commands are nil.
+            let info: Vec<redis::Value> = query(
+                name,
+                live,
+                redis::cmd("COMMAND").arg("INFO").arg(command),
+                "COMMAND INFO",
+            )?;
+            if matches!(info.first(), None | Some(redis::Value::Nil)) {
+                return Err(refuse(format!(
+                    "it has no {command} command (Redis 4 or newer, not renamed)"
+                )));
+            }
+        }
+        let (_, target) = self.dbs()?;
+        scratch_db(name, live, target, &self.reserved).map_err(|e| match e {
+            Error::Refused(why) => refuse(why),
+            e => e,
+        })
     }
 }
 
@@ -42,8 +175,12 @@ impl Restorer for RedisRestorer {
     }
 
     fn action(&self) -> String {
+        let (source, target) = self.dbs().map_or_else(
+            |_| ("?".to_string(), "?".to_string()),
+            |(s, t)| (s.to_string(), t.to_string()),
+        );
         format!(
-            "replace every key of Redis {} with the RDB ({} keys in its db)",
+            "replace the keys of database {target} of Redis {} with the RDB's database {source} ({} keys); other databases untouched",
             self.target.url.redacted(),
             self.record.keys
         )
@@ -53,47 +190,219 @@ impl Restorer for RedisRestorer {
         Lane::Redis
     }
 
+    /// Room for the RDB in the temporary directory; also where the live
+    /// instance is checked (step 1 runs before anything changes, dry runs
+    /// included).
+    fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
+        let mut live = connect(self.id.name(), &self.target)?;
+        self.preflight(&mut live)?;
+        Ok(vec![(std::env::temp_dir(), set.artifact_bytes(&self.id))])
+    }
+
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
-        load_rdb(set, &self.id, &self.record, &self.target)?;
-        Ok(Box::new(Replaced {
+        let (source, target) = self.dbs()?;
+        remove_leftovers();
+        // Started, used and dropped on this thread (see TempServer).
+        let server = TempServer::start(set, &self.id, &self.record.rdb, source)?;
+        crate::system::fault::point("redis-temp-server-up")?;
+        let mut src = server
+            .connect(source)
+            .map_err(|e| self.fail(format!("the temporary redis-server: {e}")))?;
+        let mut live = connect(self.id.name(), &self.target)?;
+        let scratch = self.preflight(&mut live)?;
+        let mut dst = connect(self.id.name(), &self.target)?;
+        query::<()>(
+            self.id.name(),
+            &mut dst,
+            redis::cmd("SELECT").arg(scratch),
+            "SELECT",
+        )?;
+        let flush_scratch = |dst: &mut redis::Connection, e: Error| {
+            let _ = redis::cmd("FLUSHDB").query::<()>(dst);
+            e
+        };
+        let copied =
+            copy(&mut src, &mut dst, &|m| self.fail(m)).map_err(|e| flush_scratch(&mut dst, e))?;
+        drop(server);
+        let n = dbsize(self.id.name(), &mut dst).map_err(|e| flush_scratch(&mut dst, e))?;
+        let want = copied.expected(Instant::now());
+        if !want.admits(n) {
+            return Err(flush_scratch(
+                &mut dst,
+                self.fail(format!(
+                    "database {scratch}, used as scratch, holds {n} keys after {} were copied into it (expected {want}): something else writes into it; nothing was changed",
+                    copied.keys
+                )),
+            ));
+        }
+        log::info!(
+            "{}: {} keys copied in {:.1?}; swapping database {target} with {scratch}: until the restore ends, the original keys of database {target} are in database {scratch}",
+            self.id,
+            copied.keys,
+            copied.took
+        );
+        match redis::cmd("SWAPDB")
+            .arg(target)
+            .arg(scratch)
+            .query::<()>(&mut live)
+        {
+            Ok(()) => {}
+            // The server said no: nothing was swapped.
+            Err(e) if e.code().is_some() => {
+                return Err(flush_scratch(
+                    &mut dst,
+                    self.fail(format!("SWAPDB failed: {e}; nothing was changed")),
+                ));
+            }
+            // The link broke: the swap may or may not have happened, and
+            // either database may hold the original; leave both.
+            Err(e) => {
+                return Err(self.fail(format!(
+                    "SWAPDB {target} {scratch} got no answer ({e}): database {target} holds either the original or the restored keys, database {scratch} the other; check and FLUSHDB the restored one by hand"
+                )));
+            }
+        }
+        *self.copied.lock().expect("copied") = Some(copied);
+        Ok(Box::new(Swapped {
             id: self.id.clone(),
             target: self.target.clone(),
+            db: target,
+            scratch,
         }))
     }
 
+    /// The keys that should still exist now: those copied without a TTL,
+    /// and those whose TTL has not run out (a range for keys right at
+    /// their deadline). Keys gone since the backup are reported.
     fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
+        let Some(copied) = self.copied.lock().expect("copied").clone() else {
+            return Ok(None);
+        };
         let mut conn = connect(self.id.name(), &self.target)?;
         let n = dbsize(self.id.name(), &mut conn)?;
-        if n != self.record.keys {
+        let want = copied.expected(Instant::now());
+        if !want.admits(n) {
             return Err(Error::Verification(format!(
-                "{}: {n} keys after restore, expected {}",
-                self.id, self.record.keys
+                "{}: {n} keys after the restore, expected {want} ({} copied, {} of them with a TTL)",
+                self.id,
+                copied.keys,
+                copied.deadlines.len()
             )));
         }
-        Ok(Some(format!("{}: {n} keys", self.id)))
+        let mut line = format!("{}: {n} keys", self.id);
+        let gone = self.record.keys.saturating_sub(want.nominal);
+        if gone > 0 {
+            line.push_str(&format!(" ({gone} expired since the backup)"));
+        }
+        // The count in the record is taken just before the save: keys
+        // written in between are in the RDB but not in the count.
+        if copied.keys + copied.expired > self.record.keys {
+            line.push_str(&format!(
+                " ({} written during the backup's save)",
+                copied.keys + copied.expired - self.record.keys
+            ));
+        }
+        Ok(Some(line))
     }
 }
 
-/// A Redis whose keys were replaced: the undo loads the pre-restore set's
-/// RDB the same way (there is no original to keep aside).
-struct Replaced {
+/// The configured database after a swap: the restored keys in `db`, the
+/// original ones in `scratch`.
+struct Swapped {
     id: ComponentId,
     target: RedisConfig,
+    db: i64,
+    scratch: i64,
 }
 
-impl Applied for Replaced {
-    fn commit(self: Box<Self>) {}
-
-    fn undo(self: Box<Self>, undo: &UndoContext) -> Result<()> {
-        let Some(pre) = undo.pre_restore()? else {
-            return Ok(());
-        };
-        let set = pre.context(undo.cfg);
-        if let Some(crate::components::Record::Redis(r)) = pre.manifest.components.get(&self.id) {
-            load_rdb(&set, &self.id, r, &self.target)?;
+impl Swapped {
+    fn flush_scratch(&self, conn: &mut redis::Connection, mode: Option<&str>) -> Result<()> {
+        let name = self.id.name();
+        query::<()>(name, conn, redis::cmd("SELECT").arg(self.scratch), "SELECT")?;
+        let mut flush = redis::cmd("FLUSHDB");
+        if let Some(m) = mode {
+            flush.arg(m);
         }
-        Ok(())
+        query::<()>(name, conn, &flush, "FLUSHDB")
     }
+}
+
+impl Applied for Swapped {
+    /// Drops the original keys (freed in the background).
+    fn commit(self: Box<Self>) {
+        let dropped = connect(self.id.name(), &self.target)
+            .and_then(|mut conn| self.flush_scratch(&mut conn, Some("ASYNC")));
+        if let Err(e) = dropped {
+            log::warn!(
+                "{}: the original keys of database {} are still in database {}: {e}; FLUSHDB it by hand",
+                self.id,
+                self.db,
+                self.scratch
+            );
+        }
+    }
+
+    /// Swaps the original keys back, then drops the restored ones.
+    fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+        let mut conn = connect(self.id.name(), &self.target)?;
+        query::<()>(
+            self.id.name(),
+            &mut conn,
+            redis::cmd("SWAPDB").arg(self.db).arg(self.scratch),
+            "SWAPDB",
+        )?;
+        self.flush_scratch(&mut conn, None)
+    }
+}
+
+/// The database index a Redis URL selects (0 when it names none).
+fn db_index(url: &str) -> std::result::Result<i64, String> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|i| i.redis.db)
+        .map_err(|e| e.to_string())
+}
+
+/// An empty database of the live instance to copy into: not `target`, not
+/// `reserved`, the highest free index. None free is [`Error::Refused`].
+fn scratch_db(
+    name: &str,
+    live: &mut redis::Connection,
+    target: i64,
+    reserved: &[i64],
+) -> Result<i64> {
+    let databases: Vec<String> = query(
+        name,
+        live,
+        redis::cmd("CONFIG").arg("GET").arg("databases"),
+        "CONFIG GET databases (is CONFIG renamed or disabled?)",
+    )?;
+    let count: i64 = databases
+        .get(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            Error::component(
+                super::component(name),
+                "CONFIG GET databases answered nothing",
+            )
+        })?;
+    let keyspace: String = query(
+        name,
+        live,
+        redis::cmd("INFO").arg("keyspace"),
+        "INFO keyspace",
+    )?;
+    let used: Vec<i64> = keyspace
+        .lines()
+        .filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok())
+        .collect();
+    (0..count)
+        .rev()
+        .find(|db| *db != target && !reserved.contains(db) && !used.contains(db))
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "none of its {count} databases is free to copy into (the restore needs an empty one besides the configured ones)"
+            ))
+        })
 }
 
 /// `FLUSHDB` of a cache Redis (`--flush-redis`), in step 6.
@@ -139,87 +448,15 @@ impl Restorer for FlushRestorer {
     }
 }
 
-/// Replaces every key of `target` with the RDB `record.rdb` of the set.
-fn load_rdb(
-    set: &SetContext,
-    id: &ComponentId,
-    record: &RedisRecord,
-    target: &RedisConfig,
-) -> Result<()> {
-    let c = id.as_str();
-    if target.container.is_some() {
-        return Err(Error::component(c, "restoring a Redis inside a container is not supported yet; restore redis/<name>/dump.rdb by hand (see MANIFEST.md)"));
-    }
-    let dir = tempfile_dir()?;
-    let rdb = dir.join("dump.rdb");
-    {
-        let node = set.node(id, &record.rdb)?;
-        let mut f = std::fs::File::create(&rdb).map_err(|e| Error::io("writing", &rdb, e))?;
-        set.repo
-            .dump(&node, &mut f)
-            .map_err(|e| Error::component(c, e.display_log()))?;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::component(c, format!("no free port: {e}")))?
-        .port();
-    let mut server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dbfilename",
-            "dump.rdb",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Error::component(c, format!("cannot start a temporary redis-server: {e}")))?;
-    let result = (|| -> Result<()> {
-        let src = RedisConfig {
-            url: DbUrl::parse(&format!("redis://127.0.0.1:{port}/0"))
-                .map_err(|e| Error::component(c, e))?,
-            role: RedisRole::Data,
-            password_file: None,
-            container: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut conn) = connect(id.name(), &src) {
-                if server_version(id.name(), &mut conn).is_ok() {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(Error::component(
-                    c,
-                    "the temporary redis-server did not start",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut live = connect(id.name(), target)?;
-        replicate_from(id.name(), &mut live, "127.0.0.1", port)
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
+#[cfg(test)]
+mod tests {
+    use super::db_index;
 
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "stack-backup-redis-{}-{}",
-        std::process::id(),
-        jiff::Timestamp::now().as_nanosecond()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
-    Ok(dir)
+    #[test]
+    fn the_database_of_a_url() {
+        assert_eq!(db_index("redis://127.0.0.1:6379/9"), Ok(9));
+        assert_eq!(db_index("redis://:***@127.0.0.1:6379/3"), Ok(3));
+        assert_eq!(db_index("redis://127.0.0.1:6379"), Ok(0));
+        assert_eq!(db_index("redis+unix:///run/redis.sock?db=4"), Ok(4));
+    }
 }

@@ -55,7 +55,7 @@ pub fn server_version(name: &str, conn: &mut redis::Connection) -> Result<String
         .ok_or_else(|| Error::component(component(name), "INFO has no redis_version"))
 }
 
-fn query<T: redis::FromRedisValue>(
+pub(super) fn query<T: redis::FromRedisValue>(
     name: &str,
     conn: &mut redis::Connection,
     cmd: &redis::Cmd,
@@ -65,7 +65,7 @@ fn query<T: redis::FromRedisValue>(
         .map_err(|e| Error::component(component(name), format!("{what} failed: {e}")))
 }
 
-fn info_field(info: &str, field: &str) -> Option<String> {
+pub(super) fn info_field(info: &str, field: &str) -> Option<String> {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.trim().to_string())
@@ -197,49 +197,4 @@ pub fn dbsize(name: &str, conn: &mut redis::Connection) -> Result<u64> {
 /// `FLUSHDB` of the configured database.
 pub fn cmd_flushdb(name: &str, conn: &mut redis::Connection) -> Result<()> {
     query::<()>(name, conn, &redis::cmd("FLUSHDB"), "FLUSHDB")
-}
-
-/// Replaces every key of the connected Redis with the data of the Redis at
-/// `host:port`: `REPLICAOF` it, wait for the full sync, `REPLICAOF NO ONE`.
-/// The instance is promoted again also when the sync fails.
-pub fn replicate_from(
-    name: &str,
-    conn: &mut redis::Connection,
-    host: &str,
-    port: u16,
-) -> Result<()> {
-    query::<()>(
-        name,
-        conn,
-        redis::cmd("REPLICAOF").arg(host).arg(port),
-        "REPLICAOF",
-    )?;
-    let deadline = std::time::Instant::now() + SAVE_TIMEOUT;
-    let synced = loop {
-        let info: String = query(
-            name,
-            conn,
-            redis::cmd("INFO").arg("replication"),
-            "INFO replication",
-        )?;
-        let up = info_field(&info, "master_link_status").as_deref() == Some("up");
-        let syncing = info_field(&info, "master_sync_in_progress").as_deref() == Some("1");
-        if up && !syncing {
-            break Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            break Err(Error::component(
-                component(name),
-                "the sync from the restored RDB did not finish in time",
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let promoted = query::<()>(
-        name,
-        conn,
-        redis::cmd("REPLICAOF").arg("NO").arg("ONE"),
-        "REPLICAOF NO ONE",
-    );
-    synced.and(promoted)
 }
