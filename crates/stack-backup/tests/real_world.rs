@@ -235,6 +235,7 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
         r.stderr
     );
     assert!(took < Duration::from_secs(60), "restore waited {took:?}");
+    eprintln!("restore blocked by a foreign session ended after {took:?}");
     assert!(other.alive());
     drop(other);
     assert_eq!(app_state(&app), before, "nothing changed");
@@ -247,6 +248,7 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
     let took = started.elapsed();
     r.expect_code(0);
     assert!(took < Duration::from_secs(60), "restore waited {took:?}");
+    eprintln!("restore that ended the application's blocking session took {took:?}");
     assert!(!own.alive(), "the blocking session was ended");
     assert_eq!(app_state(&app), good);
 }
@@ -311,8 +313,18 @@ fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs()
         .batch_execute(&format!("DROP ROLE {reader}"))
         .unwrap();
     let before = roles_of(&p);
+    // A neighbour's session on another database of the cluster: a restore
+    // (here as a superuser, which may end any session) ends only the
+    // sessions of the database it replaces.
+    let neighbour_db = TempDb::new();
+    let mut neighbour = neighbour_db.client();
+    neighbour.batch_execute("BEGIN").unwrap();
     let r = sb.run(&["restore", "good", "--yes"]);
     r.expect_code(0);
+    assert!(
+        neighbour.simple_query("SELECT 1").is_ok(),
+        "a session on another database was ended"
+    );
     let after = roles_of(&p);
     let changed: Vec<&String> = after.iter().filter(|r| !before.contains(r)).collect();
     assert_eq!(changed.len(), 1, "only the reader role is new: {changed:?}");

@@ -287,7 +287,7 @@ impl<'a> SetContext<'a> {
 
 /// What an undo may need: the configuration and, loaded only when asked,
 /// the pre-restore set (the state before the restore, for what cannot be
-/// kept aside, such as a Redis instance's keys).
+/// kept aside, such as a database restored in place).
 pub struct UndoContext<'a> {
     /// The configuration.
     pub cfg: &'a Config,

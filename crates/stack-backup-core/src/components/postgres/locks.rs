@@ -11,10 +11,12 @@ use crate::error::{Error, Result};
 
 /// An SQL condition on a session's `pid`: the connected role may end that
 /// session (a superuser any, a role its own and its member roles');
-/// ending another raises an error. Used under `CASE WHEN`, which the
-/// planner does not reorder, unlike `AND`.
+/// ending another raises an error. Used under `CASE WHEN` in the target
+/// list over a materialized choice of sessions: conditions in `WHERE` are
+/// reordered and pushed down by the planner, so `pg_terminate_backend`
+/// there could run for sessions the other conditions exclude.
 const MAY_END: &str = "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
-     OR pg_has_role(current_user, (SELECT usesysid FROM pg_stat_activity s WHERE s.pid = {pid}), 'MEMBER')";
+     OR pg_has_role(current_user, (SELECT usesysid FROM pg_stat_activity sb_a WHERE sb_a.pid = {pid}), 'MEMBER')";
 
 fn may_end(pid: &str) -> String {
     format!("({})", MAY_END.replace("{pid}", pid))
@@ -62,10 +64,11 @@ pub fn end_blockers(client: &mut postgres::Client, db: &str) -> Vec<String> {
     let before = blockers(client, db);
     let ended = client.query(
         &format!(
-            "SELECT CASE WHEN {} THEN pg_terminate_backend(b.pid) ELSE false END FROM (SELECT DISTINCT l.pid FROM pg_locks l \
-             WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND l.locktype = 'relation' \
-             AND l.pid <> pg_backend_pid() \
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = $1)) b",
+            "WITH b AS MATERIALIZED (SELECT DISTINCT l.pid FROM pg_locks l \
+               WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND l.locktype = 'relation' \
+               AND l.pid <> pg_backend_pid() \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = $1)) \
+             SELECT CASE WHEN {} THEN pg_terminate_backend(b.pid) ELSE false END FROM b",
             may_end("b.pid")
         ),
         &[&db],
@@ -119,10 +122,15 @@ pub fn timed_out(component: &str, db: &str, timeout: Duration, blockers: &[Strin
 pub fn terminate_sessions(client: &mut postgres::Client, db: &str) -> Result<Vec<i32>> {
     let rows = client
         .query(
+            // The sessions are chosen in a materialized CTE and ended in
+            // the target list: a condition in WHERE may be evaluated for
+            // every session of the server before `datname` filters them
+            // (it is pushed below the join that provides `datname`).
             &format!(
-                "SELECT pid FROM pg_stat_activity a WHERE datname = $1 AND pid <> pg_backend_pid() \
-                 AND (CASE WHEN {} THEN pg_terminate_backend(pid) ELSE false END)",
-                may_end("a.pid")
+                "WITH s AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+                   WHERE datname = $1 AND pid <> pg_backend_pid()) \
+                 SELECT pid, CASE WHEN {} THEN pg_terminate_backend(pid) ELSE false END FROM s",
+                may_end("s.pid")
             ),
             &[&db],
         )
@@ -130,7 +138,11 @@ pub fn terminate_sessions(client: &mut postgres::Client, db: &str) -> Result<Vec
     // Whoever could not be ended and still blocks is named when the wait
     // runs out.
     match rows {
-        Ok(rows) => Ok(rows.iter().map(|r| r.get(0)).collect()),
+        Ok(rows) => Ok(rows
+            .iter()
+            .filter(|r| r.get::<_, bool>(1))
+            .map(|r| r.get(0))
+            .collect()),
         Err(_) => Ok(Vec::new()),
     }
 }
@@ -178,11 +190,12 @@ impl Watchdog {
                         // it are ended, as for the swap of `beside`.
                         let _ = monitor.query(
                             &format!(
-                                "SELECT CASE WHEN {} THEN pg_terminate_backend(b) ELSE false END FROM pg_stat_activity w, \
-                                 unnest(pg_blocking_pids(w.pid)) b \
-                                 WHERE w.application_name = $1 AND b IN \
-                                 (SELECT pid FROM pg_stat_activity WHERE datname = $2)",
-                                may_end("b")
+                                "WITH b AS MATERIALIZED (SELECT DISTINCT b FROM pg_stat_activity w, \
+                                   unnest(pg_blocking_pids(w.pid)) b \
+                                   WHERE w.application_name = $1 AND b IN \
+                                   (SELECT pid FROM pg_stat_activity WHERE datname = $2)) \
+                                 SELECT CASE WHEN {} THEN pg_terminate_backend(b.b) ELSE false END FROM b",
+                                may_end("b.b")
                             ),
                             &[&app_name, &db],
                         );

@@ -118,7 +118,7 @@ impl RedisRestorer {
     /// Refuses, before anything changes, a live instance this restore
     /// cannot change one database of; returns the scratch database it
     /// would use now.
-    fn preflight(&self, live: &mut redis::Connection) -> Result<i64> {
+    fn check_instance(&self, live: &mut redis::Connection) -> Result<i64> {
         let url = self.target.url.redacted();
         let refuse = |why: String| {
             Error::Refused(format!(
@@ -190,12 +190,19 @@ impl Restorer for RedisRestorer {
         Lane::Redis
     }
 
-    /// Room for the RDB in the temporary directory; also where the live
-    /// instance is checked (step 1 runs before anything changes, dry runs
-    /// included).
-    fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
+    /// The live instance can take the swap (step 1, before anything
+    /// changes, dry runs included).
+    fn preflight(&self, _set: &SetContext) -> Result<Option<String>> {
         let mut live = connect(self.id.name(), &self.target)?;
-        self.preflight(&mut live)?;
+        let scratch = self.check_instance(&mut live)?;
+        Ok(Some(format!(
+            "{}: database {scratch} is free as scratch for the swap",
+            self.id
+        )))
+    }
+
+    /// Room for the RDB in the temporary directory.
+    fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
         Ok(vec![(std::env::temp_dir(), set.artifact_bytes(&self.id))])
     }
 
@@ -209,7 +216,7 @@ impl Restorer for RedisRestorer {
             .connect(source)
             .map_err(|e| self.fail(format!("the temporary redis-server: {e}")))?;
         let mut live = connect(self.id.name(), &self.target)?;
-        let scratch = self.preflight(&mut live)?;
+        let scratch = self.check_instance(&mut live)?;
         let mut dst = connect(self.id.name(), &self.target)?;
         query::<()>(
             self.id.name(),

@@ -6,13 +6,16 @@
 //! ```
 //!
 //! Each step must pass before the next starts. Nothing in the stack is
-//! changed before step 5. Every component is restored through its kind's
-//! [`Restorer`]: databases, volumes and paths *beside* the live ones (a
-//! temporary database, a staging directory) and swapped in; the originals
-//! are kept until the post-restore verify passed, so a failure puts them
-//! back exactly (images are re-tagged to their old IDs; Redis is restored
-//! from the pre-restore snapshot). See
-//! `docs/decisions/0004-restore-beside-then-swap.md`.
+//! changed before step 5 (step 4 may end database sessions that block
+//! reading a database about to be replaced). Every component is restored
+//! through its kind's [`Restorer`]: databases, volumes and paths *beside*
+//! the live ones (a temporary database, a staging directory) and swapped
+//! in, a Redis database through a scratch database and `SWAPDB`; the
+//! originals are kept until the post-restore verify passed, so a failure
+//! puts them back exactly (images are re-tagged to their old IDs). A
+//! database whose role may not create one is restored in place in one
+//! transaction, and put back from the pre-restore set. See
+//! `docs/decisions/0004-restore-beside-then-swap.md` and `0011`.
 //!
 //! [`execute`] runs the [`Plan`] the user was shown: the set is pinned by
 //! its snapshot id, and a set taken after the plan (a newer `latest`) is
