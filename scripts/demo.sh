@@ -8,6 +8,7 @@ source scripts/services.sh
 
 DEMO=${SB_DEMO_DIR:-/var/tmp/stack-backup-demo}
 DB=sbdemo
+APP_ROLE=sbdemo_app
 REDIS_DB=5
 IMAGE=sbdemo-web:latest
 VOLUME=sbdemo_uploads
@@ -21,9 +22,19 @@ SB="${CARGO_TARGET_DIR:-$PWD/target}/debug/stack-backup"
 step "setting up the demo stack in $DEMO"
 rm -rf "$DEMO"
 mkdir -p "$DEMO/app/alembic/versions" "$DEMO/media" "$DEMO/image"
-# PostgreSQL: a database with a few tables and an Alembic revision.
-psql -q "$SB_TEST_PG_URL" -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-psql -q "${SB_TEST_PG_URL%/*}/$DB" -v ON_ERROR_STOP=1 <<'SQL'
+# PostgreSQL: the application's own role owns its database (no CREATEDB,
+# not superuser: the credentials a real stack's DATABASE_URL holds), and
+# creates a few tables and an Alembic revision. The superuser only makes
+# the role and the empty database. The password goes through stdin and
+# the environment, never argv.
+APP_PW=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+psql -q "$SB_TEST_PG_URL" -v ON_ERROR_STOP=1 <<SQL
+DROP DATABASE IF EXISTS $DB WITH (FORCE);
+DROP ROLE IF EXISTS $APP_ROLE;
+CREATE ROLE $APP_ROLE LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER PASSWORD '$APP_PW';
+CREATE DATABASE $DB OWNER $APP_ROLE;
+SQL
+PGPASSWORD="$APP_PW" psql -q "postgres://$APP_ROLE@127.0.0.1:$SB_PG_PORT/$DB" -v ON_ERROR_STOP=1 <<'SQL'
 CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE);
 CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric(10,2), created timestamptz DEFAULT now());
 INSERT INTO customers (name, email) SELECT 'customer ' || i, 'c' || i || '@example.invalid' FROM generate_series(1, 500) i;
@@ -65,7 +76,7 @@ path = "$DEMO/repo"
 password-file = "$DEMO/repo.key"
 
 [postgres.main]
-url = "postgres://$SB_PG_USER@127.0.0.1:$SB_PG_PORT/$DB"
+url = "postgres://$APP_ROLE@127.0.0.1:$SB_PG_PORT/$DB"
 password-file = "$DEMO/db.password"
 migrations-dir = "app/alembic/versions"
 
@@ -86,7 +97,7 @@ path = "media"
 [retention.backups]
 keep-last = 1
 TOML
-umask 077; printf '%s\n' "$SB_PG_PASSWORD" > "$DEMO/db.password"; umask 022
+umask 077; printf '%s\n' "$APP_PW" > "$DEMO/db.password"; umask 022
 cd "$DEMO"
 
 step "stack-backup init --generate-password"

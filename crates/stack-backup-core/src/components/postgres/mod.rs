@@ -223,10 +223,12 @@ impl Kind for Postgres {
         let mut s = String::new();
         if let Some(roles) = &p.roles {
             s.push_str(&format!(
-                "Roles first (as a superuser):\n\n    psql -h {} -p {} -U postgres -f {}\n\n",
-                p.host,
-                p.port,
-                path_of(roles)
+                "Roles: {roles} holds every role of the cluster at backup time, with password hashes. Running it whole resets the passwords of roles rotated since and brings back dropped roles; create only the roles the dump needs and that are missing, by hand, from its lines (as a superuser):\n\n    grep -E '^(CREATE|ALTER) ROLE' {roles}\n\n{needed}",
+                roles = path_of(roles),
+                needed = p.roles_used.as_ref().map_or(String::new(), |r| format!(
+                    "The dump refers to the roles: {}.\n\n",
+                    r.join(", ")
+                )),
             ));
         }
         s.push_str(&format!(
