@@ -374,18 +374,20 @@ fn secrets_appear_in_no_manifest_config_log_or_argv() {
             ),
         );
     }
-    // The database URL carries its password (sbtest-pw) in the config.
+    // The database URL carries the application role's password in the
+    // config.
+    let db_password = s.db1.password().to_string();
     s.sb.write_config(
         "shop",
         &stack_config(&s, &format!("bin-dir = \"{}\"", w.path().display())),
     );
     assert!(std::fs::read_to_string(s.sb.config())
         .unwrap()
-        .contains("sbtest-pw"));
+        .contains(&db_password));
     let r =
         s.sb.run(&["-vv", "--json", "backup", "--name", "secret-check"]);
     r.expect_code(0);
-    let secrets = ["sbtest-pw", PASSWORD];
+    let secrets = [db_password.as_str(), PASSWORD];
     let argv = std::fs::read_to_string(&argv_log).unwrap();
     assert!(argv.contains("pg_dump --format=custom"), "{argv}");
     for secret in secrets {

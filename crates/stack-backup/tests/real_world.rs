@@ -19,17 +19,17 @@ fn set_names(sb: &Sandbox) -> Vec<(String, String)> {
 
 /// The application's tables, and whether a table the set does not have
 /// is there.
-fn app_state(app: &AppDb) -> String {
-    let extra: bool = pg_client(&app.db.name)
+fn app_state(app: &TempDb) -> String {
+    let extra: bool = pg_client(&app.name)
         .query_one("SELECT to_regclass('public.added_later') IS NOT NULL", &[])
         .unwrap()
         .get(0);
-    format!("{} extra={extra}", db_tables(&app.db.name))
+    format!("{} extra={extra}", db_tables(&app.name))
 }
 
 /// What a migration and a bad deploy do: a table dropped, rows changed, a
 /// new table.
-fn wreck_app(app: &AppDb) {
+fn wreck_app(app: &TempDb) {
     app.client()
         .batch_execute(
             "DROP TABLE orders; UPDATE customers SET name = 'wrecked';
@@ -40,7 +40,7 @@ fn wreck_app(app: &AppDb) {
 
 #[test]
 fn the_applications_own_role_backs_up_restores_and_rolls_back() {
-    let app = AppDb::new(120, "aaaa1111bbbb");
+    let app = TempDb::seeded(120, "aaaa1111bbbb");
     let sb = Sandbox::new();
     sb.write_config("shop", &pg_config(&app.url(), ""));
     sb.init();
@@ -93,7 +93,7 @@ fn the_applications_own_role_backs_up_restores_and_rolls_back() {
     let owner: String = pg_client("postgres")
         .query_one(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
-            &[&app.db.name],
+            &[&app.name],
         )
         .unwrap()
         .get(0);
@@ -101,22 +101,22 @@ fn the_applications_own_role_backs_up_restores_and_rolls_back() {
         owner, app.role,
         "the same database, still the application's"
     );
-    assert!(leftover_databases_of(&[&app.db]).is_empty());
+    assert!(leftover_databases_of(&[&app]).is_empty());
 }
 
 #[test]
 fn a_missing_privilege_is_named_before_anything_changes() {
-    let app = AppDb::new(30, "cccc2222dddd");
+    let app = TempDb::seeded(30, "cccc2222dddd");
     // A role that may read the data but neither owns the database nor
     // may create one.
     let reader = unique("sbread");
-    pg_client(&app.db.name)
+    pg_client(&app.name)
         .batch_execute(&format!(
             "CREATE ROLE {reader} LOGIN PASSWORD 'pw-{reader}';
              GRANT CONNECT ON DATABASE {db} TO {reader};
              GRANT SELECT ON ALL TABLES IN SCHEMA public TO {reader};
              GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {reader};",
-            db = app.db.name
+            db = app.name
         ))
         .unwrap();
     let url = app.url().replacen(
@@ -133,7 +133,7 @@ fn a_missing_privilege_is_named_before_anything_changes() {
     let said = format!("{}{}", doctor.stdout, doctor.stderr);
     assert!(
         said.contains("CREATEDB")
-            && said.contains(&format!("ownership of database `{}`", app.db.name)),
+            && said.contains(&format!("ownership of database `{}`", app.name)),
         "doctor names what is missing: {said}"
     );
     assert!(
@@ -167,7 +167,23 @@ fn a_missing_privilege_is_named_before_anything_changes() {
         "{r:?}"
     );
     assert_eq!(app_state(&app), good);
-    assert!(leftover_databases_of(&[&app.db]).is_empty());
+    assert!(leftover_databases_of(&[&app]).is_empty());
+
+    // And a rollback of that method: the original database renamed back.
+    wreck_app_without_customers(&app);
+    let wrecked = app_state(&app);
+    sb.write_config(
+        "shop",
+        &format!(
+            "{}\n[[health]]\nname = \"always-fails\"\nsql = \"SELECT false\"\npostgres = \"main\"\n",
+            pg_config(&url, &format!("admin-url = \"{}\"", pg_admin_url()))
+        ),
+    );
+    let r = sb.run(&["restore", "good", "--yes"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert_eq!(app_state(&app), wrecked);
+    assert!(leftover_databases_of(&[&app]).is_empty());
     drop(app);
     pg_client("postgres")
         .batch_execute(&format!("DROP ROLE IF EXISTS {reader}"))
@@ -199,7 +215,7 @@ impl Blocker {
 
 #[test]
 fn a_lock_held_by_another_session_bounds_backup_and_restore() {
-    let app = AppDb::new(50, "eeee3333ffff");
+    let app = TempDb::seeded(50, "eeee3333ffff");
     let sb = Sandbox::new();
     sb.write_config("shop", &pg_config(&app.url(), "lock-timeout-seconds = 2"));
     sb.init();
@@ -211,7 +227,7 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
 
     // Someone else's session (a superuser's migration): the backup gives
     // up within the timeout and names it.
-    let mut other = Blocker::hold(pg_client(&app.db.name));
+    let mut other = Blocker::hold(pg_client(&app.name));
     let started = Instant::now();
     let r = sb.run(&["backup", "--name", "blocked"]);
     let took = started.elapsed();
@@ -254,7 +270,7 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
 }
 
 /// Changes that leave `customers` alone (a blocker holds it).
-fn wreck_app_without_customers(app: &AppDb) {
+fn wreck_app_without_customers(app: &TempDb) {
     app.client()
         .batch_execute(
             "DELETE FROM orders WHERE id % 2 = 0; UPDATE alembic_version SET version_num = 'wrecked';",
@@ -279,8 +295,7 @@ fn roles_of(prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs() {
-    let db = TempDb::new();
-    seed_db(&db, 20, "1234abcd5678");
+    let db = TempDb::seeded(20, "1234abcd5678");
     let p = unique("sbrole");
     let (reader, other, gone) = (
         format!("{p}_reader"),
@@ -295,8 +310,10 @@ fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs()
         ))
         .unwrap();
     sql(&db, &format!("GRANT SELECT ON customers TO {reader}"));
+    // The superuser's URL: its backup holds every role with its password
+    // hash, which the previous restore ran whole.
     let sb = Sandbox::new();
-    sb.write_config("shop", &pg_config(&db.url(), ""));
+    sb.write_config("shop", &pg_config(&db.superuser_url(), ""));
     sb.init();
     sb.run(&["backup", "--name", "good"]).expect_code(0);
 

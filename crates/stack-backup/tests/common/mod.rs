@@ -196,26 +196,71 @@ pub fn pg_client(db: &str) -> postgres::Client {
     })
 }
 
-/// A throwaway database, dropped on drop.
+/// A throwaway database owned by its application's own role (`LOGIN`, no
+/// `CREATEDB`, no `CREATEROLE`, not superuser): the credentials a real
+/// stack's `DATABASE_URL` holds, and what [`TempDb::url`] gives a test's
+/// config. The superuser only creates the role and the empty database;
+/// [`TempDb::client`] (and so [`sql`] and [`seed_db`]) connects as the
+/// application, so the tables are the application's. Both are dropped on
+/// drop.
 pub struct TempDb {
     pub name: String,
+    pub role: String,
+    password: String,
 }
 
 impl TempDb {
     pub fn new() -> Self {
         let name = unique("sbt");
-        pg_client("postgres")
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        let role = format!("{name}_app");
+        let password = format!("pw-{role}");
+        let mut su = pg_client("postgres");
+        su.batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOCREATEDB NOCREATEROLE NOSUPERUSER"
+        ))
+        .unwrap();
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
             .unwrap();
-        Self { name }
+        Self {
+            name,
+            role,
+            password,
+        }
     }
 
+    /// A database seeded by [`seed_db`].
+    pub fn seeded(rows: i32, revision: &str) -> Self {
+        let db = Self::new();
+        seed_db(&db, rows, revision);
+        db
+    }
+
+    /// The application's `DATABASE_URL`.
     pub fn url(&self) -> String {
+        let admin = pg_admin_url();
+        let host = admin
+            .rsplit_once('@')
+            .map_or("127.0.0.1:5432/postgres", |(_, h)| h);
+        let host = host.rsplit_once('/').map_or(host, |(h, _)| h);
+        format!(
+            "postgres://{}:{}@{host}/{}",
+            self.role, self.password, self.name
+        )
+    }
+
+    /// The database through the superuser (only where a test needs it).
+    pub fn superuser_url(&self) -> String {
         pg_url(&self.name)
     }
 
+    /// The application role's password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// A session as the application.
     pub fn client(&self) -> postgres::Client {
-        pg_client(&self.name)
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
     }
 }
 
@@ -226,6 +271,7 @@ impl Drop for TempDb {
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ));
+            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role));
         }
     }
 }
@@ -704,77 +750,4 @@ pub fn names_and_tiers(r: &Run) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v
-}
-
-// --- A database as an application owns it --------------------------------------------
-
-/// A database owned by its application's own role (`LOGIN`, no
-/// `CREATEDB`, no `CREATEROLE`, not superuser), seeded by that role: the
-/// credentials a real stack's `DATABASE_URL` holds. The superuser only
-/// creates the role and the empty database. Both are dropped on drop.
-pub struct AppDb {
-    pub db: TempDb,
-    pub role: String,
-    password: String,
-}
-
-impl AppDb {
-    pub fn new(rows: i32, revision: &str) -> Self {
-        let role = unique("sbapp");
-        let password = format!("pw-{role}");
-        let name = unique("sbt");
-        let mut su = pg_client("postgres");
-        su.batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOCREATEDB NOCREATEROLE NOSUPERUSER"
-        ))
-        .unwrap();
-        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
-            .unwrap();
-        let app = Self {
-            db: TempDb { name },
-            role,
-            password,
-        };
-        let mut c = app.client();
-        c.batch_execute(&format!(
-            "CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, note text);
-             INSERT INTO customers (name, note) SELECT 'c' || i, repeat('x', i % 50) FROM generate_series(1, {rows}) i;
-             CREATE TABLE orders (id serial PRIMARY KEY, customer int REFERENCES customers(id), total numeric(10,2));
-             INSERT INTO orders (customer, total) SELECT 1 + i % {rows}, i * 1.5 FROM generate_series(1, {rows} * 3) i;
-             CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
-             INSERT INTO alembic_version VALUES ('{revision}');"
-        ))
-        .unwrap();
-        app
-    }
-
-    /// The application's `DATABASE_URL`.
-    pub fn url(&self) -> String {
-        let admin = pg_admin_url();
-        let host = admin
-            .rsplit_once('@')
-            .map_or("127.0.0.1:5432/postgres", |(_, h)| h);
-        let host = host.rsplit_once('/').map_or(host, |(h, _)| h);
-        format!(
-            "postgres://{}:{}@{host}/{}",
-            self.role, self.password, self.db.name
-        )
-    }
-
-    /// A session as the application.
-    pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for AppDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&pg_url("postgres"), postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db.name
-            ));
-            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role));
-        }
-    }
 }
