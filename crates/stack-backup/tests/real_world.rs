@@ -228,29 +228,12 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
     // Someone else's session (a superuser's migration): the backup gives
     // up within the timeout and names it.
     let mut other = Blocker::hold(pg_client(&app.name));
-    let started = Instant::now();
-    let r = sb.run(&["backup", "--name", "blocked"]);
-    let took = started.elapsed();
-    r.expect_code(7);
-    assert!(
-        r.stderr.contains(&format!("pid {}", other.pid)),
-        "{}",
-        r.stderr
-    );
-    assert!(took < Duration::from_secs(30), "backup waited {took:?}");
+    let took = ends_naming(&sb, &["backup", "--name", "blocked"], &other, 30);
+    eprintln!("blocked backup ended after {took:?} (lock timeout 2 s)");
 
     // A restore cannot end it either (not the role's session): it ends in
     // time, names it, and changes nothing.
-    let started = Instant::now();
-    let r = sb.run(&["restore", "good", "--yes"]);
-    let took = started.elapsed();
-    r.expect_code(7);
-    assert!(
-        r.stderr.contains(&format!("pid {}", other.pid)),
-        "{}",
-        r.stderr
-    );
-    assert!(took < Duration::from_secs(60), "restore waited {took:?}");
+    let took = ends_naming(&sb, &["restore", "good", "--yes"], &other, 60);
     eprintln!("restore blocked by a foreign session ended after {took:?}");
     assert!(other.alive());
     drop(other);
@@ -267,6 +250,25 @@ fn a_lock_held_by_another_session_bounds_backup_and_restore() {
     eprintln!("restore that ended the application's blocking session took {took:?}");
     assert!(!own.alive(), "the blocking session was ended");
     assert_eq!(app_state(&app), good);
+}
+
+/// Runs `args`, which must exit 7 within `seconds`, naming `blocker`'s pid;
+/// returns how long it took.
+fn ends_naming(sb: &Sandbox, args: &[&str], blocker: &Blocker, seconds: u64) -> Duration {
+    let started = Instant::now();
+    let r = sb.run(args);
+    let took = started.elapsed();
+    r.expect_code(7);
+    assert!(
+        r.stderr.contains(&format!("pid {}", blocker.pid)),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        took < Duration::from_secs(seconds),
+        "{args:?} waited {took:?}"
+    );
+    took
 }
 
 /// Changes that leave `customers` alone (a blocker holds it).

@@ -32,16 +32,28 @@ pub fn is_lock_timeout(e: &postgres::Error) -> bool {
 /// session waits for, or an `ACCESS EXCLUSIVE` lock on a relation: pid,
 /// role, state, age of its transaction and its query (shortened).
 pub fn blockers(client: &mut postgres::Client, db: &str) -> Vec<String> {
+    describe(
+        client,
+        db,
+        "a.pid IN (SELECT unnest(pg_blocking_pids(w.pid)) FROM pg_stat_activity w WHERE w.datname = $1) \
+         OR a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.granted AND l.mode = 'AccessExclusiveLock' \
+                      AND l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database WHERE datname = $1))",
+        "the blocking sessions",
+    )
+}
+
+/// The sessions of `db` (other than this one) that `condition` selects,
+/// one line each: pid, role, state, age of its transaction (or
+/// connection) and its query, shortened.
+fn describe(client: &mut postgres::Client, db: &str, condition: &str, what: &str) -> Vec<String> {
     let rows = client.query(
-        "SELECT a.pid, coalesce(a.usename, '?'), coalesce(a.state, '?'), \
-                coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::bigint, 0), \
-                left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
-         FROM pg_stat_activity a \
-         WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND ( \
-               a.pid IN (SELECT unnest(pg_blocking_pids(w.pid)) FROM pg_stat_activity w WHERE w.datname = $1) \
-            OR a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.granted AND l.mode = 'AccessExclusiveLock' \
-                         AND l.locktype = 'relation' AND l.database = (SELECT oid FROM pg_database WHERE datname = $1))) \
-         ORDER BY a.pid",
+        &format!(
+            "SELECT a.pid, coalesce(a.usename, '?'), coalesce(a.state, '?'), \
+                    coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::bigint, 0), \
+                    left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
+             FROM pg_stat_activity a \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND ({condition}) ORDER BY a.pid"
+        ),
         &[&db],
     );
     match rows {
@@ -53,7 +65,7 @@ pub fn blockers(client: &mut postgres::Client, db: &str) -> Vec<String> {
                 format!("pid {pid} (role {user}, {state} for {age}s): {query}")
             })
             .collect(),
-        Err(e) => vec![format!("(could not list the blocking sessions: {e})")],
+        Err(e) => vec![format!("(could not list {what}: {e})")],
     }
 }
 
@@ -82,24 +94,7 @@ pub fn end_blockers(client: &mut postgres::Client, db: &str) -> Vec<String> {
 /// One line per other session connected to `db` (a rename waits for none
 /// to be left).
 pub fn sessions(client: &mut postgres::Client, db: &str) -> Vec<String> {
-    let rows = client.query(
-        "SELECT pid, coalesce(usename, '?'), coalesce(state, '?'), \
-                coalesce(extract(epoch FROM now() - backend_start)::bigint, 0), \
-                left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 120) \
-         FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
-        &[&db],
-    );
-    match rows {
-        Ok(rows) => rows
-            .iter()
-            .map(|r| {
-                let (pid, user, state, age, query): (i32, String, String, i64, String) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                format!("pid {pid} (role {user}, {state}, connected {age}s): {query}")
-            })
-            .collect(),
-        Err(e) => vec![format!("(could not list the sessions: {e})")],
-    }
+    describe(client, db, "true", "the sessions")
 }
 
 /// The error for a lock not granted within `timeout` on database `db`.

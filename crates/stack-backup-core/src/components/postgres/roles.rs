@@ -79,22 +79,8 @@ pub fn parse_globals(sql: &str) -> BTreeMap<String, RoleSpec> {
 /// An SQL identifier at the start of `s` (bare or double-quoted), and the
 /// rest.
 fn ident(s: &str) -> Option<(String, &str)> {
-    if let Some(rest) = s.strip_prefix('"') {
-        let mut name = String::new();
-        let mut chars = rest.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c == '"' {
-                if rest[i + 1..].starts_with('"') {
-                    name.push('"');
-                    chars.next();
-                } else {
-                    return Some((name, &rest[i + 1..]));
-                }
-            } else {
-                name.push(c);
-            }
-        }
-        return None;
+    if s.starts_with('"') {
+        return quoted(s, '"');
     }
     let end = s
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
@@ -104,19 +90,23 @@ fn ident(s: &str) -> Option<(String, &str)> {
 
 /// A single-quoted SQL literal at the start of `s`, and the rest.
 fn literal(s: &str) -> Option<(String, &str)> {
-    let rest = s.strip_prefix('\'')?;
+    quoted(s, '\'')
+}
+
+/// Text between `q` quotes at the start of `s` (a doubled `q` stands for
+/// one), and the rest; `None` when it is not closed.
+fn quoted(s: &str, q: char) -> Option<(String, &str)> {
+    let rest = s.strip_prefix(q)?;
     let mut out = String::new();
     let mut chars = rest.char_indices();
     while let Some((i, c)) = chars.next() {
-        if c == '\'' {
-            if rest[i + 1..].starts_with('\'') {
-                out.push('\'');
-                chars.next();
-            } else {
-                return Some((out, &rest[i + 1..]));
-            }
-        } else {
+        if c != q {
             out.push(c);
+        } else if rest[i + 1..].starts_with(q) {
+            out.push(q);
+            chars.next();
+        } else {
+            return Some((out, &rest[i + 1..]));
         }
     }
     None
