@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Debian package of stack-backup from this workspace:
-#   scripts/package.sh [--profile release|dev] [--target TRIPLE] [--out DIR]
+#   scripts/package.sh [--profile release|dev] [--target TRIPLE] [--out DIR] [--fast]
 # prints the path of the .deb on its last line. It holds the binary
 # (stripped), one man page per command, bash/zsh/fish completions, the
 # example config /etc/stack-backup/stack-backup.toml (a conffile, mode 0600)
@@ -10,19 +10,23 @@
 #
 # --profile dev reuses what `cargo test` already compiled (the test suite
 # packages that way; dev is optimised in this workspace, see Cargo.toml);
-# --target x86_64-unknown-linux-musl builds a static binary instead.
+# --target x86_64-unknown-linux-musl builds a static binary instead;
+# --fast compresses with gzip instead of xz (a larger .deb, 25 s sooner:
+# for tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
 target=
 out=
+compress=xz
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) profile=$2; shift 2 ;;
     --target) target=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: scripts/package.sh [--profile release|dev] [--target TRIPLE] [--out DIR]" >&2; exit 2 ;;
+    --fast) compress=gzip; shift ;;
+    *) echo "usage: scripts/package.sh [--profile release|dev] [--target TRIPLE] [--out DIR] [--fast]" >&2; exit 2 ;;
   esac
 done
 for tool in dpkg-deb dpkg-shlibdeps strip gzip; do
@@ -116,5 +120,5 @@ chmod 0644 "$root"/DEBIAN/*
 
 mkdir -p "$out"
 deb="$out/stack-backup_${deb_version}_${arch}.deb"
-dpkg-deb --root-owner-group --build "$root" "$deb" >&2
+dpkg-deb --root-owner-group -Z"$compress" --build "$root" "$deb" >&2
 echo "$deb"

@@ -83,7 +83,7 @@ fn build_package(out: &Path) -> PathBuf {
     let run = Run::from(
         Command::new("bash")
             .arg(workspace().join("scripts/package.sh"))
-            .args(["--profile", "dev", "--out"])
+            .args(["--profile", "dev", "--fast", "--out"])
             .arg(out)
             .current_dir(workspace())
             .stdin(Stdio::null())
