@@ -140,6 +140,55 @@ fn bash_completes_commands_tiers_and_the_set_names_of_a_real_repository() {
     assert_eq!(values(got), set(&["base-1"]));
     let (_, got) = complete(&sb, here, &["stack-backup", "restore", "--dry"]);
     assert_eq!(got, set(&["--dry-run"]));
+
+    // On a terminal, as a user types it: `stack-backup show ni<TAB><Enter>`
+    // runs `show nightly-1`.
+    let typed = tty_bash(
+        &sb,
+        "source <(stack-backup completions bash)\nstack-backup show ni\t\nexit\n",
+    );
+    assert!(
+        typed.contains("# Backup set `nightly-1` of stack"),
+        "{typed}"
+    );
+}
+
+/// An interactive bash (no rc files) on a pseudo-terminal (`script`) in the
+/// sandbox, typing `input`; everything the terminal showed.
+fn tty_bash(sb: &Sandbox, input: &str) -> String {
+    use std::io::Write;
+    let dir = bin().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
+        .current_dir(sb.path())
+        .env_clear()
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("HOME", sb.path())
+        .env("TMPDIR", std::env::temp_dir())
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &sb.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("script (util-linux)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let run = Run::from(child.wait_with_output().unwrap());
+    run.expect_code(0);
+    run.stdout.replace('\r', "")
 }
 
 #[test]
