@@ -39,6 +39,8 @@ command -v dpkg-shlibdeps >/dev/null 2>&1 || need_pkgs+=(dpkg-dev)
 command -v strip >/dev/null 2>&1 || need_pkgs+=(binutils)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
+# systemd-analyze checks the units in packaging/ (tests/install.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi

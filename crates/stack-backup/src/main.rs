@@ -10,7 +10,10 @@ use clap::{CommandFactory, Parser};
 
 /// The environment variable through which the shell asks for completions
 /// (clap_complete's protocol; the scripts `completions` prints set it).
-const COMPLETE_VAR: &str = "COMPLETE";
+/// Not clap_complete's default `COMPLETE`: a variable that generic may be
+/// set in a cron or systemd environment, and a backup must not turn into a
+/// completion request.
+const COMPLETE_VAR: &str = "STACK_BACKUP_COMPLETE";
 
 /// At most two glibc malloc arenas. rustic_core runs pools of up to 20
 /// threads (restore, archiver); with one arena per thread, memory freed by

@@ -205,7 +205,7 @@ fn zsh_and_fish_scripts_ask_the_binary() {
     };
     let zsh = script("zsh");
     assert!(zsh.starts_with("#compdef stack-backup\n"), "{zsh}");
-    assert!(zsh.contains("COMPLETE=\"zsh\""), "{zsh}");
+    assert!(zsh.contains(" STACK_BACKUP_COMPLETE=\"zsh\" "), "{zsh}");
     // Autoloaded from $fpath as `_stack-backup`, it completes at once.
     assert!(
         zsh.contains("if [ \"$funcstack[1]\" = \"_stack-backup\" ]; then\n    _clap_dynamic_completer_stack_backup \"$@\"\nelse\n    compdef _clap_dynamic_completer_stack_backup stack-backup\nfi"),
@@ -213,7 +213,8 @@ fn zsh_and_fish_scripts_ask_the_binary() {
     );
     let fish = script("fish");
     assert!(
-        fish.contains("--command stack-backup") && fish.contains("COMPLETE=fish stack-backup --"),
+        fish.contains("--command stack-backup")
+            && fish.contains("(STACK_BACKUP_COMPLETE=fish stack-backup --"),
         "{fish}"
     );
     Run::from(
@@ -223,6 +224,21 @@ fn zsh_and_fish_scripts_ask_the_binary() {
             .unwrap(),
     )
     .expect_code(2);
+    // clap_complete's default variable, set for some other reason, does
+    // not turn a command into a completion request.
+    let version = Run::from(
+        Command::new(bin())
+            .arg("-V")
+            .env("COMPLETE", "bash")
+            .output()
+            .unwrap(),
+    );
+    version.expect_code(0);
+    assert!(
+        version.stdout.starts_with("stack-backup "),
+        "{}",
+        version.stdout
+    );
 }
 
 /// The commands `--help` lists (without `help`), e.g. `restore`.
@@ -396,4 +412,34 @@ fn a_tarball_without_git_has_an_unknown_commit() {
     let here = build_script::git_commit(&workspace());
     let tarball_here = !workspace().join(".git").exists();
     assert_eq!(here.is_none(), tarball_here, "{here:?}");
+}
+
+/// The units the package ships (and `schedule install` will write) are
+/// valid for systemd: no unknown keys, a runnable ExecStart (pointed at the
+/// binary under test, since /usr/bin has none here), a timer whose service
+/// exists.
+#[test]
+fn the_systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["stack-backup-backup.service", "stack-backup-backup.timer"] {
+        let text = std::fs::read_to_string(workspace().join("packaging").join(unit)).unwrap();
+        if unit.ends_with(".service") {
+            assert!(
+                text.contains("\nExecStart=/usr/bin/stack-backup --config /etc/stack-backup/stack-backup.toml "),
+                "{text}"
+            );
+        }
+        let text = text.replace("/usr/bin/stack-backup", &bin().display().to_string());
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let run = Run::from(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.path().join("stack-backup-backup.service"))
+            .arg(dir.path().join("stack-backup-backup.timer"))
+            .output()
+            .expect("systemd-analyze (scripts/services.sh installs systemd)"),
+    );
+    run.expect_code(0);
+    assert!(run.stderr.trim().is_empty(), "{}", run.stderr);
 }
