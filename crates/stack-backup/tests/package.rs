@@ -80,16 +80,37 @@ impl Root {
 
 /// Builds the package with the test profile's compiled dependencies.
 fn build_package(out: &Path) -> PathBuf {
-    let run = Run::from(
-        Command::new("bash")
-            .arg(workspace().join("scripts/package.sh"))
-            .args(["--profile", "dev", "--fast", "--out"])
-            .arg(out)
-            .current_dir(workspace())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap(),
-    );
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace().join("scripts/package.sh"))
+        .args(["--profile", "dev", "--fast", "--out"])
+        .arg(out)
+        .current_dir(workspace())
+        .stdin(Stdio::null());
+    // The variables cargo sets for this test process are not the outer
+    // build's: build scripts that watch one (ring watches
+    // CARGO_MANIFEST_DIR and OUT_DIR) would be rerun, and ring and
+    // everything above it rebuilt here and again by the next `cargo test`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO"
+            || name == "OUT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    let run = Run::from(cmd.output().unwrap());
     run.expect_code(0);
     let deb = PathBuf::from(run.stdout.lines().last().unwrap_or_default());
     assert!(deb.is_file(), "{}", run.stdout);
