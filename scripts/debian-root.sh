@@ -57,10 +57,17 @@ if [ ! -f "$root/.complete" ]; then
   command -v debootstrap >/dev/null 2>&1 || { log "debootstrap is missing (scripts/services.sh installs it)"; exit 2; }
   log "debootstrap --variant=minbase $codename into $root (once; cached)"
   rm -rf "$root.tmp"
-  debootstrap --variant=minbase --include="$packages" "$codename" "$root.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-    || { tail -20 "$cache/debootstrap.log" >&2; log "debootstrap failed (log: $cache/debootstrap.log)"; exit 1; }
-  # The downloaded .debs are not part of a clean machine.
-  rm -f "$root.tmp"/var/cache/apt/archives/*.deb
+  # The log names packages, not the mirror: it stays in /etc/apt only.
+  if ! debootstrap --variant=minbase --include="$packages" "$codename" "$root.tmp" "$mirror" 2>&1 \
+    | sed "s|$mirror|<apt mirror>|g" >"$cache/debootstrap.log"; then
+    tail -20 "$cache/debootstrap.log" >&2; log "debootstrap failed (log: $cache/debootstrap.log)"; exit 1
+  fi
+  # The downloaded .debs are not part of a clean machine; nor is the mirror
+  # (nothing in the tests installs from it): not in the sources, the
+  # package lists named after it, or debootstrap's log in the root.
+  rm -f "$root.tmp"/var/cache/apt/archives/*.deb "$root.tmp/var/log/bootstrap.log"
+  find "$root.tmp/var/lib/apt/lists" -maxdepth 1 -type f -delete
+  : >"$root.tmp/etc/apt/sources.list"
   touch "$root.tmp/.complete"
   mv "$root.tmp" "$root"
 fi
