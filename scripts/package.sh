@@ -8,10 +8,12 @@
 # maintainer scripts: installing or removing the package never touches a
 # repository or a config (docs/decisions/0011-debian-package-and-static-binary.md).
 #
-# --profile dev reuses what `cargo test` already compiled (the test suite
-# packages that way; dev is optimised in this workspace, see Cargo.toml);
-# --target x86_64-unknown-linux-musl builds a static binary instead;
-# --fast compresses with gzip instead of xz (a larger .deb, 25 s sooner:
+# --profile dev reuses the dependencies `cargo test` already compiled (the
+# test suite packages that way; dev is optimised in this workspace, see
+# Cargo.toml); --target x86_64-unknown-linux-musl builds a static binary
+# instead (with `rustup target add x86_64-unknown-linux-musl`, musl-tools
+# and CC_x86_64_unknown_linux_musl=musl-gcc); --fast compresses with gzip
+# instead of xz (a larger .deb, made in seconds instead of half a minute:
 # for tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
