@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs (on a fresh Debian machine, as root) and starts what stack-backup's
 # tests and demo need: PostgreSQL, Redis, a Docker Engine, restic, an
-# S3-compatible server (moto), and a tiny local base image. Safe to run
-# again: it reuses what is already there.
+# S3-compatible server (moto), a tiny local base image, and the tools that
+# build the Debian package and install it into a clean Debian root
+# (dpkg-dev, debootstrap, man-db). Safe to run again: it reuses what is
+# already there.
 # Sourced by scripts/test.sh and scripts/demo.sh; exports SB_TEST_* variables.
 set -euo pipefail
 
@@ -32,6 +34,13 @@ command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 # scripts/vendor.sh rebuilds vendor/rustic_core from the crate and patches.
 command -v patch >/dev/null 2>&1 || need_pkgs+=(patch)
+# scripts/package.sh and tests/package.rs (scripts/debian-root.sh).
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need_pkgs+=(dpkg-dev)
+command -v strip >/dev/null 2>&1 || need_pkgs+=(binutils)
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
+# systemd-analyze checks the units in packaging/ (tests/install.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi

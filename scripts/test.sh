@@ -23,6 +23,11 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets -- --test-threads="${SB_TEST_THREADS:-4}"
 
+# Alone, after the others: building the package replaces target/debug/stack-backup
+# (the binary the other test files run, with fault injection) by one without it.
+echo "== the Debian package, installed into a clean Debian root (tests/package.rs)"
+cargo test --locked --test package -- --ignored
+
 # The vendored crate's own unit tests of the parts our patches touch
 # (chunker, pack reads and packer, zstd in decrypt, archiver). It is outside
 # the workspace: its dev-dependencies are a second build, kept cheap by the

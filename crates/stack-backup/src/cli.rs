@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCompleter;
+
+use crate::complete;
 
 /// Back up and restore a whole self-hosted application stack as one
 /// verified unit.
@@ -11,7 +14,14 @@ use clap::{Args, Parser, Subcommand};
 /// 3 verification failed, 4 refused for safety, 5 repository locked,
 /// 6 not ready (doctor).
 #[derive(Debug, Parser)]
-#[command(name = "stack-backup", version, about, long_about)]
+#[command(
+    name = "stack-backup",
+    version,
+    long_version = env!("STACK_BACKUP_LONG_VERSION"),
+    propagate_version = true,
+    about,
+    long_about
+)]
 pub struct Cli {
     /// Config file [default: ./stack-backup.toml]
     #[arg(long, global = true, env = "STACK_BACKUP_CONFIG", value_name = "FILE")]
@@ -52,6 +62,35 @@ pub enum Command {
     /// Take a database-only set (PostgreSQL, Redis with role `data`; tier `data`).
     Dump(DumpArgs),
     /// Restore a backup set through the safety chain.
+    ///
+    /// Shows what will be replaced (host, database, volume, directory,
+    /// Redis) and asks, or needs --yes without a terminal. Then every step
+    /// must pass before the next starts:
+    ///
+    /// 1. Disk check: free space on every filesystem the restore writes to,
+    ///    above the floor (`min-free-space`).
+    ///
+    /// 2. Backup verify: every artifact is read back and its SHA-256
+    ///    checked; a mismatch stops here, nothing changed (exit 3).
+    ///
+    /// 3. Migration check: the set's migration state against the code's
+    ///    migration files; a mismatch stops here (exit 4) unless
+    ///    --allow-migration-mismatch.
+    ///
+    /// 4. Pre-restore snapshot: the current state is backed up first (tier
+    ///    `pre-restore`).
+    ///
+    /// 5. Restore: each component is restored beside the live one, then
+    ///    swapped in.
+    ///
+    /// 6. Redis flush: cache instances are flushed when --flush-redis.
+    ///
+    /// 7. Post-restore verify: row counts, migration state, Redis keys,
+    ///    image IDs and the configured health checks.
+    ///
+    /// A failure in the last three steps undoes every change and says so.
+    /// --dry-run shows the plan and runs steps 1 to 3 only. Details:
+    /// docs/decisions/0004-restore-beside-then-swap.md in the source.
     Restore(RestoreArgs),
     /// Copy backup sets to another repository (an off-site copy); sets the
     /// target already holds are skipped.
@@ -72,6 +111,39 @@ pub enum Command {
     Export(ExportArgs),
     /// Store an exported (or legacy shell-script) directory as a backup set.
     Import(ImportArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// The script asks stack-backup itself for every completion, so
+    /// commands, options, tiers and the backup set names of the configured
+    /// repository (--config, STACK_BACKUP_CONFIG or ./stack-backup.toml)
+    /// are always those of the installed binary. Set names need the
+    /// repository password from the usual sources; without it they are not
+    /// offered. Install, e.g.:
+    /// `stack-backup completions bash > /etc/bash_completion.d/stack-backup`.
+    Completions(CompletionsArgs),
+    /// Write the manual pages (one per command, section 1) into DIR.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: Shell,
+}
+
+/// A shell with dynamic completion.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write `stack-backup.1`, `stack-backup-restore.1`, … into
+    /// (created when missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +169,7 @@ pub struct ImmaculateCreateArgs {
 #[derive(Debug, Args)]
 pub struct ImmaculateVerifyArgs {
     /// Name or id of one immaculate set [default: all of them].
+    #[arg(add = ArgValueCompleter::new(complete::immaculate_names))]
     pub name: Option<String>,
 }
 
@@ -106,7 +179,7 @@ pub struct EmergencyArgs {
     #[arg(long)]
     pub confirm: bool,
     /// The immaculate baseline to restore [default: the newest].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", add = ArgValueCompleter::new(complete::immaculate_names))]
     pub baseline: Option<String>,
     /// The second confirmation without a terminal: the stack's name.
     #[arg(long, value_name = "STACK")]
@@ -128,7 +201,7 @@ pub struct SacredArgs {
     /// The milestone's name: the set becomes `sacred/NAME`, the git tag `sacred/NAME`.
     pub name: String,
     /// Pin this existing backup set instead of taking a new one.
-    #[arg(long, value_name = "BACKUP")]
+    #[arg(long, value_name = "BACKUP", add = ArgValueCompleter::new(complete::set_names))]
     pub from: Option<String>,
 }
 
@@ -142,7 +215,7 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
-    #[arg(conflicts_with = "all")]
+    #[arg(conflicts_with = "all", add = ArgValueCompleter::new(complete::set_names))]
     pub name: Option<String>,
     /// Every backup set of the stack.
     #[arg(long)]
@@ -155,6 +228,7 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
+    #[arg(add = ArgValueCompleter::new(complete::set_names))]
     pub name: String,
     /// Directory to create (must not exist, or be empty).
     pub dir: PathBuf,
@@ -172,7 +246,7 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
-    #[arg(default_value = "latest")]
+    #[arg(default_value = "latest", add = ArgValueCompleter::new(complete::set_names))]
     pub name: String,
     /// Only these components (`postgres`, `postgres.main`, `docker`, `paths.media`, …).
     #[arg(long, value_name = "COMPONENT", num_args = 1..)]
@@ -240,15 +314,15 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only sets of this tier (data, backups, immaculate, sacred, pre-restore).
-    #[arg(long, value_name = "TIER")]
+    /// Only sets of this tier.
+    #[arg(long, value_name = "TIER", value_parser = tier_parser())]
     pub tier: Option<stack_backup_core::tiers::Tier>,
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// Backup set name, snapshot id (prefix) or `latest`.
-    #[arg(default_value = "latest")]
+    #[arg(default_value = "latest", add = ArgValueCompleter::new(complete::set_names))]
     pub name: String,
 }
 
@@ -256,10 +330,10 @@ pub struct ShowArgs {
 pub struct CopyArgs {
     /// Backup set name, snapshot id (prefix) or `latest` [default: latest,
     /// unless --tier or --all].
-    #[arg(conflicts_with_all = ["tier", "all"])]
+    #[arg(conflicts_with_all = ["tier", "all"], add = ArgValueCompleter::new(complete::set_names))]
     pub name: Option<String>,
     /// Every set of this tier.
-    #[arg(long, value_name = "TIER", conflicts_with = "all")]
+    #[arg(long, value_name = "TIER", conflicts_with = "all", value_parser = tier_parser())]
     pub tier: Option<stack_backup_core::tiers::Tier>,
     /// Every set of the stack.
     #[arg(long)]
@@ -274,4 +348,13 @@ pub struct CopyArgs {
     /// Create the target repository when there is none.
     #[arg(long)]
     pub init: bool,
+}
+
+/// Tiers as clap's possible values, so help, man pages and completion list
+/// them from the one definition in the library.
+fn tier_parser() -> impl clap::builder::TypedValueParser<Value = stack_backup_core::tiers::Tier> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    use stack_backup_core::tiers::Tier;
+    PossibleValuesParser::new(Tier::ALL.map(|t| PossibleValue::new(t.as_str())))
+        .try_map(|s| s.parse::<Tier>())
 }

@@ -3,9 +3,17 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod output;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+
+/// The environment variable through which the shell asks for completions
+/// (clap_complete's protocol; the scripts `completions` prints set it).
+/// Not clap_complete's default `COMPLETE`: a variable that generic may be
+/// set in a cron or systemd environment, and a backup must not turn into a
+/// completion request.
+const COMPLETE_VAR: &str = "STACK_BACKUP_COMPLETE";
 
 /// At most two glibc malloc arenas. rustic_core runs pools of up to 20
 /// threads (restore, archiver); with one arena per thread, memory freed by
@@ -24,6 +32,10 @@ fn limit_malloc_arenas() {
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     stack_backup_core::system::fault::setup();
+    // Before anything else: a completion request prints candidates and exits.
+    clap_complete::CompleteEnv::with_factory(cli::Cli::command)
+        .var(COMPLETE_VAR)
+        .complete();
     let cli = cli::Cli::parse();
     let out = output::Output::new(&cli);
     out.init_logging();

@@ -115,6 +115,24 @@ pub fn list<S: rustic_core::Open>(
     Ok(sets)
 }
 
+/// The names a user can give for one of `sets` (oldest first, as
+/// [`list`] returns them): the set names, newest first, then `latest`
+/// (kept by [`find_in`]). With `tier`, only that tier's names, and no
+/// `latest`, which means the newest set of any tier.
+#[must_use]
+pub fn references(sets: &[(BackupSet, SnapshotFile)], tier: Option<Tier>) -> Vec<String> {
+    let mut names: Vec<String> = sets
+        .iter()
+        .rev()
+        .filter(|(b, _)| tier.is_none_or(|t| b.tier == t))
+        .map(|(b, _)| b.name.clone())
+        .collect();
+    if tier.is_none() && !names.is_empty() {
+        names.push("latest".into());
+    }
+    names
+}
+
 /// Finds a set by name, by (a prefix of at least 4 digits of) its id, or
 /// `latest`. An ambiguous id prefix is an error.
 pub fn find<S: rustic_core::Open>(
@@ -245,5 +263,16 @@ mod tests {
             find_in(Vec::new(), "latest"),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn references_are_names_newest_first_then_latest() {
+        assert_eq!(
+            references(&sets(), None),
+            ["sacred/v1", "two", "one", "latest"]
+        );
+        assert_eq!(references(&sets(), Some(Tier::Data)), ["two"]);
+        assert!(references(&sets(), Some(Tier::Immaculate)).is_empty());
+        assert!(references(&[], None).is_empty());
     }
 }

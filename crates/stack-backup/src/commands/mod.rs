@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod backup;
+mod completions;
 mod copy;
 mod doctor;
 mod emergency;
@@ -55,6 +56,8 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
         Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
+        Command::Completions(args) => completions::completions(args.shell),
+        Command::Man(args) => completions::man(&args.dir, out),
         Command::Dump(args) => backup::run(
             &load_config(cli, &env)?,
             &env,
