@@ -6,7 +6,7 @@
 # example config /etc/stack-backup/stack-backup.toml (a conffile, mode 0600)
 # and the systemd units of packaging/ (installed, never enabled). No
 # maintainer scripts: installing or removing the package never touches a
-# repository or a config (docs/decisions/0011-debian-package-and-static-binary.md).
+# repository or a config (docs/decisions/0012-debian-package-and-static-binary.md).
 #
 # --profile dev reuses the dependencies `cargo test` already compiled (the
 # test suite packages that way; dev is optimised in this workspace, see
