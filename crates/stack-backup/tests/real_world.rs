@@ -153,6 +153,16 @@ fn a_missing_privilege_is_named_before_anything_changes() {
         [("good".to_string(), "backups".to_string())],
         "refused before the pre-restore snapshot"
     );
+    // Asking for a method explicitly names what it needs.
+    sb.write_config("shop", &pg_config(&url, "restore-method = \"in-place\""));
+    let r = sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(4);
+    assert!(
+        r.stderr
+            .contains("restore-method = \"in-place\" needs ownership of database"),
+        "{}",
+        r.stderr
+    );
 
     // With a privileged admin-url for restores only, the same role's
     // backup restores beside the live database.
@@ -295,6 +305,15 @@ fn roles_of(prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The line of `role` in a [`roles_of`] list.
+fn role_line(roles: &[String], role: &str) -> String {
+    roles
+        .iter()
+        .find(|r| r.starts_with(&format!("{role} ")))
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs() {
     let db = TempDb::seeded(20, "1234abcd5678");
@@ -317,6 +336,7 @@ fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs()
     let sb = Sandbox::new();
     sb.write_config("shop", &pg_config(&db.superuser_url(), ""));
     sb.init();
+    let reader_at_backup = role_line(&roles_of(&reader), &reader);
     sb.run(&["backup", "--name", "good"]).expect_code(0);
 
     // After the backup: another application's password rotated, an
@@ -364,6 +384,19 @@ fn a_restore_changes_no_existing_role_and_brings_back_only_what_the_dump_needs()
         .unwrap()
         .get(0);
     assert!(granted, "the dump's grant came back with its role");
+
+    // With --restore-role-passwords the role the restore creates gets the
+    // hash it had at backup time; the others still do not change.
+    sql(&db, &format!("REVOKE ALL ON customers FROM {reader}"));
+    pg_client("postgres")
+        .batch_execute(&format!("DROP ROLE {reader}"))
+        .unwrap();
+    sb.run(&["restore", "good", "--yes", "--restore-role-passwords"])
+        .expect_code(0);
+    let again = roles_of(&p);
+    assert!(again.contains(&reader_at_backup), "{again:?}");
+    let other_before = role_line(&before, &other);
+    assert!(again.contains(&other_before), "{again:?}");
     drop(db);
     pg_client("postgres")
         .batch_execute(&format!(
