@@ -37,25 +37,8 @@ printf '%s\n' "${{COMPREPLY[@]}}"
 "#,
         words = quoted.join(" ")
     );
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(script)
-        .current_dir(cwd)
-        .env_clear()
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("HOME", sb.path())
-        .env("TMPDIR", std::env::temp_dir())
-        .stdin(Stdio::null());
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
+    let mut cmd = sb.command("bash", cwd, Some(&dir));
+    cmd.arg("-c").arg(script);
     let run = Run::from(cmd.output().expect("bash"));
     run.expect_code(0);
     let got = run
@@ -158,27 +141,12 @@ fn bash_completes_commands_tiers_and_the_set_names_of_a_real_repository() {
 fn tty_bash(sb: &Sandbox, input: &str) -> String {
     use std::io::Write;
     let dir = bin().parent().unwrap().to_path_buf();
-    let mut cmd = Command::new("script");
+    let mut cmd = sb.command("script", sb.path(), Some(&dir));
     cmd.args(["-qec", "bash --norc --noprofile -i", "/dev/null"])
-        .current_dir(sb.path())
-        .env_clear()
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .env("HOME", sb.path())
-        .env("TMPDIR", std::env::temp_dir())
         .env("TERM", "dumb")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
     let mut child = cmd.spawn().expect("script (util-linux)");
     child
         .stdin

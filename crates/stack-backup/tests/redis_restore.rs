@@ -212,12 +212,7 @@ fn a_rolled_back_restore_leaves_every_database_as_it_was() {
 
     let r = sb.run(&["restore", "good", "--yes"]);
     r.expect_code(1);
-    assert!(
-        r.stderr.contains("health check `app-smoke`"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    expect_rolled_back_by(&r, "app-smoke");
 
     assert_same("the configured database", &db_state(&redis, APP_DB), &app);
     let mut other = db_state(&redis, OTHER_DB);

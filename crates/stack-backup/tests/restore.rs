@@ -276,12 +276,7 @@ fn health_checks_must_pass_after_a_restore_or_it_is_rolled_back() {
     s.sb.write_config("shop", &format!("{}{failing}", config(&s, "", "")));
     let r = s.sb.run(&["restore", "good", "--yes"]);
     r.expect_code(1);
-    assert!(
-        r.stderr.contains("health check `app-smoke`"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    expect_rolled_back_by(&r, "app-smoke");
     assert_eq!(state(&s), wrecked);
 }
 

@@ -104,19 +104,36 @@ impl Sandbox {
         std::fs::write(self.config(), text).unwrap();
     }
 
-    /// Runs the binary in the sandbox with its environment only.
-    pub fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = Command::new(bin());
-        cmd.current_dir(self.path())
+    /// `program` in `dir` with the sandbox's environment only (`PATH`,
+    /// with `path_first` before it when given, `HOME` the sandbox, the
+    /// sandbox's variables); stdin is null.
+    pub fn command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        dir: &Path,
+        path_first: Option<&Path>,
+    ) -> Command {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let mut cmd = Command::new(program);
+        cmd.current_dir(dir)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "PATH",
+                path_first.map_or(path.clone(), |p| format!("{}:{path}", p.display())),
+            )
             .env("HOME", self.path())
             .env("TMPDIR", std::env::temp_dir())
-            .args(args)
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Runs the binary in the sandbox with its environment only.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(bin(), self.path(), None);
+        cmd.args(args);
         Run::from(cmd.output().expect("running stack-backup"))
     }
 
@@ -128,20 +145,12 @@ impl Sandbox {
             .chain(args.iter().map(|a| format!("'{a}'")))
             .collect::<Vec<_>>()
             .join(" ");
-        let mut cmd = Command::new("script");
+        let mut cmd = self.command("script", self.path(), None);
         cmd.args(["-qec", &line, "/dev/null"])
-            .current_dir(self.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.path())
-            .env("TMPDIR", std::env::temp_dir())
             .env("TERM", "dumb")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("running script");
         child
             .stdin
@@ -156,6 +165,18 @@ impl Sandbox {
     pub fn init(&self) {
         self.run(&["init"]).expect_code(0);
     }
+}
+
+/// Asserts that a restore failed on the `[[health]]` check `check` and
+/// said it rolled everything back.
+pub fn expect_rolled_back_by(r: &Run, check: &str) {
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("health check `{check}`")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
 }
 
 /// Runs stock `restic` on a repository with the test password.
