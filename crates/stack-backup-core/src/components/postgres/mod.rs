@@ -109,13 +109,10 @@ impl Kind for Postgres {
             Err(Error::LockTimeout(first)) if ctx.replacing => {
                 // The database is about to be replaced: its blockers go
                 // now rather than at the swap; once, then it is an error.
-                let ended = connect(id.name(), pg).map(|mut c| {
-                    let db = c
-                        .query_one("SELECT current_database()", &[])
-                        .map(|r| r.get::<_, String>(0))
-                        .unwrap_or_default();
-                    locks::end_blockers(&mut c, &db)
-                });
+                // The database `plan_dump` dumps (the URL's).
+                let pc = client_config(id.name(), pg)?;
+                let db = pc.get_dbname().unwrap_or("postgres");
+                let ended = connect(id.name(), pg).map(|mut c| locks::end_blockers(&mut c, db));
                 match ended {
                     Ok(ended) if !ended.is_empty() => {
                         log::warn!(

@@ -453,19 +453,20 @@ fn restore_in_place(
     let app_name = format!("stack-backup-restore-{}-{}", std::process::id(), key);
     tool.env.retain(|(k, _)| k != "PGAPPNAME");
     tool.env.push(("PGAPPNAME".into(), app_name.clone()));
-    let mut cmd = Command::new(&tool.program);
     let dbarg = format!("--dbname={live}");
-    cmd.args(tool.args(&[
-        "--clean",
-        "--if-exists",
-        "--single-transaction",
-        "--exit-on-error",
-        "--no-password",
-        &dbarg,
-    ]))
-    .envs(tool.env.iter().map(|(k, v)| (k, v)));
     let timeout = target.server.lock_timeout();
-    let run = |cmd: Command| -> Result<String> {
+    // One run of pg_restore under the watchdog (twice at most, below).
+    let run = || -> Result<String> {
+        let mut cmd = Command::new(&tool.program);
+        cmd.args(tool.args(&[
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--exit-on-error",
+            "--no-password",
+            &dbarg,
+        ]))
+        .envs(tool.env.iter().map(|(k, v)| (k, v)));
         let watchdog = locks::Watchdog::start(
             target.connect(Via::Role, live)?,
             app_name.clone(),
@@ -478,11 +479,7 @@ fn restore_in_place(
         }
         restored
     };
-    let mut retry = Command::new(cmd.get_program());
-    retry
-        .args(cmd.get_args())
-        .envs(tool.env.iter().map(|(k, v)| (k, v)));
-    match run(cmd) {
+    match run() {
         Ok(_) => drop_extra_tables(&mut conn, id, p).map(|_| ()),
         // `--clean` drops only what the dump has: a table the set does not
         // have that refers to one it has (a foreign key added by a later
@@ -494,7 +491,7 @@ fn restore_in_place(
             if dropped.is_empty() {
                 return Err(e);
             }
-            run(retry).map_err(|e2| {
+            run().map_err(|e2| {
                 Error::component(
                     id.as_str(),
                     format!(
