@@ -327,6 +327,30 @@ fn a_tampered_export_with_recomputed_checksums_is_refused() {
         assert!(r.stderr.contains(&field), "{what}: {}", r.stderr);
         assert_eq!(restic_snapshot_count(&f.sb.repo()), snapshots, "{what}");
     }
+    // A listed file replaced by a symlink to a host file, its checksum
+    // recomputed: the host file is not stored.
+    let dir = tampered_copy(&export, &f.sb.path().join("linked"), |_| {});
+    let host = f.sb.path().join("host-secret");
+    std::fs::write(&host, "host secret\n").unwrap();
+    let listed = dir.join("paths/media/one.jpg");
+    std::fs::remove_file(&listed).unwrap();
+    std::os::unix::fs::symlink(&host, &listed).unwrap();
+    resum(
+        &dir.join("CHECKSUM.sha256"),
+        "paths/media/one.jpg",
+        &sha256(b"host secret\n"),
+    );
+    sha256sum_top(&dir).expect_code(0);
+    let r = run_with(
+        &f.sb,
+        &w,
+        &["import", &dir.to_string_lossy(), "--name", "linked"],
+    );
+    r.expect_code(3);
+    assert!(r.stderr.contains("paths/media/one.jpg"), "{}", r.stderr);
+    assert!(r.stderr.contains("symlink"), "{}", r.stderr);
+    assert_eq!(restic_snapshot_count(&f.sb.repo()), snapshots);
+
     assert_eq!(read(&log), "", "a command ran");
     assert_eq!(f.state(), before);
     assert!(!f.sb.path().join("outside").exists());
