@@ -151,7 +151,6 @@ fn a_set_naming_what_the_config_lacks_is_refused_before_anything_runs() {
         "{}",
         r.stderr
     );
-    // …unless the restore leaves it out.
     assert_eq!(f.state(), before);
     assert_eq!(read(&log), "", "a command ran");
     assert_eq!(restic_snapshot_count(&f.sb.repo()), snapshots);
