@@ -27,7 +27,7 @@ pub mod system;
 // Short paths for the modules every layer uses.
 pub use archive::{ledger, source, verify};
 pub use components::{docker, git, migrations, postgres, redis};
-pub use model::{config, manifest, secret, sets, tags, tiers};
+pub use model::{config, manifest, secret, sets, tags, tiers, validate};
 pub use operations::{
     backup, copy, doctor, export, health, immaculate, import, init, restore, retention, sacred,
 };

@@ -232,6 +232,10 @@ pub struct ExportArgs {
     pub name: String,
     /// Directory to create (must not exist, or be empty).
     pub dir: PathBuf,
+    /// Keep device nodes, FIFOs and sockets of volumes and paths (they are
+    /// left out by default; setuid/setgid bits are always cleared).
+    #[arg(long)]
+    pub keep_special: bool,
 }
 
 #[derive(Debug, Args)]

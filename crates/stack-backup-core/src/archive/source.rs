@@ -10,13 +10,13 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use rustic_core::repofile::{Metadata, Node, NodeType};
 use rustic_core::{
-    ErrorKind, Excludes, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
-    ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+    DevIdOption, ErrorKind, Excludes, LocalSource, LocalSourceFilterOptions,
+    LocalSourceSaveOptions, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
 };
 
 use crate::ledger::{ChildGuard, Ledger, TrackedReader};
@@ -55,6 +55,19 @@ pub enum Content {
     LocalFile(PathBuf),
     /// A gzip file on this machine, stored decompressed (`import`).
     Gunzip(PathBuf),
+    /// A regular file of a walked tree (volume, directory), opened without
+    /// following a symlink and read only if it is still the file the walk
+    /// saw (same device and inode): a container that swaps it for a symlink
+    /// to a host file (`/etc/shadow`) between walk and read makes the
+    /// component fail, naming the file, instead of storing the host file.
+    Walked {
+        /// The path the walk found.
+        path: PathBuf,
+        /// `st_dev` at the walk.
+        dev: u64,
+        /// `st_ino` at the walk.
+        ino: u64,
+    },
 }
 
 /// One file in the backup set.
@@ -200,6 +213,12 @@ impl ReadSourceOpen for EntryOpen {
                 ))),
                 Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
             },
+            Content::Walked { path, dev, ino } => match open_walked(&path, dev, ino) {
+                Ok(f) => Ok(Box::new(TrackedReader::new(
+                    f, artifact, component, ledger, None, None,
+                ))),
+                Err(e) => Err(fail(e)),
+            },
             Content::Gunzip(p) => match std::fs::File::open(&p) {
                 Ok(f) => Ok(Box::new(TrackedReader::new(
                     flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)),
@@ -212,7 +231,7 @@ impl ReadSourceOpen for EntryOpen {
                 Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
             },
             Content::Stream(spec) => {
-                let mut child = match Command::new(&spec.program)
+                let mut child = match crate::process::command(&spec.program)
                     .args(&spec.args)
                     .envs(spec.env.iter().map(|(k, v)| (k, v)))
                     .stdin(Stdio::null())
@@ -244,6 +263,42 @@ impl ReadSourceOpen for EntryOpen {
             }
         }
     }
+}
+
+/// Opens a file a tree walk found, only if it is still that file: opened
+/// with `O_NOFOLLOW` (a symlink in its place fails) and `O_NONBLOCK` (a FIFO
+/// in its place does not hang the open), then `fstat` must show a regular
+/// file with the walked device and inode (a directory above it swapped for
+/// a symlink leads elsewhere, and fails here). The error names the file.
+fn open_walked(path: &Path, dev: u64, ino: u64) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                format!(
+                    "{} was replaced by a symlink after it was listed; not stored",
+                    path.display()
+                )
+            } else {
+                format!("cannot open {}: {e}", path.display())
+            }
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    if !m.is_file() || m.dev() != dev || m.ino() != ino {
+        return Err(format!(
+            "{} is no longer the file that was listed (device/inode {dev}/{ino}, now {}/{}{}); not stored",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            if m.is_file() { "" } else { ", not a regular file" }
+        ));
+    }
+    Ok(f)
 }
 
 /// The last 20 lines of a child's stderr.
@@ -400,8 +455,11 @@ impl StackSource {
                 return;
             }
         }
+        // The device of every entry, to check each file when it is opened;
+        // stored only for hard links, as by default (below).
+        let save = LocalSourceSaveOptions::default().set_devid(DevIdOption::Yes);
         let src = match LocalSource::new(
-            LocalSourceSaveOptions::default(),
+            save,
             &Excludes::default(),
             &LocalSourceFilterOptions::default(),
             &[root],
@@ -417,7 +475,11 @@ impl StackSource {
         };
         for item in src.entries() {
             match item {
-                Ok(ReadSourceEntry { path, node, .. }) => {
+                Ok(ReadSourceEntry { path, mut node, .. }) => {
+                    let dev = node.meta.device_id;
+                    if node.meta.links <= 1 {
+                        node.meta.device_id = 0;
+                    }
                     let Ok(rel) = path.strip_prefix(root) else {
                         self.ledger.fail_component(
                             component,
@@ -441,7 +503,11 @@ impl StackSource {
                     let open = is_file.then(|| EntryOpen {
                         artifact: snap_rel.clone(),
                         component: component.to_string(),
-                        content: Content::LocalFile(path.clone()),
+                        content: Content::Walked {
+                            path: path.clone(),
+                            dev,
+                            ino: node.meta.inode,
+                        },
                         ledger: self.ledger.clone(),
                     });
                     out.push(Ok(ReadSourceEntry {
@@ -456,5 +522,106 @@ impl StackSource {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use super::{Entry, EntryOpen, ReadSource, ReadSourceOpen, StackSource};
+    use crate::ledger::{Ledger, Outcome};
+
+    const HOST: &str = "root:$y$host-secret-hash:19000:0:99999:7:::\n";
+
+    /// A tree with `sub/data.txt`, walked; and a "host" directory outside
+    /// it holding `data.txt` with the host's secret.
+    fn walked() -> (tempfile::TempDir, Arc<Ledger>, Vec<(String, EntryOpen)>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("volume");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/data.txt"), "the volume's own bytes\n").unwrap();
+        std::fs::create_dir_all(tmp.path().join("host")).unwrap();
+        std::fs::write(tmp.path().join("host/data.txt"), HOST).unwrap();
+        let ledger = Arc::new(Ledger::new(None));
+        let source = StackSource::new(
+            vec![Entry::Tree {
+                component: "docker.volume.v".into(),
+                root,
+                target: "docker/volumes/v".into(),
+            }],
+            ledger.clone(),
+        );
+        let opens = source
+            .entries()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                e.open.map(|o| (e.path.to_string_lossy().to_string(), o))
+            })
+            .collect();
+        (tmp, ledger, opens)
+    }
+
+    fn read(o: EntryOpen) -> Result<String, String> {
+        let mut r = o.open().map_err(|e| e.to_string())?;
+        let mut s = String::new();
+        r.read_to_string(&mut s).map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+
+    #[test]
+    fn an_unchanged_file_is_read() {
+        let (_tmp, _ledger, mut opens) = walked();
+        assert_eq!(opens.len(), 1);
+        let (path, o) = opens.remove(0);
+        assert_eq!(path, "/docker/volumes/v/sub/data.txt");
+        assert_eq!(read(o).unwrap(), "the volume's own bytes\n");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_after_the_walk_is_not_read() {
+        let (tmp, ledger, mut opens) = walked();
+        let file = tmp.path().join("volume/sub/data.txt");
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("host/data.txt"), &file).unwrap();
+        let (_, o) = opens.remove(0);
+        let err = read(o).unwrap_err();
+        assert!(!err.contains("host-secret"), "{err}");
+        assert!(
+            err.contains("sub/data.txt") && err.contains("symlink"),
+            "{err}"
+        );
+        assert!(matches!(
+            ledger.get("docker/volumes/v/sub/data.txt"),
+            Some(Outcome::Failed(m)) if m.contains("replaced by a symlink")
+        ));
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_the_walk_is_not_read() {
+        let (tmp, ledger, mut opens) = walked();
+        let sub = tmp.path().join("volume/sub");
+        std::fs::rename(&sub, tmp.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("host"), &sub).unwrap();
+        let (_, o) = opens.remove(0);
+        let err = read(o).unwrap_err();
+        assert!(!err.contains("host-secret"), "{err}");
+        assert!(err.contains("no longer the file that was listed"), "{err}");
+        assert!(matches!(
+            ledger.get("docker/volumes/v/sub/data.txt"),
+            Some(Outcome::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_fifo_fails_without_hanging() {
+        let (tmp, _ledger, mut opens) = walked();
+        let file = tmp.path().join("volume/sub/data.txt");
+        std::fs::remove_file(&file).unwrap();
+        nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (_, o) = opens.remove(0);
+        let err = read(o).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

@@ -141,6 +141,18 @@ pub fn verify_set(repo: &Indexed, set: &BackupSet, snap: &SnapshotFile) -> SetRe
                 BTreeMap::new()
             }
         };
+    match sets::read_file(repo, snap, manifest::JSON_PATH)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<manifest::Manifest>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(m) => {
+            if let Err(e) = crate::validate::check_paths(&format!("set `{}`", set.name), &m, &want)
+            {
+                r.problem(e.to_string());
+            }
+        }
+        Err(e) => r.problem(format!("{}: cannot be read: {e}", manifest::JSON_PATH)),
+    }
     let mut root = Node::new_node(
         std::ffi::OsStr::new(""),
         NodeType::Dir,

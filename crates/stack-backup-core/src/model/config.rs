@@ -159,7 +159,12 @@ pub struct RepositorySection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// A remote repository, passed to `rustic_backend` (e.g. `opendal:s3`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Serialized redacted: it may hold credentials.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::secret::serialize_redacted"
+    )]
     pub url: Option<String>,
     /// A file holding the repository password (first line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -342,8 +347,12 @@ pub struct PathConfig {
 pub struct HealthCheck {
     /// Shown in output.
     pub name: String,
-    /// GET this URL; a 2xx answer passes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// GET this URL; a 2xx answer passes. Serialized redacted.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::secret::serialize_redacted"
+    )]
     pub http: Option<String>,
     /// Run this query on `postgres`; it passes when it succeeds and, if it
     /// returns rows, the first column of the first row is not false/0/null.

@@ -7,3 +7,4 @@ pub mod secret;
 pub mod sets;
 pub mod tags;
 pub mod tiers;
+pub mod validate;

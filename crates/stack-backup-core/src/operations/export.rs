@@ -18,6 +18,13 @@
 //! Every artifact is checked against the set's SHA-256 while it is written;
 //! a mismatch stops the export (verification failure) and the directory is
 //! removed again. `import` reads such a directory back into an identical set.
+//!
+//! An export holds dumps, RDB files and volumes: it is for root only. `DIR`
+//! and every directory export creates are mode 0700, every file it writes
+//! 0600; trees keep their owners and modes (for `cp -a` back) but lose
+//! setuid/setgid bits, and device nodes, FIFOs and sockets are left out
+//! unless `keep_special` (decision 0015). The set's manifest is checked
+//! first ([`crate::validate::check_paths`]): no path it names leaves `DIR`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -92,7 +99,13 @@ fn hashing<W: Write>(inner: W) -> Hashing<W> {
 /// Writes set `name` into `dir` (which must not exist or be empty). Reads
 /// the repository only; on any failure the partly written directory is
 /// removed.
-pub fn export(cfg: &Config, env: &Env, name: &str, dir: &Path) -> Result<Exported> {
+pub fn export(
+    cfg: &Config,
+    env: &Env,
+    name: &str,
+    dir: &Path,
+    keep_special: bool,
+) -> Result<Exported> {
     if dir.exists()
         && std::fs::read_dir(dir)
             .map_err(|e| Error::io("reading", dir, e))?
@@ -113,10 +126,12 @@ pub fn export(cfg: &Config, env: &Env, name: &str, dir: &Path) -> Result<Exporte
         &snap,
         manifest::CHECKSUM_PATH,
     )?));
+    // The manifest decides where files are written: nothing leaves `dir`.
+    crate::validate::check_paths(&format!("set `{}`", set.name), &m, &set_sums)?;
     let needed = set.size.unwrap_or(0);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    private_dir(dir)?;
     disk::ensure(dir, needed, cfg.min_free_space())?;
-    let result = write_all(&repo, &set, &snap, &m, &set_sums, dir);
+    let result = write_all(&repo, &set, &snap, &m, &set_sums, dir, keep_special);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -130,6 +145,7 @@ fn write_all(
     m: &Manifest,
     set_sums: &BTreeMap<String, String>,
     dir: &Path,
+    keep_special: bool,
 ) -> Result<Exported> {
     let location = repo.name.clone();
     let mut sums: BTreeMap<String, String> = BTreeMap::new();
@@ -161,10 +177,10 @@ fn write_all(
         let (out, gz) = export_path(m, path, component);
         let target = dir.join(&out);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+            private_dir(parent)?;
         }
         let node = node_of(path)?;
-        let file = std::fs::File::create(&target).map_err(|e| Error::io("creating", &target, e))?;
+        let file = private_file(&target)?;
         let mut outer = hashing(std::io::BufWriter::new(file));
         let raw_sha = if gz {
             let enc = flate2::write::GzEncoder::new(&mut outer, flate2::Compression::fast());
@@ -207,7 +223,7 @@ fn write_all(
     // The set's CHECKSUM.sha256, as stored (import checks artifacts with it).
     let stored = dir.join(manifest::CHECKSUM_PATH);
     let text = manifest::render_checksums(set_sums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
-    std::fs::write(&stored, &text).map_err(|e| Error::io("writing", &stored, e))?;
+    write_private(&stored, text.as_bytes())?;
     sums.insert(
         manifest::CHECKSUM_PATH.to_string(),
         crate::ledger::sha256_hex(text.as_bytes()),
@@ -219,7 +235,7 @@ fn write_all(
             continue;
         };
         let target = dir.join(tree);
-        std::fs::create_dir_all(&target).map_err(|e| Error::io("creating", &target, e))?;
+        private_dir(&target)?;
         let node = node_of(tree)?;
         crate::components::tree::restore_node_into(repo, &node, &target).map_err(|m| {
             Error::Repository {
@@ -227,6 +243,7 @@ fn write_all(
                 message: format!("{tree}: {m}"),
             }
         })?;
+        defuse_tree(&target, keep_special)?;
         let prefix = format!("{tree}/");
         for (p, want) in set_sums.range(prefix.clone()..) {
             if !p.starts_with(&prefix) {
@@ -248,20 +265,92 @@ fn write_all(
     }
     let md = export_markdown(m, set, &sums);
     let md_path = dir.join("MANIFEST.md");
-    std::fs::write(&md_path, &md).map_err(|e| Error::io("writing", &md_path, e))?;
+    write_private(&md_path, md.as_bytes())?;
     sums.insert(
         "MANIFEST.md".into(),
         crate::ledger::sha256_hex(md.as_bytes()),
     );
     let text = manifest::render_checksums(sums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
     let sum_path = dir.join("CHECKSUM.sha256");
-    std::fs::write(&sum_path, text).map_err(|e| Error::io("writing", &sum_path, e))?;
+    write_private(&sum_path, text.as_bytes())?;
     Ok(Exported {
         set: set.clone(),
         dir: dir.to_path_buf(),
         files: sums.len(),
         bytes,
     })
+}
+
+/// Creates `dir` and its missing parents inside the export with mode 0700
+/// (an existing directory is set to 0700 too).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("creating", dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io("setting the mode of", dir, e))
+}
+
+/// A file of mode 0600, created or truncated, never through a symlink.
+fn private_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io("creating", path, e))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = private_file(path)?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("writing", path, e))
+}
+
+/// Clears setuid and setgid bits below `root` and removes device nodes,
+/// FIFOs and sockets unless `keep_special`: an export must not give
+/// whoever copies it a setuid binary or a device of this host. Symlinks
+/// are neither followed nor changed.
+fn defuse_tree(root: &Path, keep_special: bool) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| Error::io("reading", &d, e))? {
+            let e = e.map_err(|e| Error::io("reading", &d, e))?;
+            let path = e.path();
+            let meta =
+                std::fs::symlink_metadata(&path).map_err(|e| Error::io("reading", &path, e))?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                continue;
+            }
+            let special =
+                ft.is_block_device() || ft.is_char_device() || ft.is_fifo() || ft.is_socket();
+            if special && !keep_special {
+                std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+                log::warn!(
+                    "{}: a device node, FIFO or socket, left out of the export (--keep-special keeps it)",
+                    path.display()
+                );
+                continue;
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o6000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o1777))
+                    .map_err(|e| Error::io("setting the mode of", &path, e))?;
+            }
+            if ft.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// MANIFEST.md of an export: what is there and how to restore each part by

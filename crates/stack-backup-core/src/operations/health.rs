@@ -18,7 +18,8 @@ pub fn run(cfg: &Config, h: &HealthCheck) -> Result<String> {
         let resp = client
             .get(url)
             .send()
-            .map_err(|e| fail(format!("GET {shown}: {e}")))?;
+            // reqwest's message holds the URL as given, password included.
+            .map_err(|e| fail(format!("GET {shown}: {}", e.without_url())))?;
         if !resp.status().is_success() {
             return Err(fail(format!("GET {shown} answered {}", resp.status())));
         }
@@ -57,7 +58,7 @@ pub fn run(cfg: &Config, h: &HealthCheck) -> Result<String> {
         let (prog, args) = words
             .split_first()
             .ok_or_else(|| fail("empty command".into()))?;
-        let mut child = std::process::Command::new(prog)
+        let mut child = crate::process::command(prog)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -79,7 +79,7 @@ fn walk(dir: &Path) -> Result<Vec<String>> {
 /// file is a verification error naming it.
 fn check_all(dir: &Path, sums: &BTreeMap<String, String>) -> Result<()> {
     for (p, want) in sums {
-        if p.split('/').any(|c| c == "..") || p.starts_with('/') {
+        if !crate::validate::is_safe_relative(p) {
             return Err(Error::Verification(format!(
                 "CHECKSUM.sha256 names `{p}`, outside the directory; refused"
             )));
@@ -135,7 +135,15 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
     };
 
     let staged = match exported {
-        Some(m) => from_export(dir, m, &sums, &unlisted, &name, imported("export", None))?,
+        Some(m) => from_export(
+            cfg,
+            dir,
+            m,
+            &sums,
+            &unlisted,
+            &name,
+            imported("export", None),
+        )?,
         None => from_legacy(
             dir,
             &sums,
@@ -240,6 +248,7 @@ struct Staged {
 /// paths (the component kinds map them back), trees as directories. Its
 /// manifest is input: ids must agree with their records.
 fn from_export(
+    cfg: &Config,
     dir: &Path,
     mut m: Manifest,
     sums: &BTreeMap<String, String>,
@@ -247,8 +256,6 @@ fn from_export(
     name: &str,
     mut imported: Imported,
 ) -> Result<Staged> {
-    crate::components::check_manifest(&m)
-        .map_err(|e| Error::Verification(format!("{}: {e}; refused", manifest::JSON_PATH)))?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     let set_sums_path = dir.join(manifest::CHECKSUM_PATH);
@@ -256,6 +263,9 @@ fn from_export(
         &std::fs::read_to_string(&set_sums_path)
             .map_err(|e| Error::io("reading", &set_sums_path, e))?,
     );
+    // The manifest is input: checked against this config before it
+    // decides which files are stored and what a restore of it touches.
+    crate::validate::check_against(&dir.display().to_string(), &m, &set_sums, cfg, &[])?;
     for a in &m.artifacts {
         let (out, gz) = crate::export::export_path(&m, &a.path, &a.component);
         if !sums.contains_key(&out) {
@@ -407,8 +417,18 @@ fn read_listing(dir: &Path, sum_path: &Path) -> Result<(BTreeMap<String, String>
             sum_path.display()
         )));
     }
-    check_all(dir, &sums)?;
     let files = walk(dir)?;
+    // Only regular files reached without a symlink: a listed name that is a
+    // symlink (or below one) would store a file from elsewhere on the host.
+    if let Some(p) = sums
+        .keys()
+        .find(|p| files.binary_search(p).is_err() && crate::validate::is_safe_relative(p))
+    {
+        return Err(Error::Verification(format!(
+            "{p}: listed in CHECKSUM.sha256 but not a regular file of the directory (missing, or a symlink); nothing was imported"
+        )));
+    }
+    check_all(dir, &sums)?;
     let unlisted: Vec<String> = files
         .iter()
         .filter(|f| f.as_str() != "CHECKSUM.sha256" && !sums.contains_key(*f))

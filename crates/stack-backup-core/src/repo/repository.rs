@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use rustic_backend::BackendOptions;
 use rustic_core::{
@@ -115,14 +115,15 @@ impl PasswordSource {
                 let (prog, args) = words
                     .split_first()
                     .ok_or_else(|| Error::Password("password-command is empty".into()))?;
-                let mut child = Command::new(prog)
-                    .args(args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
-                        Error::Password(format!("cannot run password-command `{prog}`: {e}"))
-                    })?;
+                let mut child =
+                    crate::process::command_with(prog, crate::process::PASSWORD_COMMAND_ENV)
+                        .args(args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .map_err(|e| {
+                            Error::Password(format!("cannot run password-command `{prog}`: {e}"))
+                        })?;
                 let mut out = String::new();
                 if let Some(mut so) = child.stdout.take() {
                     so.read_to_string(&mut out).map_err(|e| {

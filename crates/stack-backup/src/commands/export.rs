@@ -14,7 +14,7 @@ pub fn export(
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let e = ctx(
-        export::export(cfg, env, &args.name, &args.dir),
+        export::export(cfg, env, &args.name, &args.dir, args.keep_special),
         "export failed",
     )?;
     out.json(&serde_json::to_value(&e)?);

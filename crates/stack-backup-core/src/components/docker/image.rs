@@ -178,7 +178,7 @@ impl Restorer for ImageRestorer {
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let old_id = engine::image_id(&self.reference).ok();
         if engine::image_id(&self.record.id).is_err() {
-            let mut cmd = std::process::Command::new("docker");
+            let mut cmd = crate::process::command("docker");
             cmd.args(["load", "--quiet"]);
             set.pipe_into(&self.id, &self.record.archive, cmd, "docker load")?;
         }

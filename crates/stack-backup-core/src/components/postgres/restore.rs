@@ -8,7 +8,6 @@
 //! needs and the server lacks are created first ([`roles`]); nothing else
 //! about roles changes.
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 use super::privileges::{self, Decision, Method, Via};
@@ -397,7 +396,7 @@ fn restore_beside(
     };
     exec(&mut admin, &create)?;
     let tool = target.tool(via, "pg_restore", server.major)?;
-    let mut cmd = Command::new(&tool.program);
+    let mut cmd = crate::process::command(&tool.program);
     let dbarg = format!("--dbname={tmp}");
     cmd.args(tool.args(&["--exit-on-error", "--no-password", &dbarg]))
         .envs(tool.env.iter().map(|(k, v)| (k, v)));
@@ -457,7 +456,7 @@ fn restore_in_place(
     let timeout = target.server.lock_timeout();
     // One run of pg_restore under the watchdog (twice at most, below).
     let run = || -> Result<String> {
-        let mut cmd = Command::new(&tool.program);
+        let mut cmd = crate::process::command(&tool.program);
         cmd.args(tool.args(&[
             "--clean",
             "--if-exists",

@@ -348,7 +348,7 @@ impl ToolRun {
     /// Runs the tool to completion, returning stdout.
     pub fn output(&self, component: &str, args: &[&str]) -> Result<Vec<u8>> {
         let all = self.args(args);
-        let out = std::process::Command::new(&self.program)
+        let out = crate::process::command(&self.program)
             .args(&all)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())

@@ -61,7 +61,7 @@ impl TempServer {
         // server with fewer databases refuses to load it. Instances with
         // more than 256 are rare; 256 empty ones cost little.
         let databases = (db + 1).max(256);
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = crate::process::command("redis-server");
         cmd.args(["--port", "0", "--unixsocketperm", "700"])
             .arg("--unixsocket")
             .arg(socket(&dir.0))

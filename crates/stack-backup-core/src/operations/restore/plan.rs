@@ -57,6 +57,13 @@ pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
     let repo = repository::open_indexed(cfg, env)?;
     let (set, snap) = sets::find(&repo, &cfg.stack.name.0, &req.name)?;
     let (manifest, checksums) = read_set(&repo, &set, &snap)?;
+    crate::validate::check_against(
+        &format!("set `{}`", set.name),
+        &manifest,
+        &checksums,
+        cfg,
+        &req.only,
+    )?;
     let opts = RestoreOptions {
         flush_redis: req.flush_redis,
         restore_role_passwords: req.restore_role_passwords,
