@@ -908,3 +908,34 @@ fn status_of_a_thousand_sets_reads_no_pack_file() {
     );
     assert!(packs.is_empty(), "pack files opened:\n{}", packs.join("\n"));
 }
+
+/// The repository of `bench/status.sh`: 1,000 sets, made as above, kept
+/// (not deleted) in a directory whose path is written to the file named
+/// by `SB_BENCH_STATUS_OUT`. Run only by the benchmark.
+#[test]
+#[ignore = "the fixture of bench/status.sh"]
+fn bench_status_fixture() {
+    let Ok(out) = std::env::var("SB_BENCH_STATUS_OUT") else {
+        panic!("set SB_BENCH_STATUS_OUT (bench/status.sh does)");
+    };
+    let n: i64 = std::env::var("SB_BENCH_STATUS_SETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let sb = paths_stack("");
+    let t = now();
+    let tiers = [Tier::Backups, Tier::Backups, Tier::Data, Tier::Immaculate];
+    let sets: Vec<(String, Tier, i64, Vec<&str>)> = (0..n)
+        .map(|i| {
+            (
+                format!("s{i:05}"),
+                tiers[(i % 4) as usize],
+                t - 3600 * (n - i),
+                vec!["paths.media", "paths.docs"],
+            )
+        })
+        .collect();
+    make_sets(&sb, &sets);
+    let kept = sb.dir.keep();
+    std::fs::write(out, kept.display().to_string()).unwrap();
+}
