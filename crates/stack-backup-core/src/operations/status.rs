@@ -392,3 +392,93 @@ pub fn run(cfg: &Config, env: &Env, req: &Request) -> Result<Status> {
         req,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::CopyRecord;
+    use crate::tags::SetTags;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn set(name: &str, tier: Tier, id: u8, age: i64, comps: &[&str]) -> (BackupSet, SnapshotFile) {
+        let mut bytes = [0u8; 32];
+        bytes[0] = id;
+        let snap = SnapshotFile {
+            time: jiff::Timestamp::from_second(NOW - age)
+                .unwrap()
+                .to_zoned(jiff::tz::TimeZone::UTC),
+            tags: SetTags::set("shop", tier, name).to_list(),
+            id: rustic_core::repofile::SnapshotId::from(rustic_core::Id::new(bytes)),
+            description: Some(serde_json::json!({ "components": comps }).to_string()),
+            ..SnapshotFile::default()
+        };
+        (BackupSet::from_snapshot(&snap).unwrap(), snap)
+    }
+
+    fn cfg(extra: &str) -> Config {
+        Config::parse(
+            &format!("[stack]\nname = \"shop\"\n[repository]\npath = \"/r\"\n{extra}"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pre_restore_sets_count_only_alone_and_copy_lag_is_the_oldest_pending() {
+        let sets = vec![
+            set("i1", Tier::Immaculate, 1, 50_000, &["pg", "redis"]),
+            set("b1", Tier::Backups, 2, 40_000, &["pg"]),
+            set("i2", Tier::Immaculate, 3, 30_000, &["pg"]),
+            set("i3", Tier::Immaculate, 4, 20_000, &["pg"]),
+            set("pre", Tier::PreRestore, 5, 100, &["pg", "redis", "dir"]),
+        ];
+        let mut records = Records::default();
+        records.copies.insert(
+            "/offsite".into(),
+            CopyRecord {
+                time: "2026-01-01T00:00:00Z".into(),
+                sets: [sets[0].0.id.clone()].into(),
+            },
+        );
+        // pg's newest immaculate set (i3) is 5.6 h old, redis's (i1) 13.9 h;
+        // `dir` has only a pre-restore set, which no limit checks.
+        let c = cfg("[status.max-age]\nimmaculate = \"6h\"\nsacred = \"1d\"\n");
+        let st = compute(
+            &Inputs {
+                cfg: &c,
+                sets: &sets,
+                records: &records,
+                drill: None,
+                repository_bytes: Some(10),
+                now: NOW,
+            },
+            &Request {
+                max_age_seconds: Some(45_000),
+            },
+        )
+        .unwrap();
+        let comp = |n: &str| st.components.iter().find(|c| c.component == n).unwrap();
+        assert_eq!(comp("pg").last_success.name, "i3");
+        assert_eq!(comp("redis").last_success.name, "i1");
+        assert_eq!(comp("dir").last_success.name, "pre");
+        // The copy target holds i1 (immaculate): i2 and i3 wait, b1 is of
+        // a tier it does not receive.
+        assert_eq!(st.copies[0].pending, 2);
+        assert_eq!(st.copies[0].newest_pending.as_ref().unwrap().name, "i3");
+        assert_eq!(st.copies[0].lag_seconds, 30_000);
+        let v: Vec<(String, Option<Tier>)> = st
+            .violations
+            .iter()
+            .map(|v| (v.component.clone(), v.tier))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("redis".to_string(), None),
+                ("redis".to_string(), Some(Tier::Immaculate)),
+                ("tier:sacred".to_string(), Some(Tier::Sacred)),
+            ]
+        );
+    }
+}
