@@ -41,6 +41,12 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 # systemd-analyze checks the units in packaging/ (tests/install.rs).
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# tests/operations.rs: the status page rendered headless, the Prometheus
+# file parsed by the Python client (Debian's python3 reads it).
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+[ -d /usr/lib/python3/dist-packages/prometheus_client ] || need_pkgs+=(python3-prometheus-client)
+# tests/operations.rs counts the files `status` opens.
+command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi

@@ -27,9 +27,10 @@ pub mod system;
 // Short paths for the modules every layer uses.
 pub use archive::{ledger, source, verify};
 pub use components::{docker, git, migrations, postgres, redis};
-pub use model::{config, manifest, secret, sets, tags, tiers, validate};
+pub use model::{config, manifest, monitoring, secret, sets, tags, tiers, validate};
 pub use operations::{
-    backup, copy, doctor, export, health, immaculate, import, init, restore, retention, sacred,
+    backup, copy, doctor, export, health, immaculate, import, init, notify, prometheus, records,
+    restore, retention, sacred, schedule, status,
 };
 pub use repo::{lock, packcache, remote, repository};
 pub use system::{disk, process};

@@ -111,6 +111,15 @@ pub enum Command {
     Export(ExportArgs),
     /// Store an exported (or legacy shell-script) directory as a backup set.
     Import(ImportArgs),
+    /// Show the age of each component's newest good set, the last verify,
+    /// drill and off-site copy, the repository's size; exit 3 when a
+    /// component is older than --max-age or `[status.max-age]`.
+    ///
+    /// Reads only snapshot files, a listing of the repository and this
+    /// machine's records: no pack file, no lock.
+    Status(StatusArgs),
+    /// Write, show or remove systemd timers (or a cron file) for `[schedule]`.
+    Schedule(ScheduleArgs),
     /// Print the shell completion script for bash, zsh or fish.
     ///
     /// The script asks stack-backup itself for every completion, so
@@ -123,6 +132,52 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Write the manual pages (one per command, section 1) into DIR.
     Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit 3 naming each component whose newest good set is older
+    /// (e.g. `26h`, `8d`); every tier but pre-restore counts.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+    /// Write the node_exporter textfile here (atomically)
+    /// [default: `[status] prometheus-file`, when set].
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
+    /// Write a self-contained HTML page here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// What to do.
+    pub action: ScheduleAction,
+    /// A cron file instead of systemd units.
+    #[arg(long)]
+    pub cron: bool,
+    /// Write units into this directory (or the cron file at this path)
+    /// [default: /etc/systemd/system, /etc/cron.d/stack-backup]; then
+    /// systemctl is not called.
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// The binary the units run [default: this one].
+    #[arg(long, value_name = "FILE")]
+    pub binary: Option<PathBuf>,
+    /// Show what install or remove would write or delete; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A `schedule` action.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleAction {
+    /// Write the units (or cron file) and enable the timers.
+    Install,
+    /// Print what install writes.
+    Show,
+    /// Disable and delete what install wrote.
+    Remove,
 }
 
 #[derive(Debug, Args)]

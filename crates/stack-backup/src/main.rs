@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod complete;
+mod html;
 mod output;
 
 use clap::{CommandFactory, Parser};

@@ -535,6 +535,18 @@ pub struct Config {
     /// `[retention.TIER]` policies applied by `prune`.
     #[serde(default, skip_serializing_if = "Retention::is_empty")]
     pub retention: Retention,
+    /// `[status]`: dead-man switch ages and the Prometheus file.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::monitoring::StatusSection::is_empty"
+    )]
+    pub status: crate::monitoring::StatusSection,
+    /// `[[notify]]` targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::monitoring::NotifyTarget>,
+    /// `[schedule]`: command to calendar expression.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedule: crate::monitoring::ScheduleSection,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -656,6 +668,8 @@ impl Config {
                 ConfigError::in_file(file, Some(format!("retention.{tier}.keep-within")), m)
             })?;
         }
+        crate::monitoring::validate(&self.status, &self.notify, &self.schedule)
+            .map_err(|(key, m)| ConfigError::in_file(file, Some(key), m))?;
         for (name, rd) in &self.redis {
             if !rd.url.expose().starts_with("redis") && !rd.url.expose().starts_with("unix") {
                 return Err(ConfigError::in_file(
@@ -686,6 +700,7 @@ impl Config {
         for rd in self.redis.values_mut() {
             rd.password_file.as_mut().map(fix);
         }
+        self.status.prometheus_file.as_mut().map(fix);
         if let Some(g) = &mut self.git {
             fix(&mut g.path);
         }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod manifest;
+pub mod monitoring;
 pub mod secret;
 pub mod sets;
 pub mod tags;

@@ -1,7 +1,8 @@
 //! Keeping secrets out of output: URL redaction.
 //!
 //! One redactor for every URL the tool prints or stores (database URLs,
-//! `admin-url`, Redis URLs, `repository.url`, `[[health]] http`). It is
+//! `admin-url`, Redis URLs, `repository.url`, `[[health]] http`; notification
+//! endpoints, whose path is the token, go through [`redact_endpoint`]). It is
 //! deliberately wider than any one parser: the PostgreSQL driver takes the
 //! credentials up to the *first* `@` anywhere in the URL and does not stop
 //! at `/`, `?` or `#`; the `url` crate (Redis, HTTP) takes them up to the
@@ -79,6 +80,22 @@ fn redact_query(url: &str, with: Option<&str>) -> String {
     } else {
         format!("{head}{joined}{fragment}")
     }
+}
+
+/// `scheme://host[:port]/…`: a URL whose path and query may *be* the
+/// secret (a webhook token, a ping UUID, an ntfy topic), reduced to where
+/// it goes. Credentials are dropped up to the last `@` of the whole URL, as
+/// in [`redact_url`]; text that is no URL becomes `***`.
+#[must_use]
+pub fn redact_endpoint(url: &str) -> String {
+    let Some(i) = url.find("://") else {
+        return PLACEHOLDER.into();
+    };
+    let (scheme, rest) = url.split_at(i + 3);
+    let rest = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let tail = if end < rest.len() { "/…" } else { "" };
+    format!("{scheme}{}{tail}", &rest[..end])
 }
 
 /// Replaces the password of a URL (`scheme://user:PASSWORD@host…`) and the

@@ -151,6 +151,16 @@ pub fn run(cfg: &Config, env: &crate::config::Env, req: &Request) -> Result<Repo
             .copy(&target, snaps.iter())
             .map_err(|e| dst_err("copying backup sets", e))?;
     }
+    // For `status`: the copy lag of this target.
+    crate::records::record_copy(
+        env,
+        &stack,
+        &dst_loc.to_string(),
+        to_copy
+            .iter()
+            .map(|(b, _)| b.id.clone())
+            .chain(skipped.iter().map(|b| b.id.clone())),
+    );
     Ok(Report {
         target: dst_loc.to_string(),
         initialized,

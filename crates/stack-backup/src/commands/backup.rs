@@ -79,6 +79,7 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, out: &Output) -> anyhow::Resu
         backup::run(cfg, env, req, observer(out), NoProgress),
         "backup failed",
     )?;
+    super::watch::produced(&report.set.name);
     out.json(&serde_json::to_value(&report)?);
     render(&report, out);
     Ok(ExitCode::Success)

@@ -12,8 +12,11 @@ mod list;
 mod prune;
 mod restore;
 mod sacred;
+mod schedule;
 mod show;
+pub mod status;
 mod verify;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +31,21 @@ use crate::output::Output;
 /// "not ready" without an error).
 pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
     let env: Env = std::env::vars().collect();
+    // A watched command with a config that loads is recorded and
+    // announced; a config that does not load is reported by the command.
+    let cfg = watch::watched(&cli.command)
+        .and_then(|name| load_config(cli, &env).ok().map(|c| (name, c)));
+    let Some((name, cfg)) = cfg else {
+        return dispatch(cli, &env, out);
+    };
+    let w = watch::Watch::start(&cfg, &env, name);
+    let result = dispatch(cli, &env, out);
+    w.finish(&result, out);
+    result
+}
+
+fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    let env = env.clone();
     match &cli.command {
         Command::Init(args) => init::run(cli, args, &env, out),
         Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
@@ -56,6 +74,8 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
         Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
+        Command::Status(args) => status::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Schedule(args) => schedule::run(&load_config(cli, &env)?, args, out),
         Command::Completions(args) => completions::completions(args.shell),
         Command::Man(args) => completions::man(&args.dir, out),
         Command::Dump(args) => backup::run(
