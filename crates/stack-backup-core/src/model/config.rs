@@ -497,6 +497,22 @@ impl<'de> Deserialize<'de> for DbUrl {
     }
 }
 
+/// `[state]`: where this machine keeps locks and journals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSection {
+    /// The state directory (default `/var/lib/stack-backup` for root);
+    /// `STACK_BACKUP_STATE_DIR` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StateSection {
+    fn is_empty(&self) -> bool {
+        self.dir.is_none()
+    }
+}
+
 /// The whole `stack-backup.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -526,6 +542,9 @@ pub struct Config {
     /// `[retention.TIER]` policies applied by `prune`.
     #[serde(default, skip_serializing_if = "Retention::is_empty")]
     pub retention: Retention,
+    /// `[state]`: this machine's state directory (see [`crate::system::state`]).
+    #[serde(default, skip_serializing_if = "StateSection::is_empty")]
+    pub state: StateSection,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -669,6 +688,7 @@ impl Config {
         r.path.as_mut().map(fix);
         r.password_file.as_mut().map(fix);
         r.cache_dir.as_mut().map(fix);
+        self.state.dir.as_mut().map(fix);
         for pg in self.postgres.values_mut() {
             pg.password_file.as_mut().map(fix);
             pg.migrations_dir.as_mut().map(fix);
@@ -688,6 +708,7 @@ impl Config {
     /// Applies environment overrides:
     ///
     /// - `STACK_BACKUP_REPOSITORY`: a local path, or a URL (`scheme:…`).
+    /// - `STACK_BACKUP_STATE_DIR`: replaces `[state] dir`.
     /// - `STACK_BACKUP_PASSWORD_FILE`: replaces `password-file`.
     ///   (`STACK_BACKUP_PASSWORD` itself is read when the repository opens.)
     /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`,
@@ -704,6 +725,9 @@ impl Config {
                 self.repository.path = Some(PathBuf::from(v));
                 self.repository.url = None;
             }
+        }
+        if let Some(v) = env.get(crate::system::state::ENV).filter(|v| !v.is_empty()) {
+            self.state.dir = Some(PathBuf::from(v));
         }
         if let Some(v) = env
             .get("STACK_BACKUP_PASSWORD_FILE")
