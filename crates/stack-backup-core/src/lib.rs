@@ -31,7 +31,7 @@ pub use model::{config, manifest, secret, sets, tags, tiers};
 pub use operations::{
     backup, copy, doctor, export, health, immaculate, import, init, restore, retention, sacred,
 };
-pub use repo::{lock, packcache, remote, repository};
+pub use repo::{lock, packcache, remote, repository, restic_lock};
 pub use system::{disk, process};
 
 pub use config::Config;

@@ -176,6 +176,29 @@ pub struct RepositorySection {
     /// `opendal:SERVICE`). Never secrets: see [`crate::remote`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// How long to wait for a conflicting repository lock (another host's
+    /// or restic's) before refusing with exit code 5 [default: 60].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_wait_seconds: Option<u64>,
+    /// How long `prune` keeps data it found unreferenced (packs no index
+    /// lists, packs it marked) before deleting it in a later run
+    /// [default: 23]; protects writers that crashed or ignored locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_grace_hours: Option<u64>,
+}
+
+impl RepositorySection {
+    /// `lock-wait-seconds`, defaulted.
+    #[must_use]
+    pub fn lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_wait_seconds.unwrap_or(60))
+    }
+
+    /// `prune-grace-hours`, defaulted.
+    #[must_use]
+    pub fn prune_grace_hours(&self) -> u64 {
+        self.prune_grace_hours.unwrap_or(23)
+    }
 }
 
 /// `[postgres.NAME]`: one database.

@@ -25,7 +25,7 @@ use crate::backup::{self, Request};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::Observer;
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet, Summary};
 use crate::tags::SetTags;
@@ -194,7 +194,7 @@ pub fn create<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Created> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup immaculate create")?;
     let mut report = backup::run_locked(
         cfg,
         env,
@@ -260,7 +260,7 @@ pub fn create<P: ProgressBars>(
 /// Reads immaculate sets back in full (the named one, or all), records each
 /// result on this machine and returns the reports. Holds the lock.
 pub fn verify(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Vec<SetReport>> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup immaculate verify")?;
     let repo = repository::open_indexed(cfg, env)?;
     let stack = &cfg.stack.name.0;
     let chosen: Vec<(BackupSet, SnapshotFile)> = match name {

@@ -1,35 +1,47 @@
-//! A per-repository lock so that two stack-backup processes on this
-//! machine never change the same repository at once.
+//! The repository lock: a local process lock (the fast path between
+//! stack-backup processes on this machine) and a lock inside the
+//! repository in restic's format ([`crate::repo::restic_lock`]), which
+//! stock restic and stack-backup on other hosts honour.
 //!
-//! The lock is an advisory `flock` on `<state>/locks/<key>.lock`, keyed by
-//! the repository location, in the state directory of
+//! The local lock is an advisory `flock` on `<state>/locks/<key>.lock`,
+//! keyed by the repository location, in the state directory of
 //! [`crate::system::state`] (root-owned or ours, never group/world
 //! writable; it used to live under the world-writable temp directory, where
 //! a planted symlink could make root truncate any file). The file is
 //! created `O_EXCL`, opened `O_NOFOLLOW` and checked to be our own regular
 //! file before anything is written to it. The kernel drops the lock when
-//! the process exits, killed or not, so a crash never leaves a stale lock.
+//! the process exits, killed or not.
+//!
+//! A caller holds a [`RepoLock`] for the whole of a command that reads or
+//! changes the repository: [`Mode::Shared`] for backup, restore, verify and
+//! copy, [`Mode::Exclusive`] for prune and removing sets.
 
 use std::fs::{File, TryLockError};
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, Env};
 use crate::error::{Error, Result};
-use crate::repository::Location;
+pub use crate::repo::restic_lock::Mode;
+use crate::repo::restic_lock::{self, Held};
+use crate::repository::{self, Location};
 use crate::system::state;
 
-/// Holds the lock until dropped.
+/// Holds the lock until dropped (the repository lock first, then the local
+/// one).
 #[derive(Debug)]
 pub struct RepoLock {
+    held: Option<Held>,
     _file: File,
     path: PathBuf,
 }
 
 impl RepoLock {
-    /// The lock file of a repository location under the state directory
-    /// `state_dir`.
+    /// The local lock file of a repository location under the state
+    /// directory `state_dir`.
     #[must_use]
     pub fn path_in(state_dir: &Path, loc: &Location) -> PathBuf {
         let key = match loc {
@@ -45,16 +57,51 @@ impl RepoLock {
             .join(format!("{}.lock", &digest[..16]))
     }
 
-    /// Takes the lock in the state directory of the environment
-    /// (`STACK_BACKUP_STATE_DIR`, else the default) or fails at once with
-    /// [`Error::Locked`].
-    pub fn acquire(loc: &Location) -> Result<Self> {
+    /// Takes the local lock and a `mode` lock in the repository of `cfg`
+    /// for `command` (e.g. `stack-backup backup`), waiting up to
+    /// `lock-wait-seconds` for conflicting holders; then fails with
+    /// [`Error::Locked`] (this machine) or [`Error::RepoLocked`] (the
+    /// repository), both exit code 5.
+    pub fn acquire(cfg: &Config, env: &Env, mode: Mode, command: &str) -> Result<Self> {
+        Self::acquire_with_password(cfg, &repository::password(cfg, env)?, mode, command)
+    }
+
+    /// [`RepoLock::acquire`] with the repository password given (`copy`'s
+    /// destination).
+    pub fn acquire_with_password(
+        cfg: &Config,
+        password: &str,
+        mode: Mode,
+        command: &str,
+    ) -> Result<Self> {
+        let loc = Location::of(cfg);
+        let dir = state::of(cfg)?;
+        let deadline = Instant::now() + cfg.repository.lock_wait();
+        let mut lock = loop {
+            match Self::local_in(&dir, &loc) {
+                Ok(l) => break l,
+                Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let repo = repository::open(cfg, password)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        lock.held = Some(restic_lock::acquire(repo, &loc, mode, command, left)?);
+        Ok(lock)
+    }
+
+    /// Only the local lock, in the state directory of the environment
+    /// (`STACK_BACKUP_STATE_DIR`, else the default), failing at once with
+    /// [`Error::Locked`]: for `init`, before there is a repository.
+    pub fn local(loc: &Location) -> Result<Self> {
         Self::local_in(&state::from_env()?, loc)
     }
 
-    /// Takes the lock under the state directory `state_dir` or fails at
-    /// once with [`Error::Locked`]; refuses ([`Error::Refused`]) a lock path
-    /// that is a symlink, a hard link or another user's file.
+    /// Only the local lock under the state directory `state_dir`, failing
+    /// at once with [`Error::Locked`]; refuses ([`Error::Refused`]) a lock
+    /// path that is a symlink, a hard link or another user's file.
     pub fn local_in(state_dir: &Path, loc: &Location) -> Result<Self> {
         let path = Self::path_in(state_dir, loc);
         let dir = state::ensure(&state_dir.join("locks"))?;
@@ -74,10 +121,14 @@ impl RepoLock {
         let _ = file.set_len(0);
         let _ = file.rewind();
         let _ = writeln!(file, "{}", std::process::id());
-        Ok(Self { _file: file, path })
+        Ok(Self {
+            held: None,
+            _file: file,
+            path,
+        })
     }
 
-    /// The lock file.
+    /// The local lock file.
     #[must_use]
     pub fn path(&self) -> &PathBuf {
         &self.path

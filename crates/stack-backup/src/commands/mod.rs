@@ -13,6 +13,7 @@ mod prune;
 mod restore;
 mod sacred;
 mod show;
+mod unlock;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ pub fn run(cli: &Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
         Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Unlock(args) => unlock::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
         Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
         Command::Completions(args) => completions::completions(args.shell),
