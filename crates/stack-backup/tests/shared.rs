@@ -389,9 +389,8 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
         lock_files(&a.repo()).is_empty(),
         "restic calls it stale too"
     );
+    // `unlock` removes it as restic's does.
     std::fs::write(&left[0], &saved).unwrap();
-    // Our exclusive prune goes ahead past it, and `unlock` removes it.
-    a.run(&["prune", "--apply"]).expect_code(0);
     let r = a.run(&["--json", "unlock"]);
     r.expect_code(0);
     assert_eq!(
@@ -401,5 +400,47 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
         r.stdout
     );
     assert!(lock_files(&a.repo()).is_empty());
+    // Our exclusive prune goes past it, and removes it on the way (a
+    // process of this host that is gone), so restic's exclusive commands
+    // are not blocked by it either.
+    std::fs::write(&left[0], &saved).unwrap();
+    a.run(&["prune", "--apply"]).expect_code(0);
+    assert!(lock_files(&a.repo()).is_empty());
     restic(&a.repo(), &["check", "--read-data"]).expect_code(0);
+}
+
+#[test]
+fn on_s3_our_backup_holds_a_restic_lock_that_restic_prune_honours() {
+    use common::backend::Backend;
+    let media = media_dir();
+    let mut sb = Sandbox::new();
+    let repo = Backend::S3.fresh_repo(&mut sb);
+    let state = sb.path().join("state");
+    sb.env
+        .push(("STACK_BACKUP_STATE_DIR".into(), state.display().to_string()));
+    repo.write_config(
+        &sb,
+        "shop",
+        &format!("[paths.media]\npath = \"{}\"\n", media.path().display()),
+    );
+    sb.init();
+    let locks = || {
+        let r = repo.restic(&["list", "locks", "--no-lock"]);
+        r.expect_code(0);
+        r.stdout.lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    let backup = spawn(
+        &sb,
+        &["backup", "--name", "on-s3"],
+        "backup-archived=sleep(6000)",
+    );
+    wait_until("our lock in the bucket", 60, || locks() == 1);
+    let r = repo.restic(&["prune"]);
+    assert_ne!(r.code, 0, "restic prune ran beside our backup");
+    assert!(r.stderr.contains("locked"), "{}", r.stderr);
+    finish(backup).expect_code(0);
+    assert_eq!(locks(), 0, "our lock is removed from the bucket");
+    repo.restic(&["check", "--read-data"]).expect_code(0);
+    let out = repo.restic_restore("on-s3");
+    sha256sum_check(out.path()).expect_code(0);
 }

@@ -18,8 +18,10 @@
 //!
 //! What is durable: only the lock files. A process killed while holding a
 //! lock leaves its file; it is stale at once on the same host (its pid is
-//! gone) and after 30 minutes elsewhere, and `stack-backup unlock` removes
-//! it as `restic unlock` would.
+//! gone) and after 30 minutes elsewhere. The next stack-backup command on
+//! the same host removes it (restic 0.14 would otherwise refuse its
+//! exclusive commands until `unlock`); `stack-backup unlock` removes every
+//! stale lock as `restic unlock` does.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -125,17 +127,21 @@ impl LockFile {
         if self.age() > STALE_AFTER {
             return true;
         }
-        if self.hostname != hostname() {
-            return false;
-        }
-        let Ok(pid) = i32::try_from(self.pid) else {
-            return true;
-        };
         // Signal 0: ESRCH means no such process; EPERM means it exists.
-        matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        )
+        self.is_dead_here()
+    }
+
+    /// Taken on this host by a process that is gone: no one can hold it,
+    /// whatever its age.
+    #[must_use]
+    pub fn is_dead_here(&self) -> bool {
+        self.hostname == hostname()
+            && i32::try_from(self.pid).map_or(true, |pid| {
+                matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
+            })
     }
 
     fn conflicts_with(&self, mode: Mode) -> bool {
@@ -253,6 +259,17 @@ pub fn acquire(
 ) -> Result<Held> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(500);
+    // restic (0.14) does not look past stale locks: until someone runs
+    // `unlock`, the lock of a process killed here blocks every exclusive
+    // restic command (check, prune). A lock of a process of this host that
+    // is gone cannot be held by anyone, so it goes now; other hosts' locks
+    // (stale only by age, which depends on clocks) are left to `unlock`.
+    for f in list(&repo, loc)? {
+        if f.lock.as_ref().is_some_and(LockFile::is_dead_here) {
+            log::info!("removing the lock of a process that is gone: {}", f.id);
+            let _ = repo.remove_raw(FileType::Lock, &f.id);
+        }
+    }
     let id = loop {
         let holder = match conflict(&repo, loc, mode, None)? {
             Some(h) => Some(h),
