@@ -23,7 +23,9 @@ pub enum ExitCode {
     /// The tool refused to act to keep data safe (not enough disk, not
     /// confirmed, would overwrite something).
     SafetyRefusal = 4,
-    /// Another stack-backup process holds the repository lock.
+    /// Another process holds the repository lock (a stack-backup process
+    /// on this machine, or a conflicting lock in the repository that did
+    /// not go within `lock-wait-seconds`).
     Locked = 5,
     /// `doctor` found a component or the repository not ready.
     NotReady = 6,
@@ -67,6 +69,18 @@ pub enum Error {
         location: String,
         /// The lock file held by the other process.
         lock: PathBuf,
+    },
+
+    /// A lock in the repository (restic's, or stack-backup's on another
+    /// host) conflicted for longer than `lock-wait-seconds`.
+    #[error("repository {location} is locked: {holder}; waited {waited}s (`lock-wait-seconds`); if that process is gone, `stack-backup unlock` removes stale locks")]
+    RepoLocked {
+        /// Where the repository is.
+        location: String,
+        /// Who holds the conflicting lock (host, pid, command, age).
+        holder: String,
+        /// How long we waited, in seconds.
+        waited: u64,
     },
 
     /// A database lock was not granted in time (the message names the
@@ -144,7 +158,7 @@ impl Error {
             Self::Refused(_) | Self::RepositoryExists(_) | Self::NothingToBackUp(_) => {
                 ExitCode::SafetyRefusal
             }
-            Self::Locked { .. } => ExitCode::Locked,
+            Self::Locked { .. } | Self::RepoLocked { .. } => ExitCode::Locked,
             Self::LockTimeout(_) => ExitCode::LockTimeout,
             _ => ExitCode::Failure,
         }

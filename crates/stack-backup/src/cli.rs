@@ -107,6 +107,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Check the repository and read backup sets back (every SHA-256).
     Verify(VerifyArgs),
+    /// Remove stale repository locks (of processes that are gone), as
+    /// `restic unlock` does; `--remove-all` removes every lock.
+    Unlock(UnlockArgs),
     /// Write a backup set as a plain directory that needs no stack-backup.
     Export(ExportArgs),
     /// Store an exported (or legacy shell-script) directory as a backup set.
@@ -258,6 +261,14 @@ pub struct SacredArgs {
     /// Pin this existing backup set instead of taking a new one.
     #[arg(long, value_name = "BACKUP", add = ArgValueCompleter::new(complete::set_names))]
     pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, live ones included (only when you know no
+    /// other process uses the repository).
+    #[arg(long)]
+    pub remove_all: bool,
 }
 
 #[derive(Debug, Args)]

@@ -342,7 +342,7 @@ fn a_held_repository_lock_gives_the_locked_exit_code() {
     sb.write_config("shop", "");
     let loc = stack_backup_core::repository::Location::Local(sb.repo());
     std::fs::create_dir_all(sb.repo()).unwrap();
-    let held = stack_backup_core::lock::RepoLock::acquire(&loc).unwrap();
+    let held = stack_backup_core::lock::RepoLock::local(&loc).unwrap();
     let r = sb.run(&["init"]);
     r.expect_code(5);
     assert!(r.stderr.contains("locked"), "{}", r.stderr);

@@ -603,6 +603,14 @@ fn s3_server_killed_mid_upload_fails_the_backup_and_the_repository_stays_consist
     // The server comes back with what it had stored: the repository is
     // consistent for stock restic, and holds no set from the failed run.
     moto.restart();
+    // The failed run could not remove its repository lock while the
+    // server was down; its process is gone, so restic's `unlock` finds it
+    // stale and removes it (restic 0.14's exclusive `check` would refuse
+    // beside it otherwise).
+    let r = restic_s3(&url, secret, &["list", "locks", "--no-lock"]);
+    r.expect_code(0);
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    restic_s3(&url, secret, &["unlock"]).expect_code(0);
     restic_s3(&url, secret, &["check"]).expect_code(0);
     assert!(set_names(&sb, &[]).is_empty());
 

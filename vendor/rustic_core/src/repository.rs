@@ -739,6 +739,45 @@ impl<S: Open> Repository<S> {
         &self.status.open_status().key_id
     }
 
+    /// Writes `data` encrypted (compressed as other JSON files of the
+    /// repository) as a file of type `tpe`; its id is the hash of what was
+    /// written. (stack-backup patch 0017: restic-format lock files.)
+    ///
+    /// # Errors
+    ///
+    /// * If the data could not be encrypted or written.
+    pub fn save_raw_file(&self, tpe: FileType, data: &[u8]) -> RusticResult<crate::Id> {
+        self.dbe().hash_write_full(tpe, data)
+    }
+
+    /// The decrypted (and decompressed) content of the file `id` of type
+    /// `tpe`. (stack-backup patch 0017.)
+    ///
+    /// # Errors
+    ///
+    /// * If the file could not be read or decrypted.
+    pub fn read_raw_file(&self, tpe: FileType, id: &crate::Id) -> RusticResult<Bytes> {
+        self.dbe().read_encrypted_full(tpe, id)
+    }
+
+    /// The ids of all files of type `tpe`. (stack-backup patch 0017.)
+    ///
+    /// # Errors
+    ///
+    /// * If the backend could not list them.
+    pub fn list_raw(&self, tpe: FileType) -> RusticResult<Vec<crate::Id>> {
+        self.dbe().list(tpe)
+    }
+
+    /// Removes the file `id` of type `tpe`. (stack-backup patch 0017.)
+    ///
+    /// # Errors
+    ///
+    /// * If the backend could not remove it.
+    pub fn remove_raw(&self, tpe: FileType, id: &crate::Id) -> RusticResult<()> {
+        self.dbe().remove(tpe, id, false)
+    }
+
     /// Get the [`MasterKey`] used to open the repository
     pub fn key(&self) -> MasterKey {
         MasterKey::from_key(*self.status.open_status().dbe.key())

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::manifest;
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet};
@@ -244,7 +244,7 @@ impl Report {
 /// `read_data` every pack), then reads back the chosen sets. Holds the
 /// repository lock so that no prune runs meanwhile; changes nothing.
 pub fn run(cfg: &Config, env: &Env, which: &Which, read_data: bool) -> Result<Report> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup verify")?;
     let repo = repository::open_from(cfg, env)?;
     let stack = &cfg.stack.name.0;
     let chosen = match which {

@@ -181,6 +181,29 @@ pub struct RepositorySection {
     /// `opendal:SERVICE`). Never secrets: see [`crate::remote`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// How long to wait for a conflicting repository lock (another host's
+    /// or restic's) before refusing with exit code 5 [default: 60].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_wait_seconds: Option<u64>,
+    /// How long `prune` keeps data it found unreferenced (packs no index
+    /// lists, packs it marked) before deleting it in a later run
+    /// [default: 23]; protects writers that crashed or ignored locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_grace_hours: Option<u64>,
+}
+
+impl RepositorySection {
+    /// `lock-wait-seconds`, defaulted.
+    #[must_use]
+    pub fn lock_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_wait_seconds.unwrap_or(60))
+    }
+
+    /// `prune-grace-hours`, defaulted.
+    #[must_use]
+    pub fn prune_grace_hours(&self) -> u64 {
+        self.prune_grace_hours.unwrap_or(23)
+    }
 }
 
 /// `[postgres.NAME]`: one database.
@@ -506,6 +529,22 @@ impl<'de> Deserialize<'de> for DbUrl {
     }
 }
 
+/// `[state]`: where this machine keeps locks and journals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSection {
+    /// The state directory (default `/var/lib/stack-backup` for root);
+    /// `STACK_BACKUP_STATE_DIR` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StateSection {
+    fn is_empty(&self) -> bool {
+        self.dir.is_none()
+    }
+}
+
 /// The whole `stack-backup.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -547,6 +586,9 @@ pub struct Config {
     /// `[schedule]`: command to calendar expression.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schedule: crate::monitoring::ScheduleSection,
+    /// `[state]`: this machine's state directory (see [`crate::system::state`]).
+    #[serde(default, skip_serializing_if = "StateSection::is_empty")]
+    pub state: StateSection,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -692,6 +734,7 @@ impl Config {
         r.path.as_mut().map(fix);
         r.password_file.as_mut().map(fix);
         r.cache_dir.as_mut().map(fix);
+        self.state.dir.as_mut().map(fix);
         for pg in self.postgres.values_mut() {
             pg.password_file.as_mut().map(fix);
             pg.migrations_dir.as_mut().map(fix);
@@ -712,6 +755,7 @@ impl Config {
     /// Applies environment overrides:
     ///
     /// - `STACK_BACKUP_REPOSITORY`: a local path, or a URL (`scheme:…`).
+    /// - `STACK_BACKUP_STATE_DIR`: replaces `[state] dir`.
     /// - `STACK_BACKUP_PASSWORD_FILE`: replaces `password-file`.
     ///   (`STACK_BACKUP_PASSWORD` itself is read when the repository opens.)
     /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`,
@@ -728,6 +772,9 @@ impl Config {
                 self.repository.path = Some(PathBuf::from(v));
                 self.repository.url = None;
             }
+        }
+        if let Some(v) = env.get(crate::system::state::ENV).filter(|v| !v.is_empty()) {
+            self.state.dir = Some(PathBuf::from(v));
         }
         if let Some(v) = env
             .get("STACK_BACKUP_PASSWORD_FILE")

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::{looks_like_url, Config};
 use crate::error::{Error, Result};
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet};
 use crate::tiers::Tier;
@@ -93,6 +93,7 @@ pub fn run(cfg: &Config, env: &crate::config::Env, req: &Request) -> Result<Repo
         )));
     }
 
+    let _source_lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup copy")?;
     // Which sets.
     let source = repository::open_from(cfg, env)?;
     let all = sets::list(&source, &stack)?;
@@ -102,7 +103,18 @@ pub fn run(cfg: &Config, env: &crate::config::Env, req: &Request) -> Result<Repo
         Selection::All => all,
     };
 
-    let _lock = RepoLock::acquire(&dst_loc)?;
+    // A target that does not exist yet has no `locks/`: the local lock
+    // keeps this machine's processes out until it is created.
+    let _lock = if repository::exists(&target_cfg)? {
+        RepoLock::acquire_with_password(
+            &target_cfg,
+            &req.to_password,
+            Mode::Shared,
+            "stack-backup copy",
+        )?
+    } else {
+        RepoLock::local_in(&crate::system::state::of(cfg)?, &dst_loc)?
+    };
     let mut initialized = false;
     let target = if repository::exists(&target_cfg)? {
         repository::open(&target_cfg, &req.to_password)?
@@ -153,7 +165,7 @@ pub fn run(cfg: &Config, env: &crate::config::Env, req: &Request) -> Result<Repo
     }
     // For `status`: the copy lag of this target.
     crate::records::record_copy(
-        env,
+        cfg,
         &stack,
         &dst_loc.to_string(),
         to_copy

@@ -25,7 +25,7 @@ use crate::backup::{self, Request};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::Observer;
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet, Summary};
 use crate::tags::SetTags;
@@ -60,50 +60,41 @@ impl Verification {
     }
 }
 
-/// The directory for state kept on this machine: `STACK_BACKUP_STATE_DIR`,
-/// else `$XDG_STATE_HOME/stack-backup`, else `~/.local/state/stack-backup`.
-#[must_use]
-pub fn state_dir(env: &Env) -> PathBuf {
-    if let Some(d) = env.get("STACK_BACKUP_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = env.get("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("stack-backup");
-    }
-    let home = env
-        .get("HOME")
-        .map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".local/state/stack-backup")
+/// The directory for state kept on this machine: the one that holds the
+/// process lock and restore journals ([`crate::system::state::of`]: owned by
+/// us or root, writable by no one else).
+pub fn state_dir(cfg: &Config) -> Result<PathBuf> {
+    crate::system::state::of(cfg)
 }
 
-fn state_file(env: &Env) -> PathBuf {
-    state_dir(env).join("verifications.json")
+fn state_file(cfg: &Config) -> Result<PathBuf> {
+    Ok(state_dir(cfg)?.join("verifications.json"))
 }
 
 /// Recorded verifications by snapshot id (empty when there is no file).
 #[must_use]
-pub fn recorded(env: &Env) -> BTreeMap<String, Verification> {
-    std::fs::read(state_file(env))
+pub fn recorded(cfg: &Config) -> BTreeMap<String, Verification> {
+    state_file(cfg)
         .ok()
+        .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
-/// Records a verification (atomically: written beside, then renamed). A
-/// failure to record is logged, not fatal: the verification itself stands.
-fn record(env: &Env, id: &str, v: &Verification) {
-    let mut all = recorded(env);
+/// Records a verification (atomically: written beside, then renamed, in
+/// the checked state directory, which no other user can write). A failure
+/// to record is logged, not fatal: the verification itself stands.
+fn record(cfg: &Config, id: &str, v: &Verification) {
+    let mut all = recorded(cfg);
     all.insert(id.to_string(), v.clone());
-    let path = state_file(env);
-    let tmp = path.with_extension("json.tmp");
-    let res = std::fs::create_dir_all(state_dir(env))
-        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec_pretty(&all).unwrap_or_default()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+    let res = state_file(cfg).and_then(|path| {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&all).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io("writing", &path, e))
+    });
     if let Err(e) = res {
-        log::warn!(
-            "could not record the verification in {}: {e}",
-            path.display()
-        );
+        log::warn!("could not record the verification: {e}");
     }
 }
 
@@ -120,7 +111,7 @@ pub struct Baseline {
 /// Every immaculate set of the stack, oldest first.
 pub fn list(cfg: &Config, env: &Env) -> Result<Vec<Baseline>> {
     let repo = repository::open_from(cfg, env)?;
-    let rec = recorded(env);
+    let rec = recorded(cfg);
     Ok(sets::list(&repo, &cfg.stack.name.0)?
         .into_iter()
         .filter(|(b, _)| b.tier == Tier::Immaculate)
@@ -194,7 +185,7 @@ pub fn create<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Created> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup immaculate create")?;
     let mut report = backup::run_locked(
         cfg,
         env,
@@ -249,7 +240,7 @@ pub fn create<P: ProgressBars>(
     repo.delete_snapshots(&[held.id])
         .map_err(|e| repo_err("removing the unverified set", e))?;
     let (set, _) = sets::find(&repo, &cfg.stack.name.0, &report.set.name)?;
-    record(env, &set.id, &Verification::of(&check));
+    record(cfg, &set.id, &Verification::of(&check));
     report.set = set;
     Ok(Created {
         backup: report,
@@ -260,7 +251,7 @@ pub fn create<P: ProgressBars>(
 /// Reads immaculate sets back in full (the named one, or all), records each
 /// result on this machine and returns the reports. Holds the lock.
 pub fn verify(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Vec<SetReport>> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup immaculate verify")?;
     let repo = repository::open_indexed(cfg, env)?;
     let stack = &cfg.stack.name.0;
     let chosen: Vec<(BackupSet, SnapshotFile)> = match name {
@@ -285,7 +276,7 @@ pub fn verify(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Vec<SetRepo
     let mut out = Vec::new();
     for (b, s) in chosen {
         let r = verify::verify_set(&repo, &b, &s);
-        record(env, &b.id, &Verification::of(&r));
+        record(cfg, &b.id, &Verification::of(&r));
         out.push(r);
     }
     Ok(out)

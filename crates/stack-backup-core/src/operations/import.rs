@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::{sha256_hex, Ledger, Outcome};
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::manifest::{self, ArtifactRecord, Imported, Manifest};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet, Summary};
@@ -108,7 +108,7 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
     let (sums, unlisted) = read_listing(dir, &sum_path)?;
 
     let stack = cfg.stack.name.0.clone();
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup import")?;
     let repo = repository::open_from(cfg, env)?;
     let existing = sets::list(&repo, &stack)?;
     let taken = |n: &str| existing.iter().any(|(b, _)| b.name == n);

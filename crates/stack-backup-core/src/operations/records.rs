@@ -2,7 +2,7 @@
 //! of each command (time, duration, outcome), the sets each copy target is
 //! known to hold, and the newest drill report.
 //!
-//! Kept in the state directory ([`crate::immaculate::state_dir`], beside
+//! Kept in the state directory ([`crate::system::state`], beside
 //! `verifications.json`) as `runs-<stack>.json`, never in the repository:
 //! status must answer without writing to, or reading packs from, the
 //! repository, and a backup set is never rewritten. The file is replaced
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Env;
+use crate::config::Config;
 use crate::immaculate::state_dir;
 
 /// One finished command.
@@ -76,53 +76,52 @@ pub struct DrillRecord {
     pub rto_seconds: f64,
 }
 
-fn path(env: &Env, stack: &str, ext: &str) -> PathBuf {
-    state_dir(env).join(format!("runs-{stack}.{ext}"))
+fn path(cfg: &Config, stack: &str, ext: &str) -> crate::error::Result<PathBuf> {
+    Ok(state_dir(cfg)?.join(format!("runs-{stack}.{ext}")))
 }
 
 /// The records of `stack` (empty when there are none or they are unreadable).
 #[must_use]
-pub fn load(env: &Env, stack: &str) -> Records {
-    std::fs::read(path(env, stack, "json"))
+pub fn load(cfg: &Config, stack: &str) -> Records {
+    path(cfg, stack, "json")
         .ok()
+        .and_then(|p| std::fs::read(p).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
 /// The newest drill report of `stack`, when a drill has run here.
 #[must_use]
-pub fn drill(env: &Env, stack: &str) -> Option<DrillRecord> {
-    std::fs::read(state_dir(env).join(format!("drill-{stack}.json")))
+pub fn drill(cfg: &Config, stack: &str) -> Option<DrillRecord> {
+    state_dir(cfg)
         .ok()
+        .and_then(|d| std::fs::read(d.join(format!("drill-{stack}.json"))).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Changes the records under the lock; logs (does not return) a failure.
-fn update(env: &Env, stack: &str, change: impl FnOnce(&mut Records)) {
-    let file = path(env, stack, "json");
-    let res = (|| -> std::io::Result<()> {
-        std::fs::create_dir_all(state_dir(env))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path(env, stack, "lock"))?;
+fn update(cfg: &Config, stack: &str, change: impl FnOnce(&mut Records)) {
+    let res = (|| -> crate::error::Result<()> {
+        let file = path(cfg, stack, "json")?;
+        let lock_path = path(cfg, stack, "lock")?;
+        let lock = crate::system::state::create_private(&lock_path)?;
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| std::io::Error::from(e))?;
-        let mut r = load(env, stack);
+            .map_err(|(_, e)| crate::error::Error::io("locking", &lock_path, e.into()))?;
+        let mut r = load(cfg, stack);
         change(&mut r);
-        let tmp = path(env, stack, "json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&r).unwrap_or_default())?;
-        std::fs::rename(&tmp, &file)
+        let tmp = path(cfg, stack, "json.tmp")?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&r).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| crate::error::Error::io("writing", &file, e))
     })();
     if let Err(e) = res {
-        log::warn!("could not record the run in {}: {e}", file.display());
+        log::warn!("could not record the run: {e}");
     }
 }
 
 /// Records a finished command.
-pub fn record_run(env: &Env, stack: &str, run: &RunRecord) {
-    update(env, stack, |r| {
+pub fn record_run(cfg: &Config, stack: &str, run: &RunRecord) {
+    update(cfg, stack, |r| {
         r.runs.insert(run.command.clone(), run.clone());
         if run.outcome == "success" {
             r.successes.insert(run.command.clone(), run.clone());
@@ -131,8 +130,8 @@ pub fn record_run(env: &Env, stack: &str, run: &RunRecord) {
 }
 
 /// Records that `target` holds the sets `ids` (after a copy).
-pub fn record_copy(env: &Env, stack: &str, target: &str, ids: impl IntoIterator<Item = String>) {
-    update(env, stack, |r| {
+pub fn record_copy(cfg: &Config, stack: &str, target: &str, ids: impl IntoIterator<Item = String>) {
+    update(cfg, stack, |r| {
         let c = r.copies.entry(target.to_string()).or_default();
         c.time = jiff::Timestamp::now().to_string();
         c.sets.extend(ids);

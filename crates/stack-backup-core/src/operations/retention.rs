@@ -363,20 +363,36 @@ pub struct PruneReport {
     pub applied: bool,
     /// Sets removed (0 without `--apply`).
     pub removed_sets: usize,
-    /// Pack files deleted and repacked by the data prune.
+    /// Pack files deleted by this run: those marked unreferenced by an
+    /// earlier run more than `prune-grace-hours` ago.
     pub packs_removed: u64,
+    /// Pack files this run found unreferenced (no snapshot uses them, or no
+    /// index lists them, as a writer's in-flight packs) and marked; a later
+    /// run deletes them once the grace period has passed.
+    pub packs_marked: u64,
+    /// Marked pack files kept (still within the grace period).
+    pub packs_waiting: u64,
+    /// Marked pack files that something uses again, unmarked.
+    pub packs_recovered: u64,
     /// Bytes of repository data freed.
     pub bytes_freed: u64,
 }
 
 /// `stack-backup prune`: decides with [`plan`]; with `apply`, removes the
-/// sets that go, then the data no snapshot references any more (rustic's
-/// prune, deleting unused packs at once). Holds the repository lock. Without
-/// `apply` nothing is changed.
+/// sets that go, then marks the data no snapshot references any more and
+/// deletes what an earlier run marked more than `prune-grace-hours` ago
+/// (rustic's two-phase prune). Holds the exclusive repository lock.
+/// Without `apply` nothing is changed.
 pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Result<PruneReport> {
     use crate::repository::{self, Location};
     let location = Location::of(cfg);
-    let _lock = crate::lock::RepoLock::acquire(&location)?;
+    let _lock = crate::lock::RepoLock::acquire(
+        cfg,
+        env,
+        crate::lock::Mode::Exclusive,
+        "stack-backup prune",
+    )?;
+    crate::system::fault::point("prune-locked")?;
     let repo = repository::open_from(cfg, env)?;
     let sets = crate::sets::list(&repo, &cfg.stack.name.0)?;
     let decisions = plan(&sets, &cfg.retention, &Zoned::now())?;
@@ -385,6 +401,9 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         applied: apply,
         removed_sets: 0,
         packs_removed: 0,
+        packs_marked: 0,
+        packs_waiting: 0,
+        packs_recovered: 0,
         bytes_freed: 0,
     };
     if !apply {
@@ -406,14 +425,23 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
             .map_err(|e| repo_err("removing backup sets", e))?;
     }
     report.removed_sets = gone.len();
+    // Two phases (decision 0018): what is unreferenced now is marked, and
+    // deleted by a later run once older than the grace period, so that a
+    // writer whose packs are not indexed yet (restic or another host that
+    // ignored or lost its lock, or crashed) loses nothing.
     let mut opts = rustic_core::PruneOptions::default();
-    // stack-backup holds its lock; like restic's prune, unused packs go now.
-    opts.instant_delete = true;
+    opts.instant_delete = false;
+    opts.keep_delete = jiff::Span::new()
+        .try_hours(i64::try_from(cfg.repository.prune_grace_hours()).unwrap_or(i64::MAX))
+        .map_err(|e| Error::Usage(format!("prune-grace-hours: {e}")))?;
     let prune_plan = repo
         .prune_plan(&opts)
         .map_err(|e| repo_err("planning the data prune", e))?;
     let stats = &prune_plan.stats;
     report.packs_removed = stats.packs_to_delete.remove;
+    report.packs_marked = stats.packs.unused + stats.packs_unref;
+    report.packs_waiting = stats.packs_to_delete.keep;
+    report.packs_recovered = stats.packs_to_delete.recover;
     report.bytes_freed = stats.size_to_delete.remove;
     repo.prune(&opts, prune_plan)
         .map_err(|e| repo_err("removing unreferenced data", e))?;

@@ -17,7 +17,7 @@ use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::git;
 use crate::ledger::Observer;
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet, Summary};
 use crate::tags::SetTags;
@@ -52,7 +52,7 @@ pub fn pin<P: ProgressBars>(
     // The set's name and the git tag are the same.
     let full = format!("sacred/{name}");
     let stack = cfg.stack.name.0.clone();
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup sacred")?;
     let repo = repository::open_from(cfg, env)?;
     let existing = sets::list(&repo, &stack)?;
     if existing.iter().any(|(b, _)| b.name == full) {

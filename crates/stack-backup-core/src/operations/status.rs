@@ -379,13 +379,13 @@ pub fn run(cfg: &Config, env: &Env, req: &Request) -> Result<Status> {
             None
         }
     };
-    let records = records::load(env, stack);
+    let records = records::load(cfg, stack);
     compute(
         &Inputs {
             cfg,
             sets: &sets,
             records: &records,
-            drill: records::drill(env, stack),
+            drill: records::drill(cfg, stack),
             repository_bytes,
             now: jiff::Timestamp::now().as_second(),
         },

@@ -1,32 +1,49 @@
-//! A per-repository lock so that two stack-backup processes never change
-//! the same repository at once.
+//! The repository lock: a local process lock (the fast path between
+//! stack-backup processes on this machine) and a lock inside the
+//! repository in restic's format ([`crate::repo::restic_lock`]), which
+//! stock restic and stack-backup on other hosts honour.
 //!
-//! The lock is an advisory `flock` on a file under the system temp
-//! directory, keyed by the repository location. The kernel drops it when
-//! the process exits, killed or not, so a crash never leaves a stale lock.
-//! It guards processes on this machine; the repository format itself stays
-//! lock-free as rustic's is.
+//! The local lock is an advisory `flock` on `<state>/locks/<key>.lock`,
+//! keyed by the repository location, in the state directory of
+//! [`crate::system::state`] (root-owned or ours, never group/world
+//! writable; it used to live under the world-writable temp directory, where
+//! a planted symlink could make root truncate any file). The file is
+//! created `O_EXCL`, opened `O_NOFOLLOW` and checked to be our own regular
+//! file before anything is written to it. The kernel drops the lock when
+//! the process exits, killed or not.
+//!
+//! A caller holds a [`RepoLock`] for the whole of a command that reads or
+//! changes the repository: [`Mode::Shared`] for backup, restore, verify and
+//! copy, [`Mode::Exclusive`] for prune and removing sets.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
-use std::path::PathBuf;
+use std::fs::{File, TryLockError};
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, Env};
 use crate::error::{Error, Result};
-use crate::repository::Location;
+pub use crate::repo::restic_lock::Mode;
+use crate::repo::restic_lock::{self, Held};
+use crate::repository::{self, Location};
+use crate::system::state;
 
-/// Holds the lock until dropped.
+/// Holds the lock until dropped (the repository lock first, then the local
+/// one).
 #[derive(Debug)]
 pub struct RepoLock {
+    held: Option<Held>,
     _file: File,
     path: PathBuf,
 }
 
 impl RepoLock {
-    /// The lock file used for a repository location.
+    /// The local lock file of a repository location under the state
+    /// directory `state_dir`.
     #[must_use]
-    pub fn path_for(loc: &Location) -> PathBuf {
+    pub fn path_in(state_dir: &Path, loc: &Location) -> PathBuf {
         let key = match loc {
             Location::Local(p) => std::fs::canonicalize(p)
                 .unwrap_or_else(|_| p.clone())
@@ -35,23 +52,61 @@ impl RepoLock {
             Location::Remote(u) => u.clone(),
         };
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        std::env::temp_dir()
-            .join("stack-backup-locks")
+        state_dir
+            .join("locks")
             .join(format!("{}.lock", &digest[..16]))
     }
 
-    /// Takes the lock or fails at once with [`Error::Locked`].
-    pub fn acquire(loc: &Location) -> Result<Self> {
-        let path = Self::path_for(loc);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("opening lock file", &path, e))?;
+    /// Takes the local lock and a `mode` lock in the repository of `cfg`
+    /// for `command` (e.g. `stack-backup backup`), waiting up to
+    /// `lock-wait-seconds` for conflicting holders; then fails with
+    /// [`Error::Locked`] (this machine) or [`Error::RepoLocked`] (the
+    /// repository), both exit code 5.
+    pub fn acquire(cfg: &Config, env: &Env, mode: Mode, command: &str) -> Result<Self> {
+        Self::acquire_with_password(cfg, &repository::password(cfg, env)?, mode, command)
+    }
+
+    /// [`RepoLock::acquire`] with the repository password given (`copy`'s
+    /// destination).
+    pub fn acquire_with_password(
+        cfg: &Config,
+        password: &str,
+        mode: Mode,
+        command: &str,
+    ) -> Result<Self> {
+        let loc = Location::of(cfg);
+        let dir = state::of(cfg)?;
+        let deadline = Instant::now() + cfg.repository.lock_wait();
+        let mut lock = loop {
+            match Self::local_in(&dir, &loc) {
+                Ok(l) => break l,
+                Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let repo = repository::open(cfg, password)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        lock.held = Some(restic_lock::acquire(repo, &loc, mode, command, left)?);
+        Ok(lock)
+    }
+
+    /// Only the local lock, in the state directory of the environment
+    /// (`STACK_BACKUP_STATE_DIR`, else the default), failing at once with
+    /// [`Error::Locked`]: for `init`, before there is a repository.
+    pub fn local(loc: &Location) -> Result<Self> {
+        Self::local_in(&state::from_env()?, loc)
+    }
+
+    /// Only the local lock under the state directory `state_dir`, failing
+    /// at once with [`Error::Locked`]; refuses ([`Error::Refused`]) a lock
+    /// path that is a symlink, a hard link or another user's file.
+    pub fn local_in(state_dir: &Path, loc: &Location) -> Result<Self> {
+        let path = Self::path_in(state_dir, loc);
+        let dir = state::ensure(&state_dir.join("locks"))?;
+        let path = dir.join(path.file_name().unwrap_or_default());
+        let mut file = state::create_private(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -62,12 +117,18 @@ impl RepoLock {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
         }
+        // Ours, checked, and held: safe to rewrite.
         let _ = file.set_len(0);
+        let _ = file.rewind();
         let _ = writeln!(file, "{}", std::process::id());
-        Ok(Self { _file: file, path })
+        Ok(Self {
+            held: None,
+            _file: file,
+            path,
+        })
     }
 
-    /// The lock file.
+    /// The local lock file.
     #[must_use]
     pub fn path(&self) -> &PathBuf {
         &self.path
@@ -82,8 +143,9 @@ mod tests {
     fn second_lock_in_same_process_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let loc = Location::Local(dir.path().to_path_buf());
-        let held = RepoLock::acquire(&loc).unwrap();
-        let err = RepoLock::acquire(&loc).unwrap_err();
+        let state = tempfile::tempdir().unwrap();
+        let held = RepoLock::local_in(state.path(), &loc).unwrap();
+        let err = RepoLock::local_in(state.path(), &loc).unwrap_err();
         assert!(matches!(err, Error::Locked { .. }), "{err}");
         drop(held);
         // Released with the file. Another test thread that forks a child at
@@ -91,7 +153,7 @@ mod tests {
         // (close-on-exec), so give that a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match RepoLock::acquire(&loc) {
+            match RepoLock::local_in(state.path(), &loc) {
                 Ok(_) => break,
                 Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -5,3 +5,4 @@ pub mod lock;
 pub mod packcache;
 pub mod remote;
 pub mod repository;
+pub mod restic_lock;

@@ -27,7 +27,10 @@ pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Resul
         load_config_at(&path, env)?
     };
     let loc = Location::of(&cfg);
-    let _lock = ctx(RepoLock::acquire(&loc), "locking the repository")?;
+    let _lock = ctx(
+        stack_backup_core::system::state::of(&cfg).and_then(|d| RepoLock::local_in(&d, &loc)),
+        "locking the repository",
+    )?;
     if ctx(repository::exists(&cfg), "looking for a repository")? {
         return Err(Error::RepositoryExists(loc.to_string()).into());
     }

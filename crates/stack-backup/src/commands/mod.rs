@@ -15,6 +15,7 @@ mod sacred;
 mod schedule;
 mod show;
 pub mod status;
+mod unlock;
 mod verify;
 pub mod watch;
 
@@ -72,6 +73,7 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
         Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Unlock(args) => unlock::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
         Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),
         Command::Status(args) => status::run(&load_config(cli, &env)?, args, &env, out),

@@ -36,6 +36,13 @@ pub fn run(cfg: &Config, args: &PruneArgs, env: &Env, out: &Output) -> anyhow::R
             report.packs_removed,
             disk::human(report.bytes_freed)
         ));
+        out.say(format!(
+            "{} pack file(s) newly marked unreferenced, {} marked and waiting for the grace period ({}h, `prune-grace-hours`), {} back in use",
+            report.packs_marked,
+            report.packs_waiting,
+            cfg.repository.prune_grace_hours(),
+            report.packs_recovered
+        ));
     } else {
         out.say(format!(
             "\n{gone} set(s) would be removed; nothing was changed (run `stack-backup prune --apply` to apply)"

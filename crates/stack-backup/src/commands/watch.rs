@@ -125,7 +125,7 @@ impl<'a> Watch<'a> {
         let set = SET.lock().ok().and_then(|s| s.clone());
         let stack = &self.cfg.stack.name.0;
         records::record_run(
-            self.env,
+            self.cfg,
             stack,
             &RunRecord {
                 command: self.command.into(),

@@ -38,8 +38,8 @@ use crate::components::{BackupContext, ComponentId, Planned, Stack};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::Observer;
-use crate::lock::RepoLock;
-use crate::repository::{self, Location};
+use crate::lock::{Mode, RepoLock};
+use crate::repository;
 use crate::sets::BackupSet;
 use crate::tiers::Tier;
 
@@ -113,7 +113,7 @@ pub fn run<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Report> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup backup")?;
     run_locked(cfg, env, req, observer, progress)
 }
 

@@ -35,7 +35,7 @@ use crate::components::restoring::{Applied, Lane, PreRestore, SetContext, Stage,
 use crate::components::{Restorer, Stack};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
-use crate::lock::RepoLock;
+use crate::lock::{Mode, RepoLock};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet};
 use crate::tiers::Tier;
@@ -121,7 +121,7 @@ fn step(steps: &dyn Steps, n: usize, f: impl FnOnce() -> Result<String>) -> Resu
 /// consent. Takes the repository lock; the set must still be there (it is
 /// found again by its snapshot id, never by name).
 pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result<Outcome> {
-    let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup restore")?;
     pinned(cfg, &plan)?;
     let set = SetContext::new(&plan.repo, cfg, &plan.snap, &plan.manifest, &plan.checksums);
     let req = &plan.request;

@@ -1,0 +1,414 @@
+//! Locks inside the repository, in restic's format, so that stack-backup,
+//! stock `restic` and stack-backup on other hosts see each other.
+//!
+//! A lock is an encrypted JSON file `locks/<id>` (restic's `Lock`: time,
+//! exclusive, hostname, username, pid, uid, gid; we add `command`, which
+//! restic ignores). The rules are restic's:
+//!
+//! - a non-exclusive (shared) lock conflicts with any exclusive lock; an
+//!   exclusive lock conflicts with every lock;
+//! - a lock is stale when its time is more than 30 minutes old, or when it
+//!   was taken on this host by a process that no longer exists; stale locks
+//!   never conflict;
+//! - taking a lock: look for conflicts, write ours, wait a moment, look
+//!   again (and remove ours on a conflict), so two takers that race always
+//!   see at least one of each other;
+//! - a held lock is refreshed every 5 minutes (a new file with the new time,
+//!   then the old one removed), and removed when released.
+//!
+//! What is durable: only the lock files. A process killed while holding a
+//! lock leaves its file; it is stale at once on the same host (its pid is
+//! gone) and after 30 minutes elsewhere. The next stack-backup command on
+//! the same host removes it (restic 0.14 would otherwise refuse its
+//! exclusive commands until `unlock`); `stack-backup unlock` removes every
+//! stale lock as `restic unlock` does.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rustic_core::{FileType, Id};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::repository::{Location, OpenRepo};
+
+/// restic's `staleTimeout`: a lock not refreshed for this long is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// restic's `refreshInterval`.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// restic's `waitBeforeLockCheck`.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Shared (backup, restore, verify, copy) or exclusive (prune, removing
+/// sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Non-exclusive: many at once, no exclusive lock beside them.
+    Shared,
+    /// Exclusive: no other lock at all.
+    Exclusive,
+}
+
+/// A lock file's content, as restic writes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockFile {
+    /// When taken or last refreshed (RFC 3339).
+    pub time: String,
+    /// Whether the lock is exclusive.
+    pub exclusive: bool,
+    /// The host of the holder.
+    pub hostname: String,
+    /// The user of the holder.
+    #[serde(default)]
+    pub username: String,
+    /// The process id of the holder.
+    pub pid: i64,
+    /// The user id of the holder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uid: u32,
+    /// The group id of the holder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gid: u32,
+    /// What the holder runs (stack-backup only; restic records none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The host name as restic's `os.Hostname` gives it (the kernel's).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl LockFile {
+    /// A lock of this process now.
+    #[must_use]
+    pub fn mine(mode: Mode, command: &str) -> Self {
+        let uid = nix::unistd::getuid();
+        let username = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_default();
+        Self {
+            time: Timestamp::now().to_string(),
+            exclusive: mode == Mode::Exclusive,
+            hostname: hostname(),
+            username,
+            pid: i64::from(std::process::id()),
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            command: Some(command.to_string()),
+        }
+    }
+
+    /// How long ago it was taken or refreshed (zero for a time in the
+    /// future or one that does not parse).
+    #[must_use]
+    pub fn age(&self) -> Duration {
+        self.time
+            .parse::<Timestamp>()
+            .ok()
+            .and_then(|t| Duration::try_from(Timestamp::now().duration_since(t)).ok())
+            .unwrap_or_default()
+    }
+
+    /// restic's staleness: older than [`STALE_AFTER`], or taken on this
+    /// host by a process that is gone.
+    #[must_use]
+    pub fn is_stale(&self) -> bool {
+        if self.age() > STALE_AFTER {
+            return true;
+        }
+        // Signal 0: ESRCH means no such process; EPERM means it exists.
+        self.is_dead_here()
+    }
+
+    /// Taken on this host by a process that is gone: no one can hold it,
+    /// whatever its age.
+    #[must_use]
+    pub fn is_dead_here(&self) -> bool {
+        self.hostname == hostname()
+            && i32::try_from(self.pid).map_or(true, |pid| {
+                matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
+            })
+    }
+
+    fn conflicts_with(&self, mode: Mode) -> bool {
+        (mode == Mode::Exclusive || self.exclusive) && !self.is_stale()
+    }
+
+    /// The holder as shown to users: kind, host, pid, command, age.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let kind = if self.exclusive {
+            "an exclusive"
+        } else {
+            "a shared"
+        };
+        let command = self
+            .command
+            .as_deref()
+            .unwrap_or("restic (command not recorded)");
+        let age = self.age().as_secs();
+        format!(
+            "{kind} lock held by `{command}` on host {} (pid {}, user {}), taken or refreshed {}s ago",
+            self.hostname,
+            self.pid,
+            if self.username.is_empty() { "?" } else { &self.username },
+            age
+        )
+    }
+}
+
+/// One lock file in the repository.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Its id (the file name under `locks/`).
+    pub id: Id,
+    /// Its content; `None` when it could not be read or decrypted (another
+    /// key's lock, or one removed while we looked).
+    pub lock: Option<LockFile>,
+}
+
+fn err(loc: &Location, what: &str, e: &rustic_core::RusticError) -> Error {
+    Error::Repository {
+        location: loc.to_string(),
+        message: format!("{what}: {}", e.display_log()),
+    }
+}
+
+/// Every lock file in the repository, read and decrypted.
+pub fn list(repo: &OpenRepo, loc: &Location) -> Result<Vec<Found>> {
+    if let Location::Local(p) = loc {
+        // rustic's local backend logs an error for a missing directory.
+        let dir = p.join(FileType::Lock.dirname());
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+    }
+    let ids = repo
+        .list_raw(FileType::Lock)
+        .map_err(|e| err(loc, "listing locks", &e))?;
+    Ok(ids
+        .into_iter()
+        .map(|id| Found {
+            id,
+            lock: repo
+                .read_raw_file(FileType::Lock, &id)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+        })
+        .collect())
+}
+
+fn write(repo: &OpenRepo, loc: &Location, lock: &LockFile) -> Result<Id> {
+    let json = serde_json::to_vec(lock).map_err(|e| Error::Repository {
+        location: loc.to_string(),
+        message: format!("encoding a lock: {e}"),
+    })?;
+    repo.save_raw_file(FileType::Lock, &json)
+        .map_err(|e| err(loc, "writing a lock", &e))
+}
+
+/// The first lock other than `mine` that conflicts with `mode`.
+fn conflict(
+    repo: &OpenRepo,
+    loc: &Location,
+    mode: Mode,
+    mine: Option<Id>,
+) -> Result<Option<LockFile>> {
+    Ok(list(repo, loc)?
+        .into_iter()
+        .filter(|f| Some(f.id) != mine)
+        .filter_map(|f| f.lock)
+        .find(|l| l.conflicts_with(mode)))
+}
+
+/// A lock held in the repository; refreshed by a thread, removed on drop.
+pub struct Held {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// Takes a `mode` lock for `command`, waiting up to `wait` for conflicting
+/// locks to go; then refuses with [`Error::RepoLocked`] naming the holder.
+/// `repo` is moved to the refresher.
+pub fn acquire(
+    repo: OpenRepo,
+    loc: &Location,
+    mode: Mode,
+    command: &str,
+    wait: Duration,
+) -> Result<Held> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(500);
+    // restic (0.14) does not look past stale locks: until someone runs
+    // `unlock`, the lock of a process killed here blocks every exclusive
+    // restic command (check, prune). A lock of a process of this host that
+    // is gone cannot be held by anyone, so it goes now; other hosts' locks
+    // (stale only by age, which depends on clocks) are left to `unlock`.
+    for f in list(&repo, loc)? {
+        if f.lock.as_ref().is_some_and(LockFile::is_dead_here) {
+            log::info!("removing the lock of a process that is gone: {}", f.id);
+            let _ = repo.remove_raw(FileType::Lock, &f.id);
+        }
+    }
+    let id = loop {
+        let holder = match conflict(&repo, loc, mode, None)? {
+            Some(h) => Some(h),
+            None => {
+                let id = write(&repo, loc, &LockFile::mine(mode, command))?;
+                std::thread::sleep(SETTLE);
+                match conflict(&repo, loc, mode, Some(id))? {
+                    None => break id,
+                    Some(h) => {
+                        let _ = repo.remove_raw(FileType::Lock, &id);
+                        Some(h)
+                    }
+                }
+            }
+        };
+        if let Some(h) = holder {
+            if Instant::now() >= deadline {
+                return Err(Error::RepoLocked {
+                    location: loc.to_string(),
+                    holder: h.describe(),
+                    waited: wait.as_secs(),
+                });
+            }
+            log::info!("waiting for the repository lock: {}", h.describe());
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    };
+    let (tx, rx) = mpsc::channel::<()>();
+    let loc = loc.clone();
+    let command = command.to_string();
+    let thread = std::thread::Builder::new()
+        .name("repo-lock-refresh".into())
+        .spawn(move || refresh(&repo, &loc, mode, &command, id, &rx))
+        .map_err(|e| Error::io("starting the lock refresher", "", e))?;
+    Ok(Held {
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+/// Refreshes the lock every [`REFRESH_EVERY`] until told to stop (or the
+/// holder is gone), then removes it.
+fn refresh(
+    repo: &OpenRepo,
+    loc: &Location,
+    mode: Mode,
+    command: &str,
+    mut id: Id,
+    stop: &mpsc::Receiver<()>,
+) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
+        match write(repo, loc, &LockFile::mine(mode, command)) {
+            Ok(new) => {
+                let _ = repo.remove_raw(FileType::Lock, &id);
+                id = new;
+            }
+            Err(e) => log::warn!("refreshing the repository lock failed: {e}"),
+        }
+    }
+    if let Err(e) = repo.remove_raw(FileType::Lock, &id) {
+        log::warn!(
+            "removing the repository lock {} failed: {}",
+            id,
+            e.display_log()
+        );
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What `unlock` removed and left.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unlocked {
+    /// Lock files removed (their ids).
+    pub removed: Vec<String>,
+    /// Locks left in place (live ones), described.
+    pub kept: Vec<String>,
+}
+
+/// `stack-backup unlock`: removes stale locks (restic's rule), or every
+/// lock with `all` (as `restic unlock --remove-all`).
+pub fn unlock(repo: &OpenRepo, loc: &Location, all: bool) -> Result<Unlocked> {
+    let mut out = Unlocked {
+        removed: Vec::new(),
+        kept: Vec::new(),
+    };
+    for f in list(repo, loc)? {
+        let stale = f.lock.as_ref().is_none_or(LockFile::is_stale);
+        // An unreadable lock may be another key's: only --remove-all
+        // removes it, as restic does.
+        if all || (stale && f.lock.is_some()) {
+            repo.remove_raw(FileType::Lock, &f.id)
+                .map_err(|e| err(loc, "removing a lock", &e))?;
+            out.removed.push(f.id.to_hex().to_string());
+        } else {
+            out.kept.push(
+                f.lock
+                    .as_ref()
+                    .map_or_else(|| format!("{} (unreadable)", f.id), LockFile::describe),
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restic_rules_for_staleness_and_conflicts() {
+        let mut l = LockFile::mine(Mode::Shared, "test");
+        assert!(!l.is_stale(), "our own live process");
+        assert!(!l.conflicts_with(Mode::Shared));
+        assert!(l.conflicts_with(Mode::Exclusive));
+        l.exclusive = true;
+        assert!(l.conflicts_with(Mode::Shared));
+        // A pid that cannot exist on this host.
+        l.pid = i64::from(i32::MAX);
+        assert!(l.is_stale());
+        // Another host's live-looking lock is stale only by age.
+        l.hostname = "elsewhere.invalid".into();
+        assert!(!l.is_stale());
+        l.time = (Timestamp::now() - jiff::SignedDuration::from_secs(31 * 60)).to_string();
+        assert!(l.is_stale());
+        // restic's own JSON (local offset, nanoseconds, no command).
+        let theirs: LockFile = serde_json::from_str(
+            r#"{"time":"2026-11-29T08:00:00.123456789+01:00","exclusive":false,"hostname":"h","username":"root","pid":42}"#,
+        )
+        .unwrap();
+        assert!(theirs.age() > Duration::ZERO);
+        assert!(theirs.describe().contains("restic"));
+    }
+}
