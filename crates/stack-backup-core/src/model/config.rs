@@ -151,6 +151,23 @@ pub fn validate_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `[state]`: the root-owned directory that holds the restore journal
+/// (default `/var/lib/stack-backup/<stack>/`; `STACK_BACKUP_STATE_DIR`
+/// overrides it).
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSection {
+    /// The directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl StateSection {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// `[repository]`: where backups live and how to unlock them.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -523,6 +540,9 @@ pub struct Config {
     /// `[[health]]` checks run after a restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<HealthCheck>,
+    /// `[state]`: where the restore journal is kept.
+    #[serde(default, skip_serializing_if = "StateSection::is_default")]
+    pub state: StateSection,
     /// `[retention.TIER]` policies applied by `prune`.
     #[serde(default, skip_serializing_if = "Retention::is_empty")]
     pub retention: Retention,
@@ -689,6 +709,7 @@ impl Config {
     ///
     /// - `STACK_BACKUP_REPOSITORY`: a local path, or a URL (`scheme:…`).
     /// - `STACK_BACKUP_PASSWORD_FILE`: replaces `password-file`.
+    /// - `STACK_BACKUP_STATE_DIR`: replaces `[state] dir`.
     ///   (`STACK_BACKUP_PASSWORD` itself is read when the repository opens.)
     /// - `STACK_BACKUP_POSTGRES_<NAME>_URL`, `STACK_BACKUP_REDIS_<NAME>_URL`,
     ///   `STACK_BACKUP_POSTGRES_<NAME>_ADMIN_URL`:
@@ -704,6 +725,9 @@ impl Config {
                 self.repository.path = Some(PathBuf::from(v));
                 self.repository.url = None;
             }
+        }
+        if let Some(v) = env.get("STACK_BACKUP_STATE_DIR").filter(|v| !v.is_empty()) {
+            self.state.dir = Some(PathBuf::from(v));
         }
         if let Some(v) = env
             .get("STACK_BACKUP_PASSWORD_FILE")
