@@ -173,11 +173,18 @@ fn after_kill(s: &Stack, pid: u32, what: &str) {
 /// state it must reach and that nothing temporary is left. Returns the
 /// state reached.
 fn resolve(s: &Stack, abort: bool, before: &[String], what: &str) -> Vec<String> {
-    let open =
-        s.sb.path()
-            .join("state")
+    let state_dir = s.sb.path().join("state");
+    let entries = || -> Vec<String> {
+        state_dir
             .read_dir()
-            .is_ok_and(|mut d| d.next().is_some());
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let open = entries().iter().any(|n| n.ends_with(".journal"));
     let r = if abort {
         s.sb.run(&["restore", "--abort"])
     } else {
@@ -204,6 +211,8 @@ fn resolve(s: &Stack, abort: bool, before: &[String], what: &str) -> Vec<String>
     );
     assert_eq!(siblings(&s.media), Vec::<String>::new(), "{what}");
     assert_eq!(redis_leftovers(s), Vec::<String>::new(), "{what}");
+    // Neither the journal nor a temporary of a killed write of it.
+    assert_eq!(entries(), Vec::<String>::new(), "{what}");
     // Resolved: a plain restore is allowed again (dry run).
     s.sb.run(&["restore", "good", "--dry-run"]).expect_code(0);
     now

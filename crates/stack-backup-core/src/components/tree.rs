@@ -298,11 +298,13 @@ fn abort(e: &TreeEntry) -> Result<String> {
                 remove_tree(&e.live).map_err(|err| Error::io("removing", &e.live, err))?;
                 did = "restored directory removed (there was none before)";
             }
-            Some(_) => return Err(Error::Refused(format!(
+            Some(_) => {
+                return Err(Error::Refused(format!(
                 "{}: the restored tree is live but the original is not at {}; check both by hand",
                 e.live.display(),
                 e.staging.display()
-            ))),
+            )))
+            }
         }
     }
     // Whatever is at the staging path now is the restored copy (or a

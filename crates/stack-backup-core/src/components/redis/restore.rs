@@ -22,9 +22,11 @@
 //! Until the restore as a whole ends, the original is kept there:
 //! [`Applied::undo`] swaps back (exact and instant, whatever happened
 //! since to other databases) and flushes the restored keys;
-//! [`Applied::commit`] flushes the original (`FLUSHDB ASYNC`). A run
-//! killed between the swap and either leaves the original in the scratch
-//! database (logged at the swap, `-v`).
+//! [`Applied::commit`] flushes the original (`FLUSHDB ASYNC`). A marker
+//! key written into the scratch database before the copy travels with the
+//! restored keys until then: after a crash, the database it is in tells
+//! whether the swap happened, and [`recover`] (restore `--abort` /
+//! `--resume`) swaps back or flushes from that, never by guessing.
 //!
 //! Durability is Redis's own: the restored keys are in memory and in
 //! whatever the instance's next save or AOF write carries; nothing of the

@@ -181,6 +181,21 @@ fn read_nofollow(path: &Path) -> std::io::Result<String> {
     Ok(s)
 }
 
+/// Removes the temporary files of journal writes that a kill interrupted
+/// (before their rename: the journal itself is the previous version).
+/// The caller holds the repository lock, so no write is in flight.
+pub fn remove_stale_temporaries(cfg: &Config) {
+    let prefix = format!("restore-{}.tmp-", cfg.stack.name.0);
+    let Ok(entries) = std::fs::read_dir(state_dir(cfg)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Refuses (exit 4) while an interrupted restore's journal is open,
 /// naming how to resolve it.
 pub fn refuse_if_open(cfg: &Config) -> Result<()> {
@@ -228,6 +243,7 @@ impl Journal {
     ) -> Result<Self> {
         ensure_state_dir(cfg)?;
         refuse_if_open(cfg)?;
+        remove_stale_temporaries(cfg);
         let record = Record {
             id: new_id()?,
             stack: cfg.stack.name.0.clone(),

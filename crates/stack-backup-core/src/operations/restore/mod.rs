@@ -240,6 +240,13 @@ fn apply(
                 match r {
                     Ok(a) => done.push((w.id().clone(), a)),
                     Err(e) => {
+                        // A restorer that returns an error has left its
+                        // target untouched (the `Restorer` contract): its
+                        // entry is done with. One killed half-way never
+                        // returns, and its entry stays for resolution.
+                        if let Err(je) = jnl.forget(w.id().as_str()) {
+                            log::warn!("{je}");
+                        }
                         first_err.get_or_insert(e);
                     }
                 }
@@ -387,6 +394,9 @@ impl RequestSummary {
 /// nothing.
 pub fn resolve(cfg: &Config, env: &Env, how: Resolve, dry_run: bool) -> Result<Resolution> {
     let _lock = RepoLock::acquire(&Location::of(cfg))?;
+    if !dry_run {
+        journal::remove_stale_temporaries(cfg);
+    }
     let Some(jnl) = journal::Journal::reopen(cfg)? else {
         return Ok(Resolution {
             journal: None,
