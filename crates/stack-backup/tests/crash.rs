@@ -287,6 +287,18 @@ fn a_kill_at_every_step_boundary_is_resolved_by_abort_and_by_resume() {
                 let r = s.sb.run(&["list"]);
                 r.expect_code(0);
                 assert!(r.stderr.contains("interrupted restore"), "{}", r.stderr);
+                // A resume that would restore again asks first: without
+                // a terminal or --yes it is refused before anything.
+                if !abort && *point != "restore-committing" && *point != "restore-committed" {
+                    let r = s.sb.run(&["restore", "--resume"]);
+                    r.expect_code(4);
+                    assert!(r.stderr.contains("--yes"), "{}", r.stderr);
+                    let journal_open = std::fs::read_dir(s.sb.path().join("state"))
+                        .unwrap()
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".journal"));
+                    assert!(journal_open, "{what}: the refused resume changed something");
+                }
                 // A dry run of the resolution changes nothing.
                 let killed = state(&s);
                 let r = s.sb.run(&["restore", "--abort", "--dry-run"]);

@@ -95,6 +95,14 @@ fn resolve(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
     } else {
         restore::Resolve::Abort
     };
+    // A resume that will restore the set again asks first, before the
+    // rollback (never left half-way for want of a confirmation).
+    if how == restore::Resolve::Resume && !args.dry_run && !args.yes {
+        let open = restore::journal::find(cfg)?;
+        if open.is_some_and(|j| j.phase == restore::journal::Phase::Restoring) {
+            ask("resuming this restore rolls it back and restores the set again, which replaces live data: run it on a terminal, or pass --yes", "Type `yes` to resume: ", "yes")?;
+        }
+    }
     let r = ctx(
         restore::resolve(cfg, env, how, args.dry_run),
         "resolving the interrupted restore",
@@ -155,13 +163,8 @@ fn resolve(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
             &again.snapshot[..again.snapshot.len().min(8)]
         );
     }
-    let yes = args.yes;
-    run_with(cfg, env, &again.request(), out, &|| {
-        if yes {
-            return Ok(());
-        }
-        ask("resuming a restore replaces live data and needs confirmation: run it on a terminal, or pass --yes", "Type `yes` to restore: ", "yes")
-    })
+    // Confirmed above.
+    run_with(cfg, env, &again.request(), out, &|| Ok(()))
 }
 
 /// Asks on the terminal for `expected`; refuses without a terminal
