@@ -439,3 +439,33 @@ fn a_symlink_beside_a_restored_directory_is_never_followed() {
     assert_eq!(leftover_databases_of(&[&s.db]), Vec::<String>::new());
     assert_eq!(redis_leftovers(&s), Vec::<String>::new());
 }
+
+#[test]
+fn a_kill_during_abort_or_resume_is_finished_by_the_next_one() {
+    let s = setup("crashresolve");
+    for abort in [true, false] {
+        wreck(&s);
+        let before = state(&s);
+        let child = spawn(&s, &["restore", "good", "--yes"], Some("restore-applied"));
+        let pid = child.id();
+        child.wait_with_output().unwrap();
+        after_kill(&s, pid, "restore-applied");
+        // The resolution itself killed after its first component.
+        let args: &[&str] = if abort {
+            &["restore", "--abort"]
+        } else {
+            &["restore", "--resume", "--yes"]
+        };
+        let out = spawn(&s, args, Some("resolve-component"))
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        after_kill(&s, pid, "resolve-component");
+        resolve(&s, abort, &before, "a second resolution");
+    }
+}
