@@ -469,3 +469,33 @@ fn a_kill_during_abort_or_resume_is_finished_by_the_next_one() {
         resolve(&s, abort, &before, "a second resolution");
     }
 }
+
+#[test]
+fn a_state_directory_others_could_write_is_refused_before_anything_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup("crashstatedir");
+    wreck(&s);
+    let before = state(&s);
+    let open = s.sb.path().join("open-state");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let link = s.sb.path().join("linked-state");
+    let real = s.sb.path().join("real-state");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for (dir, why) in [(&open, "writable by others"), (&link, "is a symlink")] {
+        let mut cmd = s.sb.command(bin(), s.sb.path(), None);
+        cmd.args(["restore", "good", "--yes"])
+            .env("STACK_BACKUP_STATE_DIR", dir);
+        let r = Run::from(cmd.output().unwrap());
+        r.expect_code(4);
+        assert!(
+            r.stderr.contains(why) && r.stderr.contains(&dir.display().to_string()),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(state(&s), before);
+    }
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+}
