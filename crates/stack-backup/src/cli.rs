@@ -338,6 +338,15 @@ pub struct RestoreArgs {
     /// are never changed.
     #[arg(long)]
     pub restore_role_passwords: bool,
+    /// Finish an interrupted restore (or emergency): to the set's state,
+    /// from its journal. Rolls back and restores the set again when it had
+    /// not passed its checks.
+    #[arg(long, conflicts_with_all = ["abort", "only", "flush_redis"])]
+    pub resume: bool,
+    /// Roll back an interrupted restore (or emergency): every component to
+    /// its state before, temporaries removed, from its journal.
+    #[arg(long, conflicts_with_all = ["only", "flush_redis"])]
+    pub abort: bool,
 }
 
 #[derive(Debug, Args)]

@@ -381,8 +381,21 @@ fn no_temporary_redis_server_outlives_a_restore_even_after_kill_9() {
     assert_same("the other database", &db_state(&redis, OTHER_DB), &other);
     assert_eq!(temp_dirs_of(pid).len(), 1, "the killed run's directory");
 
-    // The next restore removes the dead run's directory, and leaves
-    // neither a server nor a directory of its own.
+    // The killed restore is open in its journal: a plain restore is
+    // refused until `restore --abort` resolves it, which removes the dead
+    // run's directory.
+    let r = sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("restore --abort"), "{}", r.stderr);
+    sb.run(&["restore", "--abort"]).expect_code(0);
+    assert!(temp_dirs_of(pid).is_empty(), "{:?}", temp_dirs_of(pid));
+    assert_same(
+        "the configured database",
+        &db_state(&redis, APP_DB),
+        &changed,
+    );
+
+    // The next restore leaves neither a server nor a directory of its own.
     let child = spawn(&sb, &["restore", "good", "--yes"], &[]);
     let next = child.id();
     let out = child.wait_with_output().unwrap();

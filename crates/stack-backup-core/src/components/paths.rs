@@ -148,6 +148,10 @@ impl Restorer for PathRestorer {
         Lane::Files
     }
 
+    fn preflight(&self, _set: &SetContext) -> Result<Option<String>> {
+        tree::refuse_leftovers(&self.id, &self.live).map(|()| None)
+    }
+
     fn disk_needs(&self, _set: &SetContext) -> Result<DiskNeeds> {
         Ok(vec![(self.live.clone(), self.record.bytes)])
     }

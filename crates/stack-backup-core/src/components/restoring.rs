@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use rustic_core::repofile::{Node, SnapshotFile};
 use rustic_core::{IndexedFullStatus, LsOptions, Repository};
+use serde::{Deserialize, Serialize};
 
 use super::{ComponentId, DiskNeeds};
 use crate::config::Config;
@@ -153,6 +154,7 @@ pub struct SetContext<'a> {
     /// Its `CHECKSUM.sha256`.
     pub checksums: &'a BTreeMap<String, String>,
     docker_root: OnceLock<std::result::Result<PathBuf, String>>,
+    journal: Option<&'a dyn Recorder>,
 }
 
 impl<'a> SetContext<'a> {
@@ -172,6 +174,31 @@ impl<'a> SetContext<'a> {
             manifest,
             checksums,
             docker_root: OnceLock::new(),
+            journal: None,
+        }
+    }
+
+    /// The same, recording each change in `journal` before it is made.
+    #[must_use]
+    pub fn with_journal(mut self, journal: &'a dyn Recorder) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// What names this run's temporaries: the journal's id, or (a drill,
+    /// without a journal) the process id.
+    #[must_use]
+    pub fn tag(&self) -> String {
+        self.journal
+            .map_or_else(|| std::process::id().to_string(), |j| j.tag())
+    }
+
+    /// Records (durably) what a component is about to change; nothing
+    /// without a journal.
+    pub fn journal(&self, id: &ComponentId, entry: JournalEntry) -> Result<()> {
+        match self.journal {
+            Some(j) => j.record(id, entry),
+            None => Ok(()),
         }
     }
 
@@ -334,5 +361,68 @@ impl PreRestore {
     #[must_use]
     pub fn context<'a>(&'a self, cfg: &'a Config) -> SetContext<'a> {
         SetContext::new(&self.repo, cfg, &self.snap, &self.manifest, &self.checksums)
+    }
+}
+
+/// Where a restorer records, before each change, what it will change and
+/// where the original goes (the restore journal).
+pub trait Recorder: Send + Sync {
+    /// The id that names the run's temporaries.
+    fn tag(&self) -> String;
+    /// Replaces the entry of `id`, durably (fsynced) before returning.
+    fn record(&self, id: &ComponentId, entry: JournalEntry) -> Result<()>;
+}
+
+/// One component's entry in the restore journal: enough, with what can be
+/// observed (which databases exist, which inode is at a path, where a
+/// marker key is), to finish or roll back its change after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum JournalEntry {
+    /// A PostgreSQL database.
+    Postgres(super::postgres::PgEntry),
+    /// A Redis database.
+    Redis(super::redis::RedisEntry),
+    /// A directory (volume or path).
+    Tree(super::tree::TreeEntry),
+    /// A Docker image tag.
+    Image(super::docker::ImageEntry),
+}
+
+/// Which way an interrupted change is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recover {
+    /// Put the original back and remove the temporaries.
+    Abort,
+    /// The restore had passed: drop the kept original.
+    Finish,
+}
+
+impl JournalEntry {
+    /// Resolves the change `to` one side, from the entry and what is
+    /// observed now; idempotent (a run killed during it is resolved by the
+    /// next call). Returns what it did, for the report.
+    pub fn recover(&self, id: &ComponentId, to: Recover, undo: &UndoContext) -> Result<String> {
+        match self {
+            Self::Postgres(e) => super::postgres::recover(e, id, to, undo),
+            Self::Redis(e) => super::redis::recover(e, id, to, undo.cfg),
+            Self::Tree(e) => super::tree::recover(e, to),
+            Self::Image(e) => super::docker::recover_image(e, to),
+        }
+    }
+
+    /// What resolving it `to` one side would do (for `--dry-run`).
+    #[must_use]
+    pub fn describe(&self, to: Recover) -> String {
+        let way = match to {
+            Recover::Abort => "put back the original",
+            Recover::Finish => "drop the kept original",
+        };
+        match self {
+            Self::Postgres(e) => format!("database `{}`: {way}", e.database),
+            Self::Redis(e) => format!("database {} of Redis `{}`: {way}", e.db, e.key),
+            Self::Tree(e) => format!("directory {}: {way}", e.live.display()),
+            Self::Image(e) => format!("image tag `{}`: {way}", e.reference),
+        }
     }
 }

@@ -8,7 +8,7 @@ use rustic_core::repofile::Node;
 use rustic_core::{LocalDestination, LsOptions, RestoreOptions};
 use serde::{Deserialize, Serialize};
 
-use super::restoring::{Applied, Indexed, SetContext, UndoContext};
+use super::restoring::{Applied, Indexed, JournalEntry, Recover, SetContext, UndoContext};
 use super::ComponentId;
 use crate::docker::StoppedContainers;
 use crate::error::{Error, Result};
@@ -83,10 +83,81 @@ pub fn sibling(p: &Path, suffix: &str) -> PathBuf {
     p.with_file_name(format!("{name}.{suffix}"))
 }
 
+/// A directory swap in the restore journal: the live path, the staging
+/// directory beside it (named after the journal), and the inodes that
+/// tell, after a crash, which of the two is where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// The live directory.
+    pub live: PathBuf,
+    /// `<live>.sb-restore-<journal id>`: the restored tree until the
+    /// swap, the original after it.
+    pub staging: PathBuf,
+    /// The inode of the live directory before the swap (none: there was
+    /// none, the restore creates it).
+    pub live_ino: Option<u64>,
+    /// The inode of the staging directory once created.
+    #[serde(default)]
+    pub staging_ino: Option<u64>,
+    /// Containers stopped for the swap (started again when resolved).
+    #[serde(default)]
+    pub containers: Vec<String>,
+}
+
+/// The inode at `p` itself (a symlink is not followed), if anything is there.
+fn ino(p: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).ok().map(|m| m.ino())
+}
+
+/// Whether `p` is a real directory (not a symlink to one).
+fn real_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir())
+}
+
+/// Leftovers of an interrupted run of an older version (or of a restore
+/// whose journal is gone) beside `live`: never deleted silently.
+pub fn refuse_leftovers(id: &ComponentId, live: &Path) -> Result<()> {
+    for suffix in ["sb-old", "sb-restore", "sb-failed"] {
+        let p = sibling(live, suffix);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Err(Error::Refused(format!(
+                "{id}: {} exists beside the live directory (left by an interrupted restore of an older version: it may be the only copy of the original); check it and remove or rename it; nothing was changed",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Exchanges the directory entries `a` and `b` (same parent) atomically
+/// (`renameat2(RENAME_EXCHANGE)`): both paths exist before and after.
+/// With `b` missing, `a` is renamed to `b` (`RENAME_NOREPLACE`). Symlinks
+/// are exchanged as entries, never followed.
+fn exchange(a: &Path, b: &Path, b_exists: bool) -> std::io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    let parent = a.parent().unwrap_or(Path::new("."));
+    let dir = std::fs::File::open(parent)?;
+    let (Some(na), Some(nb)) = (a.file_name(), b.file_name()) else {
+        return Err(std::io::Error::other("a path without a name"));
+    };
+    let flags = if b_exists {
+        RenameFlags::RENAME_EXCHANGE
+    } else {
+        RenameFlags::RENAME_NOREPLACE
+    };
+    renameat2(&dir, na, &dir, nb, flags).map_err(std::io::Error::from)
+}
+
 /// Restores the directory `set_path` of the set beside `live`, checks every
-/// restored file against its checksum, then swaps it in. The original is
-/// moved to `live.sb-old` and kept by the returned change; `users` (stopped
-/// containers) start again when the change is committed or undone.
+/// restored file against its checksum, then swaps it in with one
+/// `renameat2(RENAME_EXCHANGE)`: the live path always exists. The staging
+/// directory `<live>.sb-restore-<journal id>` is created exclusively
+/// (`mkdir`: a symlink or anything else planted there is refused, never
+/// followed) and, after the swap, holds the original until the commit
+/// removes it. The journal entry is written before each change. `users`
+/// (stopped containers) start again when the change is resumed, committed
+/// or undone.
 pub fn restore_tree(
     set: &SetContext,
     id: &ComponentId,
@@ -94,53 +165,77 @@ pub fn restore_tree(
     live: &Path,
     users: Option<StoppedContainers>,
 ) -> Result<Box<dyn Applied>> {
-    let staging = sibling(live, "sb-restore");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io("creating", &staging, e))?;
-    let node = set.node(id, set_path)?;
-    restore_node_into(set.repo, &node, &staging).map_err(|m| Error::component(id.as_str(), m))?;
+    refuse_leftovers(id, live)?;
+    let staging = sibling(live, &format!("sb-restore-{}", set.tag()));
+    let live_ino = ino(live);
+    let mut entry = TreeEntry {
+        live: live.to_path_buf(),
+        staging: staging.clone(),
+        live_ino,
+        staging_ino: None,
+        containers: users
+            .as_ref()
+            .map(|u| u.names().to_vec())
+            .unwrap_or_default(),
+    };
+    set.journal(id, JournalEntry::Tree(entry.clone()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| Error::io("creating (exclusively) the staging directory", &staging, e))?;
+    }
+    entry.staging_ino = ino(&staging);
+    set.journal(id, JournalEntry::Tree(entry.clone()))?;
+    let cleanup = |e: Error| {
+        if real_dir(&staging) && ino(&staging) == entry.staging_ino {
+            let _ = remove_tree(&staging);
+        }
+        e
+    };
+    let node = set.node(id, set_path).map_err(cleanup)?;
+    restore_node_into(set.repo, &node, &staging)
+        .map_err(|m| cleanup(Error::component(id.as_str(), m)))?;
     // The root directory's own mode and owner.
     use std::os::unix::fs::PermissionsExt;
     if let Some(mode) = node.meta.mode {
         let _ = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode & 0o7777));
     }
     if let (Some(uid), Some(gid)) = (node.meta.uid, node.meta.gid) {
-        let _ = std::os::unix::fs::chown(&staging, Some(uid), Some(gid));
+        let _ = std::os::unix::fs::lchown(&staging, Some(uid), Some(gid));
     }
     // Every restored file against its checksum before it replaces anything.
-    for (path, _) in set.files(id)? {
+    for (path, _) in set.files(id).map_err(cleanup)? {
         let rel = path.strip_prefix(&format!("{set_path}/")).unwrap_or(&path);
         let file = staging.join(rel);
         let (got, _) = std::fs::File::open(&file)
             .and_then(|mut f| crate::verify::sha256_of(&mut f))
-            .map_err(|e| Error::io("reading restored", &file, e))?;
+            .map_err(|e| cleanup(Error::io("reading restored", &file, e)))?;
         if set.checksums.get(&path) != Some(&got) {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(Error::Verification(format!(
+            return Err(cleanup(Error::Verification(format!(
                 "{id}: restored {path} does not match its checksum"
-            )));
+            ))));
         }
     }
-    let old = if live.exists() {
-        let old = sibling(live, "sb-old");
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(live, &old).map_err(|e| Error::io("moving aside", live, e))?;
-        Some(old)
-    } else {
-        None
-    };
-    std::fs::rename(&staging, live).map_err(|e| Error::io("moving into place", &staging, e))?;
-    Ok(Box::new(Swapped {
-        live: live.to_path_buf(),
-        old,
-        users,
-    }))
+    crate::system::fault::point("restore-tree-staged").map_err(cleanup)?;
+    // The staging directory is still the one made above (not replaced by
+    // something else while it was filled).
+    if ino(&staging) != entry.staging_ino || !real_dir(&staging) {
+        return Err(Error::Refused(format!(
+            "{id}: {} was replaced while it was filled; nothing was swapped",
+            staging.display()
+        )));
+    }
+    exchange(&staging, live, live_ino.is_some())
+        .map_err(|e| cleanup(Error::io("swapping in (renameat2)", live, e)))?;
+    crate::system::fault::point("restore-tree-swapped")?;
+    Ok(Box::new(Swapped { entry, users }))
 }
 
-/// A directory swapped in; the original moved to `old`.
+/// A directory swapped in; the original at the staging path.
 struct Swapped {
-    live: PathBuf,
-    old: Option<PathBuf>,
+    entry: TreeEntry,
     /// Containers stopped for the swap: started by `resume`, or when this
     /// is dropped after the commit or undo.
     users: Option<StoppedContainers>,
@@ -148,10 +243,8 @@ struct Swapped {
 
 impl Applied for Swapped {
     fn commit(self: Box<Self>) {
-        if let Some(old) = &self.old {
-            if let Err(e) = remove_tree(old) {
-                log::warn!("could not remove the old copy {}: {e}", old.display());
-            }
+        if let Err(e) = finish(&self.entry) {
+            log::warn!("{e}");
         }
     }
 
@@ -166,18 +259,86 @@ impl Applied for Swapped {
         if let Some(u) = &mut self.users {
             u.stop_again("docker")?;
         }
-        let failed = sibling(&self.live, "sb-failed");
-        let _ = std::fs::remove_dir_all(&failed);
-        if self.live.exists() {
-            std::fs::rename(&self.live, &failed)
-                .map_err(|e| Error::io("moving aside", &self.live, e))?;
-        }
-        if let Some(old) = &self.old {
-            std::fs::rename(old, &self.live).map_err(|e| Error::io("moving back", old, e))?;
-        }
-        let _ = std::fs::remove_dir_all(&failed);
-        Ok(())
+        abort(&self.entry).map(|_| ())
     }
+}
+
+/// Drops the original kept at the staging path (only when it is the
+/// original directory: its inode was recorded).
+fn finish(e: &TreeEntry) -> Result<String> {
+    let kept = ino(&e.staging);
+    if kept.is_some() && kept == e.live_ino && real_dir(&e.staging) {
+        remove_tree(&e.staging)
+            .map_err(|err| Error::io("removing the kept original", &e.staging, err))?;
+        return Ok(format!("{}: original removed", e.live.display()));
+    }
+    // Not swapped yet (a crash before the swap, resolved as finished only
+    // when the journal said so): the restored copy is dropped too.
+    if kept.is_some() && kept == e.staging_ino && real_dir(&e.staging) {
+        remove_tree(&e.staging).map_err(|err| Error::io("removing", &e.staging, err))?;
+    }
+    Ok(format!("{}: nothing kept", e.live.display()))
+}
+
+/// Puts the original back at the live path (exchanging again when the
+/// restored tree is there) and removes the staging directory; decided by
+/// the inodes at both paths, never by guessing.
+fn abort(e: &TreeEntry) -> Result<String> {
+    let (at_live, at_staging) = (ino(&e.live), ino(&e.staging));
+    let mut did = "nothing was swapped";
+    if e.staging_ino.is_some() && at_live == e.staging_ino {
+        match e.live_ino {
+            Some(orig) if at_staging == Some(orig) => {
+                exchange(&e.staging, &e.live, true)
+                    .map_err(|err| Error::io("swapping back (renameat2)", &e.live, err))?;
+                did = "swapped back";
+            }
+            // There was no original: the restored tree goes.
+            None => {
+                remove_tree(&e.live).map_err(|err| Error::io("removing", &e.live, err))?;
+                did = "restored directory removed (there was none before)";
+            }
+            Some(_) => {
+                return Err(Error::Refused(format!(
+                "{}: the restored tree is live but the original is not at {}; check both by hand",
+                e.live.display(),
+                e.staging.display()
+            )))
+            }
+        }
+    }
+    // Whatever is at the staging path now is the restored copy (or a
+    // partial one): ours only when it is a real directory with the inode
+    // recorded (or, when the crash came before the inode was recorded,
+    // the directory made under the journal's unique name).
+    let at_staging = ino(&e.staging);
+    if at_staging.is_some() && real_dir(&e.staging) && at_staging != e.live_ino {
+        if e.staging_ino.is_none() || at_staging == e.staging_ino {
+            remove_tree(&e.staging).map_err(|err| Error::io("removing", &e.staging, err))?;
+        } else {
+            log::warn!(
+                "{} is not the staging directory this restore made; left alone",
+                e.staging.display()
+            );
+        }
+    }
+    Ok(format!("{}: {did}", e.live.display()))
+}
+
+/// Resolves a journaled directory swap, then starts the containers it
+/// stopped.
+pub(crate) fn recover(e: &TreeEntry, to: Recover) -> Result<String> {
+    let line = match to {
+        Recover::Abort => abort(e)?,
+        Recover::Finish => finish(e)?,
+    };
+    if !e.containers.is_empty() {
+        let mut args = vec!["start".to_string()];
+        args.extend(e.containers.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::process::output("docker", "docker", &args)?;
+    }
+    Ok(line)
 }
 
 /// Removes the directory `dir` and everything in it, its top-level entries

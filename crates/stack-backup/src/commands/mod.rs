@@ -124,6 +124,14 @@ pub fn load_config_at(path: &Path, env: &Env) -> anyhow::Result<Config> {
     }
     let mut cfg = Config::load(path).map_err(Error::from)?;
     cfg.apply_env(env).map_err(Error::from)?;
+    // Every command says so while a restore is interrupted (restore and
+    // emergency then refuse, see restore::journal).
+    if let Ok(Some(r)) = stack_backup_core::restore::journal::find(&cfg) {
+        eprintln!(
+            "warning: {}",
+            stack_backup_core::restore::journal::interrupted(&r)
+        );
+    }
     Ok(cfg)
 }
 

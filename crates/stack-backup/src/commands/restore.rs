@@ -66,6 +66,9 @@ impl Steps for Printer<'_> {
 }
 
 pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    if args.resume || args.abort {
+        return resolve(cfg, args, env, out);
+    }
     let req = Request {
         name: args.name.clone(),
         only: args.only.clone(),
@@ -81,6 +84,87 @@ pub fn run(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow:
         }
         ask("restore replaces live data and needs confirmation: run it on a terminal, or pass --yes", "Type `yes` to restore: ", "yes")
     })
+}
+
+/// `restore --resume` / `--abort`: resolves the interrupted restore from
+/// its journal; a resume that had to roll back restores the set again
+/// (after the same confirmation as a restore).
+fn resolve(cfg: &Config, args: &RestoreArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    let how = if args.resume {
+        restore::Resolve::Resume
+    } else {
+        restore::Resolve::Abort
+    };
+    // A resume that will restore the set again asks first, before the
+    // rollback (never left half-way for want of a confirmation).
+    if how == restore::Resolve::Resume && !args.dry_run && !args.yes {
+        let open = restore::journal::find(cfg)?;
+        if open.is_some_and(|j| j.phase == restore::journal::Phase::Restoring) {
+            ask("resuming this restore rolls it back and restores the set again, which replaces live data: run it on a terminal, or pass --yes", "Type `yes` to resume: ", "yes")?;
+        }
+    }
+    let r = ctx(
+        restore::resolve(cfg, env, how, args.dry_run),
+        "resolving the interrupted restore",
+    )?;
+    let Some(j) = &r.journal else {
+        out.json(&serde_json::json!({"journal": null, "actions": [], "restore_again": null}));
+        out.say("no interrupted restore: nothing to resolve");
+        return Ok(ExitCode::Success);
+    };
+    if !out.json {
+        eprintln!(
+            "{} the interrupted restore of set `{}` (journal {}, phase {:?}):",
+            match (args.dry_run, how) {
+                (true, _) => "Would resolve",
+                (false, restore::Resolve::Abort) => "Rolled back",
+                (false, restore::Resolve::Resume) => "Resolved",
+            },
+            j.set,
+            j.id,
+            j.phase
+        );
+        for a in &r.actions {
+            eprintln!("  - {a}");
+        }
+    }
+    let Some(again) = &r.restore_again else {
+        out.json(&serde_json::json!({
+            "journal": j, "actions": r.actions, "restore_again": null, "dry_run": args.dry_run,
+        }));
+        out.say(if args.dry_run {
+            "dry run: nothing was changed"
+        } else if how == restore::Resolve::Abort {
+            "the stack is back to its state before the restore"
+        } else {
+            "the restore is finished"
+        });
+        return Ok(ExitCode::Success);
+    };
+    if args.dry_run {
+        out.json(&serde_json::json!({
+            "journal": j, "actions": r.actions, "restore_again": again, "dry_run": true,
+        }));
+        out.say(format!(
+            "dry run: nothing was changed; then set `{}` would be restored again",
+            again.set
+        ));
+        return Ok(ExitCode::Success);
+    }
+    if !out.json {
+        eprintln!(
+            "{} set `{}` ({}) again, from the start:",
+            if args.dry_run {
+                "Then it would restore"
+            } else {
+                "Restoring"
+            },
+            again.set,
+            &again.snapshot[..again.snapshot.len().min(8)]
+        );
+    }
+    // Confirmed above.
+    run_with(cfg, env, &again.request(), out, &|| Ok(()))
 }
 
 /// Asks on the terminal for `expected`; refuses without a terminal
@@ -110,6 +194,7 @@ pub fn run_with(
 ) -> anyhow::Result<ExitCode> {
     let args = req;
     let req = req.clone();
+    restore::journal::refuse_if_open(cfg)?;
     let plan = ctx(restore::plan(cfg, env, &req), "planning the restore")?;
     let set = &plan.set;
     if !out.json {

@@ -77,9 +77,15 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The restore journal's state directory: one per sandbox.
+        let state = dir.path().join("state").display().to_string();
         Self {
-            dir: tempfile::tempdir().expect("tempdir"),
-            env: vec![("STACK_BACKUP_PASSWORD".into(), PASSWORD.into())],
+            dir,
+            env: vec![
+                ("STACK_BACKUP_PASSWORD".into(), PASSWORD.into()),
+                ("STACK_BACKUP_STATE_DIR".into(), state),
+            ],
         }
     }
 

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine;
-use crate::components::restoring::{Applied, Lane, Restore, Restorer, SetContext, UndoContext};
+use crate::components::restoring::{
+    Applied, JournalEntry, Lane, Recover, Restore, Restorer, SetContext, UndoContext,
+};
 use crate::components::{
     wrong_record, Archived, BackupContext, ComponentId, DiskNeeds, Kind, Planned, Record,
     RestoreOptions, Stack,
@@ -177,6 +179,14 @@ impl Restorer for ImageRestorer {
 
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let old_id = engine::image_id(&self.reference).ok();
+        set.journal(
+            &self.id,
+            JournalEntry::Image(ImageEntry {
+                reference: self.reference.clone(),
+                old_id: old_id.clone(),
+                new_id: self.record.id.clone(),
+            }),
+        )?;
         if engine::image_id(&self.record.id).is_err() {
             let mut cmd = crate::process::command("docker");
             cmd.args(["load", "--quiet"]);
@@ -205,6 +215,40 @@ impl Restorer for ImageRestorer {
     }
 }
 
+/// An image tag in the restore journal: what it pointed at before.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// The tag.
+    pub reference: String,
+    /// Its image ID before the restore (none: it did not exist).
+    pub old_id: Option<String>,
+    /// The set's image ID.
+    pub new_id: String,
+}
+
+/// Resolves a journaled re-tag: an abort points the tag back at its old
+/// ID (or removes it when it did not exist and now names the set's image).
+pub fn recover(e: &ImageEntry, to: Recover) -> Result<String> {
+    if to == Recover::Finish {
+        return Ok(format!("{}: kept", e.reference));
+    }
+    let now = engine::image_id(&e.reference).ok();
+    match &e.old_id {
+        Some(old) if now.as_ref() != Some(old) => {
+            crate::process::output("docker", "docker", &["tag", old, &e.reference])?;
+            Ok(format!("{}: tagged {} again", e.reference, short(old)))
+        }
+        None if now.as_ref() == Some(&e.new_id) => {
+            crate::process::output("docker", "docker", &["image", "rm", &e.reference])?;
+            Ok(format!(
+                "{}: removed (it did not exist before)",
+                e.reference
+            ))
+        }
+        _ => Ok(format!("{}: as before", e.reference)),
+    }
+}
+
 /// An image loaded/tagged; `old_id` is what the tag pointed at before.
 struct Tagged {
     reference: String,
@@ -215,6 +259,9 @@ impl Applied for Tagged {
     fn commit(self: Box<Self>) {}
 
     fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
+        if engine::image_id(&self.reference).ok() == self.old_id {
+            return Ok(());
+        }
         match &self.old_id {
             Some(id) => crate::process::output("docker", "docker", &["tag", id, &self.reference])?,
             // It was not there before: take it away again.

@@ -6,5 +6,5 @@ mod image;
 mod volume;
 
 pub use engine::*;
-pub use image::{Image, ImageRecord, ImageRestorer};
+pub use image::{recover as recover_image, Image, ImageEntry, ImageRecord, ImageRestorer};
 pub use volume::{Volume, VolumeRestorer};

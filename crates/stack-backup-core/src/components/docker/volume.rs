@@ -153,6 +153,13 @@ impl Restorer for VolumeRestorer {
         Lane::Files
     }
 
+    fn preflight(&self, _set: &SetContext) -> Result<Option<String>> {
+        match engine::volume_mountpoint(&self.volume) {
+            Ok(m) => tree::refuse_leftovers(&self.id, std::path::Path::new(&m)).map(|()| None),
+            Err(_) => Ok(None),
+        }
+    }
+
     fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
         Ok(vec![(set.docker_root()?, self.record.bytes)])
     }

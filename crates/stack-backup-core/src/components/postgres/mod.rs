@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use restore::{PgRestorer, PgTarget};
+pub use restore::{recover, PgEntry, PgRestorer, PgTarget};
 pub use server::*;
 
 use super::restoring::Restore;

@@ -1,8 +1,9 @@
 //! Restoring a database, by the method its credentials allow
 //! ([`privileges::decide`]): `beside` creates it under a temporary name,
-//! fills it with `pg_restore --exit-on-error` and swaps it in by renames,
-//! keeping the original as `<db>__sb_old_<pid>` until the restore as a
-//! whole succeeded; `in-place` runs `pg_restore --clean --if-exists
+//! fills it with `pg_restore --exit-on-error` and swaps it in by two
+//! renames in one transaction (the live name always exists), keeping the
+//! original as `<db>__sb_old_<journal id>` until the restore as a whole
+//! succeeded; `in-place` runs `pg_restore --clean --if-exists
 //! --single-transaction` into the live database (all or nothing), and an
 //! undo restores the pre-restore set's dump the same way. Roles the dump
 //! needs and the server lacks are created first ([`roles`]); nothing else
@@ -10,13 +11,15 @@
 
 use std::sync::OnceLock;
 
+use serde::{Deserialize, Serialize};
+
 use super::privileges::{self, Decision, Method, Via};
 use super::{admin_config, client_config, component, connect, locks, roles};
 use super::{
     migration_state_now, quote_ident, row_counts, server_version, PostgresRecord, ToolRun,
 };
 use crate::components::restoring::{
-    Applied, Lane, MigrationReport, Restorer, SetContext, UndoContext,
+    Applied, JournalEntry, Lane, MigrationReport, Recover, Restorer, SetContext, UndoContext,
 };
 use crate::components::{ComponentId, DiskNeeds, Record};
 use crate::config::PostgresConfig;
@@ -189,6 +192,21 @@ impl Restorer for PgRestorer {
 
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let d = self.decision()?.clone();
+        let live = &self.target.database;
+        let base = &live[..live.len().min(40)];
+        let tag = set.tag();
+        let mut entry = PgEntry {
+            key: self.target.key.clone(),
+            database: live.clone(),
+            in_place: d.method == Method::InPlace,
+            admin: d.method == Method::Beside(Via::Admin),
+            tmp: format!("{base}__sb_restore_{tag}"),
+            old: format!("{base}__sb_old_{tag}"),
+            had_live: true,
+            roles: d.create_roles.clone(),
+            roles_admin: d.roles_via == Via::Admin,
+        };
+        set.journal(&self.id, JournalEntry::Postgres(entry.clone()))?;
         let created = create_roles(
             set,
             &self.id,
@@ -198,7 +216,9 @@ impl Restorer for PgRestorer {
             self.role_passwords,
         )?;
         let restored = match d.method {
-            Method::Beside(via) => restore_beside(set, &self.id, &self.record, &self.target, via),
+            Method::Beside(via) => {
+                restore_beside(set, &self.id, &self.record, &self.target, via, &mut entry)
+            }
             Method::InPlace => {
                 restore_in_place(set, &self.id, &self.record, &self.target).map(|()| None)
             }
@@ -209,6 +229,7 @@ impl Restorer for PgRestorer {
                 target: self.target.clone(),
                 method: d.method,
                 old,
+                tmp: entry.tmp,
                 created_roles: created,
                 roles_via: d.roles_via,
             })),
@@ -359,22 +380,23 @@ fn create_roles(
 /// A roles file larger than this is not read (it is input).
 const MAX_GLOBALS: u64 = 64 << 20;
 
-/// Restores beside the live database, then swaps it in.
+/// Restores beside the live database under `entry.tmp`, then swaps it
+/// in: `BEGIN; ALTER live RENAME TO old; ALTER tmp RENAME TO live;
+/// COMMIT`, so that a crash leaves either both names as they were or both
+/// swapped. Returns the name of the kept original.
 fn restore_beside(
     set: &SetContext,
     id: &ComponentId,
     p: &PostgresRecord,
     target: &PgTarget,
     via: Via,
+    entry: &mut PgEntry,
 ) -> Result<Option<String>> {
     let key = target.key.as_str();
     let live = target.database.clone();
     let mut admin = target.connect(via, "postgres")?;
     let server = server_version(key, &mut admin)?;
-    let tag = std::process::id();
-    let base = &live[..live.len().min(40)];
-    let tmp = format!("{base}__sb_restore_{tag}");
-    let old = format!("{base}__sb_old_{tag}");
+    let (tmp, old) = (entry.tmp.clone(), entry.old.clone());
     let owner: Option<String> = admin
         .query_opt(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
@@ -382,6 +404,8 @@ fn restore_beside(
         )
         .map_err(|e| Error::component(id.as_str(), format!("reading the owner of {live}: {e}")))?
         .map(|r| r.get(0));
+    entry.had_live = owner.is_some();
+    set.journal(id, JournalEntry::Postgres(entry.clone()))?;
     exec(
         &mut admin,
         &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
@@ -400,32 +424,30 @@ fn restore_beside(
     let dbarg = format!("--dbname={tmp}");
     cmd.args(tool.args(&["--exit-on-error", "--no-password", &dbarg]))
         .envs(tool.env.iter().map(|(k, v)| (k, v)));
-    if let Err(e) = set.pipe_into(id, &p.dump, cmd, "pg_restore") {
+    let drop_tmp = |admin: &mut ::postgres::Client| {
         let _ = exec(
-            &mut admin,
+            admin,
             &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
         );
+    };
+    if let Err(e) = set.pipe_into(id, &p.dump, cmd, "pg_restore") {
+        drop_tmp(&mut admin);
         return Err(e);
     }
+    crate::system::fault::point("restore-postgres-beside")?;
     // Swap: nobody may be connected to either database.
     let timeout = target.server.lock_timeout();
-    let old = if owner.is_some() {
-        rename(&mut admin, key, &live, &old, timeout)?;
-        Some(old)
+    let swapped = if owner.is_some() {
+        swap_names(&mut admin, key, &[(&live, &old), (&tmp, &live)], timeout).map(|()| Some(old))
     } else {
-        None
+        swap_names(&mut admin, key, &[(&tmp, &live)], timeout).map(|()| None)
     };
-    if let Err(e) = rename(&mut admin, key, &tmp, &live, timeout) {
-        if let Some(old) = &old {
-            let _ = rename(&mut admin, key, old, &live, timeout);
-        }
-        let _ = exec(
-            &mut admin,
-            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
-        );
-        return Err(e);
+    if swapped.is_err() {
+        drop_tmp(&mut admin);
     }
-    Ok(old)
+    let kept = swapped?;
+    crate::system::fault::point("restore-postgres-swapped")?;
+    Ok(kept)
 }
 
 /// `pg_restore --clean --if-exists --single-transaction` into the live
@@ -546,46 +568,218 @@ fn drop_extra_tables(
     Ok(extra)
 }
 
-/// Renames database `from` to `to`, ending the sessions on `from` first
-/// (the ones the role may end); retried while sessions reconnect, up to
-/// the lock timeout, then refused naming who is still connected.
-fn rename(
+/// Renames databases `from` to `to`, in order, in one transaction,
+/// ending the sessions on each `from` first (the ones the role may end);
+/// retried while sessions reconnect, up to the lock timeout, then refused
+/// naming who is still connected. Either every rename happened or none.
+fn swap_names(
     c: &mut ::postgres::Client,
     key: &str,
-    from: &str,
-    to: &str,
+    renames: &[(&str, &str)],
     timeout: std::time::Duration,
 ) -> Result<()> {
-    let sql = format!(
-        "ALTER DATABASE {} RENAME TO {}",
-        quote_ident(from),
-        quote_ident(to)
-    );
+    let statements: Vec<String> = renames
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(from),
+                quote_ident(to)
+            )
+        })
+        .collect();
+    let sql = format!("BEGIN; {}; COMMIT", statements.join("; "));
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        locks::terminate_sessions(c, from)?;
-        match c.batch_execute(&sql) {
-            Ok(()) => return Ok(()),
-            Err(e)
-                if e.code() == Some(&::postgres::error::SqlState::OBJECT_IN_USE)
-                    && std::time::Instant::now() < deadline =>
-            {
+        for (from, _) in renames {
+            locks::terminate_sessions(c, from)?;
+        }
+        let Err(e) = c.batch_execute(&sql) else {
+            return Ok(());
+        };
+        // The failed statement left the transaction aborted.
+        let _ = c.batch_execute("ROLLBACK");
+        if e.code() == Some(&::postgres::error::SqlState::OBJECT_IN_USE) {
+            if std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(200));
+                continue;
             }
-            Err(e) if e.code() == Some(&::postgres::error::SqlState::OBJECT_IN_USE) => {
-                let who = locks::sessions(c, from);
-                return Err(locks::timed_out(&component(key), from, timeout, &who));
+            let mut who = Vec::new();
+            for (from, _) in renames {
+                who.extend(locks::sessions(c, from));
             }
-            Err(e) => {
-                let detail = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+            return Err(locks::timed_out(
+                &component(key),
+                renames[0].0,
+                timeout,
+                &who,
+            ));
+        }
+        let detail =
+            std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+        return Err(Error::component(
+            component(key),
+            format!("`{sql}` failed: {detail}"),
+        ));
+    }
+}
+
+/// A database's restore in the journal: its target, the temporary and
+/// kept names, and the roles the restore may create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PgEntry {
+    /// The `[postgres.NAME]` key.
+    pub key: String,
+    /// The live database.
+    pub database: String,
+    /// Restored in place (undone from the pre-restore set's dump).
+    pub in_place: bool,
+    /// Beside, through `admin-url`.
+    pub admin: bool,
+    /// The database restored beside (`<db>__sb_restore_<journal id>`).
+    pub tmp: String,
+    /// The original, once swapped (`<db>__sb_old_<journal id>`).
+    pub old: String,
+    /// Whether the live database existed before.
+    pub had_live: bool,
+    /// Roles the restore creates (they did not exist).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Created through `admin-url`.
+    #[serde(default)]
+    pub roles_admin: bool,
+}
+
+fn via(admin: bool) -> Via {
+    if admin {
+        Via::Admin
+    } else {
+        Via::Role
+    }
+}
+
+/// Ends the statements still running on the server that name one of
+/// `names` (a killed run's `CREATE DATABASE` completes on the server after
+/// the client died, and would bring a dropped temporary back), and waits
+/// until they are gone (up to 30 s).
+fn end_statements_naming(c: &mut ::postgres::Client, key: &str, names: &[&str]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for name in names {
+        loop {
+            let rows = c
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND state <> 'idle' \
+                     AND position($1 in query) > 0",
+                    &[name],
+                )
+                .map_err(|e| {
+                    Error::component(
+                        component(key),
+                        format!("ending statements on `{name}`: {e}"),
+                    )
+                })?;
+            if rows.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
                 return Err(Error::component(
                     component(key),
-                    format!("`{sql}` failed: {detail}"),
+                    format!("statements of the interrupted restore naming `{name}` do not end"),
                 ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Whether database `name` exists.
+fn exists(c: &mut ::postgres::Client, key: &str, name: &str) -> Result<bool> {
+    c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .map(|r| r.is_some())
+        .map_err(|e| Error::component(component(key), format!("listing databases: {e}")))
+}
+
+/// Resolves a journaled database restore from what exists now: beside, an
+/// existing `old` means the swap happened (one transaction: both names or
+/// neither), and an abort swaps back in one transaction; in place, an
+/// abort restores the pre-restore set's dump in place (atomic, and
+/// harmless when nothing had changed). Temporaries are dropped.
+pub fn recover(e: &PgEntry, id: &ComponentId, to: Recover, undo: &UndoContext) -> Result<String> {
+    let server = undo
+        .cfg
+        .postgres
+        .get(&e.key)
+        .ok_or_else(|| Error::component(id.as_str(), "no longer in the config"))?;
+    let target = PgTarget {
+        key: e.key.clone(),
+        server: server.clone(),
+        database: e.database.clone(),
+    };
+    let key = e.key.as_str();
+    let timeout = server.lock_timeout();
+    let drop_db = |c: &mut ::postgres::Client, name: &str| -> Result<()> {
+        locks::terminate_sessions(c, name)?;
+        exec(c, &format!("DROP DATABASE IF EXISTS {}", quote_ident(name)))
+    };
+    let mut line = format!("{id}: ");
+    if e.in_place {
+        if to == Recover::Abort {
+            let pre = undo.pre_restore()?.ok_or_else(|| {
+                Error::component(
+                    id.as_str(),
+                    "no pre-restore set to put the database back from",
+                )
+            })?;
+            let Some(Record::Postgres(before)) = pre.manifest.components.get(id) else {
+                return Err(Error::component(
+                    id.as_str(),
+                    "the pre-restore set has no dump of the database",
+                ));
+            };
+            restore_in_place(&pre.context(undo.cfg), id, before, &target)?;
+            line.push_str("the pre-restore dump restored in place");
+        } else {
+            line.push_str("restored in place, nothing kept");
+        }
+    } else {
+        let mut c = target.connect(via(e.admin), "postgres")?;
+        end_statements_naming(&mut c, key, &[&e.tmp, &e.old])?;
+        match to {
+            Recover::Abort => {
+                if exists(&mut c, key, &e.old)? {
+                    swap_names(
+                        &mut c,
+                        key,
+                        &[(&e.database, &e.tmp), (&e.old, &e.database)],
+                        timeout,
+                    )?;
+                    line.push_str("swapped back");
+                } else if !e.had_live
+                    && !exists(&mut c, key, &e.tmp)?
+                    && exists(&mut c, key, &e.database)?
+                {
+                    // There was no database: the restored one goes.
+                    drop_db(&mut c, &e.database)?;
+                    line.push_str("restored database dropped (there was none before)");
+                } else {
+                    line.push_str("nothing was swapped");
+                }
+                drop_db(&mut c, &e.tmp)?;
+            }
+            Recover::Finish => {
+                drop_db(&mut c, &e.old)?;
+                drop_db(&mut c, &e.tmp)?;
+                line.push_str("original dropped");
             }
         }
     }
+    if to == Recover::Abort && !e.roles.is_empty() {
+        let mut c = target.connect(via(e.roles_admin), "postgres")?;
+        roles::drop_roles(&mut c, &e.roles);
+    }
+    Ok(line)
 }
 
 /// What a restore of one database changed: swapped in beside (the
@@ -596,6 +790,7 @@ struct Restored {
     target: PgTarget,
     method: Method,
     old: Option<String>,
+    tmp: String,
     created_roles: Vec<String>,
     roles_via: Via,
 }
@@ -631,23 +826,25 @@ impl Applied for Restored {
 }
 
 impl Restored {
+    /// Back in one transaction: the restored database takes the temporary
+    /// name again, the original its own; then the restored one is dropped.
     fn undo_beside(&self, via: Via) -> Result<()> {
         let key = self.target.key.as_str();
         let live = &self.target.database;
         let timeout = self.target.server.lock_timeout();
         let mut admin = self.target.connect(via, "postgres")?;
-        let failed = format!("{}__sb_failed", &live[..live.len().min(40)]);
         exec(
             &mut admin,
-            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&failed)),
+            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&self.tmp)),
         )?;
-        rename(&mut admin, key, live, &failed, timeout)?;
-        if let Some(old) = &self.old {
-            rename(&mut admin, key, old, live, timeout)?;
+        match &self.old {
+            Some(old) => swap_names(&mut admin, key, &[(live, &self.tmp), (old, live)], timeout)?,
+            None => swap_names(&mut admin, key, &[(live, &self.tmp)], timeout)?,
         }
+        locks::terminate_sessions(&mut admin, &self.tmp)?;
         exec(
             &mut admin,
-            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&failed)),
+            &format!("DROP DATABASE IF EXISTS {}", quote_ident(&self.tmp)),
         )?;
         Ok(())
     }

@@ -10,7 +10,7 @@ mod temp_server;
 
 use serde::{Deserialize, Serialize};
 
-pub use restore::{FlushRestorer, RedisRestorer};
+pub use restore::{recover, FlushRestorer, RedisEntry, RedisRestorer};
 pub use server::*;
 
 use super::restoring::{Restore, Restorer};

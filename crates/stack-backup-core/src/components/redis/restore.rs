@@ -22,9 +22,11 @@
 //! Until the restore as a whole ends, the original is kept there:
 //! [`Applied::undo`] swaps back (exact and instant, whatever happened
 //! since to other databases) and flushes the restored keys;
-//! [`Applied::commit`] flushes the original (`FLUSHDB ASYNC`). A run
-//! killed between the swap and either leaves the original in the scratch
-//! database (logged at the swap, `-v`).
+//! [`Applied::commit`] flushes the original (`FLUSHDB ASYNC`). A marker
+//! key written into the scratch database before the copy travels with the
+//! restored keys until then: after a crash, the database it is in tells
+//! whether the swap happened, and [`recover`] (restore `--abort` /
+//! `--resume`) swaps back or flushes from that, never by guessing.
 //!
 //! Durability is Redis's own: the restored keys are in memory and in
 //! whatever the instance's next save or AOF write carries; nothing of the
@@ -44,14 +46,17 @@
 //! older than the host's refuses newer payloads: the restore then fails
 //! before the swap and changes nothing).
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::copy::{copy, Copied};
-use super::temp_server::{remove_leftovers, TempServer};
+use super::temp_server::{end_recorded, remove_leftovers, TempServer};
 use super::{connect, dbsize, info_field, query, RedisRecord};
 use crate::components::restoring::{
-    Applied, Lane, Nothing, Restorer, SetContext, Stage, UndoContext,
+    Applied, JournalEntry, Lane, Nothing, Recover, Restorer, SetContext, Stage, UndoContext,
 };
 use crate::components::{ComponentId, DiskNeeds};
 use crate::config::{Config, RedisConfig};
@@ -209,14 +214,28 @@ impl Restorer for RedisRestorer {
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let (source, target) = self.dbs()?;
         remove_leftovers();
+        let mut entry = RedisEntry {
+            key: self.id.name().to_string(),
+            db: target,
+            scratch: None,
+            marker: format!("{MARKER_PREFIX}{}", set.tag()),
+            server_pid: None,
+            server_dir: None,
+        };
+        set.journal(&self.id, JournalEntry::Redis(entry.clone()))?;
         // Started, used and dropped on this thread (see TempServer).
         let server = TempServer::start(set, &self.id, &self.record.rdb, source)?;
+        entry.server_pid = Some(server.pid());
+        entry.server_dir = Some(server.dir().to_path_buf());
+        set.journal(&self.id, JournalEntry::Redis(entry.clone()))?;
         crate::system::fault::point("redis-temp-server-up")?;
         let mut src = server
             .connect(source)
             .map_err(|e| self.fail(format!("the temporary redis-server: {e}")))?;
         let mut live = connect(self.id.name(), &self.target)?;
         let scratch = self.check_instance(&mut live)?;
+        entry.scratch = Some(scratch);
+        set.journal(&self.id, JournalEntry::Redis(entry.clone()))?;
         let mut dst = connect(self.id.name(), &self.target)?;
         query::<()>(
             self.id.name(),
@@ -228,10 +247,21 @@ impl Restorer for RedisRestorer {
             let _ = redis::cmd("FLUSHDB").query::<()>(dst);
             e
         };
+        // The marker travels with the restored keys: where it is tells,
+        // after a crash, whether the swap happened.
+        query::<()>(
+            self.id.name(),
+            &mut dst,
+            redis::cmd("SET").arg(&entry.marker).arg(1),
+            "SET (the restore's marker)",
+        )
+        .map_err(|e| flush_scratch(&mut dst, e))?;
         let copied =
             copy(&mut src, &mut dst, &|m| self.fail(m)).map_err(|e| flush_scratch(&mut dst, e))?;
         drop(server);
-        let n = dbsize(self.id.name(), &mut dst).map_err(|e| flush_scratch(&mut dst, e))?;
+        let n = dbsize(self.id.name(), &mut dst)
+            .map_err(|e| flush_scratch(&mut dst, e))?
+            .saturating_sub(1);
         let want = copied.expected(Instant::now());
         if !want.admits(n) {
             return Err(flush_scratch(
@@ -242,6 +272,7 @@ impl Restorer for RedisRestorer {
                 )),
             ));
         }
+        crate::system::fault::point("redis-copied")?;
         log::info!(
             "{}: {} keys copied in {:.1?}; swapping database {target} with {scratch}: until the restore ends, the original keys of database {target} are in database {scratch}",
             self.id,
@@ -261,32 +292,40 @@ impl Restorer for RedisRestorer {
                     self.fail(format!("SWAPDB failed: {e}; nothing was changed")),
                 ));
             }
-            // The link broke: the swap may or may not have happened, and
-            // either database may hold the original; leave both.
+            // The link broke: the swap may or may not have happened; the
+            // marker tells (`restore --abort` looks).
             Err(e) => {
                 return Err(self.fail(format!(
-                    "SWAPDB {target} {scratch} got no answer ({e}): database {target} holds either the original or the restored keys, database {scratch} the other; check and FLUSHDB the restored one by hand"
+                    "SWAPDB {target} {scratch} got no answer ({e}): the restore journal's marker key `{}` tells which database holds the restored keys",
+                    entry.marker
                 )));
             }
         }
+        crate::system::fault::point("redis-swapped")?;
         *self.copied.lock().expect("copied") = Some(copied);
         Ok(Box::new(Swapped {
             id: self.id.clone(),
             target: self.target.clone(),
-            db: target,
-            scratch,
+            entry,
         }))
     }
 
     /// The keys that should still exist now: those copied without a TTL,
     /// and those whose TTL has not run out (a range for keys right at
     /// their deadline). Keys gone since the backup are reported.
-    fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
+    fn post_check(&self, set: &SetContext) -> Result<Option<String>> {
         let Some(copied) = self.copied.lock().expect("copied").clone() else {
             return Ok(None);
         };
         let mut conn = connect(self.id.name(), &self.target)?;
-        let n = dbsize(self.id.name(), &mut conn)?;
+        let marker = format!("{MARKER_PREFIX}{}", set.tag());
+        let marked: bool = query(
+            self.id.name(),
+            &mut conn,
+            redis::cmd("EXISTS").arg(&marker),
+            "EXISTS",
+        )?;
+        let n = dbsize(self.id.name(), &mut conn)?.saturating_sub(u64::from(marked));
         let want = copied.expected(Instant::now());
         if !want.admits(n) {
             return Err(Error::Verification(format!(
@@ -313,52 +352,118 @@ impl Restorer for RedisRestorer {
     }
 }
 
-/// The configured database after a swap: the restored keys in `db`, the
-/// original ones in `scratch`.
+/// The prefix of the marker key a restore writes beside the restored
+/// keys; the journal's id follows.
+const MARKER_PREFIX: &str = "__stack-backup:restore:";
+
+/// A Redis restore in the journal: the configured and the scratch
+/// database, the marker key that travels with the restored keys, and the
+/// temporary server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisEntry {
+    /// The `[redis.NAME]` key.
+    pub key: String,
+    /// The configured database.
+    pub db: i64,
+    /// The scratch database, once picked.
+    pub scratch: Option<i64>,
+    /// The marker key (in the restored keys until the restore ends).
+    pub marker: String,
+    /// The temporary server's pid.
+    pub server_pid: Option<u32>,
+    /// Its private directory.
+    pub server_dir: Option<PathBuf>,
+}
+
+/// Whether `marker` exists in database `db`.
+fn marked(name: &str, conn: &mut redis::Connection, db: i64, marker: &str) -> Result<bool> {
+    query::<()>(name, conn, redis::cmd("SELECT").arg(db), "SELECT")?;
+    query(name, conn, redis::cmd("EXISTS").arg(marker), "EXISTS")
+}
+
+/// Resolves a journaled Redis restore from where the marker is: in the
+/// configured database, the swap happened (an abort swaps back; a finish
+/// flushes the original and deletes the marker); in the scratch database,
+/// it did not (the scratch is flushed). Nowhere: nothing left to do.
+/// The temporary server, if it still runs, is ended first.
+pub fn recover(e: &RedisEntry, id: &ComponentId, to: Recover, cfg: &Config) -> Result<String> {
+    if let (Some(pid), Some(dir)) = (e.server_pid, &e.server_dir) {
+        end_recorded(pid, dir);
+    }
+    if e.scratch.is_none() {
+        return Ok(format!("{id}: nothing was copied"));
+    }
+    resolve(e, id, to, super::configured(cfg, id)?)
+}
+
+fn resolve(e: &RedisEntry, id: &ComponentId, to: Recover, target: &RedisConfig) -> Result<String> {
+    let Some(scratch) = e.scratch else {
+        return Ok(format!("{id}: nothing was copied"));
+    };
+    let name = e.key.as_str();
+    let mut conn = connect(name, target)?;
+    let flush = |conn: &mut redis::Connection, async_: bool| -> Result<()> {
+        query::<()>(name, conn, redis::cmd("SELECT").arg(scratch), "SELECT")?;
+        let mut f = redis::cmd("FLUSHDB");
+        if async_ {
+            f.arg("ASYNC");
+        }
+        query(name, conn, &f, "FLUSHDB")
+    };
+    let swapped = marked(name, &mut conn, e.db, &e.marker)?;
+    let line = match (to, swapped) {
+        (Recover::Abort, true) => {
+            query::<()>(
+                name,
+                &mut conn,
+                redis::cmd("SWAPDB").arg(e.db).arg(scratch),
+                "SWAPDB",
+            )?;
+            flush(&mut conn, false)?;
+            "swapped back"
+        }
+        (Recover::Finish, true) => {
+            flush(&mut conn, true)?;
+            query::<()>(name, &mut conn, redis::cmd("SELECT").arg(e.db), "SELECT")?;
+            query::<()>(name, &mut conn, redis::cmd("DEL").arg(&e.marker), "DEL")?;
+            "original dropped"
+        }
+        (_, false) => {
+            if marked(name, &mut conn, scratch, &e.marker)? {
+                flush(&mut conn, false)?;
+                "not swapped; the copy dropped"
+            } else {
+                "nothing left"
+            }
+        }
+    };
+    Ok(format!("{id}: database {}: {line}", e.db))
+}
+
+/// The configured database after a swap: the restored keys (and the
+/// marker) in `db`, the original ones in `scratch`.
 struct Swapped {
     id: ComponentId,
     target: RedisConfig,
-    db: i64,
-    scratch: i64,
-}
-
-impl Swapped {
-    fn flush_scratch(&self, conn: &mut redis::Connection, mode: Option<&str>) -> Result<()> {
-        let name = self.id.name();
-        query::<()>(name, conn, redis::cmd("SELECT").arg(self.scratch), "SELECT")?;
-        let mut flush = redis::cmd("FLUSHDB");
-        if let Some(m) = mode {
-            flush.arg(m);
-        }
-        query::<()>(name, conn, &flush, "FLUSHDB")
-    }
+    entry: RedisEntry,
 }
 
 impl Applied for Swapped {
-    /// Drops the original keys (freed in the background).
+    /// Drops the original keys (freed in the background) and the marker.
     fn commit(self: Box<Self>) {
-        let dropped = connect(self.id.name(), &self.target)
-            .and_then(|mut conn| self.flush_scratch(&mut conn, Some("ASYNC")));
-        if let Err(e) = dropped {
+        if let Err(e) = resolve(&self.entry, &self.id, Recover::Finish, &self.target) {
             log::warn!(
-                "{}: the original keys of database {} are still in database {}: {e}; FLUSHDB it by hand",
+                "{}: the original keys of database {} may still be in database {:?}: {e}",
                 self.id,
-                self.db,
-                self.scratch
+                self.entry.db,
+                self.entry.scratch
             );
         }
     }
 
     /// Swaps the original keys back, then drops the restored ones.
     fn undo(self: Box<Self>, _undo: &UndoContext) -> Result<()> {
-        let mut conn = connect(self.id.name(), &self.target)?;
-        query::<()>(
-            self.id.name(),
-            &mut conn,
-            redis::cmd("SWAPDB").arg(self.db).arg(self.scratch),
-            "SWAPDB",
-        )?;
-        self.flush_scratch(&mut conn, None)
+        resolve(&self.entry, &self.id, Recover::Abort, &self.target).map(|_| ())
     }
 }
 

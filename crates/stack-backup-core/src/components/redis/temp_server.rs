@@ -82,6 +82,16 @@ impl TempServer {
         Ok(server)
     }
 
+    /// The server's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its private directory (socket, RDB copy, log).
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
     /// A connection to database `db`.
     pub(super) fn connect(&self, db: i64) -> redis::RedisResult<redis::Connection> {
         let info = redis::ConnectionInfo {
@@ -264,5 +274,37 @@ fn remove(dir: &Path) {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => log::info!("removed {} (left by a killed restore)", dir.display()),
         Err(e) => log::debug!("could not remove {}: {e}", dir.display()),
+    }
+}
+
+/// Ends the temporary server `pid` of a killed run and removes its
+/// directory `dir`, after checking that `pid` is that server (its command
+/// line names `redis-server` and the directory: a reused pid is left
+/// alone). Normally the kernel has killed it already (`PR_SET_PDEATHSIG`).
+pub(super) fn end_recorded(pid: u32, dir: &Path) {
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let c = String::from_utf8_lossy(&c);
+        let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+        c.contains("redis-server") && name.is_some_and(|n| c.contains(&n))
+    });
+    if ours {
+        if let Ok(p) = i32::try_from(pid) {
+            let pid = nix::unistd::Pid::from_raw(p);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            for _ in 0..50 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let in_tmp = dir.parent() == Some(std::env::temp_dir().as_path())
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+    if in_tmp && std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        remove(dir);
     }
 }

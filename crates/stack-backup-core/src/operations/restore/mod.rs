@@ -20,7 +20,14 @@
 //! [`execute`] runs the [`Plan`] the user was shown: the set is pinned by
 //! its snapshot id, and a set taken after the plan (a newer `latest`) is
 //! never restored in its place.
+//!
+//! From step 5 on, every change is recorded first in the restore
+//! [`journal`] (fsynced), so that a run killed at any moment is resolved by
+//! the next one: [`resolve`] rolls it back (`restore --abort`) or finishes
+//! it (`restore --resume`), and nothing else restores while it is open.
+//! See `docs/decisions/0013-journaled-restore.md`.
 
+pub mod journal;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -31,8 +38,10 @@ use serde::Serialize;
 
 pub use plan::{plan, Plan, Target};
 
-use crate::components::restoring::{Applied, Lane, PreRestore, SetContext, Stage, UndoContext};
-use crate::components::{Restorer, Stack};
+use crate::components::restoring::{
+    Applied, Lane, PreRestore, Recover, SetContext, Stage, UndoContext,
+};
+use crate::components::{ComponentId, Restorer, Stack};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::lock::{Mode, RepoLock};
@@ -122,6 +131,10 @@ fn step(steps: &dyn Steps, n: usize, f: impl FnOnce() -> Result<String>) -> Resu
 /// found again by its snapshot id, never by name).
 pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result<Outcome> {
     let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup restore")?;
+    journal::refuse_if_open(cfg)?;
+    if !plan.request.dry_run {
+        journal::ensure_state_dir(cfg)?;
+    }
     pinned(cfg, &plan)?;
     let set = SetContext::new(&plan.repo, cfg, &plan.snap, &plan.manifest, &plan.checksums);
     let req = &plan.request;
@@ -152,9 +165,32 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
         pre_name = name;
         Ok(detail)
     })?;
+    // Before anything changes: the journal, with the pre-restore set that
+    // an abort may need.
+    let jnl = journal::Journal::create(
+        cfg,
+        &plan.set.name,
+        &plan.snap.id.to_string(),
+        journal::Requested {
+            only: req.only.clone(),
+            flush_redis: req.flush_redis,
+            allow_migration_mismatch: req.allow_migration_mismatch,
+            restore_role_passwords: req.restore_role_passwords,
+        },
+        pre_name.clone(),
+    )?;
+    crate::system::fault::point("restore-journal-written")?;
+    let set = set.with_journal(&jnl);
     let load_pre = || load_pre_restore(cfg, env, pre_name.as_deref());
     let undo = UndoContext::new(cfg, &load_pre);
-    apply(&set, &plan.restorers, steps, &undo, pre_name.as_deref())?;
+    apply(
+        &set,
+        &plan.restorers,
+        steps,
+        &undo,
+        pre_name.as_deref(),
+        &jnl,
+    )?;
     Ok(Outcome {
         set: plan.set.clone(),
         pre_restore: pre_name.clone(),
@@ -180,73 +216,259 @@ fn pinned(cfg: &Config, plan: &Plan) -> Result<()> {
     )))
 }
 
-/// Steps 5 to 7, and what follows: on success the kept originals are
-/// dropped, on failure every change is undone in reverse order.
+/// Steps 5 to 7, and what follows: on success the journal goes to
+/// `committing` and the kept originals are dropped; on failure every
+/// change is undone in reverse order, then whatever the journal still
+/// holds (a component that failed half-way) is rolled back from it. The
+/// journal is closed only when everything was resolved.
 fn apply(
     set: &SetContext,
     restorers: &[Box<dyn Restorer>],
     steps: &dyn Steps,
     undo: &UndoContext,
     pre_name: Option<&str>,
+    jnl: &journal::Journal,
 ) -> Result<()> {
-    let mut done: Vec<Box<dyn Applied>> = Vec::new();
+    let mut done: Vec<(ComponentId, Box<dyn Applied>)> = Vec::new();
     let result = (|| -> Result<()> {
         step(steps, 5, || {
             let wanted: Vec<&dyn Restorer> = staged(restorers, Stage::Restore);
             // Keep every change that was applied (to undo it), in plan
             // order; report the first failure.
             let mut first_err = None;
-            for r in restore_concurrently(set, &wanted) {
+            for (r, w) in restore_concurrently(set, &wanted).into_iter().zip(&wanted) {
                 match r {
-                    Ok(a) => done.push(a),
+                    Ok(a) => done.push((w.id().clone(), a)),
                     Err(e) => {
+                        // A restorer that returns an error has left its
+                        // target untouched (the `Restorer` contract): its
+                        // entry is done with. One killed half-way never
+                        // returns, and its entry stays for resolution.
+                        if let Err(je) = jnl.forget(w.id().as_str()) {
+                            log::warn!("{je}");
+                        }
                         first_err.get_or_insert(e);
                     }
                 }
             }
             first_err.map_or_else(|| Ok(format!("{} component(s) restored", done.len())), Err)
         })?;
+        crate::system::fault::point("restore-applied")?;
         let flush = staged(restorers, Stage::Flush);
         if flush.is_empty() {
             steps.step(6, STEPS[5], StepState::Skipped, "not asked (--flush-redis)");
         } else {
             step(steps, 6, || {
                 for r in &flush {
-                    done.push(r.restore(set)?);
+                    done.push((r.id().clone(), r.restore(set)?));
                 }
                 let ids: Vec<String> = flush.iter().map(|r| r.id().to_string()).collect();
                 Ok(format!("flushed {}", ids.join(", ")))
             })?;
         }
-        step(steps, 7, || post_verify(set, restorers, &mut done))
+        step(steps, 7, || post_verify(set, restorers, &mut done))?;
+        crate::system::fault::point("restore-verified")
     })();
     let Err(e) = result else {
+        jnl.set_phase(journal::Phase::Committing)?;
+        crate::system::fault::point("restore-committing")?;
         // Dropping the originals: side by side (a database and a large
         // directory take their time in different places).
         std::thread::scope(|s| {
-            for a in done {
+            for (_, a) in done {
                 s.spawn(move || a.commit());
             }
         });
-        return Ok(());
+        crate::system::fault::point("restore-committed")?;
+        // Whatever a commit left (it only logs) is dropped from the
+        // journal's entries, which also says whether anything remains.
+        let errors = sweep(jnl, Recover::Finish, undo);
+        if !errors.is_empty() {
+            return Err(Error::component(
+                "restore",
+                format!(
+                    "the restore succeeded, but dropping the kept originals failed: {}\nrun `stack-backup restore --resume` to finish",
+                    errors.join("; ")
+                ),
+            ));
+        }
+        return jnl.close();
     };
     let pre = pre_name.unwrap_or_default();
-    let rollback_errors: Vec<String> = done
-        .into_iter()
-        .rev()
-        .filter_map(|a| a.undo(undo).err().map(|re| re.to_string()))
-        .collect();
+    let mut rollback_errors: Vec<String> = Vec::new();
+    for (id, a) in done.into_iter().rev() {
+        match a.undo(undo) {
+            Ok(()) => {
+                if let Err(je) = jnl.forget(id.as_str()) {
+                    rollback_errors.push(je.to_string());
+                }
+            }
+            Err(re) => rollback_errors.push(re.to_string()),
+        }
+    }
+    if rollback_errors.is_empty() {
+        rollback_errors = sweep(jnl, Recover::Abort, undo);
+    }
     let message = if rollback_errors.is_empty() {
-        format!("{e}\nthe restore failed; everything it changed was rolled back to the state before it (pre-restore set `{pre}`)")
+        match jnl.close() {
+            Ok(()) => format!("{e}\nthe restore failed; everything it changed was rolled back to the state before it (pre-restore set `{pre}`)"),
+            Err(ce) => format!("{e}\nthe restore failed and was rolled back, but its journal could not be closed: {ce}"),
+        }
     } else {
         format!(
-            "{e}\nthe restore failed AND rolling back failed: {}\nrestore the pre-restore set by hand: stack-backup restore {pre}",
+            "{e}\nthe restore failed AND rolling back failed: {}\nrun `stack-backup restore --abort` to roll back again, or restore the pre-restore set by hand: stack-backup restore {pre}",
             rollback_errors.join("; ")
         )
     };
     Err(match e {
         Error::LockTimeout(_) => Error::LockTimeout(message),
         _ => Error::component("restore", message),
+    })
+}
+
+/// Resolves every entry of the journal `to` one side, last recorded
+/// first; returns the errors (the journal is left as it is).
+fn sweep(jnl: &journal::Journal, to: Recover, undo: &UndoContext) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (id, entry) in jnl.record().components.iter().rev() {
+        let resolved = ComponentId::parse(id)
+            .map_err(|e| Error::component(id.as_str(), e.to_string()))
+            .and_then(|cid| entry.recover(&cid, to, undo));
+        match resolved {
+            Ok(line) => log::info!("{line}"),
+            Err(e) => errors.push(format!("{id}: {e}")),
+        }
+    }
+    errors
+}
+
+/// How an interrupted restore is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolve {
+    /// Every component back to its original (`restore --abort`).
+    Abort,
+    /// To the set's state (`restore --resume`): a restore that had passed
+    /// its checks drops the originals; one that had not is rolled back and
+    /// the set restored again (see [`Resolution::restore_again`]).
+    Resume,
+}
+
+/// What resolving an interrupted restore did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    /// The journal found (none: nothing to resolve).
+    pub journal: Option<journal::Record>,
+    /// One line per component.
+    pub actions: Vec<String>,
+    /// For a resume that rolled back: the set to restore again, as a
+    /// request (by snapshot id) for [`plan`] and [`execute`].
+    pub restore_again: Option<RequestSummary>,
+}
+
+/// A request, as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestSummary {
+    /// The set, by snapshot id.
+    pub snapshot: String,
+    /// Its name.
+    pub set: String,
+    /// `--only`.
+    pub only: Vec<String>,
+    #[serde(skip)]
+    request: Option<Request>,
+}
+
+impl RequestSummary {
+    /// The request to run.
+    #[must_use]
+    pub fn request(&self) -> Request {
+        self.request.clone().unwrap_or_default()
+    }
+}
+
+/// Resolves the interrupted restore of `cfg`'s stack, if there is one:
+/// every component from its journal entry and what is observed now.
+/// Idempotent: a run killed during it is resolved by the next. Takes the
+/// repository lock. With `dry_run`, says what it would do and changes
+/// nothing.
+pub fn resolve(cfg: &Config, env: &Env, how: Resolve, dry_run: bool) -> Result<Resolution> {
+    let _lock = RepoLock::acquire(
+        cfg,
+        env,
+        Mode::Shared,
+        "stack-backup restore --resume/--abort",
+    )?;
+    if !dry_run {
+        journal::remove_stale_temporaries(cfg);
+    }
+    let Some(jnl) = journal::Journal::reopen(cfg)? else {
+        return Ok(Resolution {
+            journal: None,
+            actions: Vec::new(),
+            restore_again: None,
+        });
+    };
+    let rec = jnl.record();
+    let to = if rec.phase == journal::Phase::Committing {
+        Recover::Finish
+    } else {
+        Recover::Abort
+    };
+    let again = (how == Resolve::Resume && to == Recover::Abort).then(|| RequestSummary {
+        snapshot: rec.snapshot.clone(),
+        set: rec.set.clone(),
+        only: rec.request.only.clone(),
+        request: Some(Request {
+            name: rec.snapshot.clone(),
+            only: rec.request.only.clone(),
+            flush_redis: rec.request.flush_redis,
+            dry_run,
+            allow_migration_mismatch: rec.request.allow_migration_mismatch,
+            restore_role_passwords: rec.request.restore_role_passwords,
+        }),
+    });
+    if dry_run {
+        return Ok(Resolution {
+            actions: rec
+                .components
+                .iter()
+                .rev()
+                .map(|(id, e)| format!("{id}: {}", e.describe(to)))
+                .collect(),
+            journal: Some(rec),
+            restore_again: again,
+        });
+    }
+    let load_pre = || load_pre_restore(cfg, env, rec.pre_restore.as_deref());
+    let undo = UndoContext::new(cfg, &load_pre);
+    let mut actions = Vec::new();
+    let mut errors = Vec::new();
+    for (id, entry) in rec.components.iter().rev() {
+        let resolved = ComponentId::parse(id)
+            .map_err(|e| Error::component(id.as_str(), e.to_string()))
+            .and_then(|cid| entry.recover(&cid, to, &undo));
+        match resolved {
+            Ok(line) => actions.push(line),
+            Err(e) => errors.push(format!("{id}: {e}")),
+        }
+        crate::system::fault::point("resolve-component")?;
+    }
+    if !errors.is_empty() {
+        return Err(Error::component(
+            "restore",
+            format!(
+                "resolving the interrupted restore (journal {}) failed: {}; the journal stays open: run the same command again once the cause is fixed",
+                rec.id,
+                errors.join("; ")
+            ),
+        ));
+    }
+    jnl.close()?;
+    Ok(Resolution {
+        journal: Some(rec),
+        actions,
+        restore_again: again,
     })
 }
 
@@ -466,7 +688,7 @@ fn pre_restore_snapshot(
 fn post_verify(
     set: &SetContext,
     restorers: &[Box<dyn Restorer>],
-    done: &mut [Box<dyn Applied>],
+    done: &mut [(ComponentId, Box<dyn Applied>)],
 ) -> Result<String> {
     let mut checked = Vec::new();
     for r in restorers {
@@ -474,7 +696,7 @@ fn post_verify(
             checked.push(line);
         }
     }
-    for a in done.iter_mut() {
+    for (_, a) in done.iter_mut() {
         a.resume()?;
     }
     for h in &set.cfg.health {
