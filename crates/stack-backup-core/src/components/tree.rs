@@ -52,7 +52,9 @@ impl TreeRecord {
 
 /// Restores the tree under `node` into the existing directory `dir`, with
 /// owners, modes and times (rustic's restore; files are written in place).
-/// The error says which part failed.
+/// Every path of the tree must stay inside `dir` ([`inside`]): the tree is
+/// read from a repository someone may have tampered with, and rustic joins
+/// node names to paths as they are. The error says which part failed.
 pub fn restore_node_into(
     repo: &Indexed,
     node: &Node,
@@ -65,12 +67,31 @@ pub fn restore_node_into(
     let opts = RestoreOptions::default();
     let ls = repo
         .ls(node, &LsOptions::default())
-        .map_err(|e| fail("reading the tree", e))?;
+        .map_err(|e| fail("reading the tree", e))?
+        .map(|item| item.and_then(inside));
     let plan = repo
         .prepare_restore(&opts, ls.clone(), &dest, false)
         .map_err(|e| fail("planning", e))?;
     repo.restore(plan, &opts, ls, &dest)
         .map_err(|e| fail("restoring files", e))
+}
+
+/// An entry of a tree about to be restored, refused unless its path is
+/// relative and made of plain names only: a node named `..`, `/etc` or
+/// `a/../../b` (which no archiver writes, but a tampered tree can hold)
+/// would otherwise lead the restore out of its directory.
+fn inside((path, node): (PathBuf, Node)) -> rustic_core::RusticResult<(PathBuf, Node)> {
+    use std::path::Component;
+    let plain = path.components().all(|c| matches!(c, Component::Normal(_)))
+        && path.file_name() == Some(node.name().as_ref());
+    if plain {
+        return Ok((path, node));
+    }
+    Err(rustic_core::RusticError::new(
+        rustic_core::ErrorKind::InputOutput,
+        "the set's tree holds an entry `{path}` that is not a plain name inside its directory; the repository may have been tampered with, nothing of it is restored",
+    )
+    .attach_context("path", path.display().to_string()))
 }
 
 /// `dir.suffix` beside `dir`.
@@ -383,5 +404,42 @@ pub fn entry(id: &ComponentId, root: PathBuf, target: &str) -> crate::source::En
         component: id.to_string(),
         root,
         target: target.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::PathBuf;
+
+    use rustic_core::repofile::{Metadata, Node, NodeType};
+
+    use super::inside;
+
+    fn entry(path: &str, name: &str) -> (PathBuf, Node) {
+        (
+            PathBuf::from(path),
+            Node::new_node(OsStr::new(name), NodeType::File, Metadata::default()),
+        )
+    }
+
+    #[test]
+    fn only_plain_names_inside_the_directory_are_restored() {
+        // As rustic's streamer builds them: the parent's path joined with
+        // the node's name.
+        for (path, name) in [("a", "a"), ("dir/b.txt", "b.txt"), ("d/.hidden", ".hidden")] {
+            assert!(inside(entry(path, name)).is_ok(), "{path}");
+        }
+        for (path, name) in [
+            ("..", ".."),
+            ("dir/..", ".."),
+            ("dir/../../etc/passwd", "../../etc/passwd"),
+            ("/etc/shadow", "/etc/shadow"),
+            ("dir/./x", "./x"),
+            ("dir/a/b", "a/b"),
+        ] {
+            let err = inside(entry(path, name)).unwrap_err();
+            assert!(err.to_string().contains("tampered"), "{path}: {err}");
+        }
     }
 }
