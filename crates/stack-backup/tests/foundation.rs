@@ -342,7 +342,9 @@ fn a_held_repository_lock_gives_the_locked_exit_code() {
     sb.write_config("shop", "");
     let loc = stack_backup_core::repository::Location::Local(sb.repo());
     std::fs::create_dir_all(sb.repo()).unwrap();
-    let held = stack_backup_core::lock::RepoLock::local(&loc).unwrap();
+    // The sandbox's own state directory, where its commands keep the lock.
+    let state = stack_backup_core::system::state::ensure(&sb.path().join("state")).unwrap();
+    let held = stack_backup_core::lock::RepoLock::local_in(&state, &loc).unwrap();
     let r = sb.run(&["init"]);
     r.expect_code(5);
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
