@@ -166,9 +166,11 @@ fn after_kill(s: &Stack, pid: u32, what: &str) {
         .unwrap()
         .get(0);
     assert!(exists, "{what}: the live database is missing");
-    assert!(s.media.is_dir(), "{what}: the live directory is missing");
+    // The directories themselves, not a symlink to one.
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    assert!(real_dir(&s.media), "{what}: the live directory is missing");
     assert!(
-        s.vol_dir.is_dir(),
+        real_dir(&s.vol_dir),
         "{what}: the volume's directory is missing"
     );
     let mut c = s.redis.client().get_connection().unwrap();
@@ -311,6 +313,37 @@ fn a_kill_at_every_step_boundary_is_resolved_by_abort_and_by_resume() {
     }
 }
 
+/// An error (not a kill) right after a component's change: the change is
+/// made, the restorer reports a failure. The rollback resolves that
+/// component from its journal entry too, so the stack is as before.
+#[test]
+fn an_error_after_a_swap_is_rolled_back_from_the_journal() {
+    let s = setup("crasherror");
+    for point in [
+        "restore-postgres-swapped",
+        "redis-swapped",
+        "restore-tree-swapped",
+    ] {
+        wreck(&s);
+        let before = state(&s);
+        let mut cmd = s.sb.command(bin(), s.sb.path(), None);
+        cmd.args(["restore", "good", "--yes"])
+            .env("FAILPOINTS", format!("{point}=return"));
+        let r = Run::from(cmd.output().unwrap());
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains(&format!("fault injected at {point}"))
+                && r.stderr.contains("rolled back to the state before it"),
+            "{point}: {}",
+            r.stderr
+        );
+        assert_eq!(state(&s), before, "{point}: not rolled back");
+        // Nothing temporary and no journal left (resolve checks both, and
+        // that there is nothing to resolve).
+        resolve(&s, true, &before, point);
+    }
+}
+
 #[test]
 fn a_kill_during_emergency_is_resolved_the_same_way() {
     let s = setup("crashemergency");
@@ -385,6 +418,10 @@ fn a_random_kill_9_during_restore_is_always_resolved() {
         assert!(now == before || now == s.good, "{what}");
         resolved_ok += 1;
     }
+    assert!(
+        killed_mid > 0,
+        "no trial killed the restore before it ended"
+    );
     println!(
         "CRASH-TRIALS: {trials} kill -9 trials (restore took {whole} ms; {killed_mid} killed before exiting): live database, Redis and directory present {live_ok}/{trials}; resume/abort to a verified state {resolved_ok}/{trials}"
     );

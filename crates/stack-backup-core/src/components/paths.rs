@@ -157,6 +157,6 @@ impl Restorer for PathRestorer {
     }
 
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
-        tree::restore_tree(set, &self.id, &self.record.path, &self.live, None)
+        tree::restore_tree(set, &self.id, &self.record.path, &self.live, &[])
     }
 }

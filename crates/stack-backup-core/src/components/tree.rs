@@ -136,17 +136,55 @@ fn real_dir(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir())
 }
 
-/// Leftovers of an interrupted run of an older version (or of a restore
-/// whose journal is gone) beside `live`: never deleted silently.
+/// Leftovers of an interrupted run of an older version, or of a restore
+/// whose journal is gone (`<live>.sb-restore-<id>`), beside `live`: never
+/// deleted silently. Called before a new journal names its own staging
+/// directory, so every such name found is someone else's.
 pub fn refuse_leftovers(id: &ComponentId, live: &Path) -> Result<()> {
-    for suffix in ["sb-old", "sb-restore", "sb-failed"] {
-        let p = sibling(live, suffix);
-        if std::fs::symlink_metadata(&p).is_ok() {
+    let (Some(parent), Some(name)) = (live.parent(), live.file_name()) else {
+        return Ok(());
+    };
+    let name = name.to_string_lossy();
+    let fixed = ["sb-old", "sb-restore", "sb-failed"].map(|s| format!("{name}.{s}"));
+    let journaled = format!("{name}.sb-restore-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        if fixed.contains(&n) || n.starts_with(&journaled) {
             return Err(Error::Refused(format!(
-                "{id}: {} exists beside the live directory (left by an interrupted restore of an older version: it may be the only copy of the original); check it and remove or rename it; nothing was changed",
-                p.display()
+                "{id}: {} exists beside the live directory (left by an interrupted restore whose journal is gone, or of an older version: it may be the only copy of the original); check it and remove or rename it; nothing was changed",
+                e.path().display()
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a live path that is not a real directory (a symlink, a file),
+/// or whose parent another user can change (see [`restore_tree`]).
+fn refuse_unsafe_live(id: &ComponentId, live: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::symlink_metadata(live) {
+        if !m.file_type().is_dir() {
+            return Err(Error::Refused(format!(
+                "{id}: {} is not a directory (a symlink or a file); configure the directory itself; nothing was changed",
+                live.display()
+            )));
+        }
+    }
+    let parent = live.parent().unwrap_or(Path::new("/"));
+    let m = std::fs::symlink_metadata(parent).map_err(|e| Error::io("reading", parent, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let others_write = m.mode() & 0o022 != 0;
+    if !m.file_type().is_dir() || (m.uid() != me && m.uid() != 0) || others_write {
+        return Err(Error::Refused(format!(
+            "{id}: {} may be changed by another user (owner uid {}, mode {:o}): the restore would build its copy there; nothing was changed",
+            parent.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
     }
     Ok(())
 }
@@ -176,17 +214,24 @@ fn exchange(a: &Path, b: &Path, b_exists: bool) -> std::io::Result<()> {
 /// directory `<live>.sb-restore-<journal id>` is created exclusively
 /// (`mkdir`: a symlink or anything else planted there is refused, never
 /// followed) and, after the swap, holds the original until the commit
-/// removes it. The journal entry is written before each change. `users`
-/// (stopped containers) start again when the change is resumed, committed
-/// or undone.
+/// removes it. The journal entry is written before each change, the first
+/// one before the running containers `users` are stopped (they start again
+/// when the change is resumed, committed or undone, and when a crash is
+/// resolved).
+///
+/// The live path must be a real directory (or missing) in a parent only we
+/// (or root) can change: a symlink there would be swapped as a link, and a
+/// parent others can write would let them replace the staging directory
+/// while root fills it.
 pub fn restore_tree(
     set: &SetContext,
     id: &ComponentId,
     set_path: &str,
     live: &Path,
-    users: Option<StoppedContainers>,
+    users: &[String],
 ) -> Result<Box<dyn Applied>> {
     refuse_leftovers(id, live)?;
+    refuse_unsafe_live(id, live)?;
     let staging = sibling(live, &format!("sb-restore-{}", set.tag()));
     let live_ino = ino(live);
     let mut entry = TreeEntry {
@@ -194,12 +239,14 @@ pub fn restore_tree(
         staging: staging.clone(),
         live_ino,
         staging_ino: None,
-        containers: users
-            .as_ref()
-            .map(|u| u.names().to_vec())
-            .unwrap_or_default(),
+        containers: users.to_vec(),
     };
     set.journal(id, JournalEntry::Tree(entry.clone()))?;
+    let users = if users.is_empty() {
+        None
+    } else {
+        Some(StoppedContainers::stop(id.as_str(), users)?)
+    };
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -350,16 +397,27 @@ fn abort(e: &TreeEntry) -> Result<String> {
 /// stopped.
 pub(crate) fn recover(e: &TreeEntry, to: Recover) -> Result<String> {
     let line = match to {
-        Recover::Abort => abort(e)?,
+        Recover::Abort => {
+            // They may have been started again (a crash during the
+            // `[[health]]` checks): none may write into a tree while it is
+            // swapped back and removed. Stopping a stopped one is a no-op.
+            docker_each("stop", &e.containers)?;
+            abort(e)?
+        }
         Recover::Finish => finish(e)?,
     };
-    if !e.containers.is_empty() {
-        let mut args = vec!["start".to_string()];
-        args.extend(e.containers.iter().cloned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::process::output("docker", "docker", &args)?;
-    }
+    docker_each("start", &e.containers)?;
     Ok(line)
+}
+
+/// `docker VERB NAME…` (nothing when there is no name).
+fn docker_each(verb: &str, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec![verb];
+    args.extend(names.iter().map(String::as_str));
+    crate::process::output("docker", "docker", &args).map(|_| ())
 }
 
 /// Removes the directory `dir` and everything in it, its top-level entries

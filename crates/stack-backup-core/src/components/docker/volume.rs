@@ -177,7 +177,6 @@ impl Restorer for VolumeRestorer {
             }
         });
         let users = engine::volume_users(&self.volume)?;
-        let stopped = engine::StoppedContainers::stop(self.id.as_str(), &users)?;
-        tree::restore_tree(set, &self.id, &self.record.path, &mount, Some(stopped))
+        tree::restore_tree(set, &self.id, &self.record.path, &mount, &users)
     }
 }

@@ -240,13 +240,11 @@ fn apply(
                 match r {
                     Ok(a) => done.push((w.id().clone(), a)),
                     Err(e) => {
-                        // A restorer that returns an error has left its
-                        // target untouched (the `Restorer` contract): its
-                        // entry is done with. One killed half-way never
-                        // returns, and its entry stays for resolution.
-                        if let Err(je) = jnl.forget(w.id().as_str()) {
-                            log::warn!("{je}");
-                        }
+                        // Its entry stays: an error can come after the
+                        // change (a swap whose reply was lost, an in-place
+                        // restore that committed before a later statement
+                        // failed), and the rollback below resolves the
+                        // entry from what it observes, as after a crash.
                         first_err.get_or_insert(e);
                     }
                 }
