@@ -678,7 +678,10 @@ fn schedules_become_units_systemd_accepts_or_a_cron_file() {
         "{service}"
     );
     assert!(
-        service.contains("/usr/bin/flock -w 21600 /run/lock/stack-backup-shop.lock"),
+        service.contains(&format!(
+            "/usr/bin/flock -w 21600 {}/state/schedule-shop.lock",
+            sb.path().display()
+        )),
         "{service}"
     );
     let timer = std::fs::read_to_string(units.path().join("stack-backup-dump.timer")).unwrap();
@@ -726,7 +729,10 @@ fn schedules_become_units_systemd_accepts_or_a_cron_file() {
     .expect_code(0);
     let text = std::fs::read_to_string(&cron).unwrap();
     assert!(
-        text.contains("\n0 * * * * root /usr/bin/flock -w 21600 /run/lock/stack-backup-shop.lock "),
+        text.contains(&format!(
+            "\n0 * * * * root /usr/bin/flock -w 21600 {}/state/schedule-shop.lock ",
+            sb.path().display()
+        )),
         "{text}"
     );
     assert!(

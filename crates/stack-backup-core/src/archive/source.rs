@@ -477,7 +477,10 @@ impl StackSource {
             match item {
                 Ok(ReadSourceEntry { path, mut node, .. }) => {
                     let dev = node.meta.device_id;
-                    if node.meta.links <= 1 {
+                    // As rustic's default: directories (two or more links
+                    // always) and single-link files store none, so trees
+                    // stay the same across hosts and device renumbering.
+                    if node.meta.links <= 1 || node.is_dir() {
                         node.meta.device_id = 0;
                     }
                     let Ok(rel) = path.strip_prefix(root) else {

@@ -19,7 +19,9 @@ pub const PLACEHOLDER: &str = "***";
 /// after percent-decoding the key).
 fn secret_key(key: &str) -> bool {
     let k = percent_decode(key).to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("token") || k == "pass"
+    crate::remote::is_secret_key(&k)
+        || k.contains("auth")
+        || ["pass", "pwd", "sig", "signature"].contains(&k.as_str())
 }
 
 /// `%XX` decoding of a query key (invalid escapes are kept as they are).
@@ -105,9 +107,26 @@ pub fn redact_endpoint(url: &str) -> String {
 pub fn redact_url(url: &str) -> String {
     let out = match split_credentials(url) {
         Some((user, host)) => format!("{user}:{PLACEHOLDER}{host}"),
-        None => url.to_string(),
+        None => match token_user(url) {
+            Some((scheme, host)) => format!("{scheme}{PLACEHOLDER}{host}"),
+            None => url.to_string(),
+        },
     };
     redact_query(&out, Some(PLACEHOLDER))
+}
+
+/// An HTTP(S) URL whose user part has no password (`https://TOKEN@host/`):
+/// there the user part is the secret (a token), so it is hidden whole.
+/// Database URLs keep a plain user name, which is no secret and says
+/// which role connects.
+fn token_user(url: &str) -> Option<(&str, &str)> {
+    let lower = url.get(..8)?.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return None;
+    }
+    let start = url.find("://")? + 3;
+    let at = url[start..].rfind('@')? + start;
+    Some((&url[..start], &url[at..]))
 }
 
 /// The URL with its password removed entirely (`scheme://user@host…`), for
@@ -218,6 +237,23 @@ mod tests {
         assert_eq!(
             redact_url("redis://:p%40ss@cache.local:6379/2"),
             "redis://:***@cache.local:6379/2"
+        );
+    }
+
+    #[test]
+    fn tokens_in_the_user_part_or_common_query_keys_are_hidden() {
+        assert_eq!(
+            redact_url("https://ghp_T0K3N@git.example/o/r.git"),
+            "https://***@git.example/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://h.example/x?sv=1&sig=S1G&api_key=K3Y&auth=A"),
+            "https://h.example/x?sv=1&sig=***&api_key=***&auth=***"
+        );
+        // A database user name is no secret and stays.
+        assert_eq!(
+            redact_url("postgres://app@db.local/shop"),
+            "postgres://app@db.local/shop"
         );
     }
 }

@@ -295,6 +295,7 @@ fn from_export(
                     "{u} (in {c}) is not listed in CHECKSUM.sha256; refused"
                 )));
             }
+            real_dirs_down(dir, tree)?;
             entries.push(Entry::Tree {
                 component: c.to_string(),
                 root: dir.join(tree),
@@ -308,6 +309,7 @@ fn from_export(
     m.restore_command = format!("stack-backup restore {name}");
     imported.original_name = Some(original);
     m.imported = Some(imported);
+    let listed_config = set_sums.get(manifest::CONFIG_PATH).cloned();
     let mut checksums: BTreeMap<String, String> = set_sums
         .into_iter()
         .filter(|(p, _)| {
@@ -317,9 +319,19 @@ fn from_export(
             )
         })
         .collect();
+    // Read once, without following a symlink, and stored only as checked.
     let cfg_path = dir.join(manifest::CONFIG_PATH);
-    let toml = std::fs::read(&cfg_path).unwrap_or_default();
-    checksums.insert(manifest::CONFIG_PATH.into(), sha256_hex(&toml));
+    let toml = read_nofollow(&cfg_path)?;
+    let toml_sum = sha256_hex(&toml);
+    if let Some(want) = listed_config {
+        if want != toml_sum {
+            return Err(Error::Verification(format!(
+                "{} does not match its checksum in CHECKSUM.sha256; refused",
+                manifest::CONFIG_PATH
+            )));
+        }
+    }
+    checksums.insert(manifest::CONFIG_PATH.into(), toml_sum);
     entries.push(bytes_entry(manifest::CONFIG_PATH, toml));
     Ok(Staged {
         manifest: m,
@@ -488,4 +500,57 @@ fn stored_problems(
         }
     }
     problems
+}
+
+/// Every directory from `dir` down to `dir/tree` is a real directory (no
+/// symlink): the walk that archives the tree would follow a symlinked root
+/// and store whatever it points to (`/root`) as the component.
+fn real_dirs_down(dir: &Path, tree: &str) -> Result<()> {
+    let mut p = dir.to_path_buf();
+    for part in Path::new(tree).components() {
+        p.push(part);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Verification(format!(
+                    "{} is not a directory (a symlink or a file); refused",
+                    p.display()
+                )))
+            }
+            Err(e) => return Err(Error::io("reading", &p, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of `path` (empty when it does not exist), refused when it is
+/// a symlink.
+fn read_nofollow(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(Error::Verification(format!(
+                "{} is a symlink; refused",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Error::io("opening", path, e)),
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(Error::Verification(format!(
+            "{} is not a regular file; refused",
+            path.display()
+        )));
+    }
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)
+        .map_err(|e| Error::io("reading", path, e))?;
+    Ok(out)
 }

@@ -211,6 +211,7 @@ pub fn render(st: &Status) -> String {
 /// Writes `text` to `path` atomically (beside, fsync, rename).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -219,8 +220,24 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         || "metrics.prom".into(),
         |n| n.to_string_lossy().into_owned(),
     );
+    // Created exclusively (`O_EXCL` never follows a symlink planted at the
+    // name: the textfile directory is often writable by the exporter's
+    // user); a leftover of a killed run is removed first, as an entry.
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+    };
+    let mut f = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            create()?
+        }
+        other => other?,
+    };
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);

@@ -6,7 +6,7 @@
 //! a oneshot service at low CPU and I/O priority, started by a timer with
 //! `Persistent=true` (a run missed while the machine was off happens at
 //! boot) and a randomized delay. Every service of a stack takes one
-//! `flock` on `/run/lock/stack-backup-STACK.lock` first, so a prune never
+//! `flock` on `schedule-STACK.lock` in the state directory first, so a prune never
 //! starts while that stack's backup runs (they queue, up to 6 hours), on
 //! top of the repository's own lock. Every file written starts with
 //! [`MARKER`]; `remove` removes only files that do.
@@ -50,6 +50,10 @@ pub struct Plan {
     pub skipped: Vec<String>,
     /// The timers to enable (systemd only).
     pub timers: Vec<String>,
+    /// The state directory that holds the `flock` file (created and
+    /// checked by `install`: a lock in a directory others can write, such
+    /// as `/run/lock`, lets any local user hold it and stop every backup).
+    pub state_dir: PathBuf,
 }
 
 /// Options of a plan.
@@ -67,6 +71,15 @@ pub struct Options {
     pub flock: PathBuf,
 }
 
+/// The state directory of the config (`[state] dir`, environment
+/// applied), else root's default: the scheduled commands run as root.
+fn lock_dir(cfg: &Config) -> PathBuf {
+    cfg.state
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::system::state::SYSTEM_DIR))
+}
+
 /// The default arguments of a scheduled command.
 fn default_args(cmd: &str) -> &'static [&'static str] {
     match cmd {
@@ -76,7 +89,10 @@ fn default_args(cmd: &str) -> &'static [&'static str] {
 }
 
 fn command_line(o: &Options, cfg: &Config, cmd: &str, e: &ScheduleEntry) -> String {
-    let lock = format!("/run/lock/stack-backup-{}.lock", cfg.stack.name.0);
+    let lock = lock_dir(cfg)
+        .join(format!("schedule-{}.lock", cfg.stack.name.0))
+        .display()
+        .to_string();
     let mut words: Vec<String> = vec![
         o.flock.display().to_string(),
         "-w".into(),
@@ -245,12 +261,14 @@ WantedBy=timers.target
         files,
         skipped,
         timers,
+        state_dir: lock_dir(cfg),
     })
 }
 
 /// Writes the plan's files (each beside, then renamed). A file that exists
 /// without [`MARKER`] is someone else's: refused, nothing written.
 pub fn install(plan: &Plan) -> Result<()> {
+    crate::system::state::ensure(&plan.state_dir)?;
     for f in &plan.files {
         if let Ok(old) = std::fs::read_to_string(&f.path) {
             if !old.starts_with(MARKER) {

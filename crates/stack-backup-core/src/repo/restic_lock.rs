@@ -228,11 +228,46 @@ fn conflict(
     mode: Mode,
     mine: Option<Id>,
 ) -> Result<Option<LockFile>> {
-    Ok(list(repo, loc)?
+    let found: Vec<Found> = list(repo, loc)?
         .into_iter()
         .filter(|f| Some(f.id) != mine)
-        .filter_map(|f| f.lock)
-        .find(|l| l.conflicts_with(mode)))
+        .collect();
+    if let Some(l) = found
+        .iter()
+        .filter_map(|f| f.lock.as_ref())
+        .find(|l| l.conflicts_with(mode))
+    {
+        return Ok(Some(l.clone()));
+    }
+    // A lock that could not be read (a failed GET, a damaged file) is a
+    // holder we cannot judge, as restic decides too: it conflicts while it
+    // is still listed (one removed between the listing and the read is
+    // gone, not held).
+    let unreadable: Vec<Id> = found
+        .iter()
+        .filter(|f| f.lock.is_none())
+        .map(|f| f.id)
+        .collect();
+    if unreadable.is_empty() {
+        return Ok(None);
+    }
+    let still = list(repo, loc)?;
+    Ok(still
+        .iter()
+        .find(|f| unreadable.contains(&f.id) && f.lock.is_none())
+        .map(|f| LockFile {
+            time: jiff::Timestamp::now().to_string(),
+            exclusive: true,
+            hostname: "(unknown)".into(),
+            username: String::new(),
+            pid: 0,
+            uid: 0,
+            gid: 0,
+            command: Some(format!(
+                "a lock file that cannot be read (locks/{}; `stack-backup unlock --remove-all` removes it once no one holds the repository)",
+                f.id
+            )),
+        }))
 }
 
 /// A lock held in the repository; refreshed by a thread, removed on drop.
