@@ -324,8 +324,10 @@ fn apply(
     })
 }
 
-/// Resolves every entry of the journal `to` one side, last recorded
-/// first; returns the errors (the journal is left as it is).
+/// Resolves every entry of the journal `to` one side, in reverse order of
+/// component id (entries are independent of each other: each is decided
+/// by what is observed of its own target); returns the errors (the
+/// journal is left as it is).
 fn sweep(jnl: &journal::Journal, to: Recover, undo: &UndoContext) -> Vec<String> {
     let mut errors = Vec::new();
     for (id, entry) in jnl.record().components.iter().rev() {
