@@ -205,6 +205,7 @@ impl Restorer for PgRestorer {
             had_live: true,
             roles: d.create_roles.clone(),
             roles_admin: d.roles_via == Via::Admin,
+            untouched: false,
         };
         set.journal(&self.id, JournalEntry::Postgres(entry.clone()))?;
         let created = create_roles(
@@ -219,9 +220,19 @@ impl Restorer for PgRestorer {
             Method::Beside(via) => {
                 restore_beside(set, &self.id, &self.record, &self.target, via, &mut entry)
             }
-            Method::InPlace => {
-                restore_in_place(set, &self.id, &self.record, &self.target).map(|()| None)
-            }
+            Method::InPlace => restore_in_place(set, &self.id, &self.record, &self.target)
+                .map(|()| None)
+                .map_err(|(e, changed)| {
+                    if !changed {
+                        entry.untouched = true;
+                        if let Err(je) =
+                            set.journal(&self.id, JournalEntry::Postgres(entry.clone()))
+                        {
+                            log::warn!("{je}");
+                        }
+                    }
+                    e
+                }),
         };
         match restored {
             Ok(old) => Ok(Box::new(Restored {
@@ -454,23 +465,31 @@ fn restore_beside(
 /// database: all of it or none of it. Tables the dump does not have (made
 /// by a migration after the backup) are dropped afterwards, in a second
 /// transaction, so that the database holds exactly the set's tables.
+/// Restores the set's dump into the live database in one transaction. The
+/// error says whether the database may have changed (`true` once a
+/// transaction committed: extra tables dropped, or the dump restored
+/// before a later statement failed).
 fn restore_in_place(
     set: &SetContext,
     id: &ComponentId,
     p: &PostgresRecord,
     target: &PgTarget,
-) -> Result<()> {
+) -> std::result::Result<(), (Error, bool)> {
+    let untouched = |e: Error| (e, false);
+    let changed = |e: Error| (e, true);
     let key = target.key.as_str();
     let live = target.database.as_str();
-    let mut conn = target.connect(Via::Role, live)?;
-    let server = server_version(key, &mut conn)?;
+    let mut conn = target.connect(Via::Role, live).map_err(untouched)?;
+    let server = server_version(key, &mut conn).map_err(untouched)?;
     // The database is being replaced: the role's other sessions on it (the
     // application's) would only block the restore's locks.
-    let ended = locks::terminate_sessions(&mut conn, live)?;
+    let ended = locks::terminate_sessions(&mut conn, live).map_err(untouched)?;
     if !ended.is_empty() {
         log::info!("{id}: ended {} session(s) on `{live}`", ended.len());
     }
-    let mut tool = target.tool(Via::Role, "pg_restore", server.major)?;
+    let mut tool = target
+        .tool(Via::Role, "pg_restore", server.major)
+        .map_err(untouched)?;
     let app_name = format!("stack-backup-restore-{}-{}", std::process::id(), key);
     tool.env.retain(|(k, _)| k != "PGAPPNAME");
     tool.env.push(("PGAPPNAME".into(), app_name.clone()));
@@ -501,29 +520,33 @@ fn restore_in_place(
         restored
     };
     match run() {
-        Ok(_) => drop_extra_tables(&mut conn, id, p).map(|_| ()),
+        Ok(_) => drop_extra_tables(&mut conn, id, p)
+            .map(|_| ())
+            .map_err(changed),
         // `--clean` drops only what the dump has: a table the set does not
         // have that refers to one it has (a foreign key added by a later
         // migration) stops it, atomically. Those tables go first, in a
         // transaction of their own, and the dump is restored again: the
         // only case in which an in-place restore is two transactions.
         Err(e) if e.to_string().contains("depend on it") => {
-            let dropped = drop_extra_tables(&mut conn, id, p)?;
+            // Its own transaction: on an error nothing was dropped.
+            let dropped = drop_extra_tables(&mut conn, id, p).map_err(untouched)?;
             if dropped.is_empty() {
-                return Err(e);
+                return Err(untouched(e));
             }
             run().map_err(|e2| {
-                Error::component(
+                changed(Error::component(
                     id.as_str(),
                     format!(
                         "{e2}\n(the tables {} that the set does not have were dropped before this second attempt; they are in the pre-restore set)",
                         dropped.join(", ")
                     ),
-                )
+                ))
             })?;
             Ok(())
         }
-        Err(e) => Err(e),
+        // One transaction (`--single-transaction`): nothing committed.
+        Err(e) => Err(untouched(e)),
     }
 }
 
@@ -648,6 +671,12 @@ pub struct PgEntry {
     /// Created through `admin-url`.
     #[serde(default)]
     pub roles_admin: bool,
+    /// Written by the restorer when it failed without changing the
+    /// database (an in-place `pg_restore` whose one transaction did not
+    /// commit): an abort has nothing to put back. A crash never sets it,
+    /// so after a kill the pre-restore dump is restored again.
+    #[serde(default)]
+    pub untouched: bool,
 }
 
 fn via(admin: bool) -> Via {
@@ -725,7 +754,9 @@ pub fn recover(e: &PgEntry, id: &ComponentId, to: Recover, undo: &UndoContext) -
     };
     let mut line = format!("{id}: ");
     if e.in_place {
-        if to == Recover::Abort {
+        if to == Recover::Abort && e.untouched {
+            line.push_str("nothing was changed (its transaction did not commit)");
+        } else if to == Recover::Abort {
             let pre = undo.pre_restore()?.ok_or_else(|| {
                 Error::component(
                     id.as_str(),
@@ -738,7 +769,8 @@ pub fn recover(e: &PgEntry, id: &ComponentId, to: Recover, undo: &UndoContext) -
                     "the pre-restore set has no dump of the database",
                 ));
             };
-            restore_in_place(&pre.context(undo.cfg), id, before, &target)?;
+            restore_in_place(&pre.context(undo.cfg), id, before, &target)
+                .map_err(|(err, _)| err)?;
             line.push_str("the pre-restore dump restored in place");
         } else {
             line.push_str("restored in place, nothing kept");
@@ -864,7 +896,7 @@ impl Restored {
                 "the pre-restore set has no dump of the database",
             ));
         };
-        restore_in_place(&pre.context(undo.cfg), &self.id, before, &self.target)
+        restore_in_place(&pre.context(undo.cfg), &self.id, before, &self.target).map_err(|(e, _)| e)
     }
 }
 
