@@ -91,8 +91,9 @@ fn component<'a>(st: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no component {name} in {st:#}"))
 }
 
+/// The sandbox's state directory (`STACK_BACKUP_STATE_DIR`).
 fn state_dir(sb: &Sandbox) -> PathBuf {
-    sb.path().join(".local/state/stack-backup")
+    sb.path().join("state")
 }
 
 /// The Prometheus file parsed by the Python client: `(name, labels) -> value`.
@@ -705,6 +706,22 @@ fn schedules_become_units_systemd_accepts_or_a_cron_file() {
     let run = Run::from(cmd.output().expect("systemd-analyze (scripts/services.sh)"));
     run.expect_code(0);
     assert!(run.stderr.trim().is_empty(), "{}", run.stderr);
+
+    // Another stack's unit (the names are per command: one stack's
+    // schedule per directory) is never overwritten nor removed.
+    let other_unit = units.path().join("stack-backup-verify.service");
+    let other = format!(
+        "{}\n[Unit]\nDescription=stack-backup: verify of stack other\n",
+        stack_backup_core::schedule::MARKER
+    );
+    std::fs::write(&other_unit, &other).unwrap();
+    let r = sb.run(&["schedule", "install", "--dir", &dir]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("another stack"), "{}", r.stderr);
+    sb.run(&["schedule", "remove", "--dir", &dir])
+        .expect_code(0);
+    assert_eq!(std::fs::read_to_string(&other_unit).unwrap(), other);
+    std::fs::remove_file(&other_unit).unwrap();
 
     // A unit someone else wrote is never overwritten nor removed.
     std::fs::write(units.path().join("stack-backup-backup.timer"), "[Timer]\n").unwrap();

@@ -11,7 +11,7 @@
 //! top of the repository's own lock. Every file written starts with
 //! [`MARKER`]; `remove` removes only files that do.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -54,6 +54,9 @@ pub struct Plan {
     /// checked by `install`: a lock in a directory others can write, such
     /// as `/run/lock`, lets any local user hold it and stop every backup).
     pub state_dir: PathBuf,
+    /// The stack whose schedule this is (written into every file; another
+    /// stack's files are never overwritten or removed).
+    pub stack: String,
 }
 
 /// Options of a plan.
@@ -262,6 +265,7 @@ WantedBy=timers.target
         skipped,
         timers,
         state_dir: lock_dir(cfg),
+        stack: cfg.stack.name.0.clone(),
     })
 }
 
@@ -274,6 +278,12 @@ pub fn install(plan: &Plan) -> Result<()> {
             if !old.starts_with(MARKER) {
                 return Err(Error::Refused(format!(
                     "{} exists and was not written by `schedule install`; move it away first",
+                    f.path.display()
+                )));
+            }
+            if !of_stack(&old, &plan.stack) {
+                return Err(Error::Refused(format!(
+                    "{} holds the schedule of another stack; give this one its own `--dir` (or remove that schedule first)",
                     f.path.display()
                 )));
             }
@@ -310,11 +320,21 @@ pub fn installed(plan: &Plan, o: &Options) -> Vec<PathBuf> {
     }
     paths.sort();
     paths.dedup();
-    paths.into_iter().filter(|p| ours(p)).collect()
+    paths
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(p)
+                .is_ok_and(|t| t.starts_with(MARKER) && of_stack(&t, &plan.stack))
+        })
+        .collect()
 }
 
-fn ours(p: &Path) -> bool {
-    std::fs::read_to_string(p).is_ok_and(|t| t.starts_with(MARKER))
+/// Whether a file `install` wrote is the schedule of `stack` (units name it
+/// in their description, the cron file in its second line).
+fn of_stack(text: &str, stack: &str) -> bool {
+    text.contains(&format!("of stack {stack}\n"))
+        || text.contains(&format!("of stack {stack} ("))
+        || text.contains(&format!("# stack `{stack}`,"))
 }
 
 /// Deletes `paths`.
