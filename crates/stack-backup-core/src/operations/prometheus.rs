@@ -48,9 +48,17 @@ impl Doc {
 /// The text of the file.
 #[must_use]
 pub fn render(st: &Status) -> String {
-    let stack = st.stack.as_str();
-    let s = [("stack", stack)];
     let mut d = Doc(Vec::new());
+    sets(&mut d, st);
+    checks(&mut d, st);
+    copies_and_size(&mut d, st);
+    runs(&mut d, st);
+    d.text()
+}
+
+/// Per component and tier: the newest set; per tier: how many.
+fn sets(d: &mut Doc, st: &Status) {
+    let stack = st.stack.as_str();
     d.family(
         "stack_backup_last_success_timestamp_seconds",
         "Time of the newest backup set holding the component, per tier.",
@@ -90,6 +98,12 @@ pub fn render(st: &Status) -> String {
             );
         }
     }
+}
+
+/// The last verify and the newest drill.
+fn checks(d: &mut Doc, st: &Status) {
+    let stack = st.stack.as_str();
+    let s = [("stack", stack)];
     d.family(
         "stack_backup_last_verify_timestamp_seconds",
         "Start of the last verify run on this machine.",
@@ -137,6 +151,12 @@ pub fn render(st: &Status) -> String {
             f64::from(u8::from(dr.ok)),
         );
     }
+}
+
+/// Copy lag per target, the repository's size and growth.
+fn copies_and_size(d: &mut Doc, st: &Status) {
+    let stack = st.stack.as_str();
+    let s = [("stack", stack)];
     d.family(
         "stack_backup_copy_lag_seconds",
         "Age of the oldest set not yet copied to the target (0: all copied).",
@@ -166,6 +186,12 @@ pub fn render(st: &Status) -> String {
         &s,
         st.added_7d_bytes as f64,
     );
+}
+
+/// The last run of each command, and the max-age violations.
+fn runs(d: &mut Doc, st: &Status) {
+    let stack = st.stack.as_str();
+    let s = [("stack", stack)];
     d.family(
         "stack_backup_last_duration_seconds",
         "Duration of the last run of the command on this machine.",
@@ -205,7 +231,6 @@ pub fn render(st: &Status) -> String {
         &s,
         st.violations.len() as f64,
     );
-    d.text()
 }
 
 /// Writes `text` to `path` atomically (beside, fsync, rename).

@@ -202,28 +202,11 @@ pub struct Inputs<'a> {
     pub now: i64,
 }
 
-/// The status from what was read; no I/O.
-pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
-    let cfg = inp.cfg;
-    let now = inp.now;
-    let tier_limits = cfg.status.max_ages().map_err(Error::Usage)?;
-    let briefs: Vec<SetBrief> = inp.sets.iter().map(|(b, s)| brief(b, s, now)).collect();
-
-    let tiers: Vec<TierStatus> = Tier::ALL
-        .iter()
-        .map(|&t| {
-            let of: Vec<&SetBrief> = briefs.iter().filter(|b| b.tier == t).collect();
-            TierStatus {
-                tier: t,
-                sets: of.len(),
-                newest: of.last().map(|b| (*b).clone()),
-                max_age_seconds: tier_limits.get(&t).copied(),
-            }
-        })
-        .collect();
-
+/// Per component: its newest set in each tier, and the newest good one
+/// (pre-restore sets count only when there is nothing else).
+fn components(briefs: &[SetBrief]) -> BTreeMap<String, ComponentStatus> {
     let mut comps: BTreeMap<String, ComponentStatus> = BTreeMap::new();
-    for b in &briefs {
+    for b in briefs {
         for c in &b.components {
             let e = comps.entry(c.clone()).or_insert_with(|| ComponentStatus {
                 component: c.clone(),
@@ -247,9 +230,18 @@ pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
             e.last_success = best.clone();
         }
     }
+    comps
+}
 
+/// Components older than `--max-age` (any tier but pre-restore) or than
+/// their tier's limit; a tier with no set at all breaks its limit too.
+fn violations(
+    comps: &BTreeMap<String, ComponentStatus>,
+    max_age_seconds: Option<u64>,
+    tier_limits: &BTreeMap<Tier, u64>,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
-    if let Some(limit) = req.max_age_seconds {
+    if let Some(limit) = max_age_seconds {
         let mut any = false;
         for c in comps.values() {
             if c.last_success.tier == Tier::PreRestore {
@@ -274,7 +266,7 @@ pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
             });
         }
     }
-    for (tier, limit) in &tier_limits {
+    for (tier, limit) in tier_limits {
         let in_tier: Vec<&ComponentStatus> = comps
             .values()
             .filter(|c| c.by_tier.contains_key(tier))
@@ -299,16 +291,13 @@ pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
             }
         }
     }
+    violations
+}
 
-    let recs = inp.records;
-    let last_verify = ["verify", "immaculate verify"]
-        .iter()
-        .filter_map(|c| recs.runs.get(*c))
-        .map(|r| run_status(r, now))
-        .max_by_key(|r| r.timestamp);
-
-    let copies = recs
-        .copies
+/// Per copy target: the sets of the tiers it receives that it does not
+/// hold yet, and the lag (the age of the oldest of them).
+fn copies(recs: &Records, briefs: &[SetBrief]) -> Vec<CopyStatus> {
+    recs.copies
         .iter()
         .map(|(target, rec)| {
             // The tiers this target receives: those of the sets it holds.
@@ -329,7 +318,39 @@ pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
                 lag_seconds: pending.first().map_or(0, |b| b.age_seconds),
             }
         })
+        .collect()
+}
+
+/// The status from what was read; no I/O.
+pub fn compute(inp: &Inputs<'_>, req: &Request) -> Result<Status> {
+    let cfg = inp.cfg;
+    let now = inp.now;
+    let tier_limits = cfg.status.max_ages().map_err(Error::Usage)?;
+    let briefs: Vec<SetBrief> = inp.sets.iter().map(|(b, s)| brief(b, s, now)).collect();
+
+    let tiers: Vec<TierStatus> = Tier::ALL
+        .iter()
+        .map(|&t| {
+            let of: Vec<&SetBrief> = briefs.iter().filter(|b| b.tier == t).collect();
+            TierStatus {
+                tier: t,
+                sets: of.len(),
+                newest: of.last().map(|b| (*b).clone()),
+                max_age_seconds: tier_limits.get(&t).copied(),
+            }
+        })
         .collect();
+
+    let comps = components(&briefs);
+    let violations = violations(&comps, req.max_age_seconds, &tier_limits);
+    let recs = inp.records;
+    let last_verify = ["verify", "immaculate verify"]
+        .iter()
+        .filter_map(|c| recs.runs.get(*c))
+        .map(|r| run_status(r, now))
+        .max_by_key(|r| r.timestamp);
+
+    let copies = copies(recs, &briefs);
 
     let added_7d_bytes = inp
         .sets
