@@ -8,7 +8,7 @@ use stack_backup_core::disk;
 use stack_backup_core::status::Status;
 use stack_backup_core::tiers::Tier;
 
-use crate::commands::status::age;
+use crate::commands::status::{age, verdict};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -130,11 +130,7 @@ td,th{{border:1px solid #bbb;padding:4px 10px;text-align:left}} th{{background:#
             .map_or("none recorded on this machine".into(), |v| format!(
                 "{} ago, {}",
                 age(v.age_seconds),
-                if v.run.outcome == "success" {
-                    "ok"
-                } else {
-                    "FAILED"
-                }
+                verdict(v.run.succeeded())
             ))
     );
     let _ = write!(
@@ -146,7 +142,7 @@ td,th{{border:1px solid #bbb;padding:4px 10px;text-align:left}} th{{background:#
                 "{} (set {}), {}, restored in {:.0}s",
                 esc(&d.time),
                 esc(&d.set),
-                if d.ok { "ok" } else { "FAILED" },
+                verdict(d.ok),
                 d.rto_seconds
             ))
     );

@@ -121,7 +121,7 @@ fn checks(d: &mut Doc, st: &Status) {
         d.sample(
             "stack_backup_last_verify_success",
             &s,
-            f64::from(u8::from(v.run.outcome == "success")),
+            f64::from(u8::from(v.run.succeeded())),
         );
     }
     d.family(
@@ -219,7 +219,7 @@ fn runs(d: &mut Doc, st: &Status) {
         d.sample(
             "stack_backup_last_run_success",
             &l,
-            f64::from(u8::from(r.run.outcome == "success")),
+            f64::from(u8::from(r.run.succeeded())),
         );
     }
     d.family(

@@ -37,6 +37,14 @@ pub struct RunRecord {
     pub set: Option<String>,
 }
 
+impl RunRecord {
+    /// Whether the run succeeded (`outcome` is `success`).
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.outcome == "success"
+    }
+}
+
 /// The sets one copy target is known to hold (copied or found there).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CopyRecord {
@@ -123,7 +131,7 @@ fn update(cfg: &Config, stack: &str, change: impl FnOnce(&mut Records)) {
 pub fn record_run(cfg: &Config, stack: &str, run: &RunRecord) {
     update(cfg, stack, |r| {
         r.runs.insert(run.command.clone(), run.clone());
-        if run.outcome == "success" {
+        if run.succeeded() {
             r.successes.insert(run.command.clone(), run.clone());
         }
     });

@@ -135,11 +135,7 @@ fn render(st: &Status, out: &Output) {
         Some(v) => format!(
             "last verify: {} ago, {} ({})",
             age(v.age_seconds),
-            if v.run.outcome == "success" {
-                "ok"
-            } else {
-                "FAILED"
-            },
+            verdict(v.run.succeeded()),
             v.run.command
         ),
         None => "last verify: none recorded on this machine".into(),
@@ -149,7 +145,7 @@ fn render(st: &Status, out: &Output) {
             "last drill: {} of set {}, {}, restored in {:.0}s",
             d.time,
             d.set,
-            if d.ok { "ok" } else { "FAILED" },
+            verdict(d.ok),
             d.rto_seconds
         ),
         None => "last drill: no drill yet".into(),
@@ -169,5 +165,14 @@ fn render(st: &Status, out: &Output) {
                 age(c.lag_seconds)
             ),
         });
+    }
+}
+
+/// How a verify or drill result is shown (text and HTML alike).
+pub(crate) fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "FAILED"
     }
 }
