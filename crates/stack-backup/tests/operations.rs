@@ -634,6 +634,69 @@ fn notifications_reach_a_local_server_without_secrets_and_a_dead_one_costs_at_mo
     sb.run(&["list"]).expect_code(0);
 }
 
+/// A resolver that never answers: the system resolver is beyond reqwest's
+/// timeouts, so only the caller's own deadline bounds the wait. The binary
+/// runs in its own mount namespace whose `/etc/resolv.conf` names a UDP
+/// socket of this test that reads queries and never replies.
+#[test]
+fn a_resolver_that_never_answers_costs_a_notification_at_most_its_timeout() {
+    let sb = paths_stack("");
+    // A loopback address of its own, so no local resolver is in the way.
+    let dns = (2..=250)
+        .find_map(|last| {
+            std::net::UdpSocket::bind(("127.0.0.".to_string() + &last.to_string(), 53)).ok()
+        })
+        .expect("a free loopback address for the silent resolver (the tests run as root)");
+    let resolv = sb.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {}\noptions timeout:30 attempts:1\n",
+            dns.local_addr().unwrap().ip()
+        ),
+    )
+    .unwrap();
+    let queries = Arc::new(Mutex::new(0usize));
+    let q = queries.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while dns.recv_from(&mut buf).is_ok() {
+            *q.lock().unwrap() += 1;
+        }
+    });
+    let cfg = std::fs::read_to_string(sb.config()).unwrap();
+    std::fs::write(
+        sb.config(),
+        format!("{cfg}\n[[notify]]\non = [\"start\", \"success\"]\ntimeout-seconds = 1\nwebhook = \"http://sb-stalled.example.test/hook/stall-SECRET-5\"\n"),
+    )
+    .unwrap();
+    let mut cmd = sb.command("unshare", sb.path(), None);
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+    ])
+    .arg(&resolv)
+    .arg(bin())
+    .args(["backup", "--name", "stalled"]);
+    let t0 = Instant::now();
+    let r = Run::from(cmd.output().unwrap());
+    let took = t0.elapsed();
+    r.expect_code(0);
+    assert!(*queries.lock().unwrap() > 0, "the resolver was never asked");
+    // Two notifications (start, success), each at most its 1 s (the
+    // resolver alone would hold each for 30 s).
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    assert!(
+        r.stderr.contains("name resolution or connection stalled"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("stall-SECRET-5"), "{}", r.stderr);
+    sb.run(&["show", "stalled"]).expect_code(0);
+}
+
 #[test]
 fn schedules_become_units_systemd_accepts_or_a_cron_file() {
     let sb = paths_stack(

@@ -2,13 +2,18 @@
 //! that asked for the event.
 //!
 //! Sending never fails a command and never delays it by more than the
-//! target's `timeout-seconds`: every target is sent to at once on its own
-//! thread, each with one deadline for the attempt and its single retry; a
-//! failure is logged as a warning naming the target without its token
+//! largest `timeout-seconds` of the targets: every target is sent to at
+//! once on its own detached thread, each with one deadline for the attempt
+//! and its single retry, and the caller waits for the answers only until
+//! that deadline. A thread stuck where no timeout reaches (the system
+//! resolver, which reqwest's blocking client waits for when it drops) is
+//! left behind and ends with the process. A failure is logged as a warning
+//! naming the target without its token
 //! ([`crate::secret::redact_endpoint`]). Payloads hold the stack, the
 //! command, the outcome, the set, the duration and the error text, which
 //! the caller has already scrubbed of secrets.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -111,7 +116,7 @@ fn send_one(t: &NotifyTarget, msg: &Message) -> Delivery {
             error: Some("no target".into()),
         };
     };
-    let shown = format!("{kind} {url}");
+    let shown = shown(t);
     let deadline = Instant::now() + Duration::from_secs(t.timeout_seconds.max(1));
     let (to, body, ctype, headers) = request(kind, url.expose(), msg);
     let mut attempts = 0;
@@ -164,9 +169,6 @@ fn send_one(t: &NotifyTarget, msg: &Message) -> Delivery {
         let left = deadline.saturating_duration_since(Instant::now());
         std::thread::sleep(RETRY_PAUSE.min(left));
     }
-    log::warn!(
-        "notification to {shown} failed after {attempts} attempt(s): {last_err}; the command's outcome is unchanged"
-    );
     Delivery {
         target: shown,
         ok: false,
@@ -175,20 +177,64 @@ fn send_one(t: &NotifyTarget, msg: &Message) -> Delivery {
     }
 }
 
+/// A target as logs and deliveries show it (no token).
+fn shown(t: &NotifyTarget) -> String {
+    t.endpoint()
+        .map_or_else(|| "-".into(), |(kind, url)| format!("{kind} {url}"))
+}
+
 /// Sends `msg` to every target that asked for its event, all at once.
 /// Returns within the largest `timeout-seconds` of them (plus thread
-/// start-up).
+/// start-up), whatever the network or the resolver does; a target that
+/// has not answered by then is reported as failed.
 #[must_use]
 pub fn send(targets: &[NotifyTarget], msg: &Message) -> Vec<Delivery> {
     let wanted: Vec<&NotifyTarget> = targets
         .iter()
         .filter(|t| t.on.contains(&msg.outcome))
         .collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = wanted
-            .iter()
-            .map(|t| s.spawn(move || send_one(t, msg)))
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    })
+    let Some(longest) = wanted.iter().map(|t| t.timeout_seconds.max(1)).max() else {
+        return Vec::new();
+    };
+    let deadline = Instant::now() + Duration::from_secs(longest) + Duration::from_millis(200);
+    let (tx, rx) = mpsc::channel();
+    for (i, t) in wanted.iter().enumerate() {
+        let (tx, t, msg) = (tx.clone(), (*t).clone(), msg.clone());
+        // Detached on purpose: see the module's doc.
+        std::thread::spawn(move || {
+            let _ = tx.send((i, send_one(&t, &msg)));
+        });
+    }
+    drop(tx);
+    let mut got: Vec<Option<Delivery>> = vec![None; wanted.len()];
+    while got.iter().any(Option::is_none) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((i, d)) => got[i] = Some(d),
+            Err(_) => break,
+        }
+    }
+    let out: Vec<Delivery> = got
+        .into_iter()
+        .zip(&wanted)
+        .map(|(d, t)| {
+            d.unwrap_or_else(|| Delivery {
+                target: shown(t),
+                ok: false,
+                attempts: 1,
+                error: Some(format!(
+                    "no answer within {} s (name resolution or connection stalled)",
+                    t.timeout_seconds.max(1)
+                )),
+            })
+        })
+        .collect();
+    for d in out.iter().filter(|d| !d.ok) {
+        log::warn!(
+            "notification to {} failed after {} attempt(s): {}; the command's outcome is unchanged",
+            d.target,
+            d.attempts,
+            d.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    out
 }
