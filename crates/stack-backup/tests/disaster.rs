@@ -9,6 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use common::backend::Backend;
 use common::*;
 
 struct Stack {
@@ -211,4 +212,240 @@ fn undoing_a_restore_that_created_the_database_drops_only_that_database() {
     assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
     assert_eq!(oid_of(&s.db.name), None, "{}", r.stderr);
     assert!(leftover_databases_of(&[&s.db]).is_empty());
+}
+
+// --- A new host ---------------------------------------------------------------------
+
+/// The second PostgreSQL cluster that plays the new host's server: made
+/// once with `pg_createcluster` on its own port and kept across runs
+/// (made again only when missing; started when stopped), with a superuser
+/// that logs in with a password. Returns its port.
+fn new_host_cluster() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port: u16 = std::env::var("SB_TEST_PG2_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5439);
+        let major = pg_bin_dir()
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap();
+        let sh = |cmd: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .unwrap()
+        };
+        let listed = String::from_utf8_lossy(&sh("pg_lsclusters -h").stdout).to_string();
+        if !listed
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("sbnewhost"))
+        {
+            let out = sh(&format!(
+                "pg_createcluster {major} sbnewhost --port {port} >/dev/null"
+            ));
+            assert!(out.status.success(), "{out:?}");
+        }
+        let _ = sh(&format!("pg_ctlcluster {major} sbnewhost start"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !sh(&format!("pg_isready -q -h 127.0.0.1 -p {port}"))
+            .status
+            .success()
+        {
+            assert!(std::time::Instant::now() < deadline, "cluster sbnewhost");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = sh(&format!(
+            "runuser -u postgres -- psql -q -p {port} -v ON_ERROR_STOP=1 -c \"DO \\$\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sbnewhost') THEN CREATE ROLE sbnewhost SUPERUSER LOGIN PASSWORD 'sbnewhost-pw'; END IF; END \\$\\$\""
+        ));
+        assert!(out.status.success(), "{out:?}");
+        port
+    })
+}
+
+fn new_host_url(port: u16, db: &str) -> String {
+    format!("postgres://sbnewhost:sbnewhost-pw@127.0.0.1:{port}/{db}")
+}
+
+fn new_host_client(port: u16, db: &str) -> postgres::Client {
+    postgres::Client::connect(&new_host_url(port, db), postgres::NoTls).unwrap()
+}
+
+/// The tables' digests and the owner of `db` on the new host's server.
+fn new_host_db(port: u16, db: &str) -> String {
+    let owner: String = new_host_client(port, "postgres")
+        .query_one(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .unwrap()
+        .get(0);
+    let mut c = new_host_client(port, db);
+    let mut out = vec![format!("owner {owner}")];
+    for t in ["customers", "orders", "alembic_version"] {
+        out.push(
+            c.query_one(
+                &format!("SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), 'empty') FROM {t} t"),
+                &[],
+            )
+            .unwrap()
+            .get(0),
+        );
+    }
+    out.join(",")
+}
+
+/// The database and role made on the new host's server, dropped on drop.
+struct NewHostDb {
+    port: u16,
+    db: String,
+    role: String,
+}
+
+impl Drop for NewHostDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) =
+            postgres::Client::connect(&new_host_url(self.port, "postgres"), postgres::NoTls)
+        {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+            let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role));
+        }
+    }
+}
+
+fn old_state(s: &Stack) -> Vec<String> {
+    let mut v = state(s);
+    v.remove(2); // Redis: compared on the new host's server
+    v
+}
+
+/// The old host's stack is backed up to `b`; then its Redis, image,
+/// volume and directory are gone, and a new host (another PostgreSQL
+/// cluster, another Redis, a fresh config directory) has only the
+/// repository's location and password: `init --from-repository`, then
+/// `restore` bring back the same digests.
+fn new_host(b: Backend, name: &str) {
+    let port = new_host_cluster();
+    let mut old = Sandbox::new();
+    let repo = b.fresh_repo(&mut old);
+    let media = old.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("one.jpg"), "one").unwrap();
+    let db = TempDb::seeded(50, "cafe0000beef");
+    let redis = RedisServer::start();
+    redis.fill(15);
+    let img = TempImage::build(&format!("new host {name}"));
+    let vol = TempVolume::new();
+    std::fs::write(vol.mountpoint().join("a.txt"), "volume file").unwrap();
+    let mut s = Stack {
+        sb: old,
+        db,
+        redis,
+        img,
+        vol,
+        media,
+        good: Vec::new(),
+    };
+    repo.write_config(&s.sb, name, &config(&s, true));
+    s.sb.init();
+    s.sb.run(&["backup", "--name", "good"]).expect_code(0);
+    let good_redis = redis_state(&s.redis);
+    let good_db = {
+        let owner = state(&s)[0].clone();
+        format!("{owner},{}", db_tables(&s.db.name))
+    };
+    s.good = old_state(&s);
+    // The old server is gone.
+    destroy(&s);
+    s.redis.stop();
+
+    // The new host: its own PostgreSQL server with the stack's role (the
+    // runbook's `createuser`), its own Redis, a fresh directory.
+    let _guard = NewHostDb {
+        port,
+        db: s.db.name.clone(),
+        role: s.db.role.clone(),
+    };
+    new_host_client(port, "postgres")
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{}' NOCREATEDB NOCREATEROLE NOSUPERUSER",
+            s.db.role,
+            s.db.password()
+        ))
+        .unwrap();
+    let redis2 = RedisServer::start();
+    let mut sb = Sandbox::new();
+    if b == Backend::S3 {
+        common::backend::s3_credentials(&mut sb, common::backend::SECRET_KEY);
+    }
+    let app_url = format!(
+        "postgres://{}:{}@127.0.0.1:{port}/{}",
+        s.db.role,
+        s.db.password(),
+        s.db.name
+    );
+    sb.env.extend([
+        ("STACK_BACKUP_POSTGRES_MAIN_URL".to_string(), app_url),
+        (
+            "STACK_BACKUP_POSTGRES_MAIN_ADMIN_URL".to_string(),
+            new_host_url(port, "postgres"),
+        ),
+        ("STACK_BACKUP_REDIS_SESSIONS_URL".to_string(), redis2.url()),
+    ]);
+    let r = sb.run(&["init", "--from-repository", &repo.url()]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("NOT READY"), "{}", r.stdout);
+    let text = std::fs::read_to_string(sb.config()).unwrap();
+    eprintln!("{name}: init --from-repository:\n{}\n{text}", r.stdout);
+    for secret in [
+        s.db.password(),
+        "sbnewhost-pw",
+        common::backend::SECRET_KEY,
+        PASSWORD,
+    ] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(sb.config()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Never over a config without --force.
+    sb.run(&["init", "--from-repository", &repo.url()])
+        .expect_code(4);
+
+    let r = sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(0);
+    eprintln!("{name}: {}", r.stdout.trim());
+    assert_eq!(new_host_db(port, &s.db.name), good_db);
+    assert_eq!(redis_state(&redis2), good_redis);
+    assert_eq!(old_state_without_db(&s), drop_db_part(&s.good));
+}
+
+fn old_state_without_db(s: &Stack) -> Vec<String> {
+    vec![
+        docker(&["image", "inspect", "--format", "{{.Id}}", &s.img.reference])
+            .stdout
+            .trim()
+            .to_string(),
+        dir_state(&s.vol.mountpoint(), |p| std::fs::read_to_string(p).unwrap()),
+        dir_state(&s.media, |p| std::fs::read_to_string(p).unwrap()),
+    ]
+}
+
+fn drop_db_part(v: &[String]) -> Vec<String> {
+    v[v.len() - 3..].to_vec()
+}
+
+#[test]
+fn a_new_host_is_bootstrapped_from_a_local_repository() {
+    new_host(Backend::Local, "drnewlocal");
+}
+
+#[test]
+fn a_new_host_is_bootstrapped_from_an_s3_repository() {
+    new_host(Backend::S3, "drnews3");
 }
