@@ -156,6 +156,12 @@ fn a_stack_with_nothing_left_is_restored_by_restore_and_by_emergency() {
     r.expect_code(0);
     assert_eq!(state(&s), s.good, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("Time to recover"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("does not exist, nothing to keep: ")
+            && r.stderr.contains("postgres.main"),
+        "{}",
+        r.stderr
+    );
     assert!(leftover_databases_of(&[&s.db]).is_empty());
 
     destroy(&s);
@@ -416,6 +422,34 @@ fn new_host(b: Backend, name: &str) {
     // Never over a config without --force.
     sb.run(&["init", "--from-repository", &repo.url()])
         .expect_code(4);
+
+    // The runbook names the set's versions and the commands, in order.
+    let r = sb.run(&["recover-plan", "good"]);
+    r.expect_code(0);
+    let major = pg_bin_dir()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    for want in [
+        format!("PostgreSQL {major}"),
+        "Redis 7".into(),
+        format!(
+            "init --from-repository {} --stack {name} --set good",
+            repo.url()
+        ),
+        "stack-backup restore good".into(),
+    ] {
+        assert!(r.stdout.contains(&want), "{want}:\n{}", r.stdout);
+    }
+    let r = sb.run(&["show", "good"]);
+    assert!(
+        r.stdout.contains("## Recovering on a bare host"),
+        "{}",
+        r.stdout
+    );
 
     let r = sb.run(&["restore", "good", "--yes"]);
     r.expect_code(0);

@@ -221,7 +221,7 @@ pub fn new_config(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# stack-backup.toml for stack `{stack}`, written by `stack-backup init --from-repository`\n# from backup set `{}` ({}), taken {}.\n#\n# No secret is stored in a set: database and Redis passwords come from the\n# environment (STACK_BACKUP_POSTGRES_<NAME>_URL, STACK_BACKUP_REDIS_<NAME>_URL,\n# DATABASE_URL, REDIS_URL) or a password-file; the repository password from\n# STACK_BACKUP_PASSWORD or [repository] password-file.\n#\n# These name places on the old host; check them on this one:",
+        "# stack-backup.toml for stack `{stack}`, written by `stack-backup init --from-repository`\n# from backup set `{}` ({}), taken {}.\n#\n# No secret is stored in a set: database and Redis passwords come from the\n# environment (STACK_BACKUP_POSTGRES_<NAME>_URL, STACK_BACKUP_REDIS_<NAME>_URL,\n# DATABASE_URL, REDIS_URL) or a password-file; the repository password from\n# STACK_BACKUP_PASSWORD or [repository] password-file.\n#\n# These name places (as the set stores them, or as this host's environment\n# gave them); check them on this host:",
         found.name,
         found.short_id(),
         found.time
