@@ -132,14 +132,20 @@ fn a_stack_with_nothing_left_is_restored_by_restore_and_by_emergency() {
     assert!(r.stderr.contains("admin-url"), "{}", r.stderr);
     let r = s.sb.run(&["doctor"]);
     assert!(r.stdout.contains("CREATEDB"), "{}\n{}", r.stdout, r.stderr);
-    // A backup of a stack without its database names it.
-    let r = s.sb.run(&["backup"]);
-    assert_ne!(r.code, 0);
-    assert!(
-        r.stderr.contains("postgres.main") && r.stderr.contains("does not exist"),
-        "{}",
-        r.stderr
-    );
+    // A backup or a baseline of a stack without its database names it,
+    // and what to do.
+    for cmd in [&["backup"][..], &["immaculate", "create", "--name", "none"]] {
+        let r = s.sb.run(cmd);
+        assert_ne!(r.code, 0);
+        assert!(
+            r.stderr.contains("postgres.main")
+                && r.stderr
+                    .contains(&format!("database `{}` does not exist", s.db.name))
+                && r.stderr.contains("`stack-backup restore` creates it"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
 
     s.sb.write_config("drgone", &config(&s, true));
     let r = s.sb.run(&["restore", "good", "--dry-run"]);
@@ -156,6 +162,7 @@ fn a_stack_with_nothing_left_is_restored_by_restore_and_by_emergency() {
     r.expect_code(0);
     assert_eq!(state(&s), s.good, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("Time to recover"), "{}", r.stdout);
+    eprintln!("restore: {}", r.stdout.trim());
     assert!(
         r.stderr.contains("does not exist, nothing to keep: ")
             && r.stderr.contains("postgres.main"),
@@ -169,6 +176,7 @@ fn a_stack_with_nothing_left_is_restored_by_restore_and_by_emergency() {
         s.sb.run(&["emergency", "--confirm", "--yes-i-am-sure=drgone"]);
     r.expect_code(0);
     assert_eq!(state(&s), s.good, "{}\n{}", r.stdout, r.stderr);
+    eprintln!("emergency: {}", r.stdout.trim());
 }
 
 #[test]
