@@ -57,6 +57,8 @@ pub enum Command {
     List(ListArgs),
     /// Show a backup set's MANIFEST.md.
     Show(ShowArgs),
+    /// The runbook that brings the stack back on a bare machine from a set.
+    RecoverPlan(RecoverPlanArgs),
     /// Take a backup set of the whole stack (tier `backups`).
     Backup(BackupArgs),
     /// Take a database-only set (PostgreSQL, Redis with role `data`; tier `data`).
@@ -386,9 +388,31 @@ pub struct InitArgs {
     #[arg(long)]
     pub generate_password: bool,
     /// Where to store a generated password
-    /// [default: the config's password-file, or ~/.config/stack-backup/<stack>.key].
-    #[arg(long, value_name = "FILE", requires = "generate_password")]
+    /// [default: the config's password-file, or ~/.config/stack-backup/<stack>.key];
+    /// with --from-repository, the file holding the repository's password.
+    #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// A new host: write the config from the one stored in a backup set of
+    /// this repository (a directory or a URL), then run `doctor`. The
+    /// password: STACK_BACKUP_PASSWORD or --password-file.
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["repo", "name", "generate_password"])]
+    pub from_repository: Option<String>,
+    /// With --from-repository: the stack (needed when the repository holds several).
+    #[arg(long, value_name = "NAME", requires = "from_repository")]
+    pub stack: Option<String>,
+    /// With --from-repository: the set whose config is used [default: latest].
+    #[arg(long, value_name = "SET", requires = "from_repository")]
+    pub set: Option<String>,
+    /// With --from-repository: replace an existing config file.
+    #[arg(long, requires = "from_repository")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverPlanArgs {
+    /// Backup set name, snapshot id (prefix) or `latest`.
+    #[arg(default_value = "latest", add = ArgValueCompleter::new(complete::set_names))]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -258,6 +258,11 @@ impl Manifest {
             name = self.name,
             stack = self.stack
         );
+        let _ = writeln!(
+            s,
+            "\n## Recovering on a bare host\n\n{}",
+            crate::recover::render_runbook(&crate::recover::runbook(self, "REPOSITORY"))
+        );
         s
     }
 }

@@ -12,6 +12,7 @@ pub mod init;
 pub mod notify;
 pub mod prometheus;
 pub mod records;
+pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod sacred;

@@ -13,6 +13,15 @@ use crate::cli::{Cli, InitArgs};
 use crate::output::Output;
 
 pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
+    if let Some(repo) = &args.from_repository {
+        return from_repository(cli, args, repo, env, out);
+    }
+    if args.password_file.is_some() && !args.generate_password {
+        return Err(Error::Usage(
+            "--password-file goes with --generate-password or --from-repository".into(),
+        )
+        .into());
+    }
     let path = config_path(cli);
     let created_config = !path.exists();
     let cfg = if created_config {
@@ -148,4 +157,102 @@ fn new_config(path: &Path, args: &InitArgs, env: &Env) -> anyhow::Result<Config>
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .map_err(|e| Error::io("writing", path, e))?;
     load_config_at(path, env)
+}
+
+/// `init --from-repository REPO`: a new host's config from the config
+/// stored in a set (`recover::new_config`), written 0600 and never over
+/// an existing file without `--force`; then `doctor` says what this
+/// machine still lacks. The repository must exist; nothing is created.
+fn from_repository(
+    cli: &Cli,
+    args: &InitArgs,
+    repo: &str,
+    env: &Env,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_path(cli);
+    if path.exists() && !args.force {
+        return Err(Error::Refused(format!(
+            "{} exists; pass --force to replace it (nothing was written)",
+            path.display()
+        ))
+        .into());
+    }
+    let password_file = args.password_file.clone().or_else(|| {
+        env.get("STACK_BACKUP_PASSWORD_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    if password_file.is_none()
+        && env
+            .get("STACK_BACKUP_PASSWORD")
+            .is_none_or(String::is_empty)
+    {
+        return Err(Error::NoPassword).context(
+            "the repository's password: set STACK_BACKUP_PASSWORD, or pass --password-file FILE",
+        );
+    }
+    let repo_cfg = ctx(
+        stack_backup_core::recover::repository_only(repo, password_file.as_deref()),
+        "reading --from-repository",
+    )?;
+    let made = ctx(
+        stack_backup_core::recover::new_config(
+            &repo_cfg,
+            env,
+            args.stack.as_deref(),
+            args.set.as_deref().unwrap_or("latest"),
+        ),
+        "making the config from the repository",
+    )?;
+    if args.force && path.exists() {
+        std::fs::remove_file(&path).map_err(|e| Error::io("replacing", &path, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, made.text.as_bytes()))
+        .map_err(|e| Error::io("writing", &path, e))?;
+    let cfg = load_config_at(&path, env)?;
+    let checks = stack_backup_core::doctor::run(&cfg, env);
+    out.json(&serde_json::json!({
+        "config": path.display().to_string(),
+        "stack": made.stack,
+        "set": made.set,
+        "check": made.check,
+        "disabled": made.disabled,
+        "doctor": checks,
+        "ready": checks.iter().all(|c| c.ok),
+    }));
+    if !out.json {
+        out.say(format!(
+            "wrote {} (mode 0600) for stack `{}` from set `{}` ({})",
+            path.display(),
+            made.stack,
+            made.set.name,
+            made.set.short_id()
+        ));
+        if !made.check.is_empty() {
+            out.say("check these values on this host (edit the file, or override them with STACK_BACKUP_POSTGRES_<NAME>_URL, STACK_BACKUP_REDIS_<NAME>_URL, …):");
+            for c in &made.check {
+                out.say(format!("  {c}"));
+            }
+        }
+        if !made.disabled.is_empty() {
+            out.say(format!(
+                "written commented out, to review: {}",
+                made.disabled.join(", ")
+            ));
+        }
+        out.say("");
+        super::doctor::run(&cfg, env, out)?;
+        out.say(format!(
+            "next: `stack-backup restore {} --dry-run`, then without --dry-run",
+            made.set.name
+        ));
+    }
+    Ok(ExitCode::Success)
 }

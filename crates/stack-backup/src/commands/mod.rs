@@ -10,6 +10,7 @@ mod immaculate;
 mod init;
 mod list;
 mod prune;
+mod recover_plan;
 mod restore;
 mod sacred;
 mod schedule;
@@ -52,6 +53,7 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
         Command::List(args) => list::run(&load_config(cli, &env)?, args, &env, out),
         Command::Show(args) => show::run(&load_config(cli, &env)?, args, &env, out),
+        Command::RecoverPlan(args) => recover_plan::run(&load_config(cli, &env)?, args, &env, out),
         Command::Backup(args) => backup::run(
             &load_config(cli, &env)?,
             &env,

@@ -235,13 +235,18 @@ pub fn run_with(
     };
     // The plan shown is the plan run: the set is pinned by its snapshot id.
     let targets = plan.targets.clone();
+    // The time to recover (RTO) as the user lives it, from consent to a
+    // verified stack: every step of the chain, the pre-restore set included.
+    let clock = std::time::Instant::now();
     let result = restore::execute(cfg, env, plan, &printer);
+    let rto = (clock.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     let steps = printer.steps.into_inner().expect("steps");
     match result {
         Ok(o) => {
             out.json(&serde_json::json!({
                 "set": o.set, "dry_run": o.dry_run, "pre_restore": o.pre_restore,
                 "restored": o.restored, "targets": targets, "steps": steps,
+                "time_to_recover_seconds": (!o.dry_run).then_some(rto),
             }));
             if o.dry_run {
                 out.say("dry run: nothing was changed");
@@ -251,6 +256,9 @@ pub fn run_with(
                     o.set.name,
                     o.restored.len(),
                     o.pre_restore.unwrap_or_default()
+                ));
+                out.say(format!(
+                    "Time to recover: {rto} s (from confirmation to a verified stack)"
                 ));
             }
             Ok(ExitCode::Success)

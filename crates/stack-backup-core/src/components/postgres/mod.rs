@@ -58,6 +58,23 @@ pub struct PostgresRecord {
     pub row_counts: BTreeMap<String, i64>,
 }
 
+/// `doctor` of a database that does not exist: what a restore would do
+/// about it (create it, or what it lacks to), as a "missing" error.
+fn missing_database(name: &str, pg: &PostgresConfig) -> Error {
+    let database = client_config(name, pg)
+        .ok()
+        .and_then(|pc| pc.get_dbname().map(str::to_string))
+        .unwrap_or_else(|| "postgres".into());
+    let how = match privileges::decide(name, pg, &database, None) {
+        Ok(d) => format!("`restore` will create it: {}", d.describe()),
+        Err(e) => format!("`restore` cannot create it: {}", e.detail()),
+    };
+    Error::missing(
+        component(name),
+        format!("database `{database}` does not exist; {how}"),
+    )
+}
+
 /// The kind `postgres`.
 pub struct Postgres;
 
@@ -83,7 +100,10 @@ impl Kind for Postgres {
 
     fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
         let (name, pg) = (id.name(), configured(stack.cfg, id)?);
-        let mut client = connect(name, pg)?;
+        let mut client = match connect(name, pg) {
+            Err(e) if e.is_missing() => return Err(missing_database(name, pg)),
+            other => other?,
+        };
         let server = server_version(name, &mut client)?;
         let pc = client_config(name, pg)?;
         let t = ToolRun::find(name, pg, &pc, "pg_dump", server.major)?;

@@ -35,6 +35,10 @@ pub struct Decision {
     pub create_roles: Vec<String>,
     /// Who creates the missing roles (when there are any).
     pub roles_via: Via,
+    /// The database does not exist: the restore creates it, owned by this
+    /// role (the one the stack's `url` connects as, so that the stack owns
+    /// its database again).
+    pub create_owned_by: Option<String>,
 }
 
 impl Decision {
@@ -42,6 +46,15 @@ impl Decision {
     #[must_use]
     pub fn describe(&self) -> String {
         let mut s = match self.method {
+            Method::Beside(via) if self.create_owned_by.is_some() => format!(
+                "created (owner `{}`){}, then filled",
+                self.create_owned_by.as_deref().unwrap_or_default(),
+                if via == Via::Admin {
+                    " through admin-url"
+                } else {
+                    " by the role (it may create databases)"
+                }
+            ),
             Method::Beside(Via::Role) => {
                 "beside the live database, swapped in (the role may create databases)".to_string()
             }
@@ -139,21 +152,35 @@ impl Privileges {
     }
 }
 
-/// Connects with `pc` to `db` when it exists, else to `postgres`.
-fn connect_somewhere(key: &str, pc: &postgres::Config, db: &str) -> Result<postgres::Client> {
+/// Connects with `pc` to `db` when it exists, else to the server's
+/// maintenance database (`postgres`, else `template1`): a database that
+/// is gone is created from there.
+pub(super) fn connect_somewhere(
+    key: &str,
+    pc: &postgres::Config,
+    db: &str,
+) -> Result<postgres::Client> {
     let mut first = pc.clone();
     first.dbname(db);
     match first.connect(postgres::NoTls) {
         Ok(c) => Ok(c),
         Err(e) if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) => {
-            let mut other = pc.clone();
-            other.dbname("postgres");
-            other.connect(postgres::NoTls).map_err(|e| {
-                Error::component(
-                    component(key),
-                    format!("database `{db}` does not exist and the `postgres` database is not reachable to create it: {e}"),
-                )
-            })
+            let mut last = None;
+            for maintenance in MAINTENANCE {
+                let mut other = pc.clone();
+                other.dbname(maintenance);
+                match other.connect(postgres::NoTls) {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(Error::component(
+                component(key),
+                format!(
+                    "database `{db}` does not exist and neither `postgres` nor `template1` is reachable to create it: {}",
+                    last.map(|e| e.to_string()).unwrap_or_default()
+                ),
+            ))
         }
         Err(e) => Err(Error::component(
             component(key),
@@ -161,6 +188,9 @@ fn connect_somewhere(key: &str, pc: &postgres::Config, db: &str) -> Result<postg
         )),
     }
 }
+
+/// The databases every server has, to connect to when the stack's is gone.
+pub(super) const MAINTENANCE: [&str; 2] = ["postgres", "template1"];
 
 /// Decides how `db` of `[postgres.KEY]` is restored with `record`'s dump,
 /// or refuses naming the missing privilege. Changes nothing.
@@ -219,6 +249,12 @@ pub fn decide(
         (RestoreMethod::Auto, None) => match (role.beside_missing(db), role.in_place_missing(db)) {
             (None, _) => Method::Beside(Via::Role),
             (Some(_), None) => Method::InPlace,
+            (Some(b), Some(_)) if role.owner.is_none() => {
+                return Err(refuse(format!(
+                    "it does not exist, and creating it needs CREATEDB, which role `{}` lacks ({b}); grant CREATEDB, or set admin-url to a role that has it",
+                    role.role
+                )))
+            }
             (Some(b), Some(i)) => {
                 return Err(refuse(format!(
                     "role `{}` lacks {b} (to restore beside the live database) and {i} (to restore in place); grant one, or set admin-url to a role that has CREATEDB",
@@ -249,9 +285,16 @@ pub fn decide(
             )));
         }
     }
+    // Who would own a database created now: the stack's role.
+    let create_owned_by = match (&admin, method) {
+        (Some(a), Method::Beside(Via::Admin)) if a.owner.is_none() => Some(role.role.clone()),
+        (_, Method::Beside(Via::Role)) if role.owner.is_none() => Some(role.role.clone()),
+        _ => None,
+    };
     Ok(Decision {
         method,
         create_roles,
         roles_via,
+        create_owned_by,
     })
 }

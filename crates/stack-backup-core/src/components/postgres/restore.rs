@@ -149,10 +149,18 @@ impl Restorer for PgRestorer {
             || self.target.server.url.redacted(),
             |c| format!("container {c}"),
         );
-        let how = match self.decision() {
-            Ok(d) => d.describe(),
-            Err(e) => format!("CANNOT RESTORE: {e}"),
+        let (how, missing) = match self.decision() {
+            Ok(d) => (d.describe(), d.create_owned_by.is_some()),
+            Err(e) => (format!("CANNOT RESTORE: {e}"), false),
         };
+        if missing {
+            return format!(
+                "database `{}` does not exist: will be created ({host}) and filled with the dump of `{}` ({} tables): {how}",
+                self.target.database,
+                self.record.database,
+                self.record.row_counts.len()
+            );
+        }
         format!(
             "replace database `{}` ({host}) with the dump of `{}` ({} tables): {how}",
             self.target.database,
@@ -172,8 +180,17 @@ impl Restorer for PgRestorer {
 
     /// `beside`: a second copy of the database exists beside the live one.
     /// `in-place`: the old rows stay until the transaction commits.
+    /// A database that does not exist is asked through the maintenance
+    /// database (it needs one copy, not two).
     fn disk_needs(&self, set: &SetContext) -> Result<DiskNeeds> {
-        let mut client = connect(&self.target.key, &self.target.server)?;
+        let pc = client_config(&self.target.key, &self.target.server)?;
+        let mut client =
+            privileges::connect_somewhere(&self.target.key, &pc, &self.target.database)?;
+        let copies = if self.decision()?.create_owned_by.is_some() {
+            1
+        } else {
+            2
+        };
         let dir: Option<String> = client
             .query_opt("SELECT current_setting('data_directory')", &[])
             .ok()
@@ -181,7 +198,12 @@ impl Restorer for PgRestorer {
             .map(|r| r.get(0));
         Ok(dir
             .filter(|d| std::path::Path::new(d).exists())
-            .map(|d| (d.into(), set.artifact_bytes(&self.id).saturating_mul(2)))
+            .map(|d| {
+                (
+                    d.into(),
+                    set.artifact_bytes(&self.id).saturating_mul(copies),
+                )
+            })
             .into_iter()
             .collect())
     }
@@ -206,6 +228,7 @@ impl Restorer for PgRestorer {
             roles: d.create_roles.clone(),
             roles_admin: d.roles_via == Via::Admin,
             untouched: false,
+            created_oid: None,
         };
         set.journal(&self.id, JournalEntry::Postgres(entry.clone()))?;
         let created = create_roles(
@@ -217,9 +240,15 @@ impl Restorer for PgRestorer {
             self.role_passwords,
         )?;
         let restored = match d.method {
-            Method::Beside(via) => {
-                restore_beside(set, &self.id, &self.record, &self.target, via, &mut entry)
-            }
+            Method::Beside(via) => restore_beside(
+                set,
+                &self.id,
+                &self.record,
+                &self.target,
+                via,
+                d.create_owned_by.as_deref(),
+                &mut entry,
+            ),
             Method::InPlace => restore_in_place(set, &self.id, &self.record, &self.target)
                 .map(|()| None)
                 .map_err(|(e, changed)| {
@@ -395,12 +424,18 @@ const MAX_GLOBALS: u64 = 64 << 20;
 /// in: `BEGIN; ALTER live RENAME TO old; ALTER tmp RENAME TO live;
 /// COMMIT`, so that a crash leaves either both names as they were or both
 /// swapped. Returns the name of the kept original.
+///
+/// When the live database does not exist, the temporary is created owned
+/// by `new_owner` and renamed in alone; its OID is journaled before the
+/// rename, so that an undo drops that database and never another one of
+/// the same name created since.
 fn restore_beside(
     set: &SetContext,
     id: &ComponentId,
     p: &PostgresRecord,
     target: &PgTarget,
     via: Via,
+    new_owner: Option<&str>,
     entry: &mut PgEntry,
 ) -> Result<Option<String>> {
     let key = target.key.as_str();
@@ -421,7 +456,7 @@ fn restore_beside(
         &mut admin,
         &format!("DROP DATABASE IF EXISTS {}", quote_ident(&tmp)),
     )?;
-    let create = match &owner {
+    let create = match owner.as_deref().or(new_owner) {
         Some(o) => format!(
             "CREATE DATABASE {} OWNER {}",
             quote_ident(&tmp),
@@ -430,6 +465,15 @@ fn restore_beside(
         None => format!("CREATE DATABASE {}", quote_ident(&tmp)),
     };
     exec(&mut admin, &create)?;
+    if owner.is_none() {
+        entry.created_oid = Some(oid_of(&mut admin, key, &tmp)?.ok_or_else(|| {
+            Error::component(
+                id.as_str(),
+                format!("database `{tmp}` vanished after CREATE"),
+            )
+        })?);
+        set.journal(id, JournalEntry::Postgres(entry.clone()))?;
+    }
     let tool = target.tool(via, "pg_restore", server.major)?;
     let mut cmd = crate::process::command(&tool.program);
     let dbarg = format!("--dbname={tmp}");
@@ -677,6 +721,11 @@ pub struct PgEntry {
     /// so after a kill the pre-restore dump is restored again.
     #[serde(default)]
     pub untouched: bool,
+    /// When the live database did not exist: the OID of the one this
+    /// restore created (journaled before it is renamed to the live name).
+    /// An abort drops the live database only when it has this OID.
+    #[serde(default)]
+    pub created_oid: Option<u32>,
 }
 
 fn via(admin: bool) -> Via {
@@ -721,6 +770,13 @@ fn end_statements_naming(c: &mut ::postgres::Client, key: &str, names: &[&str]) 
         }
     }
     Ok(())
+}
+
+/// The OID of database `name`, if it exists.
+fn oid_of(c: &mut ::postgres::Client, key: &str, name: &str) -> Result<Option<u32>> {
+    c.query_opt("SELECT oid FROM pg_database WHERE datname = $1", &[&name])
+        .map(|r| r.map(|r| r.get(0)))
+        .map_err(|e| Error::component(component(key), format!("listing databases: {e}")))
 }
 
 /// Whether database `name` exists.
@@ -789,10 +845,12 @@ pub fn recover(e: &PgEntry, id: &ComponentId, to: Recover, undo: &UndoContext) -
                     )?;
                     line.push_str("swapped back");
                 } else if !e.had_live
-                    && !exists(&mut c, key, &e.tmp)?
-                    && exists(&mut c, key, &e.database)?
+                    && e.created_oid.is_some()
+                    && oid_of(&mut c, key, &e.database)? == e.created_oid
                 {
-                    // There was no database: the restored one goes.
+                    // There was no database: the one this restore created
+                    // goes (a database of the same name created by someone
+                    // else since has another OID, and stays).
                     drop_db(&mut c, &e.database)?;
                     line.push_str("restored database dropped (there was none before)");
                 } else {

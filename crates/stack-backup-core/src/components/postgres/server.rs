@@ -89,7 +89,17 @@ pub fn connect(name: &str, cfg: &PostgresConfig) -> Result<postgres::Client> {
                 error_text(&e)
             );
             if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
-                Error::missing(component(name), message)
+                // Said plainly: the day it happens, the next step is a restore.
+                Error::missing(
+                    component(name),
+                    format!(
+                        "database `{}` does not exist ({message}); `stack-backup restore` creates it",
+                        client_config(name, cfg)
+                            .ok()
+                            .and_then(|pc| pc.get_dbname().map(str::to_string))
+                            .unwrap_or_default()
+                    ),
+                )
             } else {
                 Error::component(component(name), message)
             }

@@ -664,7 +664,7 @@ fn pre_restore_snapshot(
             name: Some(format!("pre-restore-{}", crate::backup::generated_name())),
             tier: Tier::PreRestore,
             include_redis: true,
-            only,
+            only: only.clone(),
             databases_only: false,
             skip_missing: true,
             hold: false,
@@ -673,10 +673,24 @@ fn pre_restore_snapshot(
         rustic_core::NoProgressBars,
     );
     match report {
-        Ok(report) => Ok((
-            format!("set `{}` ({})", report.set.name, report.set.short_id()),
-            Some(report.set.name),
-        )),
+        Ok(report) => {
+            // What is gone (a dropped database, a removed volume) has
+            // nothing to keep: said, so that the user knows an undo
+            // removes it again rather than bringing anything back.
+            let absent: Vec<&str> = only
+                .iter()
+                .filter(|c| !report.components.iter().any(|r| &&r.component == c))
+                .map(String::as_str)
+                .collect();
+            let mut detail = format!("set `{}` ({})", report.set.name, report.set.short_id());
+            if !absent.is_empty() {
+                detail.push_str(&format!(
+                    "; does not exist, nothing to keep: {}",
+                    absent.join(", ")
+                ));
+            }
+            Ok((detail, Some(report.set.name)))
+        }
         Err(Error::NothingToBackUp(_)) => nothing(),
         Err(e) => Err(e),
     }
