@@ -27,7 +27,7 @@ pub mod system;
 // Short paths for the modules every layer uses.
 pub use archive::{ledger, source, verify};
 pub use components::{docker, git, migrations, postgres, redis};
-pub use model::{config, manifest, monitoring, secret, sets, tags, tiers, validate};
+pub use model::{config, manifest, monitoring, runbook, secret, sets, tags, tiers, validate};
 pub use operations::{
     backup, copy, doctor, export, health, immaculate, import, init, notify, prometheus, records,
     recover, restore, retention, sacred, schedule, status,

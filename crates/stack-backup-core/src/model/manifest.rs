@@ -261,7 +261,7 @@ impl Manifest {
         let _ = writeln!(
             s,
             "\n## Recovering on a bare host\n\n{}",
-            crate::recover::render_runbook(&crate::recover::runbook(self, "REPOSITORY"))
+            crate::runbook::render_runbook(&crate::runbook::runbook(self, "REPOSITORY"))
         );
         s
     }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod manifest;
 pub mod monitoring;
+pub mod runbook;
 pub mod secret;
 pub mod sets;
 pub mod tags;

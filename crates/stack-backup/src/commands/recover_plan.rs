@@ -4,7 +4,7 @@
 
 use stack_backup_core::config::{Config, Env};
 use stack_backup_core::repository::Location;
-use stack_backup_core::{manifest, recover, repository, sets, ExitCode};
+use stack_backup_core::{manifest, repository, runbook, sets, ExitCode};
 
 use super::ctx;
 use crate::cli::RecoverPlanArgs;
@@ -29,7 +29,7 @@ pub fn run(
         stack_backup_core::Error::Verification(format!("manifest.json of `{}`: {e}", set.name))
     })?;
     // Shown redacted: a URL may hold credentials.
-    let steps = recover::runbook(&m, &Location::of(cfg).to_string());
+    let steps = runbook::runbook(&m, &Location::of(cfg).to_string());
     out.json(&serde_json::json!({ "set": set, "steps": steps }));
     out.say(format!(
         "Bringing stack `{}` back on a bare Debian machine from set `{}` ({}):\n",
@@ -37,6 +37,6 @@ pub fn run(
         set.name,
         set.short_id()
     ));
-    out.say(recover::render_runbook(&steps));
+    out.say(runbook::render_runbook(&steps));
     Ok(ExitCode::Success)
 }
