@@ -420,6 +420,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         .filter_map(|d| sets.iter().find(|(b, _)| b.id == d.set.id))
         .map(|(_, s)| s.id)
         .collect();
+    crate::repo::restic_lock::still_held()?;
     if !gone.is_empty() {
         repo.delete_snapshots(&gone)
             .map_err(|e| repo_err("removing backup sets", e))?;
@@ -443,6 +444,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
     report.packs_waiting = stats.packs_to_delete.keep;
     report.packs_recovered = stats.packs_to_delete.recover;
     report.bytes_freed = stats.size_to_delete.remove;
+    crate::repo::restic_lock::still_held()?;
     repo.prune(&opts, prune_plan)
         .map_err(|e| repo_err("removing unreferenced data", e))?;
     Ok(report)
