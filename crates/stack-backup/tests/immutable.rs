@@ -252,6 +252,22 @@ fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
         "{retained:?}"
     );
 
+    // `immaculate verify` extends the dates once a third of the period is
+    // left: with the period raised to 30 days, two are far less.
+    let cfg = std::fs::read_to_string(sb.config()).unwrap();
+    std::fs::write(
+        sb.config(),
+        cfg.replace("immaculate-retain = \"2d\"", "immaculate-retain = \"30d\""),
+    )
+    .unwrap();
+    sb.run(&["immaculate", "verify", "base"]).expect_code(0);
+    let month = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(29 * 24);
+    for (k, v) in retained.keys() {
+        let until = retained_until(&bucket, &format!("{prefix}/{k}"), v).unwrap();
+        assert!(until.as_str() > month.to_string().as_str(), "{k}: {until}");
+    }
+    std::fs::write(sb.config(), cfg).unwrap();
+
     // A `backups` set with data of its own is pruned as usual: its packs
     // are marked, then deleted by the next run; the baseline is whole.
     let before = data_packs(&bucket, prefix);

@@ -284,6 +284,19 @@ pub fn verify(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Vec<SetRepo
     for (b, s) in chosen {
         let r = verify::verify_set(&repo, &b, &s);
         record(cfg, &b.id, &Verification::of(&r));
+        // A baseline read back intact keeps its Object Lock retention
+        // ahead of it (a third of `immaculate-retain` left, or none).
+        if r.ok() {
+            if let Some(p) = crate::object_lock::extend_if_due(cfg, &repo, &s)? {
+                log::warn!(
+                    "Object Lock retention of `{}` extended: {} object(s) retained in {} mode until {}",
+                    b.name,
+                    p.objects,
+                    p.mode,
+                    p.until
+                );
+            }
+        }
         out.push(r);
     }
     Ok(out)

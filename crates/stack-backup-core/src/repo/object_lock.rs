@@ -557,6 +557,14 @@ pub fn protect<S: IndexedFull>(
     let Some(p) = policy(cfg)? else {
         return Ok(None);
     };
+    protect_with(&p, repo, snap).map(Some)
+}
+
+fn protect_with<S: IndexedFull>(
+    p: &Policy,
+    repo: &Repository<S>,
+    snap: &SnapshotFile,
+) -> Result<Protected> {
     let (keys, packs) = set_objects(repo, snap)?;
     let secs = i64::try_from(p.secs).unwrap_or(i64::MAX);
     let until = Timestamp::now()
@@ -565,12 +573,36 @@ pub fn protect<S: IndexedFull>(
     for k in &keys {
         p.s3.put_retention(k, p.mode, until)?;
     }
-    Ok(Some(Protected {
+    Ok(Protected {
         objects: keys.len(),
         packs,
         until: until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         mode: p.mode.s3().to_string(),
-    }))
+    })
+}
+
+/// Extends the retention of `snap`'s objects (as [`protect`]) when its
+/// snapshot file has none or less than a third of `immaculate-retain` is
+/// left; `None` when nothing was due or no retention is configured.
+/// `verify` calls it for each baseline it read back intact.
+pub fn extend_if_due<S: IndexedFull>(
+    cfg: &Config,
+    repo: &Repository<S>,
+    snap: &SnapshotFile,
+) -> Result<Option<Protected>> {
+    let Some(p) = policy(cfg)? else {
+        return Ok(None);
+    };
+    let key = format!("snapshots/{}", &*snap.id.to_hex());
+    let left = p.s3.retention(&key, None)?.map_or(0, |(_, until)| {
+        until
+            .as_second()
+            .saturating_sub(Timestamp::now().as_second())
+    });
+    if left > i64::try_from(p.secs / 3).unwrap_or(i64::MAX) {
+        return Ok(None);
+    }
+    protect_with(&p, repo, snap).map(Some)
 }
 
 #[cfg(test)]
