@@ -93,6 +93,25 @@ fn spawn(sb: &Sandbox, args: &[&str], failpoints: &str) -> Child {
     cmd.spawn().unwrap()
 }
 
+/// [`spawn`] as a process of another host: its own UTS namespace with the
+/// kernel hostname `hostname` (we run as root), so that the hostname in its
+/// lock really differs, as two machines' would.
+fn spawn_on_host(sb: &Sandbox, hostname: &str, args: &[&str], failpoints: &str) -> Child {
+    let mut cmd = sb.command("unshare", sb.path(), None);
+    cmd.arg("--uts")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo {hostname} > /proc/sys/kernel/hostname && exec \"$0\" \"$@\""
+        ))
+        .arg(bin())
+        .args(args)
+        .env("FAILPOINTS", failpoints)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
 fn finish(child: Child) -> Run {
     Run::from(child.wait_with_output().unwrap())
 }
@@ -350,11 +369,13 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
     a.init();
     a.run(&["backup", "--name", "from-a"]).expect_code(0);
     let b = other_host(&a, media.path(), "lock-wait-seconds = 2");
+    let b_host = format!("host-b-{}", std::process::id());
 
-    // B's backup runs (held at a fault point); A's prune waits, then
-    // refuses naming B's command and pid.
-    let backup = spawn(
+    // B (another kernel hostname) runs a backup, held at a fault point;
+    // A's prune waits, then refuses naming B's host, command and pid.
+    let backup = spawn_on_host(
         &b,
+        &b_host,
         &["backup", "--name", "from-b"],
         "backup-archived=sleep(6000)",
     );
@@ -363,6 +384,7 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
     let r = a.run(&["prune", "--apply"]);
     r.expect_code(5);
     assert!(r.stderr.contains("stack-backup backup"), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("host {b_host}")), "{}", r.stderr);
     assert!(r.stderr.contains(&format!("pid {pid}")), "{}", r.stderr);
     // B finishes: A's prune runs and B's set is whole.
     finish(backup).expect_code(0);
@@ -371,8 +393,37 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
     let out = restic_restore(&a.repo(), "from-b");
     sha256sum_check(out.path()).expect_code(0);
 
-    // B is killed while it holds its lock: the lock stays, but it is stale
-    // (same host, pid gone), as restic judges it.
+    // B is killed on its host: its pid means nothing here, so its lock is
+    // not stale before 30 minutes, for restic as for us; only
+    // `--remove-all` takes it away.
+    let mut backup = spawn_on_host(
+        &b,
+        &b_host,
+        &["backup", "--name", "killed-elsewhere"],
+        "backup-archived=sleep(30000)",
+    );
+    wait_until("B's lock", 30, || !lock_files(&a.repo()).is_empty());
+    backup.kill().unwrap();
+    backup.wait().unwrap();
+    restic(&a.repo(), &["unlock"]).expect_code(0);
+    assert_eq!(lock_files(&a.repo()).len(), 1, "restic keeps it");
+    let r = a.run(&["--json", "unlock"]);
+    r.expect_code(0);
+    assert_eq!(
+        r.json()["kept"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.stdout
+    );
+    let r = a.run(&["prune", "--apply"]);
+    r.expect_code(5);
+    assert!(r.stderr.contains(&format!("host {b_host}")), "{}", r.stderr);
+    a.run(&["unlock", "--remove-all"]).expect_code(0);
+    assert!(lock_files(&a.repo()).is_empty());
+
+    // A process of this host (another state directory) is killed while it
+    // holds its lock: the lock stays, but it is stale (same host, pid
+    // gone), as restic judges it.
     let mut backup = spawn(
         &b,
         &["backup", "--name", "killed"],
@@ -407,6 +458,38 @@ fn another_hosts_backup_holds_off_our_prune_and_its_lock_goes_stale_when_killed(
     a.run(&["prune", "--apply"]).expect_code(0);
     assert!(lock_files(&a.repo()).is_empty());
     restic(&a.repo(), &["check", "--read-data"]).expect_code(0);
+}
+
+#[test]
+fn a_lock_that_cannot_be_refreshed_in_time_stops_the_backup_before_its_snapshot() {
+    let media = media_dir();
+    let (sb, _) = host(media.path());
+    sb.init();
+    // Lock timings of seconds: refreshed every 1 s, lost 3 s after the
+    // last good write; the backup spends 4.5 s archiving.
+    let slow = "repo-lock-timing=return(1);backup-archived=sleep(4500)";
+    // The refresh works: the lock stays ours and the backup completes.
+    finish(spawn(&sb, &["backup", "--name", "refreshed"], slow)).expect_code(0);
+    // Every refresh fails: the backup stops before its snapshot.
+    let r = finish(spawn(
+        &sb,
+        &["backup", "--name", "unrefreshed"],
+        &format!("{slow};repo-lock-refresh=return"),
+    ));
+    r.expect_code(1);
+    assert!(r.stderr.contains("could not be refreshed"), "{}", r.stderr);
+    let sets = sb.run(&["--json", "list"]);
+    sets.expect_code(0);
+    let names: Vec<String> = sets
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["refreshed"], "{}", sets.stdout);
+    assert!(lock_files(&sb.repo()).is_empty(), "its lock is removed");
+    restic(&sb.repo(), &["check", "--read-data"]).expect_code(0);
 }
 
 #[test]

@@ -589,6 +589,9 @@ pub struct Config {
     /// `[state]`: this machine's state directory (see [`crate::system::state`]).
     #[serde(default, skip_serializing_if = "StateSection::is_empty")]
     pub state: StateSection,
+    /// `[tiers]`: Object Lock retention of immaculate and sacred sets.
+    #[serde(default, skip_serializing_if = "crate::tiers::TiersSection::is_empty")]
+    pub tiers: crate::tiers::TiersSection,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -651,6 +654,9 @@ impl Config {
         }
         crate::remote::check_config_options(&r.options)
             .map_err(|m| ConfigError::in_file(file, Some("repository.options".into()), m))?;
+        self.tiers
+            .retain_secs()
+            .map_err(|m| ConfigError::in_file(file, Some("tiers.immaculate-retain".into()), m))?;
         if r.password_file.is_some() && r.password_command.is_some() {
             return Err(ConfigError::in_file(
                 file,

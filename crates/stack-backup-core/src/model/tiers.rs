@@ -55,6 +55,61 @@ impl Tier {
     }
 }
 
+/// How S3 Object Lock protects an object (S3's retention modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetainMode {
+    /// No one can shorten or remove the retention, nor delete the version,
+    /// except a principal with `s3:BypassGovernanceRetention` (the default:
+    /// a mistaken date can still be undone by the bucket's owner).
+    #[default]
+    Governance,
+    /// No one at all, the bucket's owner included, until the date passes.
+    Compliance,
+}
+
+impl RetainMode {
+    /// S3's spelling (`GOVERNANCE`, `COMPLIANCE`).
+    #[must_use]
+    pub fn s3(self) -> &'static str {
+        match self {
+            RetainMode::Governance => "GOVERNANCE",
+            RetainMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// `[tiers]`: how immaculate and sacred sets are protected in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TiersSection {
+    /// How long every object an immaculate or sacred set needs is kept
+    /// under S3 Object Lock retention (e.g. `"365d"`), counted from when the
+    /// set is written and extended by `verify` once a third of it is left.
+    /// Needs a bucket with Object Lock enabled; an error otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immaculate_retain: Option<String>,
+    /// The retention mode [default: governance].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_mode: Option<RetainMode>,
+}
+
+impl TiersSection {
+    /// Whether nothing is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// `immaculate-retain` in seconds, when set.
+    pub fn retain_secs(&self) -> Result<Option<u64>, String> {
+        self.immaculate_retain
+            .as_deref()
+            .map(crate::monitoring::parse_duration)
+            .transpose()
+    }
+}
+
 impl std::fmt::Display for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

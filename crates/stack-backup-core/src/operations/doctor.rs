@@ -51,6 +51,9 @@ pub fn run(cfg: &Config, env: &Env) -> Vec<Check> {
         Check::from_result("repository", check_repository(cfg, env)),
         Check::from_result("disk", check_disk(cfg)),
     ];
+    if let Some(c) = check_object_lock(cfg) {
+        checks.push(Check::from_result("object-lock", c));
+    }
     if cfg.docker.is_some() {
         checks.push(Check::from_result(
             "docker",
@@ -86,6 +89,41 @@ fn check_repository(cfg: &Config, env: &Env) -> Result<String, Error> {
     Ok(format!(
         "restic repository (format v{version}) at {loc}, {n} backup set(s)"
     ))
+}
+
+/// Whether an S3 bucket has Object Lock, and whether the configured
+/// retention can be applied; `None` for a repository not on S3 without
+/// `immaculate-retain`.
+fn check_object_lock(cfg: &Config) -> Option<Result<String, Error>> {
+    if cfg.tiers.immaculate_retain.is_some() {
+        return Some(crate::object_lock::policy(cfg).map(|p| {
+            let p = p.expect("immaculate-retain is set");
+            format!(
+                "{} has Object Lock enabled; immaculate and sacred sets are retained {} in {} mode",
+                p.s3.describe(),
+                cfg.tiers.immaculate_retain.as_deref().unwrap_or_default(),
+                p.mode.s3()
+            )
+        }));
+    }
+    let s3 = match crate::object_lock::S3::for_config(cfg) {
+        Ok(Some(s3)) => s3,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(s3.lock_enabled().map(|on| {
+        if on {
+            format!(
+                "{} has Object Lock enabled; set [tiers] immaculate-retain to protect immaculate and sacred sets",
+                s3.describe()
+            )
+        } else {
+            format!(
+                "{} has no Object Lock: baselines can be deleted with the backup's credentials",
+                s3.describe()
+            )
+        }
+    }))
 }
 
 fn check_disk(cfg: &Config) -> Result<String, Error> {

@@ -172,6 +172,9 @@ pub struct Created {
     pub backup: backup::Report,
     /// The read-back.
     pub verification: SetReport,
+    /// The Object Lock retention given to its objects (`[tiers]
+    /// immaculate-retain`), when configured.
+    pub retention: Option<crate::object_lock::Protected>,
 }
 
 /// Takes a new backup set and makes it immaculate once it has been read back
@@ -186,6 +189,8 @@ pub fn create<P: ProgressBars>(
     progress: P,
 ) -> Result<Created> {
     let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup immaculate create")?;
+    // A retention that cannot be applied is refused before the backup.
+    drop(crate::object_lock::policy(cfg)?);
     let mut report = backup::run_locked(
         cfg,
         env,
@@ -239,12 +244,14 @@ pub fn create<P: ProgressBars>(
         .map_err(|e| repo_err("saving the immaculate set", e))?;
     repo.delete_snapshots(&[held.id])
         .map_err(|e| repo_err("removing the unverified set", e))?;
-    let (set, _) = sets::find(&repo, &cfg.stack.name.0, &report.set.name)?;
+    let (set, snap) = sets::find(&repo, &cfg.stack.name.0, &report.set.name)?;
     record(cfg, &set.id, &Verification::of(&check));
     report.set = set;
+    let retention = crate::object_lock::protect(cfg, &repo, &snap)?;
     Ok(Created {
         backup: report,
         verification: check,
+        retention,
     })
 }
 
@@ -277,6 +284,19 @@ pub fn verify(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Vec<SetRepo
     for (b, s) in chosen {
         let r = verify::verify_set(&repo, &b, &s);
         record(cfg, &b.id, &Verification::of(&r));
+        // A baseline read back intact keeps its Object Lock retention
+        // ahead of it (a third of `immaculate-retain` left, or none).
+        if r.ok() {
+            if let Some(p) = crate::object_lock::extend_if_due(cfg, &repo, &s)? {
+                log::warn!(
+                    "Object Lock retention of `{}` extended: {} object(s) retained in {} mode until {}",
+                    b.name,
+                    p.objects,
+                    p.mode,
+                    p.until
+                );
+            }
+        }
         out.push(r);
     }
     Ok(out)

@@ -376,6 +376,33 @@ pub struct PruneReport {
     pub packs_recovered: u64,
     /// Bytes of repository data freed.
     pub bytes_freed: u64,
+    /// Packs this run would have repacked that are under Object Lock
+    /// retention (an immaculate or sacred set's): not repacked, nor is
+    /// anything else this run, since a repack deletes the old pack.
+    pub packs_retained: usize,
+    /// The latest retention date of those packs.
+    pub retained_until: Option<String>,
+}
+
+/// The packs of the immaculate and sacred sets among `sets`, and the
+/// bucket, when Object Lock retention is configured.
+fn retained_packs(
+    cfg: &crate::Config,
+    env: &crate::config::Env,
+    sets: &[(crate::sets::BackupSet, rustic_core::repofile::SnapshotFile)],
+) -> Result<Option<(std::collections::BTreeSet<String>, crate::object_lock::S3)>> {
+    let Some(policy) = crate::object_lock::policy(cfg)? else {
+        return Ok(None);
+    };
+    let repo = crate::repository::open_indexed(cfg, env)?;
+    let mut packs = std::collections::BTreeSet::new();
+    for (_, snap) in sets
+        .iter()
+        .filter(|(b, _)| matches!(b.tier, Tier::Immaculate | Tier::Sacred))
+    {
+        packs.extend(crate::object_lock::set_packs(&repo, snap)?);
+    }
+    Ok(Some((packs, policy.s3)))
 }
 
 /// `stack-backup prune`: decides with [`plan`]; with `apply`, removes the
@@ -405,6 +432,8 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         packs_waiting: 0,
         packs_recovered: 0,
         bytes_freed: 0,
+        packs_retained: 0,
+        retained_until: None,
     };
     if !apply {
         return Ok(report);
@@ -420,6 +449,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         .filter_map(|d| sets.iter().find(|(b, _)| b.id == d.set.id))
         .map(|(_, s)| s.id)
         .collect();
+    crate::repo::restic_lock::still_held()?;
     if !gone.is_empty() {
         repo.delete_snapshots(&gone)
             .map_err(|e| repo_err("removing backup sets", e))?;
@@ -434,15 +464,54 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
     opts.keep_delete = jiff::Span::new()
         .try_hours(i64::try_from(cfg.repository.prune_grace_hours()).unwrap_or(i64::MAX))
         .map_err(|e| Error::Usage(format!("prune-grace-hours: {e}")))?;
-    let prune_plan = repo
+    let mut prune_plan = repo
         .prune_plan(&opts)
         .map_err(|e| repo_err("planning the data prune", e))?;
+    // Packs under Object Lock retention are never repacked (a repack
+    // deletes the old pack): when the plan would touch one, this run
+    // repacks nothing. Unused packs are never a kept set's, so deletion
+    // is unaffected and `backups` sets are pruned as usual.
+    if let Some((retained, s3)) = retained_packs(cfg, env, &sets)? {
+        let hit: Vec<String> = prune_plan
+            .repack_packs()
+            .iter()
+            .map(|p| p.to_hex().to_string())
+            .filter(|p| retained.contains(p))
+            .collect();
+        if !hit.is_empty() {
+            let mut until: Option<jiff::Timestamp> = None;
+            for p in &hit {
+                if let Some((_, u)) = s3.retention(&format!("data/{}/{p}", &p[..2]), None)? {
+                    until = until.max(Some(u));
+                }
+            }
+            report.packs_retained = hit.len();
+            report.retained_until = until.map(|u| u.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            opts.max_repack = "0"
+                .parse()
+                .map_err(|e: Box<rustic_core::RusticError>| repo_err("limiting the repack", e))?;
+            prune_plan = repo
+                .prune_plan(&opts)
+                .map_err(|e| repo_err("planning the data prune", e))?;
+            if prune_plan
+                .repack_packs()
+                .iter()
+                .any(|p| retained.contains(&p.to_hex().to_string()))
+            {
+                return Err(Error::Refused(format!(
+                    "prune would repack {} pack(s) under Object Lock retention; nothing was deleted",
+                    hit.len()
+                )));
+            }
+        }
+    }
     let stats = &prune_plan.stats;
     report.packs_removed = stats.packs_to_delete.remove;
     report.packs_marked = stats.packs.unused + stats.packs_unref;
     report.packs_waiting = stats.packs_to_delete.keep;
     report.packs_recovered = stats.packs_to_delete.recover;
     report.bytes_freed = stats.size_to_delete.remove;
+    crate::repo::restic_lock::still_held()?;
     repo.prune(&opts, prune_plan)
         .map_err(|e| repo_err("removing unreferenced data", e))?;
     Ok(report)

@@ -34,6 +34,9 @@ pub struct Pinned {
     pub git_tag: Option<String>,
     /// Why no tag was created, when none was.
     pub note: Option<String>,
+    /// The Object Lock retention given to its objects (`[tiers]
+    /// immaculate-retain`), when configured.
+    pub retention: Option<crate::object_lock::Protected>,
 }
 
 /// Makes `sacred/NAME` from an existing set (`from`) or a new backup, then
@@ -53,6 +56,9 @@ pub fn pin<P: ProgressBars>(
     let full = format!("sacred/{name}");
     let stack = cfg.stack.name.0.clone();
     let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup sacred")?;
+    // A retention that cannot be applied is refused before anything is
+    // written.
+    drop(crate::object_lock::policy(cfg)?);
     let repo = repository::open_from(cfg, env)?;
     let existing = sets::list(&repo, &stack)?;
     if existing.iter().any(|(b, _)| b.name == full) {
@@ -155,10 +161,20 @@ pub fn pin<P: ProgressBars>(
             Some("the set recorded no git commit: no git tag created".to_string()),
         ),
     };
+    let retention = if cfg.tiers.immaculate_retain.is_some() {
+        let repo = repository::open_indexed(cfg, env)?;
+        let snap = repo
+            .get_snapshot_from_str(&set.id, |_| true)
+            .map_err(|e| repo_err("reading back the sacred set", e))?;
+        crate::object_lock::protect(cfg, &repo, &snap)?
+    } else {
+        None
+    };
     Ok(Pinned {
         set,
         from: from_name,
         git_tag,
         note,
+        retention,
     })
 }

@@ -2,6 +2,7 @@
 //! process lock, and the pack cache of remote repositories.
 
 pub mod lock;
+pub mod object_lock;
 pub mod packcache;
 pub mod remote;
 pub mod repository;

@@ -175,7 +175,7 @@ fn repo_err(loc: &Location, e: impl std::fmt::Display) -> Error {
 }
 
 /// The process environment, for credentials of remote repositories.
-fn process_env() -> Env {
+pub(crate) fn process_env() -> Env {
     std::env::vars().collect()
 }
 

@@ -16,6 +16,13 @@
 //! - a held lock is refreshed every 5 minutes (a new file with the new time,
 //!   then the old one removed), and removed when released.
 //!
+//! A refresh that fails is retried every [`RETRY_EVERY`]; once our newest
+//! lock file is within [`MARGIN`] of going stale, the lock counts as lost
+//! (others may now judge it stale and prune beside us): [`still_held`]
+//! fails from then on, and a command calls it before each step that makes
+//! its work referenced (a snapshot, a deletion), so it stops with what it
+//! wrote unreferenced, which two-phase prune (decision 0018) tolerates.
+//!
 //! What is durable: only the lock files. A process killed while holding a
 //! lock leaves its file; it is stale at once on the same host (its pid is
 //! gone) and after 30 minutes elsewhere. The next stack-backup command on
@@ -23,8 +30,9 @@
 //! exclusive commands until `unlock`); `stack-backup unlock` removes every
 //! stale lock as `restic unlock` does.
 
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use jiff::Timestamp;
 use rustic_core::{FileType, Id};
@@ -39,6 +47,91 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 /// restic's `waitBeforeLockCheck`.
 const SETTLE: Duration = Duration::from_millis(200);
+/// How soon a failed refresh is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(30);
+/// A lock whose newest file is this close to [`STALE_AFTER`] is lost:
+/// clocks differ between hosts, and the step we are in must finish.
+pub const MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// The timing of a held lock: restic's, or shorter in fault-injection
+/// tests (`FAILPOINTS=repo-lock-timing=return(SECS)`: refresh every SECS
+/// seconds, lost 3×SECS after the last good write).
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    refresh: Duration,
+    retry: Duration,
+    lost_after: Duration,
+}
+
+impl Timing {
+    fn now() -> Self {
+        if let Some(secs) =
+            crate::system::fault::value("repo-lock-timing").and_then(|v| v.parse::<u64>().ok())
+        {
+            let s = Duration::from_secs(secs.max(1));
+            return Self {
+                refresh: s,
+                retry: s,
+                lost_after: s * 3,
+            };
+        }
+        Self {
+            refresh: REFRESH_EVERY,
+            retry: RETRY_EVERY,
+            lost_after: STALE_AFTER - MARGIN,
+        }
+    }
+}
+
+/// Whether a held lock is still ours: shared by the refresher and
+/// [`still_held`].
+#[derive(Debug)]
+struct Validity {
+    location: String,
+    /// Wall-clock time of the newest lock file written (a suspended host
+    /// comes back with it old).
+    written: Mutex<SystemTime>,
+    lost: AtomicBool,
+    lost_after: Duration,
+}
+
+impl Validity {
+    fn check(&self) -> Result<()> {
+        let written = *self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let age = SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        if self.lost.load(Ordering::SeqCst) || age >= self.lost_after {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(Error::Repository {
+                location: self.location.clone(),
+                message: format!(
+                    "the repository lock could not be refreshed for {}s and may be judged stale by others; stopped before making this run's data referenced (what it wrote is unreferenced and goes with a later prune); check the connection to the repository and run again",
+                    age.as_secs()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The locks this process holds.
+static HELD: Mutex<Vec<Arc<Validity>>> = Mutex::new(Vec::new());
+
+/// Fails when a repository lock this process holds has been lost (its
+/// refresh failed until it could be judged stale). A command calls this
+/// before each step that makes its work referenced: a snapshot written, a
+/// deletion. Without a held lock (library callers, `init`) it passes.
+pub fn still_held() -> Result<()> {
+    let held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    held.iter().try_for_each(|v| v.check())
+}
 
 /// Shared (backup, restore, verify, copy) or exclusive (prune, removing
 /// sets).
@@ -73,6 +166,15 @@ pub struct LockFile {
     /// What the holder runs (stack-backup only; restic records none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// The kernel's boot id when taken (stack-backup only): a pid means
+    /// nothing on another boot of the host or on another host that happens
+    /// to share its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The holder's pid namespace (`pid:[inode]`, stack-backup only): a
+    /// container's pids are not the host's, even with the host's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -85,6 +187,21 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// This boot of this kernel (shared by every container on it).
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// The pid namespace this process sees pids in.
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 impl LockFile {
@@ -106,6 +223,8 @@ impl LockFile {
             uid: uid.as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             command: Some(command.to_string()),
+            boot_id: boot_id(),
+            pid_namespace: pid_namespace(),
         }
     }
 
@@ -133,9 +252,22 @@ impl LockFile {
 
     /// Taken on this host by a process that is gone: no one can hold it,
     /// whatever its age.
+    ///
+    /// restic's rule is the hostname and the pid alone, and stays the rule
+    /// for restic's locks. It misjudges a live holder on another machine
+    /// that shares our hostname, or in a container given the host's name
+    /// (its pids are not ours): our own locks also record the boot id and
+    /// the pid namespace, and a lock whose boot id or namespace differs
+    /// from ours (or cannot be compared) is judged by age only
+    /// (decision 0025).
     #[must_use]
     pub fn is_dead_here(&self) -> bool {
+        let same = |recorded: &Option<String>, ours: Option<String>| {
+            recorded.is_none() || ours.as_ref() == recorded.as_ref()
+        };
         self.hostname == hostname()
+            && same(&self.boot_id, boot_id())
+            && same(&self.pid_namespace, pid_namespace())
             && i32::try_from(self.pid).map_or(true, |pid| {
                 matches!(
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
@@ -267,6 +399,8 @@ fn conflict(
                 "a lock file that cannot be read (locks/{}; `stack-backup unlock --remove-all` removes it once no one holds the repository)",
                 f.id
             )),
+            boot_id: None,
+            pid_namespace: None,
         }))
 }
 
@@ -274,6 +408,7 @@ fn conflict(
 pub struct Held {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    validity: Arc<Validity>,
 }
 
 impl std::fmt::Debug for Held {
@@ -333,21 +468,36 @@ pub fn acquire(
             pause = (pause * 2).min(Duration::from_secs(5));
         }
     };
+    let timing = Timing::now();
+    let validity = Arc::new(Validity {
+        location: loc.to_string(),
+        written: Mutex::new(SystemTime::now()),
+        lost: AtomicBool::new(false),
+        lost_after: timing.lost_after,
+    });
     let (tx, rx) = mpsc::channel::<()>();
     let loc = loc.clone();
     let command = command.to_string();
+    let v = Arc::clone(&validity);
     let thread = std::thread::Builder::new()
         .name("repo-lock-refresh".into())
-        .spawn(move || refresh(&repo, &loc, mode, &command, id, &rx))
+        .spawn(move || refresh(&repo, &loc, mode, &command, id, &rx, &v, timing))
         .map_err(|e| Error::io("starting the lock refresher", "", e))?;
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Arc::clone(&validity));
     Ok(Held {
         stop: Some(tx),
         thread: Some(thread),
+        validity,
     })
 }
 
-/// Refreshes the lock every [`REFRESH_EVERY`] until told to stop (or the
-/// holder is gone), then removes it.
+/// Refreshes the lock every [`REFRESH_EVERY`] (a failure again after
+/// [`RETRY_EVERY`]) until told to stop (or the holder is gone), then
+/// removes it. Once the lock is lost it is no longer refreshed: a new file
+/// would claim a lock others may already have judged stale.
+#[allow(clippy::too_many_arguments)]
 fn refresh(
     repo: &OpenRepo,
     loc: &Location,
@@ -355,14 +505,34 @@ fn refresh(
     command: &str,
     mut id: Id,
     stop: &mpsc::Receiver<()>,
+    validity: &Validity,
+    timing: Timing,
 ) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(REFRESH_EVERY) {
-        match write(repo, loc, &LockFile::mine(mode, command)) {
+    let mut wait = timing.refresh;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        if validity.check().is_err() {
+            log::error!(
+                "the repository lock is lost (not refreshed in time); the command stops at its next step"
+            );
+            wait = timing.refresh;
+            continue;
+        }
+        let written = crate::system::fault::point("repo-lock-refresh")
+            .and_then(|()| write(repo, loc, &LockFile::mine(mode, command)));
+        match written {
             Ok(new) => {
+                *validity
+                    .written
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = SystemTime::now();
                 let _ = repo.remove_raw(FileType::Lock, &id);
                 id = new;
+                wait = timing.refresh;
             }
-            Err(e) => log::warn!("refreshing the repository lock failed: {e}"),
+            Err(e) => {
+                log::warn!("refreshing the repository lock failed (trying again): {e}");
+                wait = timing.retry;
+            }
         }
     }
     if let Err(e) = repo.remove_raw(FileType::Lock, &id) {
@@ -376,6 +546,9 @@ fn refresh(
 
 impl Drop for Held {
     fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|v| !Arc::ptr_eq(v, &self.validity));
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -445,5 +618,30 @@ mod tests {
         .unwrap();
         assert!(theirs.age() > Duration::ZERO);
         assert!(theirs.describe().contains("restic"));
+    }
+
+    #[test]
+    fn a_dead_pid_counts_only_on_this_boot_and_in_this_pid_namespace() {
+        let mut l = LockFile::mine(Mode::Exclusive, "test");
+        assert!(l.boot_id.is_some() && l.pid_namespace.is_some());
+        l.pid = i64::from(i32::MAX);
+        assert!(l.is_dead_here(), "same host, boot and namespace");
+        // Another machine with our hostname, or this host before a reboot.
+        let mut other_boot = l.clone();
+        other_boot.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        assert!(!other_boot.is_dead_here());
+        assert!(!other_boot.is_stale(), "stale by age only");
+        // A container given the host's name: its pids are not ours.
+        let mut container = l.clone();
+        container.pid_namespace = Some("pid:[1]".into());
+        assert!(!container.is_dead_here());
+        // restic's lock records neither: restic's rule (hostname and pid).
+        let mut restic = l.clone();
+        restic.boot_id = None;
+        restic.pid_namespace = None;
+        assert!(restic.is_dead_here());
+        // The extra fields are optional on the way in, as for restic.
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains("\"boot_id\"") && json.contains("\"pid_namespace\""));
     }
 }

@@ -29,3 +29,12 @@ pub fn point(point: &str) -> Result<()> {
     });
     Ok(())
 }
+
+/// The argument of a fault-injection point set to `return(ARG)` (a test's
+/// knob, e.g. shorter lock timings); `None` without the feature.
+#[must_use]
+pub fn value(point: &str) -> Option<String> {
+    let _ = point;
+    fail::fail_point!(point, |arg: Option<String>| arg);
+    None
+}

@@ -37,6 +37,7 @@ pub fn run(
             out.json(&serde_json::json!({
                 "backup": created.backup,
                 "verification": created.verification,
+                "retention": created.retention,
             }));
             super::backup::render(&created.backup, out);
             out.say(format!(
@@ -45,6 +46,9 @@ pub fn run(
                 disk::human(created.verification.bytes),
                 created.backup.set.name
             ));
+            if let Some(r) = &created.retention {
+                out.say(retention_line(r));
+            }
             Ok(ExitCode::Success)
         }
         ImmaculateCommand::List => {
@@ -129,4 +133,12 @@ pub fn failed_sets(reports: &[SetReport]) -> anyhow::Result<ExitCode> {
     } else {
         Err(Error::Verification(format!("backup set(s) damaged: {}", bad.join(", "))).into())
     }
+}
+
+/// The line that says how a set's objects are locked in the bucket.
+pub fn retention_line(r: &stack_backup_core::object_lock::Protected) -> String {
+    format!(
+        "Object Lock: {} object(s) ({} pack(s)) retained in {} mode until {}; the backup's credentials cannot delete or overwrite those versions",
+        r.objects, r.packs, r.mode, r.until
+    )
 }

@@ -43,6 +43,13 @@ pub fn run(cfg: &Config, args: &PruneArgs, env: &Env, out: &Output) -> anyhow::R
             cfg.repository.prune_grace_hours(),
             report.packs_recovered
         ));
+        if report.packs_retained > 0 {
+            out.say(format!(
+                "{} pack file(s) are under Object Lock retention (until {}) and would have been repacked: nothing was repacked this run",
+                report.packs_retained,
+                report.retained_until.as_deref().unwrap_or("an unknown date")
+            ));
+        }
     } else {
         out.say(format!(
             "\n{gone} set(s) would be removed; nothing was changed (run `stack-backup prune --apply` to apply)"

@@ -41,6 +41,9 @@ pub fn run(cfg: &Config, args: &SacredArgs, env: &Env, out: &Output) -> anyhow::
             }
         }
     }
+    if let Some(r) = &pinned.retention {
+        out.say(super::immaculate::retention_line(r));
+    }
     out.say(format!(
         "restore it with: stack-backup restore {}",
         pinned.set.name

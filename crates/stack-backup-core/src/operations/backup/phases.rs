@@ -122,6 +122,9 @@ impl<'a> Run<'a> {
             records.insert(id, record);
         }
         fault("backup-ledger-checked")?;
+        // A lost repository lock: stop before anything references the
+        // packs (the parts are removed on the way out).
+        crate::repo::restic_lock::still_held()?;
 
         self.phase("manifest");
         let snap_a = parts.snaps()[0].clone();
@@ -130,6 +133,7 @@ impl<'a> Run<'a> {
         fault("backup-manifest-written")?;
 
         self.phase("tree check and merge");
+        crate::repo::restic_lock::still_held()?;
         let set = self.commit(repo, &m, &runs, &parts)?;
         fault("backup-committed")?;
         self.phase("done");

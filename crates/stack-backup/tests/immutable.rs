@@ -1,0 +1,331 @@
+//! Immutable baselines on S3 (issue 17): with `[tiers] immaculate-retain`,
+//! every object an immaculate set needs gets an Object Lock retention date
+//! in the local S3 server (moto, which refuses versioned deletes under
+//! retention and turns plain deletes into delete markers, as AWS does);
+//! `backups` sets are pruned as usual; the backup's own credentials cannot
+//! destroy the baseline's versions.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use common::backend::{endpoint, new_bucket, s3_credentials, Repo, ACCESS_KEY, SECRET_KEY};
+use common::*;
+
+/// A bucket made with Object Lock enabled (which turns versioning on).
+fn locked_bucket() -> String {
+    let bucket = unique("sbt-locked").replace('_', "-");
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "x-amz-bucket-object-lock-enabled: true",
+            &format!("{}/{bucket}", endpoint()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "creating {bucket}: {out:?}");
+    bucket
+}
+
+/// A signed request with the backup's own credentials; (HTTP code, body,
+/// headers).
+fn s3(
+    method: &str,
+    bucket: &str,
+    path_query: &str,
+    upload: Option<&[u8]>,
+) -> (u16, String, String) {
+    let headers = tempfile::NamedTempFile::new().unwrap();
+    let mut c = Command::new("curl");
+    c.args(["-s", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"])
+        .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+        .args(["-o", "-", "-w", "\n%{http_code}", "-D"])
+        .arg(headers.path());
+    let body = tempfile::NamedTempFile::new().unwrap();
+    if let Some(b) = upload {
+        std::fs::write(body.path(), b).unwrap();
+        c.arg("-T").arg(body.path());
+    } else if method == "HEAD" {
+        c.arg("-I");
+    } else {
+        c.args(["-X", method]);
+    }
+    let out = c
+        .arg(format!("{}/{bucket}/{path_query}", endpoint()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        body.to_string(),
+        std::fs::read_to_string(headers.path()).unwrap_or_default(),
+    )
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
+}
+
+/// (key, version id) pairs.
+type Versions = Vec<(String, String)>;
+
+/// Every version (key, version id) and delete marker under `prefix`.
+fn versions(bucket: &str, prefix: &str) -> (Versions, Versions) {
+    let (code, xml, _) = s3("GET", bucket, &format!("?versions&prefix={prefix}/"), None);
+    assert_eq!(code, 200, "{xml}");
+    assert!(
+        !xml.contains("<IsTruncated>true"),
+        "one page is enough here"
+    );
+    let pick = |tag: &str| {
+        xml.split(&format!("<{tag}>"))
+            .skip(1)
+            .map(|v| {
+                (
+                    between(v, "<Key>", "</Key>").unwrap().to_string(),
+                    between(v, "<VersionId>", "</VersionId>")
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    (pick("Version"), pick("DeleteMarker"))
+}
+
+/// The retain-until date of one version, if it has one.
+fn retained_until(bucket: &str, key: &str, version: &str) -> Option<String> {
+    let (_, _, headers) = s3("HEAD", bucket, &format!("{key}?versionId={version}"), None);
+    headers.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("x-amz-object-lock-retain-until-date:")
+            .map(|d| d.trim().to_string())
+    })
+}
+
+/// The current (latest) objects under `prefix`, relative keys.
+fn current(bucket: &str, prefix: &str) -> BTreeSet<String> {
+    let (code, xml, _) = s3(
+        "GET",
+        bucket,
+        &format!("?list-type=2&prefix={prefix}/"),
+        None,
+    );
+    assert_eq!(code, 200, "{xml}");
+    xml.split("<Contents>")
+        .skip(1)
+        .map(|c| between(c, "<Key>", "</Key>").unwrap()[prefix.len() + 1..].to_string())
+        .collect()
+}
+
+fn data_packs(bucket: &str, prefix: &str) -> BTreeSet<String> {
+    current(bucket, prefix)
+        .into_iter()
+        .filter(|k| k.starts_with("data/"))
+        .collect()
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_retain_without_object_lock_is_refused_before_anything_is_written() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::write(media.path().join("a.txt"), "a\n").unwrap();
+    let mut sb = Sandbox::new();
+    let bucket = new_bucket(&endpoint());
+    s3_credentials(&mut sb, SECRET_KEY);
+    let repo = Repo::S3 {
+        endpoint: endpoint(),
+        bucket,
+        prefix: "shop".into(),
+        cache: sb.path().join("cache"),
+    };
+    repo.write_config(
+        &sb,
+        "shop",
+        &format!(
+            "\n[tiers]\nimmaculate-retain = \"1d\"\n\n[paths.media]\npath = \"{}\"\n",
+            media.path().display()
+        ),
+    );
+    sb.init();
+    let r = sb.run(&["immaculate", "create", "--name", "base"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("does not have Object Lock"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(repo.snapshot_count(), 0);
+    let r = sb.run(&["--json", "doctor"]);
+    assert!(
+        r.stdout.contains("does not have Object Lock"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::write(media.path().join("a.bin"), noise(1, 300_000)).unwrap();
+    let mut sb = Sandbox::new();
+    let bucket = locked_bucket();
+    let prefix = "shop";
+    s3_credentials(&mut sb, SECRET_KEY);
+    let repo = Repo::S3 {
+        endpoint: endpoint(),
+        bucket: bucket.clone(),
+        prefix: prefix.into(),
+        cache: sb.path().join("cache"),
+    };
+    repo.write_config(
+        &sb,
+        "shop",
+        &format!(
+            "prune-grace-hours = 0\n\n[tiers]\nimmaculate-retain = \"2d\"\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n",
+            media.path().display()
+        ),
+    );
+    sb.init();
+    let r = sb.run(&["--json", "doctor"]);
+    assert!(r.stdout.contains("has Object Lock enabled"), "{}", r.stdout);
+
+    sb.run(&["backup", "--name", "early-a"]).expect_code(0);
+    let r = sb.run(&["--json", "immaculate", "create", "--name", "base"]);
+    r.expect_code(0);
+    let created = r.json();
+    let retention = &created["retention"];
+    assert!(retention["packs"].as_u64().unwrap() >= 1, "{}", r.stdout);
+    assert_eq!(retention["mode"], "GOVERNANCE");
+    let base_id = created["backup"]["set"]["id"].as_str().unwrap().to_string();
+
+    // Every object the baseline needs is retained for about two days.
+    let retained: BTreeMap<(String, String), String> = versions(&bucket, prefix)
+        .0
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let until = retained_until(&bucket, &k, &v)?;
+            Some(((k[prefix.len() + 1..].to_string(), v), until))
+        })
+        .collect();
+    let keys: BTreeSet<&str> = retained.keys().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains("config"), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("keys/")), "{keys:?}");
+    assert!(
+        keys.contains(format!("snapshots/{base_id}").as_str()),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.starts_with("index/")), "{keys:?}");
+    let retained_packs: BTreeSet<String> = keys
+        .iter()
+        .filter(|k| k.starts_with("data/"))
+        .map(|k| (*k).to_string())
+        .collect();
+    assert_eq!(
+        retained_packs.len() as u64,
+        retention["packs"].as_u64().unwrap(),
+        "{keys:?}"
+    );
+    let year = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(47);
+    assert!(
+        retained
+            .values()
+            .all(|u| u.as_str() > year.to_string().as_str()),
+        "{retained:?}"
+    );
+
+    // `immaculate verify` extends the dates once a third of the period is
+    // left: with the period raised to 30 days, two are far less.
+    let cfg = std::fs::read_to_string(sb.config()).unwrap();
+    std::fs::write(
+        sb.config(),
+        cfg.replace("immaculate-retain = \"2d\"", "immaculate-retain = \"30d\""),
+    )
+    .unwrap();
+    sb.run(&["immaculate", "verify", "base"]).expect_code(0);
+    let month = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(29 * 24);
+    for (k, v) in retained.keys() {
+        let until = retained_until(&bucket, &format!("{prefix}/{k}"), v).unwrap();
+        assert!(until.as_str() > month.to_string().as_str(), "{k}: {until}");
+    }
+    std::fs::write(sb.config(), cfg).unwrap();
+
+    // A `backups` set with data of its own is pruned as usual: its packs
+    // are marked, then deleted by the next run; the baseline is whole.
+    let before = data_packs(&bucket, prefix);
+    std::fs::write(media.path().join("b.bin"), noise(2, 300_000)).unwrap();
+    sb.run(&["backup", "--name", "early-b"]).expect_code(0);
+    let own: BTreeSet<String> = data_packs(&bucket, prefix)
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(!own.is_empty());
+    assert!(own.is_disjoint(&retained_packs));
+    std::fs::remove_file(media.path().join("b.bin")).unwrap();
+    sb.run(&["backup", "--name", "late"]).expect_code(0);
+    let r = sb.run(&["--json", "prune", "--apply"]);
+    r.expect_code(0);
+    assert_eq!(r.json()["removed_sets"], 2, "{}", r.stdout);
+    sb.run(&["prune", "--apply"]).expect_code(0);
+    let now = data_packs(&bucket, prefix);
+    assert!(own.is_disjoint(&now), "early-b's packs are deleted");
+    assert!(retained_packs.is_subset(&now), "the baseline's packs stay");
+    repo.restic(&["check", "--read-data"]).expect_code(0);
+
+    // The ransomware case, with the backup's own credentials: every object
+    // deleted (delete markers), every version deleted for good where the
+    // store allows it, some overwritten.
+    let (all, _) = versions(&bucket, prefix);
+    for key in current(&bucket, prefix) {
+        let (code, body, _) = s3("DELETE", &bucket, &format!("{prefix}/{key}"), None);
+        assert_eq!(code, 204, "{key}: {body}");
+    }
+    let mut refused = BTreeSet::new();
+    for (key, version) in &all {
+        let (code, _, _) = s3(
+            "DELETE",
+            &bucket,
+            &format!("{key}?versionId={version}"),
+            None,
+        );
+        if code == 403 {
+            refused.insert((key[prefix.len() + 1..].to_string(), version.clone()));
+        } else {
+            assert_eq!(code, 204, "{key} {version}");
+        }
+    }
+    let (code, _, _) = s3("PUT", &bucket, &format!("{prefix}/config"), Some(b"ransom"));
+    assert_eq!(code, 200);
+    assert!(
+        current(&bucket, prefix).len() <= 1,
+        "only the overwritten config is current"
+    );
+    let kept: BTreeSet<_> = retained.keys().cloned().collect();
+    assert_eq!(refused, kept, "exactly the retained versions survive");
+    let (left, _) = versions(&bucket, prefix);
+    for (key, version) in &kept {
+        assert!(
+            left.iter()
+                .any(|(k, v)| k == &format!("{prefix}/{key}") && v == version),
+            "{key} {version} is gone"
+        );
+    }
+}
