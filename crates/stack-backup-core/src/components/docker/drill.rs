@@ -367,7 +367,7 @@ mod tests {
         assert!(text.contains("\"RepoTags\":null"));
         assert_eq!(out.len() % 512, 0);
         // The rewritten header's checksum is valid.
-        let hdr: [u8; 512] = out[512..1024].try_into().unwrap();
+        let hdr: [u8; 512] = out[1024..1536].try_into().unwrap();
         let mut blank = hdr;
         blank[148..156].copy_from_slice(b"        ");
         let sum: u32 = blank.iter().map(|b| u32::from(*b)).sum();
