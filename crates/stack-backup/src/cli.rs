@@ -109,6 +109,20 @@ pub enum Command {
     Prune(PruneArgs),
     /// Check the repository and read backup sets back (every SHA-256).
     Verify(VerifyArgs),
+    /// Restore a set into a scratch environment on this machine, check it
+    /// there, report, and remove the environment; the live stack is never
+    /// touched.
+    ///
+    /// PostgreSQL into a scratch database (`sbdrill_<id>_<name>`), Redis
+    /// into a temporary redis-server on a private socket, images loaded
+    /// under a drill tag (or compared by ID when present), volumes and
+    /// paths into `<state>/drill/<id>/`. Checks: every SHA-256, row counts,
+    /// migration state, every table read, key counts, image IDs, file
+    /// modes and owners, and the `[[drill.check]]` entries. The report is
+    /// stored in the repository beside the set and shown by `status`.
+    /// Exit 3 when a check fails, naming the component; 4 when a component
+    /// cannot be restored here (a missing privilege).
+    Drill(DrillArgs),
     /// Remove stale repository locks (of processes that are gone), as
     /// `restic unlock` does; `--remove-all` removes every lock.
     Unlock(UnlockArgs),
@@ -313,6 +327,21 @@ pub struct ImportArgs {
     /// Name of the new set [default: the exported set's name, or `imported-<time>`].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Backup set name, snapshot id (prefix) or `latest` [default: the
+    /// newest set of tier `backups`].
+    #[arg(add = ArgValueCompleter::new(complete::set_names))]
+    pub name: Option<String>,
+    /// Leave the scratch environment for inspection; prints how to reach
+    /// it and how to remove it (`drill --clean`).
+    #[arg(long, conflicts_with = "clean")]
+    pub keep: bool,
+    /// Only remove what earlier drills left (killed, or kept), and exit.
+    #[arg(long)]
+    pub clean: bool,
 }
 
 #[derive(Debug, Args)]

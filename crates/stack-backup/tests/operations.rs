@@ -707,7 +707,11 @@ fn schedules_become_units_systemd_accepts_or_a_cron_file() {
     let dir = units.path().to_string_lossy().into_owned();
     let show = sb.run(&["schedule", "show", "--dir", &dir]);
     show.expect_code(0);
-    assert!(show.stderr.contains("drill"), "{}", show.stderr);
+    assert!(
+        show.stdout.contains("--no-progress drill"),
+        "{}",
+        show.stdout
+    );
     sb.run(&["schedule", "install", "--dir", &dir, "--dry-run"])
         .expect_code(0);
     assert_eq!(
@@ -722,7 +726,7 @@ fn schedules_become_units_systemd_accepts_or_a_cron_file() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let want: Vec<String> = ["backup", "copy", "dump", "prune", "verify"]
+    let want: Vec<String> = ["backup", "copy", "drill", "dump", "prune", "verify"]
         .iter()
         .flat_map(|c| {
             [

@@ -130,6 +130,26 @@ impl Kind for Git {
         Ok(Some(Planned::new(Record::Git(record), entries, 0)))
     }
 
+    fn drill(
+        &self,
+        scratch: &super::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn super::Drilled>>> {
+        let Record::Git(record) = r else {
+            return Err(super::wrong_record(id));
+        };
+        let path = scratch
+            .cfg
+            .git
+            .as_ref()
+            .map_or_else(|| record.path.clone(), |g| g.path.display().to_string());
+        Ok(Some(Box::new(GitDrill {
+            id: id.clone(),
+            path,
+        })))
+    }
+
     fn restorer(
         &self,
         _cfg: &crate::config::Config,
@@ -206,4 +226,56 @@ pub fn create_tag(path: &Path, tag: &str, commit: &str, message: &str) -> Result
     }
     args.extend(["tag", "-a", tag, "-m", message, commit]);
     process::output("git", "git", &args).map(|_| ())
+}
+
+/// A drill of the git component: code is never restored; the recorded
+/// commit must exist in the configured working tree's repository (a
+/// missing one is reported, not failed: it may live on another machine).
+struct GitDrill {
+    id: ComponentId,
+    path: String,
+}
+
+impl super::Drilled for GitDrill {
+    fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    fn lane(&self) -> super::Lane {
+        super::Lane::Files
+    }
+
+    fn restore(&mut self, _set: &super::SetContext) -> Result<String> {
+        Ok("nothing to restore (code is checked out, not restored)".into())
+    }
+
+    fn check(&mut self, set: &super::SetContext) -> Result<String> {
+        let Some(g) = &set.manifest.git else {
+            return Ok("no commit recorded".into());
+        };
+        let found = crate::process::command("git")
+            .args(["-C", &self.path, "cat-file", "-e"])
+            .arg(format!("{}^{{commit}}", g.commit))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let short = &g.commit[..g.commit.len().min(12)];
+        Ok(if found {
+            format!("commit {short} exists in {}", self.path)
+        } else {
+            format!(
+                "commit {short} is MISSING from {} (check it out from where it was pushed)",
+                self.path
+            )
+        })
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn kept(&self) -> String {
+        String::new()
+    }
 }

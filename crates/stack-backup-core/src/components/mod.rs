@@ -21,6 +21,7 @@
 //! - the export layout and how to restore it by hand ([`Kind::export_path`],
 //!   [`Kind::export_howto`]); import maps the same paths back.
 
+pub mod drilling;
 mod id;
 pub mod restoring;
 pub mod tree;
@@ -36,6 +37,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use drilling::{Drilled, Scratch};
 pub use id::{ComponentId, UnknownComponent};
 pub use restoring::{Applied, Lane, Restore, Restorer, SetContext, Stage, UndoContext};
 
@@ -261,6 +263,24 @@ pub trait Kind: Sync {
         _opts: &RestoreOptions,
         _in_set: &[ComponentId],
     ) -> Result<Vec<Box<dyn Restorer>>> {
+        Ok(Vec::new())
+    }
+
+    /// How a drill restores this component of a set into `scratch`;
+    /// `Ok(None)`: this kind is not drilled. Changes nothing yet.
+    fn drill(
+        &self,
+        _scratch: &Scratch,
+        _id: &ComponentId,
+        _record: &Record,
+    ) -> Result<Option<Box<dyn Drilled>>> {
+        Ok(None)
+    }
+
+    /// Removes what the drill `scratch.id` (killed, or kept) left of this
+    /// kind, and only that: names made from the id. Returns what it
+    /// removed. Idempotent.
+    fn drill_clean(&self, _scratch: &Scratch) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
 

@@ -94,6 +94,19 @@ impl Kind for Paths {
         })))
     }
 
+    fn drill(
+        &self,
+        scratch: &super::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn super::Drilled>>> {
+        Ok(Some(Box::new(super::drilling::TreeDrill::new(
+            scratch,
+            id,
+            record(id, r)?,
+        ))))
+    }
+
     fn describe(&self, r: &Record) -> (String, String) {
         match r {
             Record::Path(t) => (

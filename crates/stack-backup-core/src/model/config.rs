@@ -529,6 +529,29 @@ impl<'de> Deserialize<'de> for DbUrl {
     }
 }
 
+/// `[drill]`: restore drills (`stack-backup drill`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DrillSection {
+    /// A server for the scratch databases instead of each database's own
+    /// (`postgres://user@host:port/postgres`; the role needs CREATEDB).
+    /// Its password is a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<DbUrl>,
+    /// `[[drill.check]]`: run against the scratch resources after the
+    /// drill restored them: `sql` on the scratch database of `postgres`,
+    /// or a `command` that gets `SB_DRILL_PG_URL`, `SB_DRILL_REDIS_SOCKET`
+    /// and `SB_DRILL_DIR_<NAME>` in its environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub check: Vec<HealthCheck>,
+}
+
+impl DrillSection {
+    fn is_empty(&self) -> bool {
+        self.postgres_url.is_none() && self.check.is_empty()
+    }
+}
+
 /// `[state]`: where this machine keeps locks and journals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -592,6 +615,9 @@ pub struct Config {
     /// `[tiers]`: Object Lock retention of immaculate and sacred sets.
     #[serde(default, skip_serializing_if = "crate::tiers::TiersSection::is_empty")]
     pub tiers: crate::tiers::TiersSection,
+    /// `[drill]`: where restore drills restore databases, and their checks.
+    #[serde(default, skip_serializing_if = "DrillSection::is_empty")]
+    pub drill: DrillSection,
     /// The file this was read from (not part of the TOML).
     #[serde(skip)]
     pub source: Option<PathBuf>,

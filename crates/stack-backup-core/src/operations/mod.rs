@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod copy;
 pub mod doctor;
+pub mod drill;
 pub mod export;
 pub mod health;
 pub mod immaculate;

@@ -82,6 +82,18 @@ pub struct DrillRecord {
     pub ok: bool,
     /// Seconds from the start of the restore to the stack answering.
     pub rto_seconds: f64,
+    /// The drill's id (absent in records written before drills existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The set's snapshot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// What failed, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// The report's snapshot id in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 fn path(cfg: &Config, stack: &str, ext: &str) -> crate::error::Result<PathBuf> {
@@ -105,6 +117,21 @@ pub fn drill(cfg: &Config, stack: &str) -> Option<DrillRecord> {
         .ok()
         .and_then(|d| std::fs::read(d.join(format!("drill-{stack}.json"))).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Replaces the newest drill report of `stack` (written beside and
+/// renamed); logs (does not return) a failure.
+pub fn write_drill(cfg: &Config, stack: &str, rec: &DrillRecord) {
+    let res = state_dir(cfg).and_then(|d| {
+        let file = d.join(format!("drill-{stack}.json"));
+        let tmp = d.join(format!("drill-{stack}.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(rec).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| crate::error::Error::io("writing", &file, e))
+    });
+    if let Err(e) = res {
+        log::warn!("could not record the drill: {e}");
+    }
 }
 
 /// Changes the records under the lock; logs (does not return) a failure.

@@ -450,11 +450,25 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         .map(|(_, s)| s.id)
         .collect();
     crate::repo::restic_lock::still_held()?;
+    let sets_gone = gone.len();
+    // A set's drill reports go with it (decision 0021).
+    let mut gone = gone;
+    if !gone.is_empty() {
+        let ids: Vec<String> = gone.iter().map(ToString::to_string).collect();
+        let snaps = repo
+            .get_all_snapshots()
+            .map_err(|e| repo_err("listing the drill reports", e))?;
+        gone.extend(snaps.iter().filter_map(|s| {
+            crate::drill::report_of(s, &cfg.stack.name.0)
+                .filter(|of| ids.contains(of))
+                .map(|_| s.id)
+        }));
+    }
     if !gone.is_empty() {
         repo.delete_snapshots(&gone)
             .map_err(|e| repo_err("removing backup sets", e))?;
     }
-    report.removed_sets = gone.len();
+    report.removed_sets = sets_gone;
     // Two phases (decision 0018): what is unreferenced now is marked, and
     // deleted by a later run once older than the grace period, so that a
     // writer whose packs are not indexed yet (restic or another host that

@@ -174,17 +174,13 @@ pub fn plan(cfg: &Config, o: &Options) -> Result<Plan> {
     }
     let stack = &cfg.stack.name.0;
     let mut files = Vec::new();
-    let mut skipped = Vec::new();
+    let skipped: Vec<String> = Vec::new();
     let mut timers = Vec::new();
     let mut cron = format!(
         "{MARKER}\n# stack `{stack}`, config {}\nSHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
         o.config.display()
     );
     for (cmd, e) in &cfg.schedule {
-        if cmd == "drill" {
-            skipped.push("drill: this version has no `drill` command yet".into());
-            continue;
-        }
         let line = command_line(o, cfg, cmd, e);
         if o.cron {
             let time = cron_time(e.when()).map_err(|m| {

@@ -4,6 +4,7 @@ mod backup;
 mod completions;
 mod copy;
 mod doctor;
+mod drill;
 mod emergency;
 mod export;
 mod immaculate;
@@ -75,6 +76,7 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
         Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
         Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Drill(args) => drill::run(&load_config(cli, &env)?, args, &env, out),
         Command::Unlock(args) => unlock::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
         Command::Import(args) => export::import(&load_config(cli, &env)?, args, &env, out),

@@ -39,6 +39,7 @@ pub fn watched(cmd: &Command) -> Option<&'static str> {
         Command::Sacred(_) => "sacred",
         Command::Prune(_) => "prune",
         Command::Verify(_) => "verify",
+        Command::Drill(_) => "drill",
         Command::Export(_) => "export",
         Command::Import(_) => "import",
         Command::Immaculate(ImmaculateCommand::Create(_)) => "immaculate create",

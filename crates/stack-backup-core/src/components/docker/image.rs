@@ -109,6 +109,29 @@ impl Kind for Image {
         })))
     }
 
+    fn drill(
+        &self,
+        scratch: &crate::components::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn crate::components::Drilled>>> {
+        let Record::DockerImage(record) = r else {
+            return Err(wrong_record(id));
+        };
+        Ok(Some(Box::new(super::drill::ImageDrill::new(
+            scratch,
+            id,
+            record.clone(),
+        ))))
+    }
+
+    fn drill_clean(&self, scratch: &crate::components::Scratch) -> Result<Vec<String>> {
+        if scratch.cfg.docker.is_none() {
+            return Ok(Vec::new());
+        }
+        super::drill::clean(scratch)
+    }
+
     fn describe(&self, r: &Record) -> (String, String) {
         let Record::DockerImage(i) = r else {
             return (String::new(), String::new());

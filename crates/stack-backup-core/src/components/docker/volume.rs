@@ -89,6 +89,22 @@ impl Kind for Volume {
         ))))
     }
 
+    fn drill(
+        &self,
+        scratch: &crate::components::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn crate::components::Drilled>>> {
+        let Record::DockerVolume(record) = r else {
+            return Err(wrong_record(id));
+        };
+        Ok(Some(Box::new(crate::components::drilling::TreeDrill::new(
+            scratch,
+            id,
+            record.clone(),
+        ))))
+    }
+
     fn describe(&self, r: &Record) -> (String, String) {
         let Record::DockerVolume(t) = r else {
             return (String::new(), String::new());

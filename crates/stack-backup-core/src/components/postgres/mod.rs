@@ -3,6 +3,7 @@
 //! exported snapshot, with roles, exact row counts and migration state
 //! taken in the same snapshot.
 
+mod drill;
 mod locks;
 mod privileges;
 mod restore;
@@ -73,6 +74,15 @@ fn missing_database(name: &str, pg: &PostgresConfig) -> Error {
         component(name),
         format!("database `{database}` does not exist; {how}"),
     )
+}
+
+/// The URL of database `db` on `server` (its password, when the URL holds
+/// one, included: for a drill check's environment only).
+pub fn scratch_database_url(
+    server: &PostgresConfig,
+    db: &str,
+) -> std::result::Result<String, String> {
+    drill::scratch_url(server.url.expose(), db)
 }
 
 /// The kind `postgres`.
@@ -192,6 +202,37 @@ impl Kind for Postgres {
             target,
             opts.restore_role_passwords,
         ))))
+    }
+
+    fn drill(
+        &self,
+        scratch: &super::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn super::Drilled>>> {
+        let Record::Postgres(record) = r else {
+            return Err(super::wrong_record(id));
+        };
+        let Some(pg) = scratch.cfg.postgres.get(id.name()) else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(drill::PgDrill::new(
+            scratch,
+            id,
+            pg,
+            record.clone(),
+        ))))
+    }
+
+    fn drill_clean(&self, scratch: &super::Scratch) -> Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for (key, pg) in &scratch.cfg.postgres {
+            let server = scratch.postgres_server(pg);
+            for db in drill::drop_databases(key, &server, &scratch.database_prefix())? {
+                dropped.push(format!("database `{db}`"));
+            }
+        }
+        Ok(dropped)
     }
 
     fn describe(&self, r: &Record) -> (String, String) {

@@ -4,6 +4,7 @@
 //! configured database only (see `restore.rs`).
 
 mod copy;
+mod drill;
 mod restore;
 mod server;
 mod temp_server;
@@ -121,6 +122,22 @@ impl Kind for Redis {
             }
         }
         Ok(out)
+    }
+
+    fn drill(
+        &self,
+        _scratch: &super::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn super::Drilled>>> {
+        let Record::Redis(record) = r else {
+            return Err(wrong_record(id));
+        };
+        Ok(Some(Box::new(drill::RedisDrill::new(id, record.clone()))))
+    }
+
+    fn drill_clean(&self, _scratch: &super::Scratch) -> Result<Vec<String>> {
+        Ok(drill::clean())
     }
 
     fn describe(&self, r: &Record) -> (String, String) {

@@ -468,7 +468,7 @@ impl Applied for Swapped {
 }
 
 /// The database index a Redis URL selects (0 when it names none).
-fn db_index(url: &str) -> std::result::Result<i64, String> {
+pub(super) fn db_index(url: &str) -> std::result::Result<i64, String> {
     redis::IntoConnectionInfo::into_connection_info(url)
         .map(|i| i.redis.db)
         .map_err(|e| e.to_string())

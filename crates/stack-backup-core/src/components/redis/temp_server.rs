@@ -92,6 +92,11 @@ impl TempServer {
         &self.dir.0
     }
 
+    /// Its Unix socket.
+    pub(super) fn socket(&self) -> PathBuf {
+        socket(&self.dir.0)
+    }
+
     /// A connection to database `db`.
     pub(super) fn connect(&self, db: i64) -> redis::RedisResult<redis::Connection> {
         let info = redis::ConnectionInfo {

@@ -36,6 +36,7 @@ use std::sync::Mutex;
 use rustic_core::repofile::Node;
 use serde::Serialize;
 
+pub(crate) use plan::read_set;
 pub use plan::{plan, Plan, Target};
 
 use crate::components::restoring::{

@@ -114,7 +114,7 @@ pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
 
 /// The manifest (checked: a restorable schema, ids that agree with their
 /// records) and the checksums of a set.
-pub(super) fn read_set(
+pub(crate) fn read_set(
     repo: &Indexed,
     set: &BackupSet,
     snap: &SnapshotFile,

@@ -1,0 +1,228 @@
+//! A database of the set restored into a scratch database
+//! (`sbdrill_<drill id>_<key>`) by the restore's own [`PgRestorer`] (same
+//! privileges decision, same roles handling, `pg_restore
+//! --exit-on-error`), then checked there: row counts and migration state
+//! against the manifest, and every table read once by `pg_dump` into
+//! `/dev/null` (a damaged page or TOAST chunk fails it).
+
+use std::collections::BTreeMap;
+
+use super::{
+    admin_config, client_config, component, locks, migration_state_now, quote_ident, row_counts,
+    server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
+};
+use crate::components::drilling::{env_name, Drilled, Scratch, DB_PREFIX};
+use crate::components::restoring::{Lane, Restorer, SetContext};
+use crate::components::ComponentId;
+use crate::config::PostgresConfig;
+use crate::error::{Error, Result};
+
+/// The drill of one `[postgres.NAME]`.
+pub(super) struct PgDrill {
+    id: ComponentId,
+    record: PostgresRecord,
+    target: PgTarget,
+    restorer: PgRestorer,
+}
+
+impl PgDrill {
+    pub(super) fn new(
+        scratch: &Scratch,
+        id: &ComponentId,
+        pg: &PostgresConfig,
+        record: PostgresRecord,
+    ) -> Self {
+        let target = PgTarget {
+            key: id.name().to_string(),
+            server: scratch.postgres_server(pg),
+            database: scratch.database(id.name()),
+        };
+        Self {
+            restorer: PgRestorer::new(id.clone(), record.clone(), target.clone(), false),
+            id: id.clone(),
+            record,
+            target,
+        }
+    }
+
+    fn connect(&self) -> Result<::postgres::Client> {
+        let mut pc = client_config(&self.target.key, &self.target.server)?;
+        pc.dbname(&self.target.database);
+        pc.connect(::postgres::NoTls).map_err(|e| {
+            Error::component(
+                self.id.as_str(),
+                format!(
+                    "cannot connect to the scratch database `{}`: {e}",
+                    self.target.database
+                ),
+            )
+        })
+    }
+}
+
+impl Drilled for PgDrill {
+    fn id(&self) -> &ComponentId {
+        &self.id
+    }
+
+    fn lane(&self) -> Lane {
+        Lane::Databases
+    }
+
+    fn restore(&mut self, set: &SetContext) -> Result<String> {
+        // A scratch database has no original: the commit drops nothing.
+        self.restorer.restore(set)?.commit();
+        Ok(format!(
+            "database `{}` ({} tables)",
+            self.target.database,
+            self.record.row_counts.len()
+        ))
+    }
+
+    fn check(&mut self, _set: &SetContext) -> Result<String> {
+        let c = &self.id;
+        let mut client = self.connect()?;
+        let counts = row_counts(&self.target.key, &mut client)?;
+        if let Some(diff) = count_diff(&self.record.row_counts, &counts) {
+            return Err(Error::Verification(format!(
+                "{c}: row counts differ from the manifest: {diff}"
+            )));
+        }
+        let migrations = migration_state_now(&self.target.key, &mut client)?;
+        if migrations != self.record.migrations {
+            return Err(Error::Verification(format!(
+                "{c}: migration state of the restored database differs from the manifest"
+            )));
+        }
+        let major = server_version(&self.target.key, &mut client)?.major;
+        drop(client);
+        let mut pc = client_config(&self.target.key, &self.target.server)?;
+        pc.dbname(&self.target.database);
+        let tool = ToolRun::find(&self.target.key, &self.target.server, &pc, "pg_dump", major)?;
+        tool.output(
+            c.as_str(),
+            &["--no-password", "--format=plain", "--file=/dev/null"],
+        )
+        .map_err(|e| Error::Verification(format!("{c}: reading every table failed: {e}")))?;
+        Ok(format!(
+            "{} tables: row counts and migrations match; every table read (pg_dump)",
+            counts.len()
+        ))
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let Ok(url) = scratch_url(self.target.server.url.expose(), &self.target.database) else {
+            return Vec::new();
+        };
+        vec![
+            (env_name("SB_DRILL_PG_URL_", self.id.name()), url.clone()),
+            ("SB_DRILL_PG_URL".into(), url),
+        ]
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        drop_databases(&self.target.key, &self.target.server, &self.target.database).map(|_| ())
+    }
+
+    fn kept(&self) -> String {
+        format!(
+            "{}: database `{}` on {} (psql \"$SB_DRILL_PG_URL\"; remove with `stack-backup drill --clean`)",
+            self.id,
+            self.target.database,
+            self.target.server.url.redacted()
+        )
+    }
+}
+
+/// The configured URL with its database replaced by `db`.
+pub(super) fn scratch_url(url: &str, db: &str) -> std::result::Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let query = tail.find('?').map_or("", |i| &tail[i..]);
+    Ok(format!("{scheme}://{authority}/{db}{query}"))
+}
+
+/// What differs between the manifest's row counts and the restored ones.
+fn count_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Option<String> {
+    if want == got {
+        return None;
+    }
+    let diff: Vec<String> = want
+        .iter()
+        .filter(|(t, n)| got.get(*t) != Some(n))
+        .map(|(t, n)| {
+            format!(
+                "{t}: {} (expected {n})",
+                got.get(t).map_or("missing".into(), ToString::to_string)
+            )
+        })
+        .chain(
+            got.keys()
+                .filter(|t| !want.contains_key(*t))
+                .map(|t| format!("{t}: not in the set")),
+        )
+        .collect();
+    Some(diff.join(", "))
+}
+
+/// Drops every database of the server whose name starts with `prefix`
+/// (which starts with [`DB_PREFIX`]: nothing else can be named), its
+/// sessions ended first; returns the names dropped. Through `admin-url`
+/// when set (it may have created them), else the configured role.
+pub(super) fn drop_databases(
+    key: &str,
+    server: &PostgresConfig,
+    prefix: &str,
+) -> Result<Vec<String>> {
+    if !prefix.starts_with(DB_PREFIX) || prefix.len() <= DB_PREFIX.len() {
+        return Err(Error::component(
+            component(key),
+            format!("refusing to drop databases named `{prefix}*`"),
+        ));
+    }
+    let mut pc = match admin_config(key, server)? {
+        Some(a) => a,
+        None => client_config(key, server)?,
+    };
+    pc.dbname("postgres");
+    let mut c = pc.connect(::postgres::NoTls).map_err(|e| {
+        Error::component(
+            component(key),
+            format!("cannot connect to drop the scratch databases: {e}"),
+        )
+    })?;
+    let like = format!("{}%", prefix.replace('\\', "\\\\").replace('_', "\\_"));
+    let names: Vec<String> = c
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1",
+            &[&like],
+        )
+        .map_err(|e| Error::component(component(key), format!("listing scratch databases: {e}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for n in &names {
+        locks::terminate_sessions(&mut c, n)?;
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(n)))
+            .map_err(|e| Error::component(component(key), format!("dropping {n}: {e}")))?;
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scratch_url_names_the_scratch_database() {
+        assert_eq!(
+            super::scratch_url("postgres://u:p@h:5432/shop?sslmode=disable", "sbdrill_x").unwrap(),
+            "postgres://u:p@h:5432/sbdrill_x?sslmode=disable"
+        );
+        assert_eq!(
+            super::scratch_url("postgresql://u@h", "d").unwrap(),
+            "postgresql://u@h/d"
+        );
+    }
+}
