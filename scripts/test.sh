@@ -13,7 +13,7 @@ for tool in fmt clippy; do
   cargo "$tool" --version >/dev/null 2>&1 || { echo "cargo $tool is missing (rustup component add ${tool/fmt/rustfmt})" >&2; exit 2; }
 done
 
-echo "== vendor/rustic_core = rustic_core 0.13.0 + vendor/patches"
+echo "== vendor/ = rustic_core 0.13.0, rustic_backend 0.7.0 + vendor/patches"
 bash scripts/vendor.sh check
 
 echo "== cargo fmt --check"

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # vendor/rustic_core is pristine rustic_core 0.13.0 plus vendor/patches/*.patch
-# applied in filename order (docs/decisions/0009-vendored-crate-as-patches.md).
+# applied in filename order (docs/decisions/0009-vendored-crate-as-patches.md);
+# vendor/rustic_backend is pristine rustic_backend 0.7.0 plus
+# vendor/patches/rustic_backend/*.patch (docs/decisions/0027).
 #
-#   scripts/vendor.sh apply   rebuild vendor/rustic_core from the pristine
-#                             crate and the patches (keeps its Cargo.lock)
-#   scripts/vendor.sh check   rebuild into a temporary directory and diff it
-#                             against vendor/rustic_core; non-zero on a diff
+#   scripts/vendor.sh apply   rebuild vendor/rustic_core and vendor/rustic_backend
+#                             from the pristine crates and the patches
+#                             (keeps rustic_core's Cargo.lock)
+#   scripts/vendor.sh check   rebuild into a temporary directory and diff them
+#                             against vendor/; non-zero on a diff
 #   scripts/vendor.sh lock    regenerate vendor/rustic_core/Cargo.lock (for the
 #                             crate's own tests), seeded from the workspace's
 #                             Cargo.lock so that the two share versions
 #
-# "Pristine" is the published rustic_core-0.13.0.crate (sha256 below), less
+# "Pristine" is the published .crate (sha256 below), less
 # .cargo_vcs_info.json (upstream's commit id) and upstream's Cargo.lock
 # (ours replaces it). Cargo's unpack marker .cargo-ok is not part of it.
 # The crate comes from cargo's registry cache; when it is not there, cargo
@@ -19,17 +22,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CRATE=rustic_core
-VERSION=0.13.0
-SHA256=ddab48a7f892b4943d9bffe7be44746c443982ae06ffcc3b2be55b31999b1725
-VENDOR=vendor/rustic_core
-PATCHES=vendor/patches
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 die() { echo "vendor.sh: $*" >&2; exit 1; }
+
+# select NAME: the crate the functions below work on.
+select_crate() {
+  CRATE="$1"
+  case "$CRATE" in
+    rustic_core)
+      VERSION=0.13.0
+      SHA256=ddab48a7f892b4943d9bffe7be44746c443982ae06ffcc3b2be55b31999b1725
+      PATCHES=vendor/patches ;;
+    rustic_backend)
+      VERSION=0.7.0
+      SHA256=a0a52bffdb1a55a66f08cfc91f87ad928e502444e94ea88fce1c48c58ead909d
+      PATCHES=vendor/patches/rustic_backend ;;
+    *) die "unknown crate $CRATE" ;;
+  esac
+  VENDOR="vendor/$CRATE"
+}
+CRATES=(rustic_core rustic_backend)
 
 # The .crate file in cargo's registry cache, fetched by cargo if missing.
 crate_file() {
@@ -38,6 +54,7 @@ crate_file() {
     [ -f "$f" ] && { echo "$f"; return; }
   done
   echo "vendor.sh: $CRATE $VERSION is not in the cargo cache; cargo fetch" >&2
+  rm -rf "$TMP/fetch"
   mkdir -p "$TMP/fetch/src"
   : >"$TMP/fetch/src/lib.rs"
   cat >"$TMP/fetch/Cargo.toml" <<EOF
@@ -78,25 +95,34 @@ build() {
 
 case "${1:-}" in
   apply)
-    build "$TMP/tree"
-    [ -f "$VENDOR/Cargo.lock" ] && cp "$VENDOR/Cargo.lock" "$TMP/tree/Cargo.lock"
-    rm -rf "$VENDOR"
-    cp -a "$TMP/tree" "$VENDOR"
-    echo "vendor.sh: $VENDOR = $CRATE $VERSION + $(ls "$PATCHES"/*.patch | wc -l) patches"
+    for c in "${CRATES[@]}"; do
+      select_crate "$c"
+      build "$TMP/$CRATE"
+      [ -f "$VENDOR/Cargo.lock" ] && cp "$VENDOR/Cargo.lock" "$TMP/$CRATE/Cargo.lock"
+      rm -rf "$VENDOR"
+      cp -a "$TMP/$CRATE" "$VENDOR"
+      echo "vendor.sh: $VENDOR = $CRATE $VERSION + $(ls "$PATCHES"/*.patch | wc -l) patches"
+    done
     ;;
   check)
-    build "$TMP/tree"
-    # Cargo.lock is ours (see `lock`); `cargo test --locked` checks it. A
-    # target/ left by a cargo run in the crate is not part of the tree.
-    if ! diff -ruN -x Cargo.lock -x target "$TMP/tree" "$VENDOR" >"$TMP/diff"; then
-      sed -e "s#$TMP/tree#(upstream + patches)#" "$TMP/diff"
-      echo "vendor.sh: $VENDOR differs from $CRATE $VERSION + $PATCHES (above);" \
-        "make the change a patch, or run scripts/vendor.sh apply" >&2
-      exit 1
-    fi
-    echo "vendor.sh: $VENDOR = $CRATE $VERSION + $(ls "$PATCHES"/*.patch | wc -l) patches"
+    for c in "${CRATES[@]}"; do
+      select_crate "$c"
+      build "$TMP/$CRATE"
+      # Cargo.lock is ours (see `lock`); `cargo test --locked` checks it. A
+      # target/ left by a cargo run in the crate is not part of the tree.
+      if ! diff -ruN -x Cargo.lock -x target "$TMP/$CRATE" "$VENDOR" >"$TMP/diff"; then
+        sed -e "s#$TMP/$CRATE#(upstream + patches)#" "$TMP/diff"
+        echo "vendor.sh: $VENDOR differs from $CRATE $VERSION + $PATCHES (above);" \
+          "make the change a patch, or run scripts/vendor.sh apply" >&2
+        exit 1
+      fi
+      echo "vendor.sh: $VENDOR = $CRATE $VERSION + $(ls "$PATCHES"/*.patch | wc -l) patches"
+    done
     ;;
   lock)
+    # Only rustic_core's unit tests run (scripts/test.sh); rustic_backend is
+    # built as part of the workspace, whose Cargo.lock covers it.
+    select_crate rustic_core
     cp Cargo.lock "$VENDOR/Cargo.lock"
     # Keeps the workspace's versions; adds the dev-dependencies, drops the rest.
     (cd "$VENDOR" && cargo metadata --format-version 1 >/dev/null)

@@ -341,6 +341,19 @@ fn remote_errors_are_clear_and_secrets_never_shown() {
         r.stderr
     );
 
+    // An OpenDAL service that is not compiled in (decision 0027) fails at
+    // open, naming the ones that are: exactly those the README offers.
+    let sb = s3_sandbox("opendal:ftp", &secret, "");
+    let r = sb.run(&["list"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("scheme: ftp")
+            && r.stderr
+                .contains("available: azblob, b2, file, fs, gcs, memory, s3, sftp, webdav }"),
+        "{}",
+        r.stderr
+    );
+
     // Missing credentials: a usage error naming the variables.
     let bucket = new_bucket(&endpoint());
     let url = format!("s3:{}/{bucket}/p", endpoint());

@@ -7,8 +7,8 @@
 //!   S3-compatible server at that endpoint (path-style requests);
 //! - `s3:HOST[:PORT]/BUCKET[/PREFIX]` — the same over HTTPS (restic's short
 //!   form, e.g. `s3:s3.amazonaws.com/bucket/prefix`);
-//! - `opendal:SERVICE` — any OpenDAL service `rustic_backend` offers
-//!   (`sftp`, `gcs`, `azblob`, `b2`, `webdav`, …), configured with
+//! - `opendal:SERVICE` — the OpenDAL services compiled in (`s3`, `sftp`,
+//!   `gcs`, `azblob`, `b2`, `webdav`, `fs`: decision 0027), configured with
 //!   `[repository.options]`;
 //! - `rest:…`, `rclone:…`, `local:…` — passed to `rustic_backend` as written.
 //!
