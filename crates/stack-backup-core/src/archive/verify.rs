@@ -20,6 +20,7 @@ use crate::lock::{Mode, RepoLock};
 use crate::manifest;
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet};
+use crate::tiers::Tier;
 
 type Indexed = Repository<IndexedFullStatus>;
 
@@ -272,10 +273,33 @@ pub fn run(cfg: &Config, env: &Env, which: &Which, read_data: bool) -> Result<Re
         location: Location::of(cfg).to_string(),
         message: format!("reading the index: {}", e.display_log()),
     })?;
-    let sets = chosen
+    let sets: Vec<SetReport> = chosen
         .iter()
         .map(|(b, s)| verify_set(&repo, b, s))
         .collect();
+    // A baseline (immaculate or sacred) read back intact keeps its Object
+    // Lock retention ahead of it; a failure to extend is reported, not
+    // fatal: the set itself verified.
+    for ((b, s), r) in chosen.iter().zip(&sets) {
+        if !r.ok() || !matches!(b.tier, Tier::Immaculate | Tier::Sacred) {
+            continue;
+        }
+        match crate::object_lock::extend_if_due(cfg, &repo, s) {
+            Ok(Some(p)) => log::warn!(
+                "Object Lock retention of `{}` extended: {} object(s) retained in {} mode until {}",
+                b.name,
+                p.objects,
+                p.mode,
+                p.until
+            ),
+            Ok(None) => {}
+            Err(e) => repository_warnings.push(format!(
+                "Object Lock retention of `{}` could not be extended: {}",
+                b.name,
+                e.detail()
+            )),
+        }
+    }
     Ok(Report {
         read_data,
         repository_errors,

@@ -111,18 +111,23 @@ fn check_object_lock(cfg: &Config) -> Option<Result<String, Error>> {
         Ok(None) => return None,
         Err(e) => return Some(Err(e)),
     };
-    Some(s3.lock_enabled().map(|on| {
-        if on {
-            format!(
-                "{} has Object Lock enabled; set [tiers] immaculate-retain to protect immaculate and sacred sets",
-                s3.describe()
-            )
-        } else {
-            format!(
-                "{} has no Object Lock: baselines can be deleted with the backup's credentials",
-                s3.describe()
-            )
-        }
+    // Without `immaculate-retain` this is information only: credentials
+    // without the permission to read the bucket's lock configuration, or a
+    // store without the call, must not make doctor "not ready".
+    Some(Ok(match s3.lock_enabled() {
+        Ok(true) => format!(
+            "{} has Object Lock enabled; set [tiers] immaculate-retain to protect immaculate and sacred sets",
+            s3.describe()
+        ),
+        Ok(false) => format!(
+            "{} has no Object Lock: baselines can be deleted with the backup's credentials",
+            s3.describe()
+        ),
+        Err(e) => format!(
+            "{}: whether Object Lock is enabled could not be read ({}); only needed with [tiers] immaculate-retain",
+            s3.describe(),
+            e.detail()
+        ),
     }))
 }
 

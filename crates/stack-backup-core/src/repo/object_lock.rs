@@ -504,7 +504,8 @@ pub fn set_packs<S: IndexedFull>(
 
 /// The keys (relative to the repository) of every object `snap` needs:
 /// config, key files, its snapshot file, the index files that list its
-/// packs, and its packs; and how many of them are packs.
+/// packs, and its packs (the snapshot file last); and how many of them
+/// are packs.
 pub fn set_objects<S: IndexedFull>(
     repo: &Repository<S>,
     snap: &SnapshotFile,
@@ -514,10 +515,7 @@ pub fn set_objects<S: IndexedFull>(
         message: format!("{what}: {}", e.display_log()),
     };
     let packs = set_packs(repo, snap)?;
-    let mut keys = vec![
-        "config".to_string(),
-        format!("snapshots/{}", &*snap.id.to_hex()),
-    ];
+    let mut keys = vec!["config".to_string()];
     for id in repo
         .list_raw(FileType::Key)
         .map_err(|x| e("listing key files", &x))?
@@ -543,6 +541,9 @@ pub fn set_objects<S: IndexedFull>(
     }
     let n = packs.len();
     keys.extend(packs.iter().map(|p| format!("data/{}/{p}", &p[..2])));
+    // Last: its date is what `extend_if_due` reads, so it is only set once
+    // every other object has one (a run that failed half-way is redone).
+    keys.push(format!("snapshots/{}", &*snap.id.to_hex()));
     Ok((keys, n))
 }
 
@@ -571,6 +572,14 @@ fn protect_with<S: IndexedFull>(
         .checked_add(jiff::SignedDuration::from_secs(secs))
         .map_err(|e| Error::Usage(format!("[tiers] immaculate-retain: {e}")))?;
     for k in &keys {
+        // An object shared with another baseline may already be retained
+        // longer (or in compliance mode, which cannot be shortened): keep
+        // that date.
+        if let Some((_, held)) = p.s3.retention(k, None)? {
+            if held >= until {
+                continue;
+            }
+        }
         p.s3.put_retention(k, p.mode, until)?;
     }
     Ok(Protected {
