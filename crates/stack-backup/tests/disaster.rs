@@ -362,7 +362,18 @@ fn new_host(b: Backend, name: &str) {
         media,
         good: Vec::new(),
     };
-    repo.write_config(&s.sb, name, &config(&s, true));
+    // A drill check (runs a command) and a Prometheus file (rewritten by
+    // every command): stored in the set, written commented out on the new
+    // host.
+    repo.write_config(
+        &s.sb,
+        name,
+        &format!(
+            "{}\n[status]\nprometheus-file = \"{}\"\n\n[[drill.check]]\nname = \"smoke\"\ncommand = \"/bin/true\"\n",
+            config(&s, true),
+            s.sb.path().join("metrics.prom").display()
+        ),
+    );
     s.sb.init();
     s.sb.run(&["backup", "--name", "good"]).expect_code(0);
     let good_redis = redis_state(&s.redis);
@@ -422,6 +433,13 @@ fn new_host(b: Backend, name: &str) {
         assert!(!text.contains(secret), "{text}");
     }
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("/bin/true") && !line.contains("metrics.prom"),
+            "written live: {line}\n{text}"
+        );
+    }
+    assert!(text.contains("# [drill]"), "{text}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(sb.config()).unwrap().permissions().mode() & 0o777,

@@ -25,29 +25,40 @@ pub struct RunbookStep {
 #[must_use]
 pub fn runbook(m: &Manifest, repo: &str) -> Vec<RunbookStep> {
     let mut pg_major = Vec::new();
+    let mut pg_notes = Vec::new();
     let mut redis = Vec::new();
     let mut docker = false;
     let mut pg_roles = Vec::new();
     for c in m.components.values() {
         match c {
             Component::Postgres(p) => {
-                pg_major.push(format!(
+                pg_major.push(p.server_major);
+                pg_notes.push(format!(
                     "{} (the set's server: {})",
-                    p.server_major, p.server_version
+                    p.server_major,
+                    one_line(&p.server_version)
                 ));
                 pg_roles.push((p.user.clone(), p.database.clone()));
             }
-            Component::Redis(r) => redis.push(r.version.clone()),
+            Component::Redis(r) => redis.push(one_line(&r.version)),
             Component::DockerImage(_) | Component::DockerVolume(_) => docker = true,
             _ => {}
         }
     }
     let mut steps = Vec::new();
-    let mut packages = vec!["stack-backup".to_string()];
-    let mut notes = Vec::new();
+    let mut packages = Vec::new();
+    let mut notes = vec![
+        "# stack-backup itself: its Debian package (README, Install), e.g. apt-get install ./stack-backup_*.deb"
+            .to_string(),
+    ];
     if !pg_major.is_empty() {
-        packages.push("postgresql postgresql-client".into());
-        notes.push(format!("# PostgreSQL {}", pg_major.join(", ")));
+        pg_major.sort_unstable();
+        pg_major.dedup();
+        packages.extend(pg_major.iter().map(|v| format!("postgresql-{v}")));
+        notes.push(format!(
+            "# PostgreSQL {} (Debian names the major version; a newer major restores too)",
+            pg_notes.join(", ")
+        ));
     }
     if !redis.is_empty() {
         packages.push("redis-server".into());
@@ -58,7 +69,9 @@ pub fn runbook(m: &Manifest, repo: &str) -> Vec<RunbookStep> {
         notes.push("# Docker Engine (images and volumes)".into());
     }
     let mut install = notes;
-    install.push(format!("apt-get install -y {}", packages.join(" ")));
+    if !packages.is_empty() {
+        install.push(format!("apt-get install -y {}", packages.join(" ")));
+    }
     steps.push(RunbookStep {
         title: "Install the tools and services (the same major versions as the set's)".into(),
         commands: install,
@@ -67,11 +80,13 @@ pub fn runbook(m: &Manifest, repo: &str) -> Vec<RunbookStep> {
         let mut cmds = Vec::new();
         for (role, db) in &pg_roles {
             cmds.push(format!(
-                "sudo -u postgres createuser --pwprompt {role}   # the role the stack connects as (owner of `{db}`)"
+                "sudo -u postgres createuser --createdb --pwprompt {}   # the role the stack connects as (owner of `{}`); CREATEDB lets restore create the database",
+                sh(role),
+                one_line(db)
             ));
         }
         cmds.push(
-            "# restore creates the database (needs CREATEDB, or admin-url = a superuser's URL)"
+            "# restore creates the database (CREATEDB above, or admin-url = a superuser's URL)"
                 .into(),
         );
         steps.push(RunbookStep {
@@ -84,8 +99,10 @@ pub fn runbook(m: &Manifest, repo: &str) -> Vec<RunbookStep> {
         commands: vec![
             "export STACK_BACKUP_PASSWORD=…   # or --password-file FILE".into(),
             format!(
-                "stack-backup init --from-repository {repo} --stack {} --set {}",
-                m.stack, m.name
+                "stack-backup init --from-repository {} --stack {} --set {}",
+                sh(repo),
+                sh(&m.stack),
+                sh(&m.name)
             ),
             "# edit stack-backup.toml where this host differs (it lists what to check)".into(),
         ],
@@ -98,11 +115,33 @@ pub fn runbook(m: &Manifest, repo: &str) -> Vec<RunbookStep> {
         title: "Restore (every component, through the safety chain; prints the time to recover)"
             .into(),
         commands: vec![
-            format!("stack-backup restore {} --dry-run", m.name),
-            format!("stack-backup restore {}", m.name),
+            format!("stack-backup restore {} --dry-run", sh(&m.name)),
+            format!("stack-backup restore {}", sh(&m.name)),
         ],
     });
     steps
+}
+
+/// `v` as one shell word: as it is when it holds only characters no shell
+/// treats specially, else single-quoted. A manifest is input (a role or set
+/// name could hold `;`), and the runbook is pasted into a root shell.
+fn sh(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/=@%+".contains(c));
+    if plain {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+/// `v` for a comment: control characters (a newline would end the comment
+/// and start a command) replaced.
+fn one_line(v: &str) -> String {
+    v.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The runbook as text (Markdown-friendly: numbered steps, fenced commands).
@@ -119,4 +158,19 @@ pub fn render_runbook(steps: &[RunbookStep]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{one_line, sh};
+
+    #[test]
+    fn values_from_a_manifest_are_one_shell_word() {
+        assert_eq!(sh("shop_app"), "shop_app");
+        assert_eq!(sh("s3:http://h:9000/b"), "s3:http://h:9000/b");
+        assert_eq!(sh("x; curl e | sh"), "'x; curl e | sh'");
+        assert_eq!(sh("it's"), r"'it'\''s'");
+        assert_eq!(sh(""), "''");
+        assert_eq!(one_line("15.1\nrm -rf /"), "15.1 rm -rf /");
+    }
 }

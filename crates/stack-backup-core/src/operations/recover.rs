@@ -217,6 +217,39 @@ pub fn new_config(
         );
         cfg.schedule.clear();
     }
+    if cfg.drill.postgres_url.is_some() || !cfg.drill.check.is_empty() {
+        #[derive(Serialize)]
+        struct D<'a> {
+            drill: &'a crate::config::DrillSection,
+        }
+        // `[[drill.check]]` runs commands; `postgres-url` names the server
+        // a copy of every database goes to.
+        if let Some(u) = cfg.drill.postgres_url.as_mut() {
+            *u = unredacted(u)?;
+        }
+        disable(
+            "[drill]",
+            toml::to_string_pretty(&D { drill: &cfg.drill }).unwrap_or_default(),
+        );
+        cfg.drill = crate::config::DrillSection::default();
+    }
+    // A file every command rewrites, at a path the set chose.
+    if let Some(f) = cfg.status.prometheus_file.take() {
+        disable(
+            "[status] prometheus-file",
+            format!("[status]\nprometheus-file = {:?}", f.display().to_string()),
+        );
+    }
+    // `doctor` (run right after) executes `<bin-dir>/pg_dump`: a directory
+    // named by the set is not run before the user has read it.
+    for (k, pg) in &mut cfg.postgres {
+        if let Some(b) = pg.bin_dir.take() {
+            disable(
+                &format!("[postgres.{k}] bin-dir"),
+                format!("[postgres.{k}]\nbin-dir = {:?}", b.display().to_string()),
+            );
+        }
+    }
     let check = to_check(&cfg);
     let mut out = String::new();
     let _ = writeln!(
@@ -267,11 +300,29 @@ fn to_check(cfg: &Config) -> Vec<String> {
         if let Some(c) = &pg.container {
             out.push(format!("postgres.{k} container = {c}"));
         }
+        for (what, p) in [
+            ("password-file", &pg.password_file),
+            ("admin-password-file", &pg.admin_password_file),
+            ("migrations-dir", &pg.migrations_dir),
+        ] {
+            if let Some(p) = p {
+                out.push(format!("postgres.{k} {what} = {}", p.display()));
+            }
+        }
     }
     for (k, rd) in &cfg.redis {
         out.push(format!("redis.{k} url = {}", rd.url.redacted()));
+        if let Some(c) = &rd.container {
+            out.push(format!("redis.{k} container = {c}"));
+        }
+        if let Some(p) = &rd.password_file {
+            out.push(format!("redis.{k} password-file = {}", p.display()));
+        }
     }
     if let Some(d) = &cfg.docker {
+        if let Some(p) = &d.compose_project {
+            out.push(format!("docker compose-project = {p}"));
+        }
         if !d.volumes.is_empty() {
             out.push(format!("docker volumes = {}", d.volumes.join(", ")));
         }

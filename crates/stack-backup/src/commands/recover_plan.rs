@@ -28,6 +28,10 @@ pub fn run(
     let m: manifest::Manifest = serde_json::from_slice(&raw).map_err(|e| {
         stack_backup_core::Error::Verification(format!("manifest.json of `{}`: {e}", set.name))
     })?;
+    // Input: every component id must name a kind and agree with its record.
+    stack_backup_core::components::check_manifest(&m).map_err(|e| {
+        stack_backup_core::Error::Verification(format!("manifest.json of `{}`: {e}", set.name))
+    })?;
     // Shown redacted: a URL may hold credentials.
     let steps = runbook::runbook(&m, &Location::of(cfg).to_string());
     out.json(&serde_json::json!({ "set": set, "steps": steps }));
