@@ -502,12 +502,13 @@ pub struct CopyArgs {
     pub init: bool,
 }
 
-/// Tiers as clap's possible values, so help, man pages and completion list
-/// them from the one definition in the library.
+/// `--as-of TIME`, parsed by the library.
 fn as_of_parser(s: &str) -> Result<jiff::Timestamp, String> {
     stack_backup_core::as_of::parse_time(s)
 }
 
+/// Tiers as clap's possible values, so help, man pages and completion list
+/// them from the one definition in the library.
 fn tier_parser() -> impl clap::builder::TypedValueParser<Value = stack_backup_core::tiers::Tier> {
     use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
     use stack_backup_core::tiers::Tier;
