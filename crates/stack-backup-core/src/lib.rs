@@ -32,7 +32,7 @@ pub use operations::{
     backup, copy, doctor, drill, export, health, immaculate, import, init, notify, prometheus,
     records, recover, restore, retention, sacred, schedule, status,
 };
-pub use repo::{lock, object_lock, packcache, remote, repository, restic_lock};
+pub use repo::{as_of, lock, object_lock, packcache, remote, repository, restic_lock};
 pub use system::{disk, process};
 
 pub use config::Config;

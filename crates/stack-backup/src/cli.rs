@@ -305,6 +305,11 @@ pub struct VerifyArgs {
     /// Also read every pack file of the repository (slow: reads everything).
     #[arg(long)]
     pub read_data: bool,
+    /// Read the repository as it was at TIME (RFC 3339, or `YYYY-MM-DD
+    /// HH:MM` in local time), read-only, from the S3 bucket's object
+    /// versions: after the repository was deleted or overwritten.
+    #[arg(long, value_name = "TIME", value_parser = as_of_parser)]
+    pub as_of: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +383,16 @@ pub struct RestoreArgs {
     /// its state before, temporaries removed, from its journal.
     #[arg(long, conflicts_with_all = ["only", "flush_redis"])]
     pub abort: bool,
+    /// Read the set from the repository as it was at TIME (RFC 3339, or
+    /// `YYYY-MM-DD HH:MM` in local time), read-only, from the S3 bucket's
+    /// object versions. Needs --no-pre-restore.
+    #[arg(long, value_name = "TIME", value_parser = as_of_parser,
+          requires = "no_pre_restore", conflicts_with_all = ["resume", "abort"])]
+    pub as_of: Option<jiff::Timestamp>,
+    /// With --as-of: accept that no pre-restore set is taken (the
+    /// repository is read-only then), so what is replaced cannot be undone.
+    #[arg(long, requires = "as_of")]
+    pub no_pre_restore: bool,
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +464,11 @@ pub struct ListArgs {
     /// Only sets of this tier.
     #[arg(long, value_name = "TIER", value_parser = tier_parser())]
     pub tier: Option<stack_backup_core::tiers::Tier>,
+    /// Read the repository as it was at TIME (RFC 3339, or `YYYY-MM-DD
+    /// HH:MM` in local time), read-only, from the S3 bucket's object
+    /// versions: after the repository was deleted or overwritten.
+    #[arg(long, value_name = "TIME", value_parser = as_of_parser)]
+    pub as_of: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, Args)]
@@ -480,6 +500,11 @@ pub struct CopyArgs {
     /// Create the target repository when there is none.
     #[arg(long)]
     pub init: bool,
+}
+
+/// `--as-of TIME`, parsed by the library.
+fn as_of_parser(s: &str) -> Result<jiff::Timestamp, String> {
+    stack_backup_core::as_of::parse_time(s)
 }
 
 /// Tiers as clap's possible values, so help, man pages and completion list

@@ -3,7 +3,8 @@
 //! in the local S3 server (moto, which refuses versioned deletes under
 //! retention and turns plain deletes into delete markers, as AWS does);
 //! `backups` sets are pruned as usual; the backup's own credentials cannot
-//! destroy the baseline's versions.
+//! destroy the baseline's versions, and `--as-of TIME` reads the
+//! repository as it was before the attack and restores the baseline.
 
 mod common;
 
@@ -184,9 +185,12 @@ fn a_retain_without_object_lock_is_refused_before_anything_is_written() {
 
 #[test]
 fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
-    let media = tempfile::tempdir().unwrap();
-    std::fs::write(media.path().join("a.bin"), noise(1, 300_000)).unwrap();
     let mut sb = Sandbox::new();
+    // In the sandbox: a restore refuses to build its copy beside a
+    // directory in the world-writable temp directory.
+    let media = tempfile::tempdir_in(sb.path()).unwrap();
+    std::fs::write(media.path().join("a.bin"), noise(1, 300_000)).unwrap();
+    let db = TempDb::seeded(20, "r1");
     let bucket = locked_bucket();
     let prefix = "shop";
     s3_credentials(&mut sb, SECRET_KEY);
@@ -200,8 +204,9 @@ fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
         &sb,
         "shop",
         &format!(
-            "prune-grace-hours = 0\n\n[tiers]\nimmaculate-retain = \"2d\"\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n",
-            media.path().display()
+            "prune-grace-hours = 0\n\n[tiers]\nimmaculate-retain = \"2d\"\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n\n[postgres.main]\nurl = \"{}\"\n",
+            media.path().display(),
+            db.url()
         ),
     );
     sb.init();
@@ -267,6 +272,12 @@ fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
         assert!(until.as_str() > month.to_string().as_str(), "{k}: {until}");
     }
     std::fs::write(sb.config(), cfg).unwrap();
+    // The time to read back after the attack: every object the baseline
+    // needs is there and retained. (Later, prune replaces the index files,
+    // and the attacker destroys every version that is not retained.)
+    let as_of = jiff::Timestamp::now().to_string();
+    let digests = |db: &TempDb| ["customers", "orders"].map(|t| table_digest(&db.name, t));
+    let base_tables = digests(&db);
 
     // A `backups` set with data of its own is pruned as usual: its packs
     // are marked, then deleted by the next run; the baseline is whole.
@@ -328,4 +339,70 @@ fn baselines_survive_the_backup_credentials_and_backups_sets_stay_prunable() {
             "{key} {version} is gone"
         );
     }
+
+    // Without --as-of the repository is visibly broken.
+    let r = sb.run(&["list"]);
+    assert!(r.code == 1 || r.code == 2, "{r:?}");
+    assert!(r.stderr.contains("repository"), "{}", r.stderr);
+    let r = sb.run(&["restore", "base", "--yes"]);
+    assert_ne!(r.code, 0, "{r:?}");
+
+    // The stack is damaged too.
+    sql(
+        &db,
+        "DELETE FROM orders; UPDATE customers SET name = 'ransom';",
+    );
+    std::fs::write(media.path().join("a.bin"), b"ransom").unwrap();
+    assert_ne!(digests(&db), base_tables);
+
+    // As of before the attack: the baseline is listed, verifies (every
+    // blob read back by its SHA-256), and restores bit-identical.
+    let r = sb.run(&["--json", "list", "--as-of", &as_of]);
+    r.expect_code(0);
+    assert!(r.stdout.contains(&base_id), "{}", r.stdout);
+    let r = sb.run(&["verify", "--as-of", &as_of, "base"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("every SHA-256 matches"), "{}", r.stdout);
+    // A restore through a read-only view takes no pre-restore set: said
+    // explicitly, or refused as a usage error.
+    let r = sb.run(&["restore", "--as-of", &as_of, "base", "--yes"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("--no-pre-restore"), "{}", r.stderr);
+    assert_ne!(digests(&db), base_tables);
+    let r = sb.run(&[
+        "--json",
+        "restore",
+        "--as-of",
+        &as_of,
+        "base",
+        "--yes",
+        "--no-pre-restore",
+    ]);
+    r.expect_code(0);
+    assert_eq!(digests(&db), base_tables);
+    assert_eq!(
+        std::fs::read(media.path().join("a.bin")).unwrap(),
+        noise(1, 300_000)
+    );
+    // Nothing was written into the attacked repository.
+    assert!(
+        current(&bucket, prefix).len() <= 1,
+        "{:?}",
+        current(&bucket, prefix)
+    );
+}
+
+#[test]
+fn as_of_needs_a_repository_on_s3() {
+    let sb = Sandbox::new();
+    sb.write_config("shop", "[paths.media]\npath = \"/nonexistent\"\n");
+    let r = sb.run(&["list", "--as-of", "2026-01-01T00:00:00Z"]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("--as-of needs a repository on S3"),
+        "{}",
+        r.stderr
+    );
+    let r = sb.run(&["list", "--as-of", "yesterday"]);
+    r.expect_code(2);
 }

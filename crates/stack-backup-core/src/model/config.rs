@@ -190,6 +190,11 @@ pub struct RepositorySection {
     /// [default: 23]; protects writers that crashed or ignored locks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_grace_hours: Option<u64>,
+    /// Set by `--as-of TIME` (never read from or written to a file): the
+    /// repository is opened read-only as it was at that time
+    /// ([`crate::repo::as_of`]).
+    #[serde(skip)]
+    pub as_of: Option<jiff::Timestamp>,
 }
 
 impl RepositorySection {

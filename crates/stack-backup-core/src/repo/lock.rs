@@ -86,6 +86,13 @@ impl RepoLock {
                 Err(e) => return Err(e),
             }
         };
+        if let Some(at) = cfg.repository.as_of {
+            // Nothing can be written through a past view, and the object
+            // versions it reads cannot change (decision 0028): the local
+            // lock only.
+            log::info!("--as-of {at}: no lock is written into the repository");
+            return Ok(lock);
+        }
         let repo = repository::open(cfg, password)?;
         let left = deadline.saturating_duration_since(Instant::now());
         lock.held = Some(restic_lock::acquire(repo, &loc, mode, command, left)?);

@@ -599,6 +599,11 @@ pub fn extend_if_due<S: IndexedFull>(
     repo: &Repository<S>,
     snap: &SnapshotFile,
 ) -> Result<Option<Protected>> {
+    // A past view (`--as-of`) must not touch the current versions, which
+    // may be an attacker's.
+    if cfg.repository.as_of.is_some() {
+        return Ok(None);
+    }
     let Some(p) = policy(cfg)? else {
         return Ok(None);
     };

@@ -215,7 +215,13 @@ fn backends_with(
 /// [`crate::packcache::PackCache`] beside its cache (whole packs instead of
 /// one request per blob when a set is read back).
 fn backends(cfg: &Config, loc: &Location) -> Result<RepositoryBackends> {
-    let be = backends_with(cfg, loc, &[])?;
+    let be = match cfg.repository.as_of {
+        Some(at) => RepositoryBackends::new(
+            std::sync::Arc::new(crate::repo::as_of::AsOf::open(cfg, at)?),
+            None,
+        ),
+        None => backends_with(cfg, loc, &[])?,
+    };
     let Some(parent) = cache_dir(cfg) else {
         return Ok(be);
     };
@@ -307,6 +313,12 @@ pub fn cache_dir(cfg: &Config) -> Option<PathBuf> {
 
 fn repo_options(cfg: &Config, loc: &Location) -> RepositoryOptions {
     let mut opts = RepositoryOptions::default();
+    if cfg.repository.as_of.is_some() {
+        // rustic's cache drops files the listing no longer shows: a past
+        // view would empty the cache of the present repository.
+        opts.no_cache = true;
+        return opts;
+    }
     match loc {
         // A local repository is as fast as a cache; don't keep a second copy.
         Location::Local(_) => opts.no_cache = true,
@@ -328,6 +340,11 @@ fn unopened(cfg: &Config) -> Result<(Location, Repository<()>)> {
 
 /// True when a repository (its `config` file) exists at the location.
 pub fn exists(cfg: &Config) -> Result<bool> {
+    if let Some(at) = cfg.repository.as_of {
+        // The `config` object may be deleted or overwritten now; what
+        // counts is whether it was there then.
+        return crate::repo::as_of::AsOf::open(cfg, at).map(|_| true);
+    }
     let loc = Location::of(cfg);
     if let Location::Local(p) = &loc {
         // Don't let the local backend create directories just to look.
@@ -422,7 +439,11 @@ pub fn open_with_progress<P: rustic_core::ProgressBars>(
     let be = backends(cfg, &loc)?;
     let repo = Repository::new_with_progress(&repo_options(cfg, &loc), &be, pb)
         .map_err(|e| rustic_err(cfg, &loc, &e))?;
-    let cache_key = format!("{loc}\n{}", crate::ledger::sha256_hex(password.as_bytes()));
+    let cache_key = format!(
+        "{loc}\n{:?}\n{}",
+        cfg.repository.as_of,
+        crate::ledger::sha256_hex(password.as_bytes())
+    );
     let repo = match key_cache::get(&cache_key) {
         None => repo,
         Some(key) => match repo.open(&Credentials::Masterkey(key)) {

@@ -52,7 +52,12 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => init::run(cli, args, &env, out),
         Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
-        Command::List(args) => list::run(&load_config(cli, &env)?, args, &env, out),
+        Command::List(args) => list::run(
+            &as_of(load_config(cli, &env)?, args.as_of)?,
+            args,
+            &env,
+            out,
+        ),
         Command::Show(args) => show::run(&load_config(cli, &env)?, args, &env, out),
         Command::RecoverPlan(args) => recover_plan::run(&load_config(cli, &env)?, args, &env, out),
         Command::Backup(args) => backup::run(
@@ -69,13 +74,23 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
             },
             out,
         ),
-        Command::Restore(args) => restore::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Restore(args) => restore::run(
+            &as_of(load_config(cli, &env)?, args.as_of)?,
+            args,
+            &env,
+            out,
+        ),
         Command::Copy(args) => copy::run(&load_config(cli, &env)?, args, &env, out),
         Command::Immaculate(cmd) => immaculate::run(&load_config(cli, &env)?, cmd, &env, out),
         Command::Emergency(args) => emergency::run(&load_config(cli, &env)?, args, &env, out),
         Command::Sacred(args) => sacred::run(&load_config(cli, &env)?, args, &env, out),
         Command::Prune(args) => prune::run(&load_config(cli, &env)?, args, &env, out),
-        Command::Verify(args) => verify::run(&load_config(cli, &env)?, args, &env, out),
+        Command::Verify(args) => verify::run(
+            &as_of(load_config(cli, &env)?, args.as_of)?,
+            args,
+            &env,
+            out,
+        ),
         Command::Drill(args) => drill::run(&load_config(cli, &env)?, args, &env, out),
         Command::Unlock(args) => unlock::run(&load_config(cli, &env)?, args, &env, out),
         Command::Export(args) => export::export(&load_config(cli, &env)?, args, &env, out),
@@ -109,6 +124,16 @@ pub fn config_path(cli: &Cli) -> PathBuf {
 }
 
 /// Loads the config and applies environment overrides.
+/// The config with `--as-of` applied: the repository is then read as it
+/// was (a usage error, exit 2, on a repository that is not on S3).
+fn as_of(mut cfg: Config, at: Option<jiff::Timestamp>) -> anyhow::Result<Config> {
+    if let Some(at) = at {
+        stack_backup_core::as_of::require_s3(&cfg)?;
+        cfg.repository.as_of = Some(at);
+    }
+    Ok(cfg)
+}
+
 pub fn load_config(cli: &Cli, env: &Env) -> anyhow::Result<Config> {
     let path = config_path(cli);
     load_config_at(&path, env)

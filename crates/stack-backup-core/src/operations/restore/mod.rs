@@ -649,6 +649,14 @@ fn pre_restore_snapshot(
     restorers: &[Box<dyn Restorer>],
 ) -> Result<(String, Option<String>)> {
     let nothing = || Ok(("nothing that will be replaced exists yet".into(), None));
+    if let Some(at) = cfg.repository.as_of {
+        // The repository is read as it was (decision 0028): nowhere to
+        // write the set; the CLI asks for --no-pre-restore to accept this.
+        return Ok((
+            format!("none: the repository is read-only as of {at}, so what is replaced cannot be undone"),
+            None,
+        ));
+    }
     let present = Stack::resolve(cfg)?.components();
     let only: Vec<String> = staged(restorers, Stage::Restore)
         .iter()
