@@ -123,6 +123,24 @@ fn live(s: &Stack) -> Vec<String> {
         .map(|r| r.get(0))
         .collect();
     dbs.sort();
+    // Roles are cluster-wide: a drill on the live server must create none.
+    // The stack's own roles and any named after its databases (the only
+    // ones a dump of them can refer to; other tests' roles come and go).
+    let mut roles: Vec<String> = pg_client("postgres")
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1) \
+             OR starts_with(rolname, $2) OR starts_with(rolname, $3)",
+            &[
+                &vec![s.db1.role.clone(), s.db2.role.clone()],
+                &s.db1.name,
+                &s.db2.name,
+            ],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    roles.sort();
     vec![
         db_tables(&s.db1.name),
         db_tables(&s.db2.name),
@@ -142,6 +160,7 @@ fn live(s: &Stack) -> Vec<String> {
         dir_state(&s.vol.mountpoint(), |p| std::fs::read_to_string(p).unwrap()),
         dir_state(&s.media, |p| std::fs::read_to_string(p).unwrap()),
         dbs.join(","),
+        roles.join(","),
     ]
 }
 

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    admin_config, client_config, component, locks, migration_state_now, quote_ident, row_counts,
-    server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
+    admin_config, client_config, component, connect, locks, migration_state_now, quote_ident,
+    roles, row_counts, server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
 };
 use crate::components::drilling::{env_name, Drilled, Scratch, DB_PREFIX};
 use crate::components::restoring::{Lane, Restorer, SetContext};
@@ -23,6 +23,9 @@ pub(super) struct PgDrill {
     record: PostgresRecord,
     target: PgTarget,
     restorer: PgRestorer,
+    /// The scratch database goes to the live server (no `[drill]
+    /// postgres-url`): roles are cluster-wide, so none may be created.
+    live_server: bool,
 }
 
 impl PgDrill {
@@ -42,7 +45,28 @@ impl PgDrill {
             id: id.clone(),
             record,
             target,
+            live_server: scratch.cfg.drill.postgres_url.is_none(),
         }
+    }
+
+    /// Refuses (before anything is created) when the dump needs roles the
+    /// live server lacks: the restorer would create them, and roles are
+    /// cluster-wide — the drill would change the live server for good.
+    fn refuse_missing_roles(&self) -> Result<()> {
+        let used = self.record.roles_used.clone().unwrap_or_default();
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut c = connect(&self.target.key, &self.target.server)?;
+        let missing = roles::missing(&mut c, &used)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "{}: the dump needs roles this server lacks ({}); a drill never creates roles on the live server — set `[drill] postgres-url` to another server",
+            self.id,
+            missing.join(", ")
+        )))
     }
 
     fn connect(&self) -> Result<::postgres::Client> {
@@ -70,6 +94,9 @@ impl Drilled for PgDrill {
     }
 
     fn restore(&mut self, set: &SetContext) -> Result<String> {
+        if self.live_server {
+            self.refuse_missing_roles()?;
+        }
         // A scratch database has no original: the commit drops nothing.
         self.restorer.restore(set)?.commit();
         Ok(format!(
