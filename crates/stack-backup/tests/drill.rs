@@ -81,7 +81,7 @@ fn stack() -> Stack {
     std::fs::write(
         sb.path().join("smoke.sh"),
         format!(
-            "#!/bin/sh\nset -e\nout={}\nenv | grep '^SB_DRILL_' | sort > $out\ncat \"$SB_DRILL_DIR_MEDIA/one.jpg\" >> $out; echo >> $out\nredis-cli -s \"$SB_DRILL_REDIS_SOCKET\" dbsize >> $out\npsql \"$SB_DRILL_PG_URL_MAIN\" -Atc 'SELECT count(*) FROM customers' >> $out\n",
+            "#!/bin/sh\nset -e\nout={}\nenv | grep '^SB_DRILL_' | sort > $out\ncat \"$SB_DRILL_DIR_MEDIA/one.jpg\" >> $out; echo >> $out\nredis-cli -s \"$SB_DRILL_REDIS_SOCKET\" dbsize >> $out\npsql \"$SB_DRILL_PG_URL_MAIN\" -Atc 'SELECT count(*) FROM customers' >> $out\necho \"password:${{STACK_BACKUP_PASSWORD:-unset}}\" >> $out\n",
             sb.path().join("smoke.out").display()
         ),
     )
@@ -266,6 +266,8 @@ fn a_good_set_passes_leaves_nothing_behind_and_the_live_stack_is_untouched() {
         "{seen}"
     );
     assert!(seen.contains(&format!("/sbdrill_{id}_main")), "{seen}");
+    // Checks get the allow-listed environment: no repository password.
+    assert!(seen.contains("password:unset"), "{seen}");
     assert!(
         seen.contains(&format!(
             "SB_DRILL_DIR_MEDIA={}",
