@@ -386,6 +386,37 @@ fn damaged_sets_fail_the_drill_naming_the_component() {
     let st = s.sb.run(&["--json", "status"]).json();
     assert_eq!(st["last_drill"]["ok"], false, "{st}");
 
+    // A drill check with neither `sql` nor `command` would test the live
+    // app: the config is rejected before anything runs.
+    s.sb.write_config(
+        "shop",
+        &format!("{}\n[[drill.check]]\nname = \"live\"\n", config(&s, "")),
+    );
+    let r = s.sb.run(&["drill", "good"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("drill.check[2]"), "{}", r.stderr);
+    assert!(r.stderr.contains("exactly one of `sql`"), "{}", r.stderr);
+
+    // Less room than `min-free-space` would leave: refused before anything
+    // is restored (a full disk would take the live server down).
+    s.sb.write_config("shop", &config(&s, ""));
+    let text = std::fs::read_to_string(s.sb.config()).unwrap();
+    std::fs::write(
+        s.sb.config(),
+        text.replace("min-free-space = \"1MiB\"", "min-free-space = \"1000TiB\""),
+    )
+    .unwrap();
+    let r = s.sb.run(&["drill", "good"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("not enough free space"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(s.sb.path().join("state/drill"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused drill left its marker"
+    );
+
     // A corrupted pack: the verify names what it holds.
     s.sb.write_config("shop", &config(&s, ""));
     let repo = common::backend::Repo::Local { path: s.sb.repo() };

@@ -132,6 +132,12 @@ pub trait Drilled: Send {
     /// [`Error::Verification`] naming the component.
     fn check(&mut self, set: &SetContext) -> Result<String>;
 
+    /// Free space the restore into scratch needs on host paths (beyond
+    /// the `min-free-space` floor), asked before anything is restored.
+    fn disk_needs(&self, _set: &SetContext) -> Result<super::DiskNeeds> {
+        Ok(Vec::new())
+    }
+
     /// Environment variables pointing at the scratch resource, for
     /// `[[drill.check]]` commands.
     fn env(&self) -> Vec<(String, String)> {
@@ -243,6 +249,11 @@ impl Drilled for TreeDrill {
             "{n} files: SHA-256, modes{} match",
             if owners { " and owners" } else { "" }
         ))
+    }
+
+    /// A second copy of the tree in the state directory.
+    fn disk_needs(&self, _set: &SetContext) -> Result<super::DiskNeeds> {
+        Ok(vec![(self.dir.clone(), self.record.bytes)])
     }
 
     fn env(&self) -> Vec<(String, String)> {

@@ -419,6 +419,11 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
         }
     }
     crate::system::fault::point("drill-marker-written")?;
+    if let Err(e) = disk_check(cfg, &ctx, &drills) {
+        // Nothing was created yet: the marker goes with the refusal.
+        let _ = remove_dir(&dir);
+        return Err(e);
+    }
     let ids: Vec<ComponentId> = drills.iter().map(|d| d.id().clone()).collect();
     let (verify, bad) = verify(&ctx, &ids);
     progress(&format!("verify: {verify}"));
@@ -576,6 +581,23 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
         }
     );
     (line, bad)
+}
+
+/// Refuses ([`Error::Refused`], exit 4) before anything is restored when
+/// a filesystem the drill writes to would fall below `min-free-space`: a
+/// drill puts a second copy of each database into the live server's data
+/// directory, and a full disk there takes the live database down.
+fn disk_check(cfg: &Config, set: &SetContext, drills: &[Box<dyn Drilled>]) -> Result<()> {
+    let mut needs: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for d in drills {
+        for (path, bytes) in d.disk_needs(set)? {
+            *needs.entry(path).or_default() += bytes;
+        }
+    }
+    for (path, need) in &needs {
+        crate::disk::ensure(path, *need, cfg.min_free_space())?;
+    }
+    Ok(())
 }
 
 /// Restores and checks every component whose files verified, one after

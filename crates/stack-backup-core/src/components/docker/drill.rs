@@ -94,6 +94,15 @@ impl Drilled for ImageDrill {
         Lane::Images
     }
 
+    /// The loaded image in the engine's data root, unless the engine
+    /// already has it (it is then not loaded).
+    fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
+        if engine::image_id(&self.record.id).is_ok() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
+    }
+
     fn restore(&mut self, set: &SetContext) -> Result<String> {
         let want = self.want(set)?;
         let c = self.id.as_str().to_string();

@@ -106,6 +106,13 @@ impl Drilled for PgDrill {
         ))
     }
 
+    /// What the restore would need: one copy of the database in the
+    /// scratch server's data directory (the live one, without `[drill]
+    /// postgres-url`).
+    fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
+        self.restorer.disk_needs(set)
+    }
+
     fn check(&mut self, _set: &SetContext) -> Result<String> {
         let c = &self.id;
         let mut client = self.connect()?;
