@@ -45,10 +45,14 @@ impl Scratch<'_> {
                 }
             })
             .collect();
-        let mut name = format!("{DB_PREFIX}{}_{safe}", self.id);
-        // Room for the restore's own `__sb_restore_<pid>` suffix.
-        name.truncate(40);
-        name
+        // The key is cut to leave room for the restore's own
+        // `__sb_restore_<tag>` suffix (63 bytes in all); the hash of the
+        // whole key keeps two keys apart that are cut (or made safe) alike.
+        let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..3]);
+        let head = format!("{DB_PREFIX}{}_", self.id);
+        let room = 40usize.saturating_sub(head.len() + 1 + hash.len());
+        let cut: String = safe.chars().take(room).collect();
+        format!("{head}{cut}_{hash}")
     }
 
     /// The prefix every scratch database of this drill starts with.

@@ -155,7 +155,8 @@ impl Drilled for PgDrill {
     }
 
     fn remove(&mut self) -> Result<()> {
-        drop_databases(&self.target.key, &self.target.server, &self.target.database).map(|_| ())
+        let db = &self.target.database;
+        drop_databases(&self.target.key, &self.target.server, db, Some(db)).map(|_| ())
     }
 
     fn kept(&self) -> String {
@@ -203,13 +204,16 @@ fn count_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Opti
 }
 
 /// Drops every database of the server whose name starts with `prefix`
-/// (which starts with [`DB_PREFIX`]: nothing else can be named), its
+/// (which starts with [`DB_PREFIX`]: nothing else can be named) — or,
+/// with `only`, just the database `only` and its restore temporaries
+/// (`<only>__sb_restore_*`), never a longer name sharing its start — its
 /// sessions ended first; returns the names dropped. Through `admin-url`
 /// when set (it may have created them), else the configured role.
 pub(super) fn drop_databases(
     key: &str,
     server: &PostgresConfig,
     prefix: &str,
+    only: Option<&str>,
 ) -> Result<Vec<String>> {
     if !prefix.starts_with(DB_PREFIX) || prefix.len() <= DB_PREFIX.len() {
         return Err(Error::component(
@@ -237,6 +241,9 @@ pub(super) fn drop_databases(
         .map_err(|e| Error::component(component(key), format!("listing scratch databases: {e}")))?
         .iter()
         .map(|r| r.get(0))
+        .filter(|n: &String| {
+            only.is_none_or(|db| n == db || n.starts_with(&format!("{db}__sb_restore_")))
+        })
         .collect();
     for n in &names {
         locks::terminate_sessions(&mut c, n)?;
