@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::restoring::{Lane, SetContext};
 use super::tree::TreeRecord;
 use super::ComponentId;
-use crate::config::{Config, PostgresConfig};
+use crate::config::{Config, PostgresConfig, RestoreMethod};
 use crate::error::{Error, Result};
 
 /// The prefix of every scratch database a drill creates.
@@ -62,10 +62,11 @@ impl Scratch<'_> {
     }
 
     /// The server the scratch database of `[postgres.KEY]` goes to: the
-    /// database's own server, or `[drill] postgres-url`.
+    /// database's own server, or `[drill] postgres-url`; always restored
+    /// beside (a new database), whatever the live `restore-method`.
     #[must_use]
     pub fn postgres_server(&self, pg: &PostgresConfig) -> PostgresConfig {
-        match &self.cfg.drill.postgres_url {
+        let mut s = match &self.cfg.drill.postgres_url {
             Some(url) => {
                 let mut s = PostgresConfig::new(url.clone());
                 s.lock_timeout_seconds = pg.lock_timeout_seconds;
@@ -73,7 +74,11 @@ impl Scratch<'_> {
                 s
             }
             None => pg.clone(),
-        }
+        };
+        // A scratch database has nothing to replace: `in-place` (which
+        // needs an existing database) would refuse every drill.
+        s.restore_method = RestoreMethod::Beside;
+        s
     }
 
     /// The drill tag for the `n`th image.
