@@ -81,7 +81,7 @@ fn stack() -> Stack {
     std::fs::write(
         sb.path().join("smoke.sh"),
         format!(
-            "#!/bin/sh\nset -e\nout={}\nenv | grep '^SB_DRILL_' | sort > $out\ncat \"$SB_DRILL_DIR_MEDIA/one.jpg\" >> $out; echo >> $out\nredis-cli -s \"$SB_DRILL_REDIS_SOCKET\" dbsize >> $out\npsql \"$SB_DRILL_PG_URL_MAIN\" -Atc 'SELECT count(*) FROM customers' >> $out\n",
+            "#!/bin/sh\nset -e\nout={}\nenv | grep '^SB_DRILL_' | sort > $out\ncat \"$SB_DRILL_DIR_MEDIA/one.jpg\" >> $out; echo >> $out\nredis-cli -s \"$SB_DRILL_REDIS_SOCKET\" dbsize >> $out\npsql \"$SB_DRILL_PG_URL_MAIN\" -Atc 'SELECT count(*) FROM customers' >> $out\necho \"password:${{STACK_BACKUP_PASSWORD:-unset}}\" >> $out\n",
             sb.path().join("smoke.out").display()
         ),
     )
@@ -123,6 +123,24 @@ fn live(s: &Stack) -> Vec<String> {
         .map(|r| r.get(0))
         .collect();
     dbs.sort();
+    // Roles are cluster-wide: a drill on the live server must create none.
+    // The stack's own roles and any named after its databases (the only
+    // ones a dump of them can refer to; other tests' roles come and go).
+    let mut roles: Vec<String> = pg_client("postgres")
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1) \
+             OR starts_with(rolname, $2) OR starts_with(rolname, $3)",
+            &[
+                &vec![s.db1.role.clone(), s.db2.role.clone()],
+                &s.db1.name,
+                &s.db2.name,
+            ],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    roles.sort();
     vec![
         db_tables(&s.db1.name),
         db_tables(&s.db2.name),
@@ -142,6 +160,7 @@ fn live(s: &Stack) -> Vec<String> {
         dir_state(&s.vol.mountpoint(), |p| std::fs::read_to_string(p).unwrap()),
         dir_state(&s.media, |p| std::fs::read_to_string(p).unwrap()),
         dbs.join(","),
+        roles.join(","),
     ]
 }
 
@@ -247,6 +266,8 @@ fn a_good_set_passes_leaves_nothing_behind_and_the_live_stack_is_untouched() {
         "{seen}"
     );
     assert!(seen.contains(&format!("/sbdrill_{id}_main")), "{seen}");
+    // Checks get the allow-listed environment: no repository password.
+    assert!(seen.contains("password:unset"), "{seen}");
     assert!(
         seen.contains(&format!(
             "SB_DRILL_DIR_MEDIA={}",
@@ -364,6 +385,37 @@ fn damaged_sets_fail_the_drill_naming_the_component() {
     assert_eq!(component(&report, "postgres.main")["state"], "ok");
     let st = s.sb.run(&["--json", "status"]).json();
     assert_eq!(st["last_drill"]["ok"], false, "{st}");
+
+    // A drill check with neither `sql` nor `command` would test the live
+    // app: the config is rejected before anything runs.
+    s.sb.write_config(
+        "shop",
+        &format!("{}\n[[drill.check]]\nname = \"live\"\n", config(&s, "")),
+    );
+    let r = s.sb.run(&["drill", "good"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("drill.check[2]"), "{}", r.stderr);
+    assert!(r.stderr.contains("exactly one of `sql`"), "{}", r.stderr);
+
+    // Less room than `min-free-space` would leave: refused before anything
+    // is restored (a full disk would take the live server down).
+    s.sb.write_config("shop", &config(&s, ""));
+    let text = std::fs::read_to_string(s.sb.config()).unwrap();
+    std::fs::write(
+        s.sb.config(),
+        text.replace("min-free-space = \"1MiB\"", "min-free-space = \"1000TiB\""),
+    )
+    .unwrap();
+    let r = s.sb.run(&["drill", "good"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("not enough free space"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(s.sb.path().join("state/drill"))
+            .unwrap()
+            .count(),
+        0,
+        "a refused drill left its marker"
+    );
 
     // A corrupted pack: the verify names what it holds.
     s.sb.write_config("shop", &config(&s, ""));

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::restoring::{Lane, SetContext};
 use super::tree::TreeRecord;
 use super::ComponentId;
-use crate::config::{Config, PostgresConfig};
+use crate::config::{Config, PostgresConfig, RestoreMethod};
 use crate::error::{Error, Result};
 
 /// The prefix of every scratch database a drill creates.
@@ -45,10 +45,14 @@ impl Scratch<'_> {
                 }
             })
             .collect();
-        let mut name = format!("{DB_PREFIX}{}_{safe}", self.id);
-        // Room for the restore's own `__sb_restore_<pid>` suffix.
-        name.truncate(40);
-        name
+        // The key is cut to leave room for the restore's own
+        // `__sb_restore_<tag>` suffix (63 bytes in all); the hash of the
+        // whole key keeps two keys apart that are cut (or made safe) alike.
+        let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes())[..3]);
+        let head = format!("{DB_PREFIX}{}_", self.id);
+        let room = 40usize.saturating_sub(head.len() + 1 + hash.len());
+        let cut: String = safe.chars().take(room).collect();
+        format!("{head}{cut}_{hash}")
     }
 
     /// The prefix every scratch database of this drill starts with.
@@ -58,10 +62,11 @@ impl Scratch<'_> {
     }
 
     /// The server the scratch database of `[postgres.KEY]` goes to: the
-    /// database's own server, or `[drill] postgres-url`.
+    /// database's own server, or `[drill] postgres-url`; always restored
+    /// beside (a new database), whatever the live `restore-method`.
     #[must_use]
     pub fn postgres_server(&self, pg: &PostgresConfig) -> PostgresConfig {
-        match &self.cfg.drill.postgres_url {
+        let mut s = match &self.cfg.drill.postgres_url {
             Some(url) => {
                 let mut s = PostgresConfig::new(url.clone());
                 s.lock_timeout_seconds = pg.lock_timeout_seconds;
@@ -69,7 +74,11 @@ impl Scratch<'_> {
                 s
             }
             None => pg.clone(),
-        }
+        };
+        // A scratch database has nothing to replace: `in-place` (which
+        // needs an existing database) would refuse every drill.
+        s.restore_method = RestoreMethod::Beside;
+        s
     }
 
     /// The drill tag for the `n`th image.
@@ -131,6 +140,12 @@ pub trait Drilled: Send {
     /// Checks the scratch target against the set; a mismatch is an
     /// [`Error::Verification`] naming the component.
     fn check(&mut self, set: &SetContext) -> Result<String>;
+
+    /// Free space the restore into scratch needs on host paths (beyond
+    /// the `min-free-space` floor), asked before anything is restored.
+    fn disk_needs(&self, _set: &SetContext) -> Result<super::DiskNeeds> {
+        Ok(Vec::new())
+    }
 
     /// Environment variables pointing at the scratch resource, for
     /// `[[drill.check]]` commands.
@@ -243,6 +258,11 @@ impl Drilled for TreeDrill {
             "{n} files: SHA-256, modes{} match",
             if owners { " and owners" } else { "" }
         ))
+    }
+
+    /// A second copy of the tree in the state directory.
+    fn disk_needs(&self, _set: &SetContext) -> Result<super::DiskNeeds> {
+        Ok(vec![(self.dir.clone(), self.record.bytes)])
     }
 
     fn env(&self) -> Vec<(String, String)> {

@@ -733,6 +733,22 @@ impl Config {
                 return Err(ConfigError::in_file(file, key, "an `sql` health check needs `postgres = \"NAME\"` naming a [postgres.NAME] table"));
             }
         }
+        // A drill check runs against the scratch resources only: `http`
+        // (or nothing) would reach the live app.
+        for (i, h) in self.drill.check.iter().enumerate() {
+            let key = Some(format!("drill.check[{i}]"));
+            if h.http.is_some() || h.sql.is_some() == h.command.is_some() {
+                return Err(ConfigError::in_file(file, key, "a [[drill.check]] needs exactly one of `sql` (on a scratch database) or `command` (with the SB_DRILL_* variables); `http` would reach the live app"));
+            }
+            if h.sql.is_some()
+                && !h
+                    .postgres
+                    .as_ref()
+                    .is_some_and(|p| self.postgres.contains_key(p))
+            {
+                return Err(ConfigError::in_file(file, key, "an `sql` drill check needs `postgres = \"NAME\"` naming a [postgres.NAME] table"));
+            }
+        }
         for (tier, p) in [
             ("data", &self.retention.data),
             ("backups", &self.retention.backups),

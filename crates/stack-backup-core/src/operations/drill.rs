@@ -419,6 +419,11 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
         }
     }
     crate::system::fault::point("drill-marker-written")?;
+    if let Err(e) = disk_check(cfg, &ctx, &drills) {
+        // Nothing was created yet: the marker goes with the refusal.
+        let _ = remove_dir(&dir);
+        return Err(e);
+    }
     let ids: Vec<ComponentId> = drills.iter().map(|d| d.id().clone()).collect();
     let (verify, bad) = verify(&ctx, &ids);
     progress(&format!("verify: {verify}"));
@@ -578,6 +583,23 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
     (line, bad)
 }
 
+/// Refuses ([`Error::Refused`], exit 4) before anything is restored when
+/// a filesystem the drill writes to would fall below `min-free-space`: a
+/// drill puts a second copy of each database into the live server's data
+/// directory, and a full disk there takes the live database down.
+fn disk_check(cfg: &Config, set: &SetContext, drills: &[Box<dyn Drilled>]) -> Result<()> {
+    let mut needs: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for d in drills {
+        for (path, bytes) in d.disk_needs(set)? {
+            *needs.entry(path).or_default() += bytes;
+        }
+    }
+    for (path, need) in &needs {
+        crate::disk::ensure(path, *need, cfg.min_free_space())?;
+    }
+    Ok(())
+}
+
 /// Restores and checks every component whose files verified, one after
 /// the other on this thread (a temporary `redis-server` lives as long as
 /// the thread that started it); the first failure of a component ends
@@ -643,7 +665,8 @@ fn execute(
 
 /// One `[[drill.check]]`: `sql` on the scratch database of its
 /// `postgres`, or a command (no shell; words split on spaces) with the
-/// scratch resources in its environment; anything else as a health check.
+/// scratch resources in its environment; nothing else (the live app is
+/// never checked).
 fn run_check(
     scratch: &Scratch,
     drills: &[Box<dyn Drilled>],
@@ -676,24 +699,75 @@ fn run_check(
         let (prog, args) = words
             .split_first()
             .ok_or_else(|| fail("empty command".into()))?;
-        let out = crate::process::command(prog)
-            .args(args)
-            .envs(env_vars.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| fail(format!("cannot run `{prog}`: {e}")))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(5).collect();
-            return Err(fail(format!(
-                "`{prog}` exited with {}: {}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            )));
-        }
-        return Ok(format!("`{prog}` ok"));
+        return run_command(prog, args, env_vars, h.timeout_seconds).map_err(fail);
     }
-    crate::health::run(scratch.cfg, h)
+    // The config load rejects such a check; never run it as a health
+    // check, which would test the live app.
+    Err(fail("neither `sql` nor `command`".into()))
+}
+
+/// Runs a drill check's program with the allow-listed environment
+/// ([`crate::process::command`]: no repository password, no cloud keys)
+/// plus the `SB_DRILL_*` variables, in a process group of its own that is
+/// killed after `timeout_seconds` (the check then fails, naming the
+/// timeout).
+fn run_command(
+    prog: &str,
+    args: &[&str],
+    env_vars: &[(String, String)],
+    timeout_seconds: u64,
+) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut child = crate::process::command(prog)
+        .args(args)
+        .envs(env_vars.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
+    // Read on a thread so that a chatty command cannot fill the pipe and
+    // stall before the deadline.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(p) = pipe.as_mut() {
+            let _ = p.take(1 << 20).read_to_end(&mut b);
+        }
+        b
+    });
+    let deadline = Instant::now() + std::time::Duration::from_secs(timeout_seconds);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "`{prog}` did not finish in {timeout_seconds}s (timeout-seconds); killed"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap_or_default();
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        return Err(format!(
+            "`{prog}` exited with {status}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ));
+    }
+    Ok(format!("`{prog}` ok"))
 }
 
 /// Stores the report as its own snapshot: `drill/drill.json` and

@@ -26,6 +26,8 @@ pub(super) struct ImageDrill {
     tag: String,
     tagged: bool,
     present: bool,
+    /// `<state>/drill/<id>/loaded-images`: the IDs this drill loads.
+    loaded: std::path::PathBuf,
 }
 
 impl ImageDrill {
@@ -36,7 +38,25 @@ impl ImageDrill {
             record,
             tagged: false,
             present: false,
+            loaded: scratch.dir.join(LOADED),
         }
+    }
+
+    /// Records the image ID in the drill's directory (fsynced) before it
+    /// is loaded: a drill killed between `docker load` and `docker tag`
+    /// leaves an untagged image that only this record names.
+    fn record_load(&self) -> Result<()> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(&self.loaded)
+            .map_err(|e| Error::io("creating", &self.loaded, e))?;
+        let path = self.loaded.join(self.record.id.replace(':', "_"));
+        std::fs::File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(self.record.id.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::File::open(&self.loaded)?.sync_all())
+            .map_err(|e| Error::io("writing", &path, e))
     }
 
     fn want(&self, set: &SetContext) -> Result<String> {
@@ -94,6 +114,15 @@ impl Drilled for ImageDrill {
         Lane::Images
     }
 
+    /// The loaded image in the engine's data root, unless the engine
+    /// already has it (it is then not loaded).
+    fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
+        if engine::image_id(&self.record.id).is_ok() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
+    }
+
     fn restore(&mut self, set: &SetContext) -> Result<String> {
         let want = self.want(set)?;
         let c = self.id.as_str().to_string();
@@ -102,6 +131,7 @@ impl Drilled for ImageDrill {
             self.present = true;
             return Ok("image ID already present: not loaded (its tar was verified)".into());
         }
+        self.record_load()?;
         let mut child = crate::process::command("docker")
             .args(["load", "--quiet"])
             .stdin(Stdio::piped())
@@ -165,6 +195,10 @@ impl Drilled for ImageDrill {
             remove_tag(&self.tag)?;
             self.tagged = false;
         }
+        if !self.present {
+            // Loaded but the tag failed: the image is untagged.
+            remove_untagged(&self.record.id)?;
+        }
         Ok(())
     }
 
@@ -187,7 +221,43 @@ fn remove_tag(tag: &str) -> Result<()> {
     crate::process::output("docker", "docker", &["image", "rm", tag]).map(|_| ())
 }
 
-/// Removes the drill tags of drill `prefix` (`stack-backup-drill:<id>-`).
+/// The directory of a drill recording the image IDs it loads.
+const LOADED: &str = "loaded-images";
+
+/// Removes image `id` when it is in the engine with no tag and no
+/// container (of any state) made from it: what a drill loaded and did not
+/// get to tag. Returns whether it removed it.
+fn remove_untagged(id: &str) -> Result<bool> {
+    let Ok(info) = crate::process::output(
+        "docker",
+        "docker",
+        &["image", "inspect", "--format", "{{len .RepoTags}}", id],
+    ) else {
+        return Ok(false);
+    };
+    if info.trim() != "0" {
+        return Ok(false);
+    }
+    let users = crate::process::output(
+        "docker",
+        "docker",
+        &[
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            &format!("ancestor={id}"),
+        ],
+    )?;
+    if !users.trim().is_empty() {
+        return Ok(false);
+    }
+    crate::process::output("docker", "docker", &["image", "rm", id])?;
+    Ok(true)
+}
+
+/// Removes the drill tags of drill `prefix` (`stack-backup-drill:<id>-`),
+/// then the images it recorded loading that are left untagged and unused.
 pub(super) fn clean(scratch: &Scratch) -> Result<Vec<String>> {
     let listed = crate::process::output(
         "docker",
@@ -199,6 +269,15 @@ pub(super) fn clean(scratch: &Scratch) -> Result<Vec<String>> {
     for tag in listed.lines().filter(|t| t.starts_with(&prefix)) {
         remove_tag(tag)?;
         removed.push(format!("image tag {tag}"));
+    }
+    let dir = scratch.dir.join(LOADED);
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Ok(id) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if id.starts_with("sha256:") && remove_untagged(&id)? {
+            removed.push(format!("untagged image {id}"));
+        }
     }
     Ok(removed)
 }
@@ -237,8 +316,38 @@ fn untagged(input: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
         let padded = size.div_ceil(512) * 512;
         let name = tar_name(&hdr);
         let regular = matches!(hdr[156], 0 | b'0');
+        // A PAX or GNU long-name header names the entry after it: read
+        // it, and refuse when it renames that entry to a file that tags
+        // (the rewriter would pass it through and `docker load` could
+        // move a live tag). Other extended headers pass unchanged.
+        if matches!(hdr[156], b'x' | b'g' | b'L') {
+            if size > MAX_META {
+                return Err(bad("an extended tar header larger than 16 MiB"));
+            }
+            let mut body = vec![0u8; usize::try_from(padded).map_err(|_| bad("size"))?];
+            input.read_exact(&mut body)?;
+            let data = &body[..usize::try_from(size).map_err(|_| bad("size"))?];
+            let long = if hdr[156] == b'L' {
+                Some(cstr(data))
+            } else {
+                pax_path(data)
+            };
+            if long.is_some_and(|n| tags_file(n.trim_start_matches("./"))) {
+                return Err(bad(
+                    "the image's tar names its manifest through a PAX/GNU long-name header; its tags cannot be taken out",
+                ));
+            }
+            out.write_all(&hdr)?;
+            out.write_all(&body)?;
+            continue;
+        }
+        if tags_file(&name) && (!regular || size > MAX_META) {
+            return Err(bad(&format!(
+                "{name} in the image's tar is not a regular file of at most 16 MiB; its tags cannot be taken out"
+            )));
+        }
         match name.as_str() {
-            "manifest.json" | "index.json" if regular && size <= MAX_META => {
+            "manifest.json" | "index.json" => {
                 let mut body = vec![0u8; usize::try_from(padded).map_err(|_| bad("size"))?];
                 input.read_exact(&mut body)?;
                 body.truncate(usize::try_from(size).map_err(|_| bad("size"))?);
@@ -249,7 +358,7 @@ fn untagged(input: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
                 let pad = (512 - new.len() % 512) % 512;
                 out.write_all(&vec![0u8; pad])?;
             }
-            "repositories" if regular => {
+            "repositories" => {
                 std::io::copy(&mut input.take(padded), &mut std::io::sink())?;
             }
             _ => {
@@ -261,6 +370,22 @@ fn untagged(input: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
             }
         }
     }
+}
+
+/// A file of a `docker save` tar that names tags.
+fn tags_file(name: &str) -> bool {
+    matches!(name, "manifest.json" | "index.json" | "repositories")
+}
+
+/// The `path` record of a PAX extended header (`<len> path=<value>\n`).
+fn pax_path(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, kv)| kv))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "path")
+        .map(|(_, v)| v.to_string())
+        .next_back()
 }
 
 fn read_block(input: &mut dyn Read, buf: &mut [u8; 512]) -> std::io::Result<bool> {
@@ -372,5 +497,30 @@ mod tests {
         blank[148..156].copy_from_slice(b"        ");
         let sum: u32 = blank.iter().map(|b| u32::from(*b)).sum();
         assert_eq!(cstr(&hdr[148..155]).trim(), format!("{sum:06o}"));
+    }
+
+    #[test]
+    fn a_manifest_behind_a_long_name_header_fails() {
+        for (kind, body) in [
+            (b'L', b"./manifest.json\0".to_vec()),
+            (b'x', b"24 path=./manifest.json\n".to_vec()),
+        ] {
+            let mut tar = entry("././@LongLink", &body);
+            tar[156] = kind;
+            tar.extend(entry(
+                "x",
+                b"[{\"Config\":\"c.json\",\"RepoTags\":[\"shop:latest\"]}]",
+            ));
+            tar.extend([0u8; 1024]);
+            let err = untagged(&mut tar.as_slice(), &mut Vec::new()).unwrap_err();
+            assert!(err.to_string().contains("long-name"), "{err}");
+        }
+        // Another long name passes through unchanged.
+        let mut tar = entry("././@LongLink", b"blobs/sha256/long\0");
+        tar[156] = b'L';
+        tar.extend([0u8; 1024]);
+        let mut out = Vec::new();
+        untagged(&mut tar.as_slice(), &mut out).unwrap();
+        assert_eq!(out, tar);
     }
 }

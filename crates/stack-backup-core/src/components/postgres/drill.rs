@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    admin_config, client_config, component, locks, migration_state_now, quote_ident, row_counts,
-    server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
+    admin_config, client_config, component, connect, locks, migration_state_now, quote_ident,
+    roles, row_counts, server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
 };
 use crate::components::drilling::{env_name, Drilled, Scratch, DB_PREFIX};
 use crate::components::restoring::{Lane, Restorer, SetContext};
@@ -23,6 +23,9 @@ pub(super) struct PgDrill {
     record: PostgresRecord,
     target: PgTarget,
     restorer: PgRestorer,
+    /// The scratch database goes to the live server (no `[drill]
+    /// postgres-url`): roles are cluster-wide, so none may be created.
+    live_server: bool,
 }
 
 impl PgDrill {
@@ -42,7 +45,28 @@ impl PgDrill {
             id: id.clone(),
             record,
             target,
+            live_server: scratch.cfg.drill.postgres_url.is_none(),
         }
+    }
+
+    /// Refuses (before anything is created) when the dump needs roles the
+    /// live server lacks: the restorer would create them, and roles are
+    /// cluster-wide — the drill would change the live server for good.
+    fn refuse_missing_roles(&self) -> Result<()> {
+        let used = self.record.roles_used.clone().unwrap_or_default();
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut c = connect(&self.target.key, &self.target.server)?;
+        let missing = roles::missing(&mut c, &used)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused(format!(
+            "{}: the dump needs roles this server lacks ({}); a drill never creates roles on the live server — set `[drill] postgres-url` to another server",
+            self.id,
+            missing.join(", ")
+        )))
     }
 
     fn connect(&self) -> Result<::postgres::Client> {
@@ -70,6 +94,9 @@ impl Drilled for PgDrill {
     }
 
     fn restore(&mut self, set: &SetContext) -> Result<String> {
+        if self.live_server {
+            self.refuse_missing_roles()?;
+        }
         // A scratch database has no original: the commit drops nothing.
         self.restorer.restore(set)?.commit();
         Ok(format!(
@@ -77,6 +104,13 @@ impl Drilled for PgDrill {
             self.target.database,
             self.record.row_counts.len()
         ))
+    }
+
+    /// What the restore would need: one copy of the database in the
+    /// scratch server's data directory (the live one, without `[drill]
+    /// postgres-url`).
+    fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
+        self.restorer.disk_needs(set)
     }
 
     fn check(&mut self, _set: &SetContext) -> Result<String> {
@@ -121,7 +155,8 @@ impl Drilled for PgDrill {
     }
 
     fn remove(&mut self) -> Result<()> {
-        drop_databases(&self.target.key, &self.target.server, &self.target.database).map(|_| ())
+        let db = &self.target.database;
+        drop_databases(&self.target.key, &self.target.server, db, Some(db)).map(|_| ())
     }
 
     fn kept(&self) -> String {
@@ -169,13 +204,16 @@ fn count_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Opti
 }
 
 /// Drops every database of the server whose name starts with `prefix`
-/// (which starts with [`DB_PREFIX`]: nothing else can be named), its
+/// (which starts with [`DB_PREFIX`]: nothing else can be named) — or,
+/// with `only`, just the database `only` and its restore temporaries
+/// (`<only>__sb_restore_*`), never a longer name sharing its start — its
 /// sessions ended first; returns the names dropped. Through `admin-url`
 /// when set (it may have created them), else the configured role.
 pub(super) fn drop_databases(
     key: &str,
     server: &PostgresConfig,
     prefix: &str,
+    only: Option<&str>,
 ) -> Result<Vec<String>> {
     if !prefix.starts_with(DB_PREFIX) || prefix.len() <= DB_PREFIX.len() {
         return Err(Error::component(
@@ -203,6 +241,9 @@ pub(super) fn drop_databases(
         .map_err(|e| Error::component(component(key), format!("listing scratch databases: {e}")))?
         .iter()
         .map(|r| r.get(0))
+        .filter(|n: &String| {
+            only.is_none_or(|db| n == db || n.starts_with(&format!("{db}__sb_restore_")))
+        })
         .collect();
     for n in &names {
         locks::terminate_sessions(&mut c, n)?;

@@ -228,7 +228,7 @@ impl Kind for Postgres {
         let mut dropped = Vec::new();
         for (key, pg) in &scratch.cfg.postgres {
             let server = scratch.postgres_server(pg);
-            for db in drill::drop_databases(key, &server, &scratch.database_prefix())? {
+            for db in drill::drop_databases(key, &server, &scratch.database_prefix(), None)? {
                 dropped.push(format!("database `{db}`"));
             }
         }

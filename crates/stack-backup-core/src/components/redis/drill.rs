@@ -46,6 +46,11 @@ impl Drilled for RedisDrill {
         Lane::Redis
     }
 
+    /// The RDB in the temporary server's directory.
+    fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
+        Ok(vec![(std::env::temp_dir(), set.artifact_bytes(&self.id))])
+    }
+
     fn restore(&mut self, set: &SetContext) -> Result<String> {
         remove_leftovers();
         let source = self.source()?;
