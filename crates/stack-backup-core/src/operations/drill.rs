@@ -432,25 +432,7 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
     results.append(&mut outcome);
     results.sort_by(|a, b| a.component.cmp(&b.component));
     let env_vars: Vec<(String, String)> = drills.iter().flat_map(|d| d.env()).collect();
-    let checks: Vec<CheckResult> = cfg
-        .drill
-        .check
-        .iter()
-        .map(|h| {
-            let r = run_check(&scratch, &drills, h, &env_vars);
-            progress(&format!(
-                "check `{}`: {}",
-                h.name,
-                r.as_ref()
-                    .map_or_else(|e| format!("FAILED: {e}"), Clone::clone)
-            ));
-            CheckResult {
-                name: h.name.clone(),
-                ok: r.is_ok(),
-                detail: r.unwrap_or_else(|e| e.to_string()),
-            }
-        })
-        .collect();
+    let checks = run_checks(&scratch, &drills, &env_vars, progress);
     crate::system::fault::point("drill-checked")?;
     let mut report = Report {
         id: id.clone(),
@@ -473,30 +455,9 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
     if req.keep {
         marker.kept = true;
         write_marker(&dir, &marker)?;
-        report.kept = drills
-            .iter()
-            .map(|d| d.kept())
-            .filter(|k| !k.is_empty())
-            .collect();
-        report.kept.push(format!(
-            "remove it all with `stack-backup drill --clean` (drill {id}, {})",
-            dir.display()
-        ));
+        report.kept = kept(&drills, &id, &dir);
     } else {
-        let mut left = Vec::new();
-        for d in &mut drills {
-            if let Err(e) = d.remove() {
-                left.push(format!("{}: {e}", d.id()));
-            }
-        }
-        if left.is_empty() {
-            remove_dir(&dir)?;
-        } else {
-            log::warn!(
-                "could not remove all of drill {id} (the next drill or `drill --clean` retries): {}",
-                left.join("; ")
-            );
-        }
+        remove_all(&mut drills, &id, &dir)?;
     }
     match store(cfg, &repo, &report, &snap) {
         Ok(sid) => report.stored = Some(sid),
@@ -504,6 +465,70 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
     }
     crate::records::write_drill(cfg, &stack, &record_of(&report));
     Ok(report)
+}
+
+/// Runs the `[[drill.check]]` entries against the scratch resources.
+fn run_checks(
+    scratch: &Scratch,
+    drills: &[Box<dyn Drilled>],
+    env_vars: &[(String, String)],
+    progress: &dyn Fn(&str),
+) -> Vec<CheckResult> {
+    scratch
+        .cfg
+        .drill
+        .check
+        .iter()
+        .map(|h| {
+            let r = run_check(scratch, drills, h, env_vars);
+            progress(&format!(
+                "check `{}`: {}",
+                h.name,
+                r.as_ref()
+                    .map_or_else(|e| format!("FAILED: {e}"), Clone::clone)
+            ));
+            CheckResult {
+                name: h.name.clone(),
+                ok: r.is_ok(),
+                detail: r.unwrap_or_else(|e| e.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// `--keep`: how to reach each scratch resource, and how to remove them.
+fn kept(drills: &[Box<dyn Drilled>], id: &str, dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = drills
+        .iter()
+        .map(|d| d.kept())
+        .filter(|k| !k.is_empty())
+        .collect();
+    out.push(format!(
+        "remove it all with `stack-backup drill --clean` (drill {id}, {})",
+        dir.display()
+    ));
+    out
+}
+
+/// Removes every scratch resource, then the drill's directory (with its
+/// marker) only when all of them went: what is left is retried by the
+/// next drill or `drill --clean`.
+fn remove_all(drills: &mut [Box<dyn Drilled>], id: &str, dir: &Path) -> Result<()> {
+    let mut left = Vec::new();
+    for d in drills.iter_mut() {
+        if let Err(e) = d.remove() {
+            left.push(format!("{}: {e}", d.id()));
+        }
+    }
+    if left.is_empty() {
+        remove_dir(dir)?;
+    } else {
+        log::warn!(
+            "could not remove all of drill {id} (the next drill or `drill --clean` retries): {}",
+            left.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// The local record status reads.

@@ -93,27 +93,7 @@ pub fn new_config(
     set: &str,
 ) -> Result<NewConfig> {
     let all = stacks(repo_cfg, env)?;
-    let stack = match (stack, all.len()) {
-        (Some(s), _) if all.contains_key(s) => s.to_string(),
-        (Some(s), _) => {
-            return Err(Error::Usage(format!(
-                "the repository holds no stack `{s}`; it holds: {}",
-                names(&all)
-            )))
-        }
-        (None, 0) => {
-            return Err(Error::NotFound(
-                "a backup set of any stack in this repository".into(),
-            ))
-        }
-        (None, 1) => all.keys().next().cloned().unwrap_or_default(),
-        (None, _) => {
-            return Err(Error::Usage(format!(
-                "the repository holds several stacks: {}; choose one with --stack NAME",
-                names(&all)
-            )))
-        }
-    };
+    let stack = choose_stack(&all, stack)?;
     let repo = repository::open_indexed(repo_cfg, env)?;
     let (found, snap) = sets::find(&repo, &stack, set)?;
     let raw = sets::read_file(&repo, &snap, manifest::CONFIG_PATH)?;
@@ -163,6 +143,65 @@ pub fn new_config(
     for rd in cfg.redis.values_mut() {
         rd.url = unredacted(&rd.url)?;
     }
+    let (disabled, commented) = comment_out(&mut cfg)?;
+    let check = to_check(&cfg);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# stack-backup.toml for stack `{stack}`, written by `stack-backup init --from-repository`\n# from backup set `{}` ({}), taken {}.\n#\n# No secret is stored in a set: database and Redis passwords come from the\n# environment (STACK_BACKUP_POSTGRES_<NAME>_URL, STACK_BACKUP_REDIS_<NAME>_URL,\n# DATABASE_URL, REDIS_URL) or a password-file; the repository password from\n# STACK_BACKUP_PASSWORD or [repository] password-file.\n#\n# These name places (as the set stores them, or as this host's environment\n# gave them); check them on this host:",
+        found.name,
+        found.short_id(),
+        found.time
+    );
+    for c in &check {
+        let _ = writeln!(out, "#   {c}");
+    }
+    out.push('\n');
+    out.push_str(&cfg.redacted_toml());
+    out.push_str(&commented);
+    // What is written parses, and holds no placeholder for a secret.
+    Config::parse(&out, Path::new("the new config"))
+        .map_err(|e| Error::component("init", format!("the config written would not load: {e}")))?;
+    Ok(NewConfig {
+        stack,
+        set: found,
+        text: out,
+        check,
+        disabled,
+    })
+}
+
+/// The stack to take: the one asked for, or the only one there is.
+fn choose_stack(all: &BTreeMap<String, Vec<BackupSet>>, stack: Option<&str>) -> Result<String> {
+    Ok(match (stack, all.len()) {
+        (Some(s), _) if all.contains_key(s) => s.to_string(),
+        (Some(s), _) => {
+            return Err(Error::Usage(format!(
+                "the repository holds no stack `{s}`; it holds: {}",
+                names(all)
+            )))
+        }
+        (None, 0) => {
+            return Err(Error::NotFound(
+                "a backup set of any stack in this repository".into(),
+            ))
+        }
+        (None, 1) => all.keys().next().cloned().unwrap_or_default(),
+        (None, _) => {
+            return Err(Error::Usage(format!(
+                "the repository holds several stacks: {}; choose one with --stack NAME",
+                names(all)
+            )))
+        }
+    })
+}
+
+/// Takes out of `cfg` what runs a command, sends data or writes a file on
+/// this host at a place the set names (`[[health]]`, `[[notify]]`,
+/// `[schedule]`, `[drill]`, `[status] prometheus-file`, postgres
+/// `bin-dir`), and returns their names and the commented-out text to
+/// append, to be read and enabled by hand.
+fn comment_out(cfg: &mut Config) -> Result<(Vec<String>, String)> {
     let mut disabled = Vec::new();
     let mut commented = String::new();
     let mut disable = |what: &str, body: String| {
@@ -250,31 +289,7 @@ pub fn new_config(
             );
         }
     }
-    let check = to_check(&cfg);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# stack-backup.toml for stack `{stack}`, written by `stack-backup init --from-repository`\n# from backup set `{}` ({}), taken {}.\n#\n# No secret is stored in a set: database and Redis passwords come from the\n# environment (STACK_BACKUP_POSTGRES_<NAME>_URL, STACK_BACKUP_REDIS_<NAME>_URL,\n# DATABASE_URL, REDIS_URL) or a password-file; the repository password from\n# STACK_BACKUP_PASSWORD or [repository] password-file.\n#\n# These name places (as the set stores them, or as this host's environment\n# gave them); check them on this host:",
-        found.name,
-        found.short_id(),
-        found.time
-    );
-    for c in &check {
-        let _ = writeln!(out, "#   {c}");
-    }
-    out.push('\n');
-    out.push_str(&cfg.redacted_toml());
-    out.push_str(&commented);
-    // What is written parses, and holds no placeholder for a secret.
-    Config::parse(&out, Path::new("the new config"))
-        .map_err(|e| Error::component("init", format!("the config written would not load: {e}")))?;
-    Ok(NewConfig {
-        stack,
-        set: found,
-        text: out,
-        check,
-        disabled,
-    })
+    Ok((disabled, commented))
 }
 
 fn names(all: &BTreeMap<String, Vec<BackupSet>>) -> String {
