@@ -9,6 +9,9 @@ source scripts/services.sh
 DEMO=${SB_DEMO_DIR:-/var/tmp/stack-backup-demo}
 DB=sbdemo
 APP_ROLE=sbdemo_app
+# Drills restore into scratch databases: a role that may create them (the
+# application's own may not), used by nothing else.
+DRILL_ROLE=sbdemo_drill
 REDIS_DB=5
 IMAGE=sbdemo-web:latest
 VOLUME=sbdemo_uploads
@@ -28,10 +31,13 @@ mkdir -p "$DEMO/app/alembic/versions" "$DEMO/media" "$DEMO/image"
 # the role and the empty database. The password goes through stdin and
 # the environment, never argv.
 APP_PW=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+DRILL_PW=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
 psql -q "$SB_TEST_PG_URL" -v ON_ERROR_STOP=1 <<SQL
 DROP DATABASE IF EXISTS $DB WITH (FORCE);
 DROP ROLE IF EXISTS $APP_ROLE;
+DROP ROLE IF EXISTS $DRILL_ROLE;
 CREATE ROLE $APP_ROLE LOGIN NOCREATEDB NOCREATEROLE NOSUPERUSER PASSWORD '$APP_PW';
+CREATE ROLE $DRILL_ROLE LOGIN CREATEDB NOCREATEROLE NOSUPERUSER PASSWORD '$DRILL_PW';
 CREATE DATABASE $DB OWNER $APP_ROLE;
 SQL
 PGPASSWORD="$APP_PW" psql -q "postgres://$APP_ROLE@127.0.0.1:$SB_PG_PORT/$DB" -v ON_ERROR_STOP=1 <<'SQL'
@@ -96,8 +102,17 @@ path = "media"
 
 [retention.backups]
 keep-last = 1
+
+[drill]
+postgres-url = "postgres://$DRILL_ROLE@127.0.0.1:$SB_PG_PORT/postgres"
+postgres-password-file = "$DEMO/drill.password"
+
+[[drill.check]]
+name = "every customer has orders"
+postgres = "main"
+sql = "SELECT count(*) = 0 FROM customers c WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)"
 TOML
-umask 077; printf '%s\n' "$APP_PW" > "$DEMO/db.password"; umask 022
+umask 077; printf '%s\n' "$APP_PW" > "$DEMO/db.password"; printf '%s\n' "$DRILL_PW" > "$DEMO/drill.password"; umask 022
 cd "$DEMO"
 
 step "stack-backup init --generate-password"
@@ -157,6 +172,9 @@ show_state
 step "stack-backup immaculate create --name baseline (read back in full before it counts)"
 "$SB" immaculate create --name baseline
 "$SB" immaculate list
+
+step "stack-backup drill baseline (restored into scratch targets and checked; the live stack is untouched)"
+"$SB" drill baseline
 
 step "everything breaks again; stack-backup emergency --confirm --yes-i-am-sure=demo"
 psql -q "${SB_TEST_PG_URL%/*}/$DB" -c 'DELETE FROM orders'

@@ -417,6 +417,71 @@ fn damaged_sets_fail_the_drill_naming_the_component() {
         "a refused drill left its marker"
     );
 
+    // Without admin-url the application's role may not create the scratch
+    // database: refused, naming the drill's own setting; never advising
+    // `in-place`, which a scratch database cannot use.
+    let no_admin = config(&s, "").replace(&format!("admin-url = \"{}\"\n", pg_admin_url()), "");
+    assert!(!no_admin.contains("admin-url"));
+    s.sb.write_config("shop", &no_admin);
+    let r = s.sb.run(&["drill", "good"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("[drill] postgres-url"), "{}", r.stderr);
+    assert!(!r.stderr.contains("in-place"), "{}", r.stderr);
+
+    // `[drill] postgres-url`: a role that may create databases but is no
+    // member of the stack's roles (the dump's owners): the drill passes,
+    // its SQL check runs on the scratch copy.
+    let role = format!("sbdrillrole_{}", std::process::id());
+    let mut admin = pg_client("postgres");
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN CREATEDB NOCREATEROLE NOSUPERUSER PASSWORD 'drill-pw'"
+        ))
+        .unwrap();
+    let pw = s.sb.path().join("drill.password");
+    std::fs::write(&pw, "drill-pw\n").unwrap();
+    let server = pg_admin_url();
+    let at = server
+        .split_once('@')
+        .unwrap()
+        .1
+        .rsplit_once('/')
+        .unwrap()
+        .0;
+    s.sb.write_config(
+        "shop",
+        &format!(
+            "[drill]\npostgres-url = \"postgres://{role}@{at}/postgres\"\npostgres-password-file = \"{}\"\n{no_admin}",
+            pw.display()
+        ),
+    );
+    let r = s.sb.run(&["--json", "drill", "good"]);
+    let report = report_of(&r);
+    r.expect_code(0);
+    let pg = component(&report, "postgres.main");
+    assert_eq!(pg["state"], "ok", "{report}");
+    assert!(
+        pg["restored"]
+            .as_str()
+            .unwrap()
+            .contains("without the dump's owners"),
+        "{report}"
+    );
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true),
+        "{report}"
+    );
+    assert!(!r.stdout.contains("drill-pw") && !r.stderr.contains("drill-pw"));
+    assert_eq!(
+        leftovers(&s, report["id"].as_str().unwrap()),
+        Vec::<String>::new()
+    );
+    admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+
     // A corrupted pack: the verify names what it holds.
     s.sb.write_config("shop", &config(&s, ""));
     let repo = common::backend::Repo::Local { path: s.sb.repo() };

@@ -69,6 +69,8 @@ impl Scratch<'_> {
         let mut s = match &self.cfg.drill.postgres_url {
             Some(url) => {
                 let mut s = PostgresConfig::new(url.clone());
+                s.password_file
+                    .clone_from(&self.cfg.drill.postgres_password_file);
                 s.lock_timeout_seconds = pg.lock_timeout_seconds;
                 s.bin_dir.clone_from(&pg.bin_dir);
                 s

@@ -543,6 +543,9 @@ pub struct DrillSection {
     /// Its password is a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_url: Option<DbUrl>,
+    /// A file holding the password of `postgres-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_password_file: Option<PathBuf>,
     /// `[[drill.check]]`: run against the scratch resources after the
     /// drill restored them: `sql` on the scratch database of `postgres`,
     /// or a `command` that gets `SB_DRILL_PG_URL`, `SB_DRILL_REDIS_SOCKET`
@@ -553,7 +556,9 @@ pub struct DrillSection {
 
 impl DrillSection {
     fn is_empty(&self) -> bool {
-        self.postgres_url.is_none() && self.check.is_empty()
+        self.postgres_url.is_none()
+            && self.postgres_password_file.is_none()
+            && self.check.is_empty()
     }
 }
 
@@ -790,6 +795,7 @@ impl Config {
         self.state.dir.as_mut().map(fix);
         for pg in self.postgres.values_mut() {
             pg.password_file.as_mut().map(fix);
+            pg.admin_password_file.as_mut().map(fix);
             pg.migrations_dir.as_mut().map(fix);
             pg.bin_dir.as_mut().map(fix);
         }
@@ -797,6 +803,7 @@ impl Config {
             rd.password_file.as_mut().map(fix);
         }
         self.status.prometheus_file.as_mut().map(fix);
+        self.drill.postgres_password_file.as_mut().map(fix);
         if let Some(g) = &mut self.git {
             fix(&mut g.path);
         }

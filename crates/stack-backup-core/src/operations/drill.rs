@@ -432,7 +432,12 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
     results.append(&mut outcome);
     results.sort_by(|a, b| a.component.cmp(&b.component));
     let env_vars: Vec<(String, String)> = drills.iter().flat_map(|d| d.env()).collect();
-    let checks = run_checks(&scratch, &drills, &env_vars, progress);
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.ok && r.state != "not-drilled")
+        .map(|r| r.component.as_str())
+        .collect();
+    let checks = run_checks(&scratch, &drills, &env_vars, &failed, progress);
     crate::system::fault::point("drill-checked")?;
     let mut report = Report {
         id: id.clone(),
@@ -467,11 +472,14 @@ pub fn run(cfg: &Config, env: &Env, req: &Request, progress: &dyn Fn(&str)) -> R
     Ok(report)
 }
 
-/// Runs the `[[drill.check]]` entries against the scratch resources.
+/// Runs the `[[drill.check]]` entries against the scratch resources; none
+/// runs when a component did not restore (`failed`): a check would fail on
+/// what is missing and hide the cause.
 fn run_checks(
     scratch: &Scratch,
     drills: &[Box<dyn Drilled>],
     env_vars: &[(String, String)],
+    failed: &[&str],
     progress: &dyn Fn(&str),
 ) -> Vec<CheckResult> {
     scratch
@@ -480,7 +488,14 @@ fn run_checks(
         .check
         .iter()
         .map(|h| {
-            let r = run_check(scratch, drills, h, env_vars);
+            let r = if failed.is_empty() {
+                run_check(scratch, drills, h, env_vars)
+            } else {
+                Err(Error::Verification(format!(
+                    "not run: {} did not restore",
+                    failed.join(", ")
+                )))
+            };
             progress(&format!(
                 "check `{}`: {}",
                 h.name,

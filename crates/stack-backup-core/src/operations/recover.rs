@@ -256,7 +256,10 @@ fn comment_out(cfg: &mut Config) -> Result<(Vec<String>, String)> {
         );
         cfg.schedule.clear();
     }
-    if cfg.drill.postgres_url.is_some() || !cfg.drill.check.is_empty() {
+    if cfg.drill.postgres_url.is_some()
+        || cfg.drill.postgres_password_file.is_some()
+        || !cfg.drill.check.is_empty()
+    {
         #[derive(Serialize)]
         struct D<'a> {
             drill: &'a crate::config::DrillSection,

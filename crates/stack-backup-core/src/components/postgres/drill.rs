@@ -39,6 +39,7 @@ impl PgDrill {
             key: id.name().to_string(),
             server: scratch.postgres_server(pg),
             database: scratch.database(id.name()),
+            owners: scratch.cfg.drill.postgres_url.is_none(),
         };
         Self {
             restorer: PgRestorer::new(id.clone(), record.clone(), target.clone(), false),
@@ -98,11 +99,16 @@ impl Drilled for PgDrill {
             self.refuse_missing_roles()?;
         }
         // A scratch database has no original: the commit drops nothing.
-        self.restorer.restore(set)?.commit();
+        self.restorer.restore(set).map_err(scratch_advice)?.commit();
         Ok(format!(
-            "database `{}` ({} tables)",
+            "database `{}` ({} tables){}",
             self.target.database,
-            self.record.row_counts.len()
+            self.record.row_counts.len(),
+            if self.target.owners {
+                ""
+            } else {
+                ", without the dump's owners and grants ([drill] postgres-url)"
+            }
         ))
     }
 
@@ -110,7 +116,7 @@ impl Drilled for PgDrill {
     /// scratch server's data directory (the live one, without `[drill]
     /// postgres-url`).
     fn disk_needs(&self, set: &SetContext) -> Result<crate::components::DiskNeeds> {
-        self.restorer.disk_needs(set)
+        self.restorer.disk_needs(set).map_err(scratch_advice)
     }
 
     fn check(&mut self, _set: &SetContext) -> Result<String> {
@@ -144,8 +150,21 @@ impl Drilled for PgDrill {
         ))
     }
 
+    /// The scratch database's URL, with the password of the
+    /// `password-file` in it when the URL has none: the check is the
+    /// operator's own program and needs to connect as the drill did.
     fn env(&self) -> Vec<(String, String)> {
-        let Ok(url) = scratch_url(self.target.server.url.expose(), &self.target.database) else {
+        let server = &self.target.server;
+        let password = server
+            .password_file
+            .as_deref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|p| p.lines().next().unwrap_or_default().to_string());
+        let Ok(url) = scratch_url(
+            server.url.expose(),
+            &self.target.database,
+            password.as_deref(),
+        ) else {
             return Vec::new();
         };
         vec![
@@ -169,14 +188,37 @@ impl Drilled for PgDrill {
     }
 }
 
-/// The configured URL with its database replaced by `db`.
-pub(super) fn scratch_url(url: &str, db: &str) -> std::result::Result<String, String> {
+/// A refusal of the restorer, with the way out a drill has (the restorer
+/// knows only the stack's own settings).
+fn scratch_advice(e: Error) -> Error {
+    match e {
+        Error::Refused(why) => Error::Refused(format!(
+            "{why}. A drill always restores into a new scratch database: `[drill] postgres-url` (with `postgres-password-file`) can name a role that may create databases, on this server or another"
+        )),
+        e => e,
+    }
+}
+
+/// The configured URL with its database replaced by `db`, and `password`
+/// added when the URL names a user without one.
+pub(super) fn scratch_url(
+    url: &str,
+    db: &str,
+    password: Option<&str>,
+) -> std::result::Result<String, String> {
     let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
     let (authority, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, ""),
     };
     let query = tail.find('?').map_or("", |i| &tail[i..]);
+    let authority = match (authority.rsplit_once('@'), password) {
+        (Some((user, host)), Some(pw)) if !user.contains(':') => {
+            let pw = percent_encoding::utf8_percent_encode(pw, percent_encoding::NON_ALPHANUMERIC);
+            format!("{user}:{pw}@{host}")
+        }
+        _ => authority.to_string(),
+    };
     Ok(format!("{scheme}://{authority}/{db}{query}"))
 }
 
@@ -258,12 +300,21 @@ mod tests {
     #[test]
     fn the_scratch_url_names_the_scratch_database() {
         assert_eq!(
-            super::scratch_url("postgres://u:p@h:5432/shop?sslmode=disable", "sbdrill_x").unwrap(),
+            super::scratch_url(
+                "postgres://u:p@h:5432/shop?sslmode=disable",
+                "sbdrill_x",
+                Some("other")
+            )
+            .unwrap(),
             "postgres://u:p@h:5432/sbdrill_x?sslmode=disable"
         );
         assert_eq!(
-            super::scratch_url("postgresql://u@h", "d").unwrap(),
+            super::scratch_url("postgresql://u@h", "d", None).unwrap(),
             "postgresql://u@h/d"
+        );
+        assert_eq!(
+            super::scratch_url("postgresql://u@h/x", "d", Some("a b@c")).unwrap(),
+            "postgresql://u:a%20b%40c@h/d"
         );
     }
 }

@@ -77,12 +77,12 @@ fn missing_database(name: &str, pg: &PostgresConfig) -> Error {
 }
 
 /// The URL of database `db` on `server` (its password, when the URL holds
-/// one, included: for a drill check's environment only).
+/// one, included; a `password-file` still applies to it).
 pub fn scratch_database_url(
     server: &PostgresConfig,
     db: &str,
 ) -> std::result::Result<String, String> {
-    drill::scratch_url(server.url.expose(), db)
+    drill::scratch_url(server.url.expose(), db, None)
 }
 
 /// The kind `postgres`.

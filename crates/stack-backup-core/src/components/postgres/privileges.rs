@@ -230,6 +230,14 @@ pub fn decide(
         },
         (RestoreMethod::Beside, None) => match role.beside_missing(db) {
             None => Method::Beside(Via::Role),
+            // In place needs a database to restore into: without one
+            // (a new host, or a drill's scratch database) it is no way out.
+            Some(m) if role.owner.is_none() => {
+                return Err(refuse(format!(
+                    "it does not exist, and creating it needs {m} for role `{}`; grant it, or set admin-url to a role that has it",
+                    role.role
+                )))
+            }
             Some(m) => {
                 return Err(refuse(format!(
                     "restore-method = \"beside\" needs {m} for role `{}`; grant it, or set admin-url, or use restore-method = \"in-place\"",

@@ -36,6 +36,10 @@ pub struct PgTarget {
     pub server: PostgresConfig,
     /// The database to replace (created when it does not exist).
     pub database: String,
+    /// Give objects the dump's owners and grants. Off only for a drill
+    /// through `[drill] postgres-url`: that role need not be a member of
+    /// the stack's roles, and a drill checks data, not ownership.
+    pub owners: bool,
 }
 
 impl PgTarget {
@@ -46,6 +50,7 @@ impl PgTarget {
             key: id.name().to_string(),
             server: pg.clone(),
             database: pc.get_dbname().unwrap_or(recorded).to_string(),
+            owners: true,
         })
     }
 
@@ -477,7 +482,11 @@ fn restore_beside(
     let tool = target.tool(via, "pg_restore", server.major)?;
     let mut cmd = crate::process::command(&tool.program);
     let dbarg = format!("--dbname={tmp}");
-    cmd.args(tool.args(&["--exit-on-error", "--no-password", &dbarg]))
+    let mut args = vec!["--exit-on-error", "--no-password", dbarg.as_str()];
+    if !target.owners {
+        args.extend(["--no-owner", "--no-privileges"]);
+    }
+    cmd.args(tool.args(&args))
         .envs(tool.env.iter().map(|(k, v)| (k, v)));
     let drop_tmp = |admin: &mut ::postgres::Client| {
         let _ = exec(
@@ -801,6 +810,7 @@ pub fn recover(e: &PgEntry, id: &ComponentId, to: Recover, undo: &UndoContext) -
         key: e.key.clone(),
         server: server.clone(),
         database: e.database.clone(),
+        owners: true,
     };
     let key = e.key.as_str();
     let timeout = server.lock_timeout();
