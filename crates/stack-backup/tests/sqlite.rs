@@ -117,12 +117,20 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
         })
     };
     std::thread::sleep(Duration::from_millis(100));
+    // doctor: SQLite, its journal mode, room for the copy.
+    let r = f.sb.run(&["doctor"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("journal mode wal"), "{}", r.stdout);
+    // A copy left by a killed backup (its pid gone) is removed by the next.
+    let copies = f.sb.path().join("state/sqlite-copies");
+    std::fs::create_dir_all(&copies).unwrap();
+    let stale = copies.join("sqlitelive.app.4194304.sqlite");
+    std::fs::write(&stale, "stale").unwrap();
     f.sb.run(&["backup", "--name", "live"]).expect_code(0);
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     assert!(written > 10, "the writer committed only {written} rows");
-    // The temporary copy is gone.
-    let copies = f.sb.path().join("state/sqlite-copies");
+    // The temporary copy is gone, and the stale one.
     assert_eq!(std::fs::read_dir(&copies).unwrap().count(), 0, "{copies:?}");
 
     let (m, out) = manifest(&f.sb, "live");
@@ -357,4 +365,42 @@ fn a_symlinked_path_is_refused() {
     // A relative path is a config error.
     f.sb.write_config("sqlitelink", "[sqlite.app]\npath = \"data/app.db\"\n");
     f.sb.run(&["doctor"]).expect_code(2);
+}
+
+#[test]
+fn a_database_inside_a_volume_round_trips_and_a_symlink_in_it_is_refused() {
+    let sb = Sandbox::new();
+    let vol = TempVolume::new();
+    let root = vol.mountpoint();
+    std::fs::create_dir(root.join("data")).unwrap();
+    let db = root.join("data/app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);")
+        .unwrap();
+    insert(&c, 50);
+    drop(c);
+    let config = |path: &str| {
+        format!(
+            "[sqlite.app]\nvolume = \"{}\"\npath = \"{path}\"\n",
+            vol.name
+        )
+    };
+    sb.write_config("sqlitevol", &config("data/app.db"));
+    sb.init();
+    sb.run(&["backup", "--name", "vol"]).expect_code(0);
+    let good = state(&db);
+    let c = Connection::open(&db).unwrap();
+    c.execute("DELETE FROM events WHERE id % 2 = 0", [])
+        .unwrap();
+    drop(c);
+    sb.run(&["restore", "vol", "--yes"]).expect_code(0);
+    assert_eq!(state(&db), good);
+    assert_eq!(beside(&db, false), Vec::<String>::new());
+
+    // A directory inside the volume replaced by a link to the host.
+    std::os::unix::fs::symlink(sb.path(), root.join("link")).unwrap();
+    sb.write_config("sqlitevol", &config("link/app.db"));
+    let r = sb.run(&["backup", "--name", "linked"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("never followed"), "{}", r.stderr);
 }
