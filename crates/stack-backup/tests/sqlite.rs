@@ -272,6 +272,7 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
     let holder = Command::new("sqlite3")
         .arg(&f.db)
         .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut holder = KillOnDrop(holder);
@@ -285,7 +286,43 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("is open in process"), "{}", r.stderr);
     assert_eq!(std::fs::read(&f.db).unwrap(), bytes);
+
+    // The holder commits rows into the WAL and dies (`kill -9`): they are
+    // in `app.db-wal` only. A failed health check after the swap puts the
+    // original back with its WAL: the rows are there again.
+    let stdin = holder.0.stdin.as_mut().unwrap();
+    use std::io::Write;
+    stdin
+        .write_all(b"PRAGMA wal_autocheckpoint = 0; INSERT INTO events (payload) VALUES ('in the wal'); SELECT 'committed';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let wal = f.db.with_file_name("app.db-wal");
+    let mut out = std::io::BufReader::new(holder.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("committed") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "sqlite3 ended"
+        );
+    }
     holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
+    // Every frame of the commit is in the WAL once the process is gone.
+    let wal_bytes = std::fs::read(&wal).unwrap();
+    assert!(wal_bytes.len() > 4096, "{}", wal_bytes.len());
+    let config = std::fs::read_to_string(f.sb.config()).unwrap();
+    std::fs::write(
+        f.sb.config(),
+        format!("{config}\n[[health]]\nname = \"fails\"\ncommand = \"false\"\n"),
+    )
+    .unwrap();
+    let r = f.sb.run(&["restore", "good", "--yes"]);
+    expect_rolled_back_by(&r, "fails");
+    assert_eq!(std::fs::read(&f.db).unwrap(), bytes);
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_bytes);
+    assert_eq!(beside(&f.db, false), Vec::<String>::new());
+    assert_eq!(state(&f.db).0, before.0 + 1);
 }
 
 use std::process::Command;
