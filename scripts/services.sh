@@ -47,6 +47,11 @@ command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 [ -d /usr/lib/python3/dist-packages/prometheus_client ] || need_pkgs+=(python3-prometheus-client)
 # tests/operations.rs counts the files `status` opens.
 command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
+# rusqlite links the system libsqlite3 (decision 0031); tests/sqlite.rs
+# holds a database open with the sqlite3 shell.
+[ -e /usr/include/sqlite3.h ] || need_pkgs+=(libsqlite3-dev)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi

@@ -32,6 +32,7 @@ pub mod migrations;
 pub mod paths;
 pub mod postgres;
 pub mod redis;
+pub mod sqlite;
 
 use std::path::PathBuf;
 
@@ -80,6 +81,7 @@ macro_rules! kinds {
 kinds! {
     Postgres(postgres::PostgresRecord) => postgres::Postgres,
     Redis(redis::RedisRecord) => redis::Redis,
+    Sqlite(sqlite::SqliteRecord) => sqlite::Sqlite,
     DockerImage(docker::ImageRecord) => docker::Image,
     DockerVolume(tree::TreeRecord) => docker::Volume,
     Git(git::GitRecord) => git::Git,

@@ -601,6 +601,9 @@ pub struct Config {
     /// `[paths.NAME]` tables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paths: BTreeMap<String, PathConfig>,
+    /// `[sqlite.NAME]` tables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sqlite: BTreeMap<String, crate::components::sqlite::SqliteConfig>,
     /// `[[health]]` checks run after a restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<HealthCheck>,
@@ -705,7 +708,8 @@ impl Config {
             .keys()
             .map(|k| ("postgres", k))
             .chain(self.redis.keys().map(|k| ("redis", k)))
-            .chain(self.paths.keys().map(|k| ("paths", k)));
+            .chain(self.paths.keys().map(|k| ("paths", k)))
+            .chain(self.sqlite.keys().map(|k| ("sqlite", k)));
         for (table, name) in names {
             validate_name(name)
                 .map_err(|m| ConfigError::in_file(file, Some(format!("{table}.{name}")), m))?;
@@ -718,6 +722,10 @@ impl Config {
                     "expected a postgres:// URL",
                 ));
             }
+        }
+        for (name, c) in &self.sqlite {
+            crate::components::sqlite::check_config(c)
+                .map_err(|m| ConfigError::in_file(file, Some(format!("sqlite.{name}.path")), m))?;
         }
         for (i, h) in self.health.iter().enumerate() {
             let kinds = [h.http.is_some(), h.sql.is_some(), h.command.is_some()];

@@ -153,6 +153,13 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
             &format!("paths/{name}"),
             "the directory's tree",
         )?,
+        Record::Sqlite(s) => expect_eq(
+            what,
+            &field("file"),
+            &s.file,
+            &crate::components::sqlite::set_file(name),
+            "the database's copy",
+        )?,
         Record::Git(g) => {
             for (i, f) in g.files.iter().enumerate() {
                 check_path(what, &field(&format!("files[{i}]")), f)?;
@@ -223,7 +230,8 @@ pub fn check_against(
                 let want = configured_database(pg.url.expose()).unwrap_or_default();
                 expect_eq(what, &field("database"), &p.database, &want, "the config's")?;
             }
-            Record::Redis(_) | Record::Git(_) => {}
+            // SQLite: restored into the config's path, whatever the set's.
+            Record::Redis(_) | Record::Git(_) | Record::Sqlite(_) => {}
             Record::DockerImage(i) => {
                 let images = stack.as_ref().map_or(&[][..], |s| &s.images[..]);
                 if !images.contains(&i.reference) {
