@@ -16,8 +16,13 @@ log() { printf '[debian-root] %s\n' "$*" >&2; }
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 [ -n "$codename" ] || { log "no VERSION_CODENAME in /etc/os-release"; exit 2; }
 cache=${SB_DEBIAN_ROOT_CACHE:-/var/cache/stack-backup-test}
-root="$cache/debian-$codename-minbase"
-packages=man-db,bash-completion
+# What the package test needs beside the package's own dependencies: man
+# and completion to check those files, and the shared libraries the binary
+# links (dpkg -i installs no dependencies; an apt source would need the
+# network inside the root).
+packages=man-db,bash-completion,libsqlite3-0
+# A root made with another package list is not this one.
+root="$cache/debian-$codename-minbase-$(printf '%s' "$packages" | sha256sum | cut -c1-8)"
 
 # The first `deb` source of the release itself (not -updates, -security).
 mirror_of() {
