@@ -493,6 +493,41 @@ fn a_lock_that_cannot_be_refreshed_in_time_stops_the_backup_before_its_snapshot(
 }
 
 #[test]
+fn a_lock_file_removed_by_another_host_is_lost_at_the_next_refresh() {
+    let media = media_dir();
+    let (sb, _) = host(media.path());
+    sb.init();
+    // Refreshed every second; the backup spends 4.5 s archiving, during
+    // which another host runs `restic unlock --remove-all`.
+    let child = spawn(
+        &sb,
+        &["backup", "--name", "unlocked"],
+        "repo-lock-timing=return(1);backup-archived=sleep(4500)",
+    );
+    wait_until("the backup's lock", 30, || {
+        !lock_files(&sb.repo()).is_empty()
+    });
+    let out = restic_cmd(&sb.repo())
+        .args(["unlock", "--remove-all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = finish(child);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("was removed by someone else"),
+        "{}",
+        r.stderr
+    );
+    let sets = sb.run(&["--json", "list"]);
+    assert_eq!(sets.json().as_array().unwrap().len(), 0, "{}", sets.stdout);
+    assert!(
+        lock_files(&sb.repo()).is_empty(),
+        "no new lock file claimed"
+    );
+}
+
+#[test]
 fn on_s3_our_backup_holds_a_restic_lock_that_restic_prune_honours() {
     use common::backend::Backend;
     let media = media_dir();
