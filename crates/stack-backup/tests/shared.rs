@@ -528,6 +528,39 @@ fn a_lock_file_removed_by_another_host_is_lost_at_the_next_refresh() {
 }
 
 #[test]
+fn copy_checks_its_locks_before_writing_sets_into_the_target() {
+    let media = media_dir();
+    let (sb, _) = host(media.path());
+    sb.init();
+    sb.run(&["backup", "--name", "one"]).expect_code(0);
+    let target = sb.path().join("target");
+    let copy = |failpoints: &str| {
+        let mut cmd = sb.command(bin(), sb.path(), None);
+        cmd.args(["--json", "copy", "--all", "--init", "--to"])
+            .arg(&target)
+            .env("STACK_BACKUP_TO_PASSWORD", "target-pw")
+            .env("FAILPOINTS", failpoints);
+        Run::from(cmd.output().unwrap())
+    };
+    // Every refresh fails while the copy waits: both locks are lost and
+    // nothing is copied.
+    let r = copy("repo-lock-timing=return(1);copy-ready=sleep(4500);repo-lock-refresh=return");
+    r.expect_code(1);
+    assert!(r.stderr.contains("could not be refreshed"), "{}", r.stderr);
+    let out = Command::new("restic")
+        .args(["-r"])
+        .arg(&target)
+        .args(["snapshots", "--json"])
+        .env("RESTIC_PASSWORD", "target-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // With working refreshes the same copy goes through.
+    copy("repo-lock-timing=return(1);copy-ready=sleep(2500)").expect_code(0);
+}
+
+#[test]
 fn on_s3_our_backup_holds_a_restic_lock_that_restic_prune_honours() {
     use common::backend::Backend;
     let media = media_dir();
