@@ -528,7 +528,7 @@ fn a_lock_file_removed_by_another_host_is_lost_at_the_next_refresh() {
 }
 
 #[test]
-fn copy_checks_its_locks_before_writing_sets_into_the_target() {
+fn copy_and_import_check_their_locks_before_writing_sets() {
     let media = media_dir();
     let (sb, _) = host(media.path());
     sb.init();
@@ -558,6 +558,20 @@ fn copy_checks_its_locks_before_writing_sets_into_the_target() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     // With working refreshes the same copy goes through.
     copy("repo-lock-timing=return(1);copy-ready=sleep(2500)").expect_code(0);
+
+    // Import: a lost lock stops it before its set is saved, and the
+    // incomplete snapshot is removed.
+    let export = sb.path().join("export");
+    sb.run(&["export", "one", &export.to_string_lossy()])
+        .expect_code(0);
+    let r = finish(spawn(
+        &sb,
+        &["import", &export.to_string_lossy(), "--name", "imported"],
+        "repo-lock-timing=return(1);import-stored=sleep(4500);repo-lock-refresh=return",
+    ));
+    r.expect_code(1);
+    assert!(r.stderr.contains("could not be refreshed"), "{}", r.stderr);
+    assert_eq!(restic_snapshot_count(&sb.repo()), 1, "only `one`");
 }
 
 #[test]

@@ -99,11 +99,11 @@ fn open(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-/// Makes `path` read-only (0444) unless it already is (an immutable file's
-/// mode cannot be changed, and need not be).
+/// Makes `path` read-only (0444) unless it already is or is immutable (an
+/// immutable file's mode cannot be changed, and need not be).
 pub fn make_read_only(path: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("reading", path, e))?;
-    if meta.permissions().mode() & 0o222 == 0 {
+    if meta.permissions().mode() & 0o222 == 0 || attrs(path)?.immutable == Some(true) {
         return Ok(());
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))

@@ -22,6 +22,8 @@
 //! fails from then on, and a command calls it before each step that makes
 //! its work referenced (a snapshot, a deletion), so it stops with what it
 //! wrote unreferenced, which two-phase prune (decision 0018) tolerates.
+//! A lock whose file someone else removed (`unlock --remove-all`) is lost
+//! at the next refresh, as restic decides.
 //!
 //! What is durable: only the lock files. A process killed while holding a
 //! lock leaves its file; it is stale at once on the same host (its pid is
