@@ -146,10 +146,7 @@ pub fn check(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Report> {
                 }
             }
         }
-        let immutable = checked
-            .iter()
-            .filter(|c| c.outcome.contains("immutable"))
-            .count();
+        let immutable = checked.iter().filter(|(_, i)| *i).count();
         let mut notes = vec![
             "root on this host can make any file writable again; a copy elsewhere (`stack-backup copy`) is what survives the host".to_string(),
         ];
@@ -161,8 +158,8 @@ pub fn check(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Report> {
         } else {
             // Once the attribute was set, a file without it was cleared
             // by someone (or is a new baseline not yet protected).
-            for c in &mut checked {
-                if c.ok && !c.outcome.contains("immutable") {
+            for (c, _) in checked.iter_mut().filter(|(_, i)| !*i) {
+                if c.ok {
                     c.ok = false;
                     c.outcome.push_str(", but not immutable while other files of the baselines are (`chattr -i` was run on it, or `immaculate protect --chattr` was not run since)");
                 }
@@ -171,7 +168,7 @@ pub fn check(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Report> {
         return Ok(Report {
             store: "local".into(),
             sets,
-            checked,
+            checked: checked.into_iter().map(|(c, _)| c).collect(),
             notes,
         });
     }
@@ -338,27 +335,37 @@ fn attack(s3: &S3, key: &str) -> Result<Checked> {
     })
 }
 
-fn local_file(root: &std::path::Path, f: &std::path::Path) -> Checked {
+/// What `f` showed, and whether it is immutable.
+fn local_file(root: &std::path::Path, f: &std::path::Path) -> (Checked, bool) {
     let key = f
         .strip_prefix(root)
         .unwrap_or(f)
         .to_string_lossy()
         .into_owned();
     match read_only::attrs(f) {
-        Err(e) => failed(&key, format!("missing or unreadable: {}", e.detail())),
-        Ok(a) if !a.read_only && a.immutable != Some(true) => failed(
-            &key,
-            "writable: not read-only nor immutable (`stack-backup immaculate protect` makes it read-only)".into(),
+        Err(e) => (
+            failed(&key, format!("missing or unreadable: {}", e.detail())),
+            false,
         ),
-        Ok(a) => Checked {
-            key,
-            ok: true,
-            outcome: match (a.read_only, a.immutable) {
-                (_, Some(true)) => "immutable".into(),
-                (_, Some(false)) => "read-only".into(),
-                (_, None) => "read-only (the filesystem has no immutable attribute)".into(),
+        Ok(a) if !a.read_only && a.immutable != Some(true) => (
+            failed(
+                &key,
+                "writable: not read-only nor immutable (`stack-backup immaculate protect` makes it read-only)".into(),
+            ),
+            false,
+        ),
+        Ok(a) => (
+            Checked {
+                key,
+                ok: true,
+                outcome: match a.immutable {
+                    Some(true) => "immutable".into(),
+                    Some(false) => "read-only".into(),
+                    None => "read-only (the filesystem has no immutable attribute)".into(),
+                },
             },
-        },
+            a.immutable == Some(true),
+        ),
     }
 }
 
