@@ -228,6 +228,21 @@ pub enum ImmaculateCommand {
     List,
     /// Read immaculate baselines back in full (all, or the one named).
     Verify(ImmaculateVerifyArgs),
+    /// Local repository: make the baselines' pack and snapshot files
+    /// read-only again, and immutable with --chattr.
+    Protect(ImmaculateProtectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImmaculateProtectArgs {
+    /// Name or id of one immaculate or sacred set [default: all of them].
+    #[arg(add = ArgValueCompleter::new(complete::set_names))]
+    pub name: Option<String>,
+    /// Also set the immutable attribute (`chattr +i`; needs root and a
+    /// filesystem that has it, as ext4, xfs, btrfs). Only root can undo
+    /// it (`chattr -i`), and restic's prune then fails on those files.
+    #[arg(long)]
+    pub chattr: bool,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +325,14 @@ pub struct VerifyArgs {
     /// versions: after the repository was deleted or overwritten.
     #[arg(long, value_name = "TIME", value_parser = as_of_parser)]
     pub as_of: Option<jiff::Timestamp>,
+    /// Instead of reading sets back: check that the baselines (immaculate
+    /// and sacred sets, or the one named) cannot be destroyed. On S3, a
+    /// sample of their objects is attacked with the configured
+    /// credentials (versioned delete, overwrite with identical bytes);
+    /// locally, their files must be read-only or immutable. Exit 3 when
+    /// anything is not protected.
+    #[arg(long, conflicts_with_all = ["all", "read_data", "as_of"])]
+    pub immutability: bool,
 }
 
 #[derive(Debug, Args)]

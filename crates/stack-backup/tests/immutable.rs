@@ -406,3 +406,263 @@ fn as_of_needs_a_repository_on_s3() {
     let r = sb.run(&["list", "--as-of", "yesterday"]);
     r.expect_code(2);
 }
+
+/// The versions (ids) of one key.
+fn versions_of(bucket: &str, prefix: &str, key: &str) -> Vec<String> {
+    let full = format!("{prefix}/{key}");
+    versions(bucket, prefix)
+        .0
+        .into_iter()
+        .filter(|(k, _)| *k == full)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[test]
+fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses() {
+    let mut sb = Sandbox::new();
+    let media = tempfile::tempdir_in(sb.path()).unwrap();
+    std::fs::write(media.path().join("a.bin"), noise(3, 200_000)).unwrap();
+    let bucket = locked_bucket();
+    let prefix = "shop";
+    s3_credentials(&mut sb, SECRET_KEY);
+    let repo = Repo::S3 {
+        endpoint: endpoint(),
+        bucket: bucket.clone(),
+        prefix: prefix.into(),
+        cache: sb.path().join("cache"),
+    };
+    let config = |tiers: &str| {
+        repo.write_config(
+            &sb,
+            "shop",
+            &format!(
+                "{tiers}\n[paths.media]\npath = \"{}\"\n",
+                media.path().display()
+            ),
+        );
+    };
+    // COMPLIANCE: no credentials can shorten or bypass it.
+    config("[tiers]\nimmaculate-retain = \"1d\"\nretain-mode = \"compliance\"\n");
+    sb.init();
+    sb.run(&["immaculate", "create", "--name", "base"])
+        .expect_code(0);
+    // Every version but the lock files' (each command leaves one).
+    let data_versions = || {
+        versions(&bucket, prefix)
+            .0
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(&format!("{prefix}/locks/")))
+            .collect::<BTreeSet<_>>()
+    };
+    let all_before = data_versions();
+    let r = sb.run(&["--json", "verify", "--immutability", "base"]);
+    r.expect_code(0);
+    let checked = r.json()["checked"].as_array().unwrap().clone();
+    let keys: Vec<&str> = checked.iter().map(|c| c["key"].as_str().unwrap()).collect();
+    assert!(keys.iter().any(|k| k.starts_with("snapshots/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("index/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("data/")), "{keys:?}");
+    assert!(checked.iter().all(|c| c["ok"] == true), "{}", r.stdout);
+    // The overwrite's versions were removed again: nothing left behind.
+    assert_eq!(data_versions(), all_before);
+
+    // GOVERNANCE with credentials that may bypass it (moto grants every
+    // caller s3:BypassGovernanceRetention): the versioned delete goes
+    // through, the check fails naming the object, and the bytes are
+    // written back so the baseline is still whole.
+    config("[tiers]\nimmaculate-retain = \"1d\"\nretain-mode = \"governance\"\n");
+    let r = sb.run(&["--json", "immaculate", "create", "--name", "gov"]);
+    r.expect_code(0);
+    let gov_id = r.json()["backup"]["set"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = sb.run(&["verify", "--immutability", "gov"]);
+    r.expect_code(3);
+    let snap = format!("snapshots/{gov_id}");
+    assert!(
+        r.stdout.contains(&format!(
+            "FAILED {snap}: the store ALLOWED a versioned delete"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("not protected"), "{}", r.stderr);
+    sb.run(&["verify", "gov"]).expect_code(0);
+    repo.restic(&["check"]).expect_code(0);
+
+    // An object without a retention date is reported, never touched.
+    config("");
+    let r = sb.run(&["--json", "immaculate", "create", "--name", "bare"]);
+    r.expect_code(0);
+    let bare_snap = format!(
+        "snapshots/{}",
+        r.json()["backup"]["set"]["id"].as_str().unwrap()
+    );
+    let before = versions_of(&bucket, prefix, &bare_snap);
+    assert_eq!(before.len(), 1);
+    let r = sb.run(&["--json", "verify", "--immutability", "bare"]);
+    r.expect_code(3);
+    // The report, then the error.
+    let report: serde_json::Value = serde_json::Deserializer::from_str(&r.stdout)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let checked = report["checked"].as_array().unwrap().clone();
+    let c = checked
+        .iter()
+        .find(|c| c["key"] == bare_snap.as_str())
+        .unwrap();
+    assert_eq!(c["ok"], false);
+    assert!(
+        c["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("no retention date (not touched)"),
+        "{c}"
+    );
+    assert_eq!(versions_of(&bucket, prefix, &bare_snap), before);
+    sb.run(&["verify", "bare"]).expect_code(0);
+}
+
+/// `chattr -R -i` on drop, so that a failed test leaves removable files.
+struct Unchattr(std::path::PathBuf);
+
+impl Drop for Unchattr {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .arg("-R")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn local_packs(repo: &std::path::Path) -> BTreeSet<std::path::PathBuf> {
+    walk(&repo.join("data"))
+}
+
+fn walk(dir: &std::path::Path) -> BTreeSet<std::path::PathBuf> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.insert(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
+    let sb = Sandbox::new();
+    // On the disk the build is on (ext4 here), not a tmpfs /tmp, which may
+    // have no immutable attribute.
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let root = disk.path().join("repo");
+    let _unchattr = Unchattr(root.clone());
+    let repo = Repo::local(&root);
+    let media = tempfile::tempdir_in(sb.path()).unwrap();
+    std::fs::write(media.path().join("a.bin"), noise(5, 300_000)).unwrap();
+    std::fs::write(media.path().join("b.bin"), noise(6, 300_000)).unwrap();
+    repo.write_config(
+        &sb,
+        "shop",
+        &format!(
+            "prune-grace-hours = 0\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n",
+            media.path().display()
+        ),
+    );
+    sb.init();
+    // `early` holds a.bin and b.bin in one pack; the baseline shares a.bin.
+    sb.run(&["backup", "--name", "early"]).expect_code(0);
+    let early = local_packs(&root);
+    std::fs::remove_file(media.path().join("b.bin")).unwrap();
+    let r = sb.run(&["--json", "immaculate", "create", "--name", "base"]);
+    r.expect_code(0);
+    let made = &r.json()["read_only"];
+    let base_id = r.json()["backup"]["set"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read_only: BTreeSet<_> = local_packs(&root)
+        .into_iter()
+        .filter(|p| mode(p) == 0o444)
+        .collect();
+    assert_eq!(
+        read_only.len() as u64,
+        made["packs"].as_u64().unwrap(),
+        "{made}"
+    );
+    assert_eq!(mode(&root.join("snapshots").join(&base_id)), 0o444);
+    let shared: Vec<_> = early.intersection(&read_only).cloned().collect();
+    assert!(
+        !shared.is_empty(),
+        "the pack with a.bin is the baseline's too"
+    );
+    let digests: BTreeMap<_, _> = read_only
+        .iter()
+        .map(|p| (p.clone(), sha256_file(p)))
+        .collect();
+    let r = sb.run(&["--json", "verify", "--immutability"]);
+    r.expect_code(0);
+    assert_eq!(r.json()["store"], "local");
+
+    // Removing `early` leaves its pack half unused, which rustic would
+    // repack: the baseline's read-only packs are left as they are.
+    sb.run(&["backup", "--name", "late"]).expect_code(0);
+    let r = sb.run(&["--json", "prune", "--apply"]);
+    r.expect_code(0);
+    let j = r.json();
+    assert_eq!(j["removed_sets"], 1, "{}", r.stdout);
+    assert!(j["packs_read_only"].as_u64().unwrap() >= 1, "{}", r.stdout);
+    sb.run(&["prune", "--apply"]).expect_code(0);
+    for (p, d) in &digests {
+        assert_eq!(&sha256_file(p), d, "{} changed", p.display());
+    }
+    repo.restic(&["check", "--read-data"]).expect_code(0);
+
+    // `--chattr`: immutable, as lsattr shows; a file whose attribute and
+    // mode are cleared by hand fails the check.
+    let r = sb.run(&["--json", "immaculate", "protect", "--chattr"]);
+    r.expect_code(0);
+    let pack = shared[0].clone();
+    let attrs = Command::new("lsattr").arg(&pack).output().unwrap();
+    let flags = String::from_utf8_lossy(&attrs.stdout);
+    assert!(
+        flags.split_whitespace().next().unwrap().contains('i'),
+        "{flags}"
+    );
+    let r = sb.run(&["--json", "verify", "--immutability", "base"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("immutable"), "{}", r.stdout);
+    assert!(std::fs::remove_file(&pack).is_err(), "immutable");
+    let ok = Command::new("chattr")
+        .arg("-i")
+        .arg(&pack)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let r = sb.run(&["verify", "--immutability", "base"]);
+    r.expect_code(3);
+    let rel = pack.strip_prefix(&root).unwrap().display().to_string();
+    assert!(
+        r.stdout.contains(&format!("FAILED {rel}: writable")),
+        "{}",
+        r.stdout
+    );
+    restic(&root, &["check"]).expect_code(0);
+}
+
+fn sha256_file(p: &std::path::Path) -> String {
+    stack_backup_core::ledger::sha256_hex(&std::fs::read(p).unwrap())
+}

@@ -493,6 +493,88 @@ fn a_lock_that_cannot_be_refreshed_in_time_stops_the_backup_before_its_snapshot(
 }
 
 #[test]
+fn a_lock_file_removed_by_another_host_is_lost_at_the_next_refresh() {
+    let media = media_dir();
+    let (sb, _) = host(media.path());
+    sb.init();
+    // Refreshed every second; the backup spends 4.5 s archiving, during
+    // which another host runs `restic unlock --remove-all`.
+    let child = spawn(
+        &sb,
+        &["backup", "--name", "unlocked"],
+        "repo-lock-timing=return(1);backup-archived=sleep(4500)",
+    );
+    wait_until("the backup's lock", 30, || {
+        !lock_files(&sb.repo()).is_empty()
+    });
+    let out = restic_cmd(&sb.repo())
+        .args(["unlock", "--remove-all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = finish(child);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("was removed by someone else"),
+        "{}",
+        r.stderr
+    );
+    let sets = sb.run(&["--json", "list"]);
+    assert_eq!(sets.json().as_array().unwrap().len(), 0, "{}", sets.stdout);
+    assert!(
+        lock_files(&sb.repo()).is_empty(),
+        "no new lock file claimed"
+    );
+}
+
+#[test]
+fn copy_and_import_check_their_locks_before_writing_sets() {
+    let media = media_dir();
+    let (sb, _) = host(media.path());
+    sb.init();
+    sb.run(&["backup", "--name", "one"]).expect_code(0);
+    let target = sb.path().join("target");
+    let copy = |failpoints: &str| {
+        let mut cmd = sb.command(bin(), sb.path(), None);
+        cmd.args(["--json", "copy", "--all", "--init", "--to"])
+            .arg(&target)
+            .env("STACK_BACKUP_TO_PASSWORD", "target-pw")
+            .env("FAILPOINTS", failpoints);
+        Run::from(cmd.output().unwrap())
+    };
+    // Every refresh fails while the copy waits: both locks are lost and
+    // nothing is copied.
+    let r = copy("repo-lock-timing=return(1);copy-ready=sleep(4500);repo-lock-refresh=return");
+    r.expect_code(1);
+    assert!(r.stderr.contains("could not be refreshed"), "{}", r.stderr);
+    let out = Command::new("restic")
+        .args(["-r"])
+        .arg(&target)
+        .args(["snapshots", "--json"])
+        .env("RESTIC_PASSWORD", "target-pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // With working refreshes the same copy goes through.
+    copy("repo-lock-timing=return(1);copy-ready=sleep(2500)").expect_code(0);
+
+    // Import: a lost lock stops it before its set is saved, and the
+    // incomplete snapshot is removed.
+    let export = sb.path().join("export");
+    sb.run(&["export", "one", &export.to_string_lossy()])
+        .expect_code(0);
+    let r = finish(spawn(
+        &sb,
+        &["import", &export.to_string_lossy(), "--name", "imported"],
+        "repo-lock-timing=return(1);import-stored=sleep(4500);repo-lock-refresh=return",
+    ));
+    r.expect_code(1);
+    assert!(r.stderr.contains("could not be refreshed"), "{}", r.stderr);
+    assert_eq!(restic_snapshot_count(&sb.repo()), 1, "only `one`");
+}
+
+#[test]
 fn on_s3_our_backup_holds_a_restic_lock_that_restic_prune_honours() {
     use common::backend::Backend;
     let media = media_dir();

@@ -159,9 +159,30 @@ pub fn run(cfg: &Config, env: &crate::config::Env, req: &Request) -> Result<Repo
             .to_indexed_ids()
             .map_err(|e| dst_err("reading the index", e))?;
         let snaps: Vec<SnapshotFile> = to_copy.iter().map(|(_, s)| s.clone()).collect();
+        crate::system::fault::point("copy-ready")?;
+        crate::repo::restic_lock::still_held()?;
         source
             .copy(&target, snaps.iter())
             .map_err(|e| dst_err("copying backup sets", e))?;
+        // rustic writes the snapshots at the end of the copy, with no step
+        // between: a lock lost during the copy (decision 0025) is noticed
+        // here, and the snapshots just written, whose packs another host's
+        // prune may have deleted meanwhile, are removed again.
+        if let Err(e) = crate::repo::restic_lock::still_held() {
+            let copied: Vec<_> = sets::list(&target, &stack)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, t)| snaps.iter().any(|s| s.tree == t.tree && s.time == t.time))
+                .map(|(_, t)| t.id)
+                .collect();
+            if let Err(d) = target.delete_snapshots(&copied) {
+                log::error!(
+                    "could not remove the sets copied under a lost lock from {dst_loc}: {}",
+                    d.display_log()
+                );
+            }
+            return Err(e);
+        }
     }
     // For `status`: the copy lag of this target.
     crate::records::record_copy(

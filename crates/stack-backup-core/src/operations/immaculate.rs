@@ -175,6 +175,9 @@ pub struct Created {
     /// The Object Lock retention given to its objects (`[tiers]
     /// immaculate-retain`), when configured.
     pub retention: Option<crate::object_lock::Protected>,
+    /// In a local repository: its pack files and snapshot file made
+    /// read-only.
+    pub read_only: Option<crate::read_only::LocalProtected>,
 }
 
 /// Takes a new backup set and makes it immaculate once it has been read back
@@ -248,10 +251,12 @@ pub fn create<P: ProgressBars>(
     record(cfg, &set.id, &Verification::of(&check));
     report.set = set;
     let retention = crate::object_lock::protect(cfg, &repo, &snap)?;
+    let read_only = crate::immutability::protect_new(cfg, &repo, &snap)?;
     Ok(Created {
         backup: report,
         verification: check,
         retention,
+        read_only,
     })
 }
 

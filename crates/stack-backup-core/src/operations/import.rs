@@ -211,6 +211,19 @@ pub fn import(cfg: &Config, env: &Env, dir: &Path, name: Option<&str>) -> Result
     done.tags = SetTags::set(&stack, Tier::Backups, &name).to_list();
     done.description = Some(serde_json::to_string(&summary).unwrap_or_default());
     done.label.clone_from(&name);
+    // A lock lost meanwhile (decision 0025): its packs may be gone under
+    // another host's prune, so no set may reference them.
+    if let Err(e) = crate::system::fault::point("import-stored")
+        .and_then(|()| crate::repo::restic_lock::still_held())
+    {
+        if let Err(d) = repo.delete_snapshots(&[snap.id]) {
+            log::error!(
+                "could not delete the incomplete import (the next backup removes it): {}",
+                d.display_log()
+            );
+        }
+        return Err(e);
+    }
     repo.save_snapshots(vec![done])
         .map_err(|e| repo_err("saving the imported set", e))?;
     repo.delete_snapshots(&[snap.id])

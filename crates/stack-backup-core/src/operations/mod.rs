@@ -8,6 +8,7 @@ pub mod drill;
 pub mod export;
 pub mod health;
 pub mod immaculate;
+pub mod immutability;
 pub mod import;
 pub mod init;
 pub mod notify;

@@ -382,6 +382,16 @@ pub struct PruneReport {
     pub packs_retained: usize,
     /// The latest retention date of those packs.
     pub retained_until: Option<String>,
+    /// Local repository: packs this run would have repacked that are
+    /// read-only or immutable (a baseline's, decision 0029): not repacked,
+    /// nor is anything else this run.
+    pub packs_read_only: usize,
+    /// Local repository: immutable pack files no baseline needs any more
+    /// (a retired baseline's). They cannot be deleted, so this run deletes
+    /// nothing; [`Self::unlock_first`] says what to run first.
+    pub packs_immutable_unused: usize,
+    /// The command that makes those files deletable, when there are any.
+    pub unlock_first: Option<String>,
 }
 
 /// The packs of the immaculate and sacred sets among `sets`, and the
@@ -403,6 +413,101 @@ fn retained_packs(
         packs.extend(crate::object_lock::set_packs(&repo, snap)?);
     }
     Ok(Some((packs, policy.s3)))
+}
+
+/// A local repository's read-only and immutable packs (a baseline's,
+/// decision 0029) are never repacked: when the plan would repack one, it
+/// is made again with `max-repack 0`. An immutable pack no baseline needs
+/// (a retired baseline's) cannot be unlinked, and rustic's deletion would
+/// stop half-way on it: when the plan deletes anything and such a pack
+/// exists, nothing is deleted this run (what is marked waits) and the
+/// report says which files to unlock first.
+fn spare_protected_files(
+    cfg: &crate::Config,
+    env: &crate::config::Env,
+    repo: &crate::repository::OpenRepo,
+    sets: &[(crate::sets::BackupSet, rustic_core::repofile::SnapshotFile)],
+    opts: &mut rustic_core::PruneOptions,
+    mut prune_plan: rustic_core::PrunePlan,
+    report: &mut PruneReport,
+) -> Result<rustic_core::PrunePlan> {
+    use crate::read_only::{attrs, pack_path};
+    let crate::repository::Location::Local(root) = crate::repository::Location::of(cfg) else {
+        return Ok(prune_plan);
+    };
+    let root = root.as_path();
+    let location = root.display().to_string();
+    let repo_err = |what: &str, e: Box<rustic_core::RusticError>| Error::Repository {
+        location: location.clone(),
+        message: format!("{what}: {}", e.display_log()),
+    };
+    let protected = |id: &str| {
+        attrs(&pack_path(root, id)).is_ok_and(|a| a.read_only || a.immutable == Some(true))
+    };
+    let hit = prune_plan
+        .repack_packs()
+        .iter()
+        .map(|p| p.to_hex().to_string())
+        .filter(|p| protected(p))
+        .count();
+    if hit > 0 {
+        report.packs_read_only = hit;
+        opts.max_repack = "0"
+            .parse()
+            .map_err(|e: Box<rustic_core::RusticError>| repo_err("limiting the repack", e))?;
+        prune_plan = repo
+            .prune_plan(opts)
+            .map_err(|e| repo_err("planning the data prune", e))?;
+        if prune_plan
+            .repack_packs()
+            .iter()
+            .any(|p| protected(&p.to_hex()))
+        {
+            return Err(Error::Refused(format!(
+                "prune would repack {hit} read-only pack(s) of baselines; nothing was deleted"
+            )));
+        }
+    }
+    if prune_plan.stats.packs_to_delete.remove == 0 {
+        return Ok(prune_plan);
+    }
+    let indexed = crate::repository::open_indexed(cfg, env)?;
+    let mut needed = std::collections::BTreeSet::new();
+    for (_, snap) in sets
+        .iter()
+        .filter(|(b, _)| matches!(b.tier, Tier::Immaculate | Tier::Sacred))
+    {
+        needed.extend(crate::object_lock::set_packs(&indexed, snap)?);
+    }
+    let mut stuck = Vec::new();
+    let data = root.join("data");
+    for dir in std::fs::read_dir(&data).map_err(|e| Error::io("listing", &data, e))? {
+        let dir = dir.map_err(|e| Error::io("listing", &data, e))?.path();
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let id = f.file_name().to_string_lossy().into_owned();
+            if !needed.contains(&id) && attrs(&f.path()).is_ok_and(|a| a.immutable == Some(true)) {
+                stuck.push(f.path());
+            }
+        }
+    }
+    if stuck.is_empty() {
+        return Ok(prune_plan);
+    }
+    report.packs_immutable_unused = stuck.len();
+    report.unlock_first = Some(format!(
+        "chattr -i {}",
+        stuck
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    opts.keep_delete = jiff::Span::new().years(100);
+    repo.prune_plan(opts)
+        .map_err(|e| repo_err("planning the data prune", e))
 }
 
 /// `stack-backup prune`: decides with [`plan`]; with `apply`, removes the
@@ -434,6 +539,9 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         bytes_freed: 0,
         packs_retained: 0,
         retained_until: None,
+        packs_read_only: 0,
+        packs_immutable_unused: 0,
+        unlock_first: None,
     };
     if !apply {
         return Ok(report);
@@ -519,6 +627,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
             }
         }
     }
+    prune_plan = spare_protected_files(cfg, env, &repo, &sets, &mut opts, prune_plan, &mut report)?;
     let stats = &prune_plan.stats;
     report.packs_removed = stats.packs_to_delete.remove;
     report.packs_marked = stats.packs.unused + stats.packs_unref;

@@ -37,6 +37,9 @@ pub struct Pinned {
     /// The Object Lock retention given to its objects (`[tiers]
     /// immaculate-retain`), when configured.
     pub retention: Option<crate::object_lock::Protected>,
+    /// In a local repository: its pack files and snapshot file made
+    /// read-only.
+    pub read_only: Option<crate::read_only::LocalProtected>,
 }
 
 /// Makes `sacred/NAME` from an existing set (`from`) or a new backup, then
@@ -161,14 +164,18 @@ pub fn pin<P: ProgressBars>(
             Some("the set recorded no git commit: no git tag created".to_string()),
         ),
     };
-    let retention = if cfg.tiers.immaculate_retain.is_some() {
+    let local = matches!(Location::of(cfg), Location::Local(_));
+    let (retention, read_only) = if cfg.tiers.immaculate_retain.is_some() || local {
         let repo = repository::open_indexed(cfg, env)?;
         let snap = repo
             .get_snapshot_from_str(&set.id, |_| true)
             .map_err(|e| repo_err("reading back the sacred set", e))?;
-        crate::object_lock::protect(cfg, &repo, &snap)?
+        (
+            crate::object_lock::protect(cfg, &repo, &snap)?,
+            crate::immutability::protect_new(cfg, &repo, &snap)?,
+        )
     } else {
-        None
+        (None, None)
     };
     Ok(Pinned {
         set,
@@ -176,5 +183,6 @@ pub fn pin<P: ProgressBars>(
         git_tag,
         note,
         retention,
+        read_only,
     })
 }

@@ -5,6 +5,7 @@ pub mod as_of;
 pub mod lock;
 pub mod object_lock;
 pub mod packcache;
+pub mod read_only;
 pub mod remote;
 pub mod repository;
 pub mod restic_lock;

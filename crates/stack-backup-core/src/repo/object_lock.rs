@@ -83,6 +83,15 @@ pub struct Version {
     pub size: u64,
 }
 
+/// The current version of an object, from HeadObject.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Its version id (`None` in a bucket without versioning).
+    pub version_id: Option<String>,
+    /// Its retention: mode and date.
+    pub retention: Option<(String, Timestamp)>,
+}
+
 /// Percent-encodes `s` for a URL path (`/` kept when `path`).
 fn encode(s: &str, path: bool) -> String {
     let mut out = String::with_capacity(s.len());
@@ -388,19 +397,64 @@ impl S3 {
 
     /// Deletes one version of `key` for good (a versioned delete); the
     /// server's answer, which Object Lock makes a refusal under retention.
-    pub fn delete_version(&self, key: &str, version: &str) -> Result<Response> {
+    /// With `bypass`, asks to bypass GOVERNANCE retention
+    /// (`x-amz-bypass-governance-retention`), which credentials holding
+    /// `s3:BypassGovernanceRetention` are granted.
+    pub fn delete_version(&self, key: &str, version: &str, bypass: bool) -> Result<Response> {
+        let headers: Vec<(&str, String)> = if bypass {
+            vec![("x-amz-bypass-governance-retention", "true".into())]
+        } else {
+            Vec::new()
+        };
         self.send(
             reqwest::Method::DELETE,
             Some(key),
             &format!("versionId={}", encode(version, false)),
-            &[],
+            &headers,
             Vec::new(),
         )
     }
 
-    /// Writes `body` as a new version of `key`; the server's answer.
+    /// Writes `body` as a new version of `key` (with its Content-MD5, which
+    /// S3 requires in a bucket with a default retention); the server's
+    /// answer.
     pub fn put(&self, key: &str, body: Vec<u8>) -> Result<Response> {
-        self.send(reqwest::Method::PUT, Some(key), "", &[], body)
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        self.send(
+            reqwest::Method::PUT,
+            Some(key),
+            "",
+            &[("content-md5", md5)],
+            body,
+        )
+    }
+
+    /// The current version of `key` (HeadObject): its version id and its
+    /// retention (mode and date); `None` when there is no current version.
+    pub fn head(&self, key: &str) -> Result<Option<Head>> {
+        let r = self.send(reqwest::Method::HEAD, Some(key), "", &[], Vec::new())?;
+        if r.status == 404 {
+            return Ok(None);
+        }
+        let r = self.expect_ok(&format!("reading {key}'s metadata"), r)?;
+        let retention = r
+            .header("x-amz-object-lock-retain-until-date")
+            .and_then(|d| d.parse::<Timestamp>().ok())
+            .map(|u| {
+                (
+                    r.header("x-amz-object-lock-mode").unwrap_or("").to_string(),
+                    u,
+                )
+            });
+        Ok(Some(Head {
+            version_id: r
+                .header("x-amz-version-id")
+                .filter(|v| !v.is_empty() && *v != "null")
+                .map(str::to_string),
+            retention,
+        }))
     }
 }
 

@@ -22,6 +22,8 @@
 //! fails from then on, and a command calls it before each step that makes
 //! its work referenced (a snapshot, a deletion), so it stops with what it
 //! wrote unreferenced, which two-phase prune (decision 0018) tolerates.
+//! A lock whose file someone else removed (`unlock --remove-all`) is lost
+//! at the next refresh, as restic decides.
 //!
 //! What is durable: only the lock files. A process killed while holding a
 //! lock leaves its file; it is stale at once on the same host (its pid is
@@ -92,6 +94,8 @@ struct Validity {
     /// comes back with it old).
     written: Mutex<SystemTime>,
     lost: AtomicBool,
+    /// Lost because our lock file was removed by someone else.
+    removed: AtomicBool,
     lost_after: Duration,
 }
 
@@ -104,6 +108,12 @@ impl Validity {
         let age = SystemTime::now()
             .duration_since(written)
             .unwrap_or_default();
+        if self.removed.load(Ordering::SeqCst) {
+            return Err(Error::Repository {
+                location: self.location.clone(),
+                message: "the repository lock file was removed by someone else (`unlock --remove-all` on another host?), so others may act as if no one held the repository; stopped before making this run's data referenced (what it wrote is unreferenced and goes with a later prune); run again".into(),
+            });
+        }
         if self.lost.load(Ordering::SeqCst) || age >= self.lost_after {
             self.lost.store(true, Ordering::SeqCst);
             return Err(Error::Repository {
@@ -353,6 +363,14 @@ fn write(repo: &OpenRepo, loc: &Location, lock: &LockFile) -> Result<Id> {
         .map_err(|e| err(loc, "writing a lock", &e))
 }
 
+/// Whether lock file `id` is still in the repository's `locks/`.
+fn still_listed(repo: &OpenRepo, loc: &Location, id: Id) -> Result<bool> {
+    Ok(repo
+        .list_raw(FileType::Lock)
+        .map_err(|e| err(loc, "listing locks", &e))?
+        .contains(&id))
+}
+
 /// The first lock other than `mine` that conflicts with `mode`.
 fn conflict(
     repo: &OpenRepo,
@@ -473,6 +491,7 @@ pub fn acquire(
         location: loc.to_string(),
         written: Mutex::new(SystemTime::now()),
         lost: AtomicBool::new(false),
+        removed: AtomicBool::new(false),
         lost_after: timing.lost_after,
     });
     let (tx, rx) = mpsc::channel::<()>();
@@ -517,6 +536,27 @@ fn refresh(
             wait = timing.refresh;
             continue;
         }
+        // restic's rule: a lock whose file is gone (`unlock --remove-all`
+        // on another host) is lost; a new file would claim a lock others
+        // already act as if no one held.
+        match still_listed(repo, loc, id) {
+            Ok(true) => {}
+            Ok(false) => {
+                validity.removed.store(true, Ordering::SeqCst);
+                log::error!(
+                    "the repository lock file locks/{id} was removed by someone else (`unlock --remove-all`?); the lock is lost and the command stops at its next step"
+                );
+                continue;
+            }
+            Err(e) => {
+                log::warn!("refreshing the repository lock failed (trying again): {e}");
+                wait = timing.retry;
+                continue;
+            }
+        }
+        // The time the new file claims, taken before the upload: a slow
+        // upload must not make the lock look fresher than its file is.
+        let claimed = SystemTime::now();
         let written = crate::system::fault::point("repo-lock-refresh")
             .and_then(|()| write(repo, loc, &LockFile::mine(mode, command)));
         match written {
@@ -524,7 +564,7 @@ fn refresh(
                 *validity
                     .written
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = SystemTime::now();
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = claimed;
                 let _ = repo.remove_raw(FileType::Lock, &id);
                 id = new;
                 wait = timing.refresh;

@@ -38,6 +38,7 @@ pub fn run(
                 "backup": created.backup,
                 "verification": created.verification,
                 "retention": created.retention,
+                "read_only": created.read_only,
             }));
             super::backup::render(&created.backup, out);
             out.say(format!(
@@ -48,6 +49,9 @@ pub fn run(
             ));
             if let Some(r) = &created.retention {
                 out.say(retention_line(r));
+            }
+            if let Some(r) = &created.read_only {
+                out.say(read_only_line(r));
             }
             Ok(ExitCode::Success)
         }
@@ -82,6 +86,17 @@ pub fn run(
                 &["NAME", "ID", "TIME", "GIT", "SIZE", "LAST VERIFIED"],
                 &rows,
             ));
+            Ok(ExitCode::Success)
+        }
+        ImmaculateCommand::Protect(a) => {
+            let done = ctx(
+                stack_backup_core::immutability::protect(cfg, env, a.name.as_deref(), a.chattr),
+                "immaculate protect failed",
+            )?;
+            out.json(&serde_json::to_value(&done)?);
+            for (name, r) in &done {
+                out.say(format!("{name}: {}", read_only_line(r)));
+            }
             Ok(ExitCode::Success)
         }
         ImmaculateCommand::Verify(a) => {
@@ -140,5 +155,19 @@ pub fn retention_line(r: &stack_backup_core::object_lock::Protected) -> String {
     format!(
         "Object Lock: {} object(s) ({} pack(s)) retained in {} mode until {}; the backup's credentials cannot delete or overwrite those versions",
         r.objects, r.packs, r.mode, r.until
+    )
+}
+
+/// The line that says how a set's files are protected in a local repository.
+pub fn read_only_line(r: &stack_backup_core::read_only::LocalProtected) -> String {
+    format!(
+        "{} file(s) ({} pack(s) and the snapshot file) {}",
+        r.files,
+        r.packs,
+        if r.immutable {
+            "read-only and immutable (`chattr +i`): only root can change or delete them"
+        } else {
+            "read-only (0444); `stack-backup immaculate protect --chattr` makes them immutable"
+        }
     )
 }

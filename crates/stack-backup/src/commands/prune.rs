@@ -50,6 +50,18 @@ pub fn run(cfg: &Config, args: &PruneArgs, env: &Env, out: &Output) -> anyhow::R
                 report.retained_until.as_deref().unwrap_or("an unknown date")
             ));
         }
+        if report.packs_read_only > 0 {
+            out.say(format!(
+                "{} pack file(s) are read-only or immutable (baselines' packs) and would have been repacked: nothing was repacked this run",
+                report.packs_read_only
+            ));
+        }
+        if let Some(cmd) = &report.unlock_first {
+            out.warn(format!(
+                "{} immutable pack file(s) are needed by no baseline any more (a retired baseline's): nothing was deleted this run; to let prune delete them, run first: {cmd}",
+                report.packs_immutable_unused
+            ));
+        }
     } else {
         out.say(format!(
             "\n{gone} set(s) would be removed; nothing was changed (run `stack-backup prune --apply` to apply)"

@@ -44,6 +44,9 @@ pub fn run(cfg: &Config, args: &SacredArgs, env: &Env, out: &Output) -> anyhow::
     if let Some(r) = &pinned.retention {
         out.say(super::immaculate::retention_line(r));
     }
+    if let Some(r) = &pinned.read_only {
+        out.say(super::immaculate::read_only_line(r));
+    }
     out.say(format!(
         "restore it with: stack-backup restore {}",
         pinned.set.name
