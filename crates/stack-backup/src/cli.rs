@@ -12,7 +12,8 @@ use crate::complete;
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage or config error,
 /// 3 verification failed, 4 refused for safety, 5 repository locked,
-/// 6 not ready (doctor).
+/// 6 not ready (doctor; with --strict also a Compose volume or bind
+/// mount no component backs up).
 #[derive(Debug, Parser)]
 #[command(
     name = "stack-backup",
