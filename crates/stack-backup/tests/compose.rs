@@ -19,8 +19,10 @@ const PROJECT_LABEL: &str = "com.docker.compose.project";
 /// Every container, volume and image tag the test made, removed on drop.
 struct Project {
     name: String,
-    workdir: tempfile::TempDir,
-    media: tempfile::TempDir,
+    /// A private parent (a restore refuses to build beside a directory
+    /// in world-writable `/tmp`): `project/` (the Compose working
+    /// directory), `media/` (a bind mount outside it).
+    root: tempfile::TempDir,
     containers: Vec<String>,
     volumes: Vec<String>,
     images: Vec<String>,
@@ -43,6 +45,14 @@ impl Drop for Project {
 }
 
 impl Project {
+    fn workdir(&self) -> PathBuf {
+        self.root.path().join("project")
+    }
+
+    fn media(&self) -> PathBuf {
+        self.root.path().join("media")
+    }
+
     fn tag(&mut self, reference: &str) -> String {
         docker(&["tag", &base_image(), reference]).expect_code(0);
         self.images.push(reference.to_string());
@@ -74,7 +84,7 @@ impl Project {
         stopped: bool,
     ) -> String {
         let name = format!("{}-{service}-1", self.name);
-        let wd = self.workdir.path().display().to_string();
+        let wd = self.workdir().display().to_string();
         let mut args: Vec<String> = vec![
             if stopped { "create" } else { "run" }.into(),
             "--name".into(),
@@ -137,17 +147,17 @@ fn project() -> Project {
     let name = unique("sbcompose");
     let mut p = Project {
         name: name.clone(),
-        workdir: tempfile::tempdir().unwrap(),
-        media: tempfile::tempdir().unwrap(),
+        root: tempfile::tempdir().unwrap(),
         containers: Vec::new(),
         volumes: Vec::new(),
         images: Vec::new(),
         secrets: (1..=5).map(|i| format!("s3cret-{i}-{name}")).collect(),
     };
-    let wd = p.workdir.path().to_path_buf();
-    std::fs::create_dir(wd.join("uploads")).unwrap();
+    let wd = p.workdir();
+    std::fs::create_dir_all(wd.join("uploads")).unwrap();
+    std::fs::create_dir(p.media()).unwrap();
     std::fs::write(wd.join("uploads/a.txt"), "upload").unwrap();
-    std::fs::write(p.media.path().join("m.txt"), "media").unwrap();
+    std::fs::write(p.media().join("m.txt"), "media").unwrap();
     std::fs::write(
         wd.join(".env"),
         format!("POSTGRES_PASSWORD={}\n", p.secrets[0]),
@@ -228,7 +238,7 @@ fn project() -> Project {
         &[
             format!("{appdata}:/data"),
             format!("{}:/uploads", wd.join("uploads").display()),
-            format!("{}:/media", p.media.path().display()),
+            format!("{}:/media", p.media().display()),
             "/etc/localtime:/etc/localtime:ro".into(),
         ],
         &sleep,
@@ -343,7 +353,7 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     for v in ["pgdata", "appdata", "mariadb"] {
         assert!(text.contains(&format!("{name}_{v}")), "volume {v}:\n{text}");
     }
-    let wd = p.workdir.path().canonicalize().unwrap();
+    let wd = p.workdir().canonicalize().unwrap();
     assert_eq!(
         value_in(&text, "[paths.compose]", "path"),
         Some(format!("path = \"{}\"", wd.display()))
@@ -351,7 +361,7 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     assert!(text.contains(".env holds secrets"), "{text}");
     assert_eq!(
         value_in(&text, "[paths.app-media]", "path")
-            .map(|l| l.contains(&p.media.path().display().to_string())),
+            .map(|l| l.contains(&p.media().display().to_string())),
         Some(true),
         "{text}"
     );
@@ -383,7 +393,10 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     // whose database answers elsewhere would.
     let db = TempDb::new();
     let redis = RedisServer::start();
-    let cfg = text.replace(&format!("container = \"{name}-db-1\""), "");
+    let cfg = text
+        .replace(&format!("container = \"{name}-db-1\""), "")
+        // This machine's disk is shared with other test runs.
+        .replace("min-free-space = \"1GiB\"", "min-free-space = \"1MiB\"");
     std::fs::write(sb.config(), cfg).unwrap();
     let mut sb = sb;
     sb.env
@@ -400,7 +413,8 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     // new bind mount: unprotected until configured.
     let mut p = p;
     let extra = p.volume("extra", false);
-    let newdir = tempfile::tempdir().unwrap();
+    let newdir = p.root.path().join("new");
+    std::fs::create_dir(&newdir).unwrap();
     let app_image = format!("{name}-app:latest");
     p.container(
         "extra",
@@ -408,7 +422,7 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
         &[],
         &[
             format!("{extra}:/extra"),
-            format!("{}:/new", newdir.path().display()),
+            format!("{}:/new", newdir.display()),
         ],
         &["sleep", "600"],
         true,
@@ -431,7 +445,7 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     assert_eq!(
         found,
         vec![
-            ("bind".to_string(), newdir.path().display().to_string()),
+            ("bind".to_string(), newdir.display().to_string()),
             ("volume".to_string(), extra.clone()),
         ],
         "{u:#}"
@@ -456,8 +470,31 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     let cfg = std::fs::read_to_string(sb.config()).unwrap().replace(
         "[docker]\n",
         &format!("[docker]\nvolumes = [\"{extra}\"]\n"),
-    ) + &format!("\n[paths.new]\npath = \"{}\"\n", newdir.path().display());
+    ) + &format!("\n[paths.new]\npath = \"{}\"\n", newdir.display());
     std::fs::write(sb.config(), cfg).unwrap();
     let d = sb.run(&["--json", "doctor", "--strict"]);
     assert_eq!(d.code, 0, "{}", d.stdout);
+
+    // The discovered volumes, paths and images back up and restore.
+    let appdata = Project::mountpoint(&format!("{name}_appdata"));
+    let sqlite = appdata.join("db/app.sqlite3");
+    let before = (
+        std::fs::read(&sqlite).unwrap(),
+        std::fs::read(p.workdir().join(".env")).unwrap(),
+        std::fs::read(p.media().join("m.txt")).unwrap(),
+    );
+    sb.run(&["backup", "--name", "discovered"]).expect_code(0);
+    std::fs::write(&sqlite, b"broken").unwrap();
+    std::fs::write(appdata.join("later.txt"), b"after the backup").unwrap();
+    std::fs::remove_file(p.workdir().join(".env")).unwrap();
+    std::fs::remove_file(p.media().join("m.txt")).unwrap();
+    let r = sb.run(&["restore", "discovered", "--yes"]);
+    r.expect_code(0);
+    let after = (
+        std::fs::read(&sqlite).unwrap(),
+        std::fs::read(p.workdir().join(".env")).unwrap(),
+        std::fs::read(p.media().join("m.txt")).unwrap(),
+    );
+    assert!(after == before, "{r:?}");
+    assert!(!appdata.join("later.txt").exists());
 }
