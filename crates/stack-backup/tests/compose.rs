@@ -386,6 +386,10 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     sb.run(&["init", "--compose", &name, "--repo", &repo])
         .expect_code(4);
     assert_eq!(std::fs::read_to_string(sb.config()).unwrap(), text);
+    std::fs::write(sb.config(), "# edited\n").unwrap();
+    sb.run(&["init", "--compose", &name, "--repo", &repo, "--force"])
+        .expect_code(0);
+    assert_eq!(std::fs::read_to_string(sb.config()).unwrap(), text);
 
     // The config loads; doctor on it. The database containers are busybox
     // stand-ins without pg_dump: PostgreSQL and Redis are pointed at the

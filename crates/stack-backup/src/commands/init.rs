@@ -209,7 +209,7 @@ fn compose(
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, written.text.as_bytes()))
         .map_err(|e| Error::io("writing", &path, e))?;
-    load_config_at(&path, env)?;
+    let cfg = load_config_at(&path, env)?;
     out.say(format!(
         "wrote {} (mode 0600) from Compose project `{}`: {} service(s), {} volume(s), {} bind mount(s), {} SQLite file(s)",
         path.display(),
@@ -228,13 +228,26 @@ fn compose(
     out.say(
         "database passwords are not copied: set the variables the config names before `backup`",
     );
-    if has_password {
+    // A config written again (`--force`) for a stack whose repository
+    // exists already: nothing more to create.
+    let exists = ctx(repository::exists(&cfg), "looking for a repository")?;
+    if has_password && !exists {
         // The repository next, as a plain `init` with this config; its
         // JSON is the one printed.
         return Ok(None);
     }
+    if exists {
+        out.say(format!(
+            "the repository at {} exists already",
+            Location::of(&cfg)
+        ));
+    }
     out.json(&json(Some(&path)));
-    out.say("next: `stack-backup init --generate-password` (or with STACK_BACKUP_PASSWORD set) creates the repository; then `stack-backup doctor --strict`");
+    out.say(if exists {
+        "next: `stack-backup doctor --strict`"
+    } else {
+        "next: `stack-backup init --generate-password` (or with STACK_BACKUP_PASSWORD set) creates the repository; then `stack-backup doctor --strict`"
+    });
     Ok(Some(ExitCode::Success))
 }
 
