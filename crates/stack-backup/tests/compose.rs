@@ -397,7 +397,22 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     // whose database answers elsewhere would.
     let db = TempDb::new();
     let redis = RedisServer::start();
-    let cfg = text
+    // The MariaDB stand-in is a stopped busybox: once this build has the
+    // mysql kind (its section then written live), it is left out here.
+    let mut skipping = false;
+    let text_without_mysql: String = text
+        .lines()
+        .filter(|l| {
+            if l.starts_with("[mysql.") {
+                skipping = true;
+            } else if l.is_empty() {
+                skipping = false;
+            }
+            !skipping
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = text_without_mysql
         .replace(&format!("container = \"{name}-db-1\""), "")
         // This machine's disk is shared with other test runs.
         .replace("min-free-space = \"1GiB\"", "min-free-space = \"1MiB\"");
