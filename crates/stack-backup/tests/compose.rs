@@ -138,6 +138,21 @@ fn sqlite_db(path: &Path) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The rows of the SQLite fixture's table (a restore through the sqlite
+/// kind copies the database, not its bytes).
+fn sqlite_rows(path: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select x from t order by x').fetchall())",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
 /// A project as `docker compose up` would leave it: PostgreSQL, a stopped
 /// MariaDB, a Redis with a password on its command line, an app built by
 /// the project with a volume holding a SQLite file, a bind mount inside
@@ -498,19 +513,30 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
     let appdata = Project::mountpoint(&format!("{name}_appdata"));
     let sqlite = appdata.join("db/app.sqlite3");
     let before = (
-        std::fs::read(&sqlite).unwrap(),
+        sqlite_rows(&sqlite),
         std::fs::read(p.workdir().join(".env")).unwrap(),
         std::fs::read(p.media().join("m.txt")).unwrap(),
     );
     sb.run(&["backup", "--name", "discovered"]).expect_code(0);
-    std::fs::write(&sqlite, b"broken").unwrap();
+    // A row written after the backup (the file stays a database: the
+    // pre-restore snapshot takes it).
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into t values ('later')\"); c.commit()",
+        ])
+        .arg(&sqlite)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(sqlite_rows(&sqlite), before.0);
     std::fs::write(appdata.join("later.txt"), b"after the backup").unwrap();
     std::fs::remove_file(p.workdir().join(".env")).unwrap();
     std::fs::remove_file(p.media().join("m.txt")).unwrap();
     let r = sb.run(&["restore", "discovered", "--yes"]);
     r.expect_code(0);
     let after = (
-        std::fs::read(&sqlite).unwrap(),
+        sqlite_rows(&sqlite),
         std::fs::read(p.workdir().join(".env")).unwrap(),
         std::fs::read(p.media().join("m.txt")).unwrap(),
     );
