@@ -29,8 +29,8 @@ pub use archive::{ledger, source, verify};
 pub use components::{docker, git, migrations, postgres, redis};
 pub use model::{config, manifest, monitoring, runbook, secret, sets, tags, tiers, validate};
 pub use operations::{
-    backup, copy, doctor, drill, export, health, immaculate, immutability, import, init, notify,
-    prometheus, records, recover, restore, retention, sacred, schedule, status,
+    backup, copy, discover, doctor, drill, export, health, immaculate, immutability, import, init,
+    notify, prometheus, records, recover, restore, retention, sacred, schedule, status,
 };
 pub use repo::{as_of, lock, object_lock, packcache, read_only, remote, repository, restic_lock};
 pub use system::{disk, process};

@@ -12,7 +12,8 @@ use crate::complete;
 ///
 /// Exit codes: 0 success, 1 failure, 2 usage or config error,
 /// 3 verification failed, 4 refused for safety, 5 repository locked,
-/// 6 not ready (doctor).
+/// 6 not ready (doctor; with --strict also a Compose volume or bind
+/// mount no component backs up).
 #[derive(Debug, Parser)]
 #[command(
     name = "stack-backup",
@@ -51,8 +52,10 @@ pub struct Cli {
 pub enum Command {
     /// Create the repository (and a starter config when there is none).
     Init(InitArgs),
-    /// Check the config, every component, tool versions and free space.
-    Doctor,
+    /// Check the config, every component, tool versions and free space;
+    /// warn about volumes and bind mounts of the stack's Compose project
+    /// that no component backs up.
+    Doctor(DoctorArgs),
     /// List backup sets.
     List(ListArgs),
     /// Show a backup set's MANIFEST.md.
@@ -470,9 +473,27 @@ pub struct InitArgs {
     /// With --from-repository: the set whose config is used [default: latest].
     #[arg(long, value_name = "SET", requires = "from_repository")]
     pub set: Option<String>,
-    /// With --from-repository: replace an existing config file.
-    #[arg(long, requires = "from_repository")]
+    /// With --from-repository or --compose: replace an existing config file.
+    #[arg(long)]
     pub force: bool,
+    /// Write the config from a running Docker Compose project (its
+    /// containers' labels, images, environment and mounts) or a compose
+    /// FILE; no secret is copied. Without a value: the compose file here,
+    /// else the only project running. The repository is created too when
+    /// a password is at hand (--generate-password, STACK_BACKUP_PASSWORD).
+    #[arg(long, value_name = "PROJECT|FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "from_repository")]
+    pub compose: Option<String>,
+    /// With --compose: print the config instead of writing it.
+    #[arg(long, requires = "compose")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Exit 6 (not ready) also when a volume or bind mount of the stack's
+    /// Compose project is unprotected (no component backs it up).
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]

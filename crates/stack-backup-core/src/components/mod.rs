@@ -286,6 +286,13 @@ pub trait Kind: Sync {
         Ok(Vec::new())
     }
 
+    /// What of the host this component's backups hold, for `doctor`'s
+    /// check of a Compose project's mounts no component covers
+    /// (`operations::discover::unprotected`). Nothing by default.
+    fn covers(&self, _stack: &Stack, _id: &ComponentId) -> Vec<Covered> {
+        Vec::new()
+    }
+
     /// What it is and details, for MANIFEST.md's component table.
     fn describe(&self, record: &Record) -> (String, String);
 
@@ -303,6 +310,18 @@ pub trait Kind: Sync {
         record: &Record,
         path_of: &dyn Fn(&str) -> String,
     ) -> String;
+}
+
+/// What of the host a component's backups hold ([`Kind::covers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Covered {
+    /// A named Docker volume, whole.
+    Volume(String),
+    /// A directory on the host and everything under it.
+    Dir(PathBuf),
+    /// The database running in this container: its data, whatever it
+    /// mounts for it, is taken by the component's dump.
+    Container(String),
 }
 
 /// What a restore was asked to do beyond the set's content.

@@ -35,6 +35,13 @@ impl Kind for Paths {
         stack.cfg.paths.keys().cloned().collect()
     }
 
+    fn covers(&self, stack: &Stack, id: &ComponentId) -> Vec<super::Covered> {
+        configured_path(stack.cfg, id)
+            .map(super::Covered::Dir)
+            .into_iter()
+            .collect()
+    }
+
     fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
         let path = configured_path(stack.cfg, id)?;
         let md = std::fs::metadata(&path).map_err(|e| Error::io("reading", &path, e))?;

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod copy;
+pub mod discover;
 pub mod doctor;
 pub mod drill;
 pub mod export;

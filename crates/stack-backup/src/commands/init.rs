@@ -22,9 +22,20 @@ pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Resul
         )
         .into());
     }
+    let mut composed = false;
+    if let Some(project) = &args.compose {
+        match compose(cli, args, project, env, out)? {
+            Some(code) => return Ok(code),
+            None => composed = true,
+        }
+    } else if args.force {
+        return Err(Error::Usage("--force goes with --compose or --from-repository".into()).into());
+    }
     let path = config_path(cli);
-    let created_config = !path.exists();
-    let cfg = if created_config {
+    let created_config = composed || !path.exists();
+    let cfg = if composed {
+        load_config_at(&path, env)?
+    } else if created_config {
         new_config(&path, args, env)?
     } else {
         if args.repo.is_some() || args.name.is_some() {
@@ -117,6 +128,127 @@ pub fn run(cli: &Cli, args: &InitArgs, env: &Env, out: &Output) -> anyhow::Resul
     }
     out.say("next: `stack-backup doctor` checks that every component is reachable");
     Ok(ExitCode::Success)
+}
+
+/// `init --compose [PROJECT|FILE]`: the config from a Compose project
+/// (`discover`), printed with `--dry-run`, else written 0600 (never over
+/// an existing file without `--force`). `None`: written, and a password
+/// is at hand, so `init` goes on to create the repository.
+fn compose(
+    cli: &Cli,
+    args: &InitArgs,
+    project: &str,
+    env: &Env,
+    out: &Output,
+) -> anyhow::Result<Option<ExitCode>> {
+    use stack_backup_core::discover;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config_path(cli);
+    if path.exists() && !args.force && !args.dry_run {
+        return Err(Error::Refused(format!(
+            "{} exists; pass --force to replace it, or --dry-run to see the config (nothing was written)",
+            path.display()
+        ))
+        .into());
+    }
+    if let Some(name) = &args.name {
+        validate_name(name).map_err(|m| Error::Usage(format!("--name: {m}")))?;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let found = ctx(
+        discover::discover(Some(project).filter(|p| !p.is_empty()), &dir),
+        "discovering the Compose project",
+    )?;
+    let stack = args.name.clone().unwrap_or_else(|| found.name.clone());
+    let password_file = args.generate_password.then(|| {
+        args.password_file
+            .clone()
+            .unwrap_or_else(|| init::default_password_file(&stack, &dir, env))
+    });
+    let written = ctx(
+        discover::render(
+            &found,
+            &discover::Options {
+                stack: args.name.clone(),
+                repo: args.repo.clone(),
+                password_file,
+            },
+        ),
+        "writing the config",
+    )?;
+    let has_password = args.generate_password
+        || ["STACK_BACKUP_PASSWORD", "STACK_BACKUP_PASSWORD_FILE"]
+            .iter()
+            .any(|v| env.get(*v).is_some_and(|v| !v.is_empty()));
+    let json = |written_to: Option<&Path>| {
+        serde_json::json!({
+            "project": found,
+            "config": written_to.map(|p| p.display().to_string()),
+            "text": written.text,
+            "stack": written.stack,
+            "disabled": written.disabled,
+        })
+    };
+    if args.dry_run {
+        out.json(&json(None));
+        if !out.json {
+            print!("{}", written.text);
+        }
+        return Ok(Some(ExitCode::Success));
+    }
+    if args.force && path.exists() {
+        std::fs::remove_file(&path).map_err(|e| Error::io("replacing", &path, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, written.text.as_bytes()))
+        .map_err(|e| Error::io("writing", &path, e))?;
+    let cfg = load_config_at(&path, env)?;
+    out.say(format!(
+        "wrote {} (mode 0600) from Compose project `{}`: {} service(s), {} volume(s), {} bind mount(s), {} SQLite file(s)",
+        path.display(),
+        found.name,
+        found.services.len(),
+        found.volumes.len(),
+        found.binds.len(),
+        found.sqlite.len()
+    ));
+    if !written.disabled.is_empty() {
+        out.say(format!(
+            "written commented out (this build has no such component yet): {}",
+            written.disabled.join(", ")
+        ));
+    }
+    out.say(
+        "database passwords are not copied: set the variables the config names before `backup`",
+    );
+    // A config written again (`--force`) for a stack whose repository
+    // exists already: nothing more to create.
+    let exists = ctx(repository::exists(&cfg), "looking for a repository")?;
+    if has_password && !exists {
+        // The repository next, as a plain `init` with this config; its
+        // JSON is the one printed.
+        return Ok(None);
+    }
+    if exists {
+        out.say(format!(
+            "the repository at {} exists already",
+            Location::of(&cfg)
+        ));
+    }
+    out.json(&json(Some(&path)));
+    out.say(if exists {
+        "next: `stack-backup doctor --strict`"
+    } else {
+        "next: `stack-backup init --generate-password` (or with STACK_BACKUP_PASSWORD set) creates the repository; then `stack-backup doctor --strict`"
+    });
+    Ok(Some(ExitCode::Success))
 }
 
 /// Writes a starter config at `path` (never over an existing file) and
@@ -248,7 +380,7 @@ fn from_repository(
             ));
         }
         out.say("");
-        super::doctor::run(&cfg, env, out)?;
+        super::doctor::run(&cfg, env, false, out)?;
         out.say(format!(
             "next: `stack-backup restore {} --dry-run`, then without --dry-run",
             made.set.name

@@ -51,7 +51,7 @@ fn dispatch(cli: &Cli, env: &Env, out: &Output) -> anyhow::Result<ExitCode> {
     let env = env.clone();
     match &cli.command {
         Command::Init(args) => init::run(cli, args, &env, out),
-        Command::Doctor => doctor::run(&load_config(cli, &env)?, &env, out),
+        Command::Doctor(args) => doctor::run(&load_config(cli, &env)?, &env, args.strict, out),
         Command::List(args) => list::run(
             &as_of(load_config(cli, &env)?, args.as_of)?,
             args,

@@ -27,6 +27,10 @@ impl Kind for Volume {
         stack.volumes.clone()
     }
 
+    fn covers(&self, _stack: &Stack, id: &ComponentId) -> Vec<crate::components::Covered> {
+        vec![crate::components::Covered::Volume(id.name().to_string())]
+    }
+
     fn doctor(&self, _stack: &Stack, id: &ComponentId) -> Result<String> {
         engine::volume_mountpoint(id.name()).map(|m| format!("present at {m}"))
     }

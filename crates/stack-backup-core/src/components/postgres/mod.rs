@@ -108,6 +108,15 @@ impl Kind for Postgres {
         stack.cfg.postgres.keys().cloned().collect()
     }
 
+    fn covers(&self, stack: &Stack, id: &ComponentId) -> Vec<super::Covered> {
+        configured(stack.cfg, id)
+            .ok()
+            .and_then(|pg| pg.container.clone())
+            .map(super::Covered::Container)
+            .into_iter()
+            .collect()
+    }
+
     fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
         let (name, pg) = (id.name(), configured(stack.cfg, id)?);
         let mut client = match connect(name, pg) {

@@ -64,6 +64,15 @@ impl Kind for Redis {
         stack.cfg.redis.keys().cloned().collect()
     }
 
+    fn covers(&self, stack: &Stack, id: &ComponentId) -> Vec<super::Covered> {
+        configured(stack.cfg, id)
+            .ok()
+            .and_then(|rd| rd.container.clone())
+            .map(super::Covered::Container)
+            .into_iter()
+            .collect()
+    }
+
     fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
         let rd = configured(stack.cfg, id)?;
         let mut conn = connect(id.name(), rd)?;
