@@ -387,6 +387,8 @@ pub enum JournalEntry {
     Tree(super::tree::TreeEntry),
     /// A Docker image tag.
     Image(super::docker::ImageEntry),
+    /// A MariaDB/MySQL database.
+    Mysql(super::mysql::MysqlEntry),
 }
 
 /// Which way an interrupted change is resolved.
@@ -408,6 +410,7 @@ impl JournalEntry {
             Self::Redis(e) => super::redis::recover(e, id, to, undo.cfg),
             Self::Tree(e) => super::tree::recover(e, to),
             Self::Image(e) => super::docker::recover_image(e, to),
+            Self::Mysql(e) => super::mysql::recover(e, id, to, undo),
         }
     }
 
@@ -423,6 +426,7 @@ impl JournalEntry {
             Self::Redis(e) => format!("database {} of Redis `{}`: {way}", e.db, e.key),
             Self::Tree(e) => format!("directory {}: {way}", e.live.display()),
             Self::Image(e) => format!("image tag `{}`: {way}", e.reference),
+            Self::Mysql(e) => format!("tables of database `{}`: {way}", e.database),
         }
     }
 }
