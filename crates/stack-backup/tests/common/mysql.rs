@@ -125,13 +125,6 @@ impl TempMysql {
             )
             .unwrap()
     }
-
-    /// Users a restore created that are still there.
-    pub fn restore_users() -> Vec<String> {
-        admin()
-            .query("SELECT User FROM mysql.user WHERE User LIKE 'sbr\\_%'")
-            .unwrap()
-    }
 }
 
 impl Drop for TempMysql {
