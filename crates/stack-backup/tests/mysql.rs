@@ -243,3 +243,25 @@ fn a_restore_killed_before_or_after_the_swap_is_resolved_from_the_journal() {
         assert!(db.leftovers().is_empty(), "{point}: {:?}", db.leftovers());
     }
 }
+
+#[test]
+fn doctor_wants_an_admin_url_and_a_container_is_refused() {
+    let db = TempMysql::new();
+    let sb = Sandbox::new();
+    sb.write_config("shop", &format!("[mysql.app]\nurl = \"{}\"\n", db.url()));
+    sb.init();
+    let r = sb.run(&["doctor"]);
+    r.expect_code(6);
+    assert!(r.stdout.contains("admin-url"), "{}", r.stdout);
+    assert!(!r.stdout.contains(db.password()) && !r.stderr.contains(db.password()));
+    sb.write_config(
+        "shop",
+        &format!(
+            "[mysql.app]\nurl = \"{}\"\ncontainer = \"shop-db-1\"\n",
+            db.url()
+        ),
+    );
+    let r = sb.run(&["backup"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("not supported yet"), "{}", r.stderr);
+}
