@@ -107,25 +107,21 @@ timed() {
   cat "$BENCH/logs/$name.time"
 }
 
-restic_backup() {
-  bash -c "mariadb-dump --defaults-extra-file='$BENCH/my.cnf' --single-transaction --routines --triggers --events --hex-blob --skip-dump-date --no-tablespaces $DB \
-    | restic backup -q -r '$BENCH/restic' --stdin --stdin-filename $DB.sql"
-}
-restic_restore() {
-  bash -c "mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE $DB' && \
-    restic dump -r '$BENCH/restic' latest /$DB.sql | mariadb --protocol=socket $DB"
-}
-sb() { "$SB_BIN" --config "$BENCH/bench.toml" --no-progress "$@"; }
+RESTIC_BACKUP="mariadb-dump --defaults-extra-file='$BENCH/my.cnf' --single-transaction --routines --triggers --events --hex-blob --skip-dump-date --no-tablespaces $DB \
+  | restic backup -q -r '$BENCH/restic' --stdin --stdin-filename $DB.sql"
+RESTIC_RESTORE="mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE $DB' && \
+  restic dump -r '$BENCH/restic' latest /$DB.sql | mariadb --protocol=socket $DB"
+SB=("$SB_BIN" --config "$BENCH/bench.toml" --no-progress)
 
 declare -A T
 for run in first unchanged; do
   say "$run backup"
-  T[restic_$run]=$(timed "restic-$run" restic_backup)
-  T[sb_$run]=$(timed "sb-$run" sb backup --name "$run")
+  T[restic_$run]=$(timed "restic-$run" bash -o pipefail -c "$RESTIC_BACKUP")
+  T[sb_$run]=$(timed "sb-$run" "${SB[@]}" backup --name "$run")
 done
 say "restore"
-T[restic_restore]=$(timed restic-restore restic_restore)
-T[sb_restore]=$(timed sb-restore sb restore first --yes)
+T[restic_restore]=$(timed restic-restore bash -o pipefail -c "$RESTIC_RESTORE")
+T[sb_restore]=$(timed sb-restore "${SB[@]}" restore first --yes)
 
 printf '\n%-10s %10s %14s %7s %8s\n' scenario restic_s stack-backup_s ratio target
 for s in first:0.8 unchanged:0.25 restore:0.8; do
