@@ -15,6 +15,10 @@ SB_PG_USER=${SB_PG_USER:-stackbackup}
 SB_PG_PASSWORD=${SB_PG_PASSWORD:-sbtest-pw}
 SB_PG_PORT=${SB_PG_PORT:-5432}
 SB_REDIS_PORT=${SB_REDIS_PORT:-6379}
+SB_MYSQL_PORT=${SB_MYSQL_PORT:-3306}
+SB_MYSQL_ADMIN=${SB_MYSQL_ADMIN:-sbtest_admin}
+# A throwaway password for the local test admin; it protects nothing real.
+SB_MYSQL_ADMIN_PASSWORD=${SB_MYSQL_ADMIN_PASSWORD:-sbtest-admin-pw}
 SB_BASE_IMAGE=${SB_BASE_IMAGE:-stack-backup-test-base:latest}
 SB_S3_PORT=${SB_S3_PORT:-9000}
 SB_S3_LOG=${SB_S3_LOG:-/var/log/moto-stack-backup.log}
@@ -52,6 +56,9 @@ command -v strace >/dev/null 2>&1 || need_pkgs+=(strace)
 [ -e /usr/include/sqlite3.h ] || need_pkgs+=(libsqlite3-dev)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
+# tests/mysql.rs: the host's MariaDB (Debian 12: 10.11), root by socket auth.
+command -v mariadbd >/dev/null 2>&1 || need_pkgs+=(mariadb-server)
+command -v mariadb-dump >/dev/null 2>&1 || need_pkgs+=(mariadb-client)
 if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$SB_MOTO_VENV/bin/moto_server" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 fi
@@ -100,6 +107,21 @@ if ! redis-cli -p "$SB_REDIS_PORT" ping >/dev/null 2>&1; then
   wait_for Redis 30 redis-cli -p "$SB_REDIS_PORT" ping
 fi
 
+# --- MariaDB ---------------------------------------------------------------
+# root logs in by the unix socket only; tests make a database and an app user
+# per test through it and hand the stack the app user's URL.
+if ! mariadb-admin --protocol=socket ping >/dev/null 2>&1; then
+  log "starting MariaDB on port $SB_MYSQL_PORT"
+  install -d -o mysql -g mysql /run/mysqld
+  [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+  (setsid mariadbd-safe --user=mysql --port="$SB_MYSQL_PORT" --bind-address=127.0.0.1 \
+    >/var/log/mariadb-stack-backup.log 2>&1 &)
+  wait_for MariaDB 60 mariadb-admin --protocol=socket ping
+fi
+# The tests' admin-url: creates the beside databases and restore users.
+mariadb --protocol=socket -e "CREATE USER IF NOT EXISTS '$SB_MYSQL_ADMIN'@'%' IDENTIFIED BY '$SB_MYSQL_ADMIN_PASSWORD';
+  GRANT ALL PRIVILEGES ON *.* TO '$SB_MYSQL_ADMIN'@'%' WITH GRANT OPTION;"
+
 # --- Docker Engine -------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
@@ -140,6 +162,7 @@ fi
 
 export SB_TEST_PG_URL="postgres://$SB_PG_USER:$SB_PG_PASSWORD@127.0.0.1:$SB_PG_PORT/postgres"
 export SB_TEST_REDIS_URL="redis://127.0.0.1:$SB_REDIS_PORT/0"
+export SB_TEST_MYSQL_ADMIN_URL="mysql://$SB_MYSQL_ADMIN:$SB_MYSQL_ADMIN_PASSWORD@127.0.0.1:$SB_MYSQL_PORT/mysql"
 export SB_TEST_BASE_IMAGE="$SB_BASE_IMAGE"
 export SB_TEST_S3_ENDPOINT="http://127.0.0.1:$SB_S3_PORT"
 export SB_TEST_S3_LOG="$SB_S3_LOG"
@@ -148,4 +171,4 @@ export SB_TEST_MOTO_SERVER="$SB_MOTO_SERVER"
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-sbtest-access-key}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-sbtest-secret-key}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
-log "PostgreSQL, Redis, Docker Engine and the S3 server are up"
+log "PostgreSQL, Redis, MariaDB, Docker Engine and the S3 server are up"

@@ -56,7 +56,7 @@ const CASES: &[Case] = &[
     case("invalid stack name", "name = \"shop\"", "name = \"my shop!\"", "stack.name", Some(2)),
     case("TOML syntax error", "name = \"shop\"", "name = \"shop", "", Some(2)),
     case("repository without path or url", "path = \"/tmp/never-created-repo\"", "", "repository.path", None),
-    case("non-postgres URL", "postgres://shop@", "mysql://shop@", "postgres.main.url", Some(8)),
+    case("non-postgres URL", "postgres://shop@", "ftp://shop@", "postgres.main.url", Some(8)),
     case("unknown redis role", "role = \"cache\"", "role = \"persistent\"", "redis.cache.role", Some(12)),
     case("images not a list", "images = [\"shop-web:latest\"]", "images = \"shop-web\"", "docker.images", Some(15)),
     case("unknown key in a component", "role = \"cache\"", "role = \"cache\"\nttl = 60", "redis.cache.ttl", Some(13)),
@@ -147,7 +147,7 @@ fn bad_environment_override_names_the_variable() {
     std::fs::write(sb.config(), BASE).unwrap();
     sb.env.push((
         "STACK_BACKUP_POSTGRES_MAIN_URL".into(),
-        "mysql://x@h/db".into(),
+        "ftp://x@h/db".into(),
     ));
     let r = sb.run(&["doctor"]);
     r.expect_code(2);

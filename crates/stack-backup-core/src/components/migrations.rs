@@ -85,12 +85,77 @@ fn versioned(dir: &Path, tool: &str) -> Option<BTreeSet<String>> {
     Some(out)
 }
 
+/// Laravel's migrations: the file names without `.php`
+/// (`2014_10_12_000000_create_users_table`), as its `migrations` table
+/// records them.
+fn laravel(dir: &Path) -> Option<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(m) = name.strip_suffix(".php") {
+            out.insert(m.to_string());
+        }
+    }
+    Some(out)
+}
+
+/// Step 3 of a restore for a database kind: the set's migration state
+/// against the live database's (notes: a restore exists to change it) and
+/// against the code in `dir` (problems: the restore is refused unless a
+/// mismatch is allowed).
+#[must_use]
+pub fn report(
+    c: &crate::components::ComponentId,
+    recorded: &[MigrationState],
+    live: &[MigrationState],
+    dir: Option<&Path>,
+    manifest: &crate::manifest::Manifest,
+) -> crate::components::restoring::MigrationReport {
+    let mut report = crate::components::restoring::MigrationReport::default();
+    let commit = manifest
+        .git
+        .as_ref()
+        .map_or("an unrecorded commit".to_string(), |g| {
+            format!("commit {}", &g.commit[..g.commit.len().min(12)])
+        });
+    for m in recorded {
+        let live_m = live.iter().find(|l| l.tool == m.tool);
+        if live_m.map(|l| &l.applied) != Some(&m.applied) {
+            report.notes.push(format!(
+                "{c}: {} goes from {} (live) to {} (backup)",
+                m.tool,
+                live_m.map_or("none".into(), |l| l.applied.join(",")),
+                m.applied.join(",")
+            ));
+        }
+        let Some(dir) = dir else { continue };
+        match code_state(dir, &m.tool) {
+            Some(code) if !fits(m, &code) => report.problems.push(format!(
+                "{c}: the backup's {} state is {} (taken at {commit}), but the code checked out now expects {}; \
+                 restoring would leave the database out of step with the code. Check out {commit} first, \
+                 or pass --allow-migration-mismatch",
+                m.tool,
+                m.applied.join(","),
+                code.expected.iter().cloned().collect::<Vec<_>>().join(",")
+            )),
+            Some(_) => report.notes.push(format!("{c}: {} fits the code", m.tool)),
+            None => report.notes.push(format!(
+                "{c}: {} not compared with the code (no readable {})",
+                m.tool,
+                dir.display()
+            )),
+        }
+    }
+    report
+}
+
 /// The state the code in `dir` expects, for the tool recorded in a backup.
 #[must_use]
 pub fn code_state(dir: &Path, tool: &str) -> Option<CodeState> {
     let expected = match tool {
         "alembic" => alembic_heads(dir)?,
         "rails" | "sqlx" | "diesel" | "flyway" | "prisma" => versioned(dir, tool)?,
+        "laravel" => laravel(dir)?,
         _ => return None,
     };
     Some(CodeState {

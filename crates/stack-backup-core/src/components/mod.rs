@@ -29,6 +29,7 @@ pub mod tree;
 pub mod docker;
 pub mod git;
 pub mod migrations;
+pub mod mysql;
 pub mod paths;
 pub mod postgres;
 pub mod redis;
@@ -86,6 +87,7 @@ kinds! {
     DockerVolume(tree::TreeRecord) => docker::Volume,
     Git(git::GitRecord) => git::Git,
     Path(tree::TreeRecord) => paths::Paths,
+    Mysql(mysql::MysqlRecord) => mysql::Mysql,
 }
 
 /// The registered kind whose id prefix is `prefix`.

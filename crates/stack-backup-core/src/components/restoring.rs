@@ -389,6 +389,8 @@ pub enum JournalEntry {
     Image(super::docker::ImageEntry),
     /// A SQLite database file.
     Sqlite(super::sqlite::SqliteEntry),
+    /// A MariaDB/MySQL database.
+    Mysql(super::mysql::MysqlEntry),
 }
 
 /// Which way an interrupted change is resolved.
@@ -411,6 +413,7 @@ impl JournalEntry {
             Self::Tree(e) => super::tree::recover(e, to),
             Self::Image(e) => super::docker::recover_image(e, to),
             Self::Sqlite(e) => super::sqlite::recover(e, to),
+            Self::Mysql(e) => super::mysql::recover(e, id, to, undo),
         }
     }
 
@@ -427,6 +430,7 @@ impl JournalEntry {
             Self::Tree(e) => format!("directory {}: {way}", e.live.display()),
             Self::Image(e) => format!("image tag `{}`: {way}", e.reference),
             Self::Sqlite(e) => format!("SQLite file {}: {way}", e.live.display()),
+            Self::Mysql(e) => format!("tables of database `{}`: {way}", e.database),
         }
     }
 }

@@ -487,9 +487,11 @@ impl fmt::Debug for DbUrl {
 }
 
 impl DbUrl {
-    const SCHEMES: [&'static str; 5] = [
+    const SCHEMES: [&'static str; 7] = [
         "postgres://",
         "postgresql://",
+        "mysql://",
+        "mariadb://",
         "redis://",
         "rediss://",
         "unix://",
@@ -499,7 +501,7 @@ impl DbUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         if !Self::SCHEMES.iter().any(|p| s.starts_with(p)) {
             return Err(format!(
-                "`{}` is not a database URL; expected postgres://… or redis://…",
+                "`{}` is not a database URL; expected postgres://…, mysql://… or redis://…",
                 crate::secret::redact_url(s)
             ));
         }
@@ -592,6 +594,9 @@ pub struct Config {
     /// `[redis.NAME]` tables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub redis: BTreeMap<String, RedisConfig>,
+    /// `[mysql.NAME]` tables (MariaDB or MySQL).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mysql: BTreeMap<String, crate::components::mysql::MysqlConfig>,
     /// `[docker]`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerConfig>,
@@ -708,6 +713,7 @@ impl Config {
             .keys()
             .map(|k| ("postgres", k))
             .chain(self.redis.keys().map(|k| ("redis", k)))
+            .chain(self.mysql.keys().map(|k| ("mysql", k)))
             .chain(self.paths.keys().map(|k| ("paths", k)))
             .chain(self.sqlite.keys().map(|k| ("sqlite", k)));
         for (table, name) in names {
@@ -778,6 +784,10 @@ impl Config {
         }
         crate::monitoring::validate(&self.status, &self.notify, &self.schedule)
             .map_err(|(key, m)| ConfigError::in_file(file, Some(key), m))?;
+        for (name, my) in &self.mysql {
+            crate::components::mysql::validate(my)
+                .map_err(|m| ConfigError::in_file(file, Some(format!("mysql.{name}")), m))?;
+        }
         for (name, rd) in &self.redis {
             if !rd.url.expose().starts_with("redis") && !rd.url.expose().starts_with("unix") {
                 return Err(ConfigError::in_file(
@@ -806,6 +816,9 @@ impl Config {
             pg.admin_password_file.as_mut().map(fix);
             pg.migrations_dir.as_mut().map(fix);
             pg.bin_dir.as_mut().map(fix);
+        }
+        for my in self.mysql.values_mut() {
+            my.migrations_dir.as_mut().map(fix);
         }
         for rd in self.redis.values_mut() {
             rd.password_file.as_mut().map(fix);
@@ -859,6 +872,18 @@ impl Config {
             let var = format!("STACK_BACKUP_POSTGRES_{}_ADMIN_URL", env_name(name));
             if let Some(v) = env.get(&var).filter(|v| !v.is_empty()) {
                 pg.admin_url = Some(DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?);
+            }
+        }
+        for (name, my) in &mut self.mysql {
+            for (var, url) in [("URL", Some(&mut my.url)), ("ADMIN_URL", None)] {
+                let var = format!("STACK_BACKUP_MYSQL_{}_{var}", env_name(name));
+                if let Some(v) = env.get(&var).filter(|v| !v.is_empty()) {
+                    let v = DbUrl::parse(v).map_err(|m| ConfigError::env(&var, m))?;
+                    match url {
+                        Some(u) => *u = v,
+                        None => my.admin_url = Some(v),
+                    }
+                }
             }
         }
         for (name, rd) in &mut self.redis {
@@ -1103,7 +1128,7 @@ path = "/srv/shop/media"
     #[test]
     fn bad_env_url_names_variable() {
         let mut c = parse(GOOD).unwrap();
-        let env: Env = [("STACK_BACKUP_POSTGRES_MAIN_URL", "mysql://x")]
+        let env: Env = [("STACK_BACKUP_POSTGRES_MAIN_URL", "ftp://x")]
             .into_iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();

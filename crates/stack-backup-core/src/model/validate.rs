@@ -108,6 +108,13 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                 )?;
             }
         }
+        Record::Mysql(p) => expect_eq(
+            what,
+            &field("dump"),
+            &p.dump,
+            &format!("mysql/{name}/{}.sql", safe_file_name(&p.database)),
+            "the dump of its database",
+        )?,
         Record::Redis(r) => expect_eq(
             what,
             &field("rdb"),
@@ -231,7 +238,9 @@ pub fn check_against(
                 expect_eq(what, &field("database"), &p.database, &want, "the config's")?;
             }
             // SQLite: restored into the config's path, whatever the set's.
-            Record::Redis(_) | Record::Git(_) | Record::Sqlite(_) => {}
+            // MariaDB: into the config's database whatever the record
+            // names; the record's name only names the dump file.
+            Record::Redis(_) | Record::Git(_) | Record::Sqlite(_) | Record::Mysql(_) => {}
             Record::DockerImage(i) => {
                 let images = stack.as_ref().map_or(&[][..], |s| &s.images[..]);
                 if !images.contains(&i.reference) {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod mysql;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

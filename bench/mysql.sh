@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# MariaDB benchmark: stack-backup's `[mysql.NAME]` against
+# `mariadb-dump | restic backup --stdin` (and `restic dump | mariadb` for the
+# restore), on the same database in the same run. See docs/benchmarks.md
+# for the PostgreSQL bench this mirrors.
+#
+#   bash bench/mysql.sh            # generate, run, print the table
+#   bash bench/mysql.sh --clean    # drop the bench database and user, remove the dir
+#
+# As root on Debian; sources scripts/services.sh (MariaDB, restic). The
+# database `sbbench_my` has the tables `pgbench -i -s 20` makes (2,000,000
+# accounts at scale 20), owned by the user `sbbench_my` (privileges on it
+# only); the restores go through the services' admin user.
+# Scenarios, each timed for both tools:
+#   first      backup into an empty repository
+#   unchanged  a second backup with nothing changed
+#   restore    the first backup back into the live database
+# Targets (issue 16): stack-backup ≤ 0.8× first, ≤ 0.25× unchanged,
+# ≤ 0.8× restore.
+#
+# Environment: SB_BENCH_DIR (default /var/tmp/stack-backup-bench-mysql; wiped
+# at start), SB_BENCH_MY_SCALE (default 20), SB_BIN (default: a release build
+# of this checkout).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+cd "$ROOT"
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root"
+
+BENCH=${SB_BENCH_DIR:-/var/tmp/stack-backup-bench-mysql}
+case "$BENCH" in /?*) ;; *) die "SB_BENCH_DIR must be an absolute path other than /" ;; esac
+MARKER="$BENCH/.stack-backup-bench"
+SCALE=${SB_BENCH_MY_SCALE:-20}
+DB=sbbench_my
+# A throwaway password for the bench user; it protects nothing real.
+APP_PW=sbbench-my-pw
+
+# shellcheck source=../scripts/services.sh
+source scripts/services.sh
+set -euo pipefail
+# shellcheck source=common.sh
+source bench/common.sh
+ensure_gnu_time
+
+root_sql() { mariadb --protocol=socket -e "$1"; }
+
+clean_all() {
+  root_sql "DROP DATABASE IF EXISTS $DB; DROP USER IF EXISTS '$DB'@'%'"
+  if [ -e "$BENCH" ]; then
+    [ -f "$MARKER" ] || die "$BENCH was not made by this script; remove it or set SB_BENCH_DIR"
+    rm -rf "$BENCH"
+  fi
+}
+if [ "${1:-}" = --clean ]; then clean_all; exit 0; fi
+
+ensure_sb_bin || die "building stack-backup failed"
+clean_all
+mkdir -p "$BENCH"/{logs,restore}
+touch "$MARKER"
+
+say "generating $DB at scale $SCALE"
+root_sql "CREATE DATABASE $DB; CREATE USER '$DB'@'%' IDENTIFIED BY '$APP_PW';
+  GRANT ALL PRIVILEGES ON $DB.* TO '$DB'@'%'"
+mariadb --protocol=socket "$DB" <<SQL
+CREATE TABLE pgbench_branches (bid INT PRIMARY KEY, bbalance INT, filler CHAR(88)) ENGINE=InnoDB;
+CREATE TABLE pgbench_tellers (tid INT PRIMARY KEY, bid INT, tbalance INT, filler CHAR(84)) ENGINE=InnoDB;
+CREATE TABLE pgbench_accounts (aid INT PRIMARY KEY, bid INT, abalance INT, filler CHAR(84)) ENGINE=InnoDB;
+CREATE TABLE pgbench_history (tid INT, bid INT, aid INT, delta INT, mtime DATETIME, filler CHAR(22)) ENGINE=InnoDB;
+INSERT INTO pgbench_branches SELECT seq, 0, NULL FROM seq_1_to_$SCALE;
+INSERT INTO pgbench_tellers SELECT seq, (seq - 1) DIV 10 + 1, 0, NULL FROM seq_1_to_$((SCALE * 10));
+INSERT INTO pgbench_accounts SELECT seq, (seq - 1) DIV 100000 + 1, 0, REPEAT(' ', 84) FROM seq_1_to_$((SCALE * 100000));
+SQL
+SIZE=$(mariadb --protocol=socket -N -e "SELECT ROUND(SUM(DATA_LENGTH + INDEX_LENGTH) / 1048576) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '$DB'")
+say "$DB: $((SCALE * 100000)) accounts, $SIZE MiB on disk"
+
+export RESTIC_PASSWORD=bench-repo-password STACK_BACKUP_PASSWORD=bench-repo-password
+export STACK_BACKUP_STATE_DIR="$BENCH/state"
+restic init -q -r "$BENCH/restic" >/dev/null
+cat > "$BENCH/bench.toml" <<EOF
+[stack]
+name = "sbbench-my"
+min-free-space = "1MiB"
+
+[repository]
+path = "$BENCH/sb"
+
+[mysql.main]
+url = "mysql://$DB:$APP_PW@127.0.0.1:$SB_MYSQL_PORT/$DB"
+admin-url = "$SB_TEST_MYSQL_ADMIN_URL"
+EOF
+chmod 600 "$BENCH/bench.toml"
+"$SB_BIN" --config "$BENCH/bench.toml" init >/dev/null 2>&1
+# The stock way's option file: the password out of argv there too.
+printf '[client]\nuser=%s\npassword=%s\nhost=127.0.0.1\nport=%s\nprotocol=TCP\n' \
+  "$DB" "$APP_PW" "$SB_MYSQL_PORT" > "$BENCH/my.cnf"
+chmod 600 "$BENCH/my.cnf"
+
+# timed NAME CMD... -> wall seconds on stdout; the command's output in logs/
+timed() {
+  local name=$1; shift
+  /usr/bin/time -f '%e' -o "$BENCH/logs/$name.time" "$@" >"$BENCH/logs/$name.log" 2>&1 \
+    || die "$name failed: $(tail -3 "$BENCH/logs/$name.log")"
+  cat "$BENCH/logs/$name.time"
+}
+
+RESTIC_BACKUP="mariadb-dump --defaults-extra-file='$BENCH/my.cnf' --single-transaction --routines --triggers --events --hex-blob --skip-dump-date --no-tablespaces $DB \
+  | restic backup -q -r '$BENCH/restic' --stdin --stdin-filename $DB.sql"
+RESTIC_RESTORE="mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE $DB' && \
+  restic dump -r '$BENCH/restic' latest /$DB.sql | mariadb --protocol=socket $DB"
+SB=("$SB_BIN" --config "$BENCH/bench.toml" --no-progress)
+
+declare -A T
+for run in first unchanged; do
+  say "$run backup"
+  T[restic_$run]=$(timed "restic-$run" bash -o pipefail -c "$RESTIC_BACKUP")
+  T[sb_$run]=$(timed "sb-$run" "${SB[@]}" backup --name "$run")
+done
+say "restore"
+T[restic_restore]=$(timed restic-restore bash -o pipefail -c "$RESTIC_RESTORE")
+T[sb_restore]=$(timed sb-restore "${SB[@]}" restore first --yes)
+
+printf '\n%-10s %10s %14s %7s %8s\n' scenario restic_s stack-backup_s ratio target
+for s in first:0.8 unchanged:0.25 restore:0.8; do
+  name=${s%%:*} target=${s#*:}
+  awk -v n="$name" -v a="${T[restic_$name]}" -v b="${T[sb_$name]}" -v t="$target" \
+    'BEGIN { printf "%-10s %10.2f %14.2f %7.2f %8s\n", n, a, b, b / a, "<= " t }'
+done
+say "profile $(sb_profile); logs in $BENCH/logs; bash bench/mysql.sh --clean removes it all"

@@ -1,0 +1,275 @@
+//! `mysql.NAME`: a MariaDB or MySQL database, dumped with `mariadb-dump`
+//! (or `mysqldump`) in one consistent snapshot, with exact row counts and
+//! migration state taken in the same snapshot
+//! (`docs/decisions/0032-mysql-counts-in-the-dumps-snapshot.md`), and
+//! restored beside the live database then swapped in by one `RENAME TABLE`
+//! (`docs/decisions/0033-mysql-restore-beside-and-the-dump-as-input.md`).
+
+mod restore;
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use restore::{recover, MysqlEntry};
+pub use server::{component, connect, server_version, Options};
+
+use super::restoring::Restore;
+use super::{BackupContext, ComponentId, Kind, Planned, Record, RestoreOptions, Stack};
+use crate::config::{Config, DbUrl};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, MigrationState};
+
+/// `[mysql.NAME]`: one database of a MariaDB or MySQL server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MysqlConfig {
+    /// `mysql://user[:password]@host:port/db` (`mariadb://` too); the
+    /// password is a secret, also given by `STACK_BACKUP_MYSQL_<NAME>_URL`.
+    pub url: DbUrl,
+    /// A privileged connection used only by restores and drills (creating
+    /// the database beside the live one, a user confined to it, and the
+    /// swap). Never used by backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<DbUrl>,
+    /// The server runs in this container (accepted, not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Where the code keeps its migrations (compared before a restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations_dir: Option<PathBuf>,
+    /// How long a statement waits for a lock held by another session.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout_seconds: u64,
+}
+
+fn default_lock_timeout() -> u64 {
+    crate::config::DEFAULT_LOCK_TIMEOUT
+}
+
+impl MysqlConfig {
+    /// The lock timeout (at least one second).
+    #[must_use]
+    pub fn lock_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_timeout_seconds.max(1))
+    }
+}
+
+/// Checks a `[mysql.NAME]` table (the config's `validate`).
+pub fn validate(cfg: &MysqlConfig) -> std::result::Result<(), String> {
+    for url in std::iter::once(&cfg.url).chain(cfg.admin_url.as_ref()) {
+        let u = url.expose();
+        if !u.starts_with("mysql://") && !u.starts_with("mariadb://") {
+            return Err(format!(
+                "expected a mysql:// or mariadb:// URL, not {}",
+                url.redacted()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `mysql.NAME`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MysqlRecord {
+    /// Database name.
+    pub database: String,
+    /// Host, as configured.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User the dump ran as.
+    pub user: String,
+    /// `SELECT VERSION()`, e.g. `10.11.19-MariaDB-0+deb12u1`.
+    pub server_version: String,
+    /// `mariadb-dump --version` of the tool used.
+    pub dump_version: String,
+    /// The dump (SQL text).
+    pub dump: String,
+    /// Views, triggers, routines and events in the dump, by type.
+    #[serde(default)]
+    pub objects: BTreeMap<String, u64>,
+    /// Applied migrations per tool found.
+    pub migrations: Vec<MigrationState>,
+    /// Exact row count of every base table, in the dump's snapshot.
+    pub row_counts: BTreeMap<String, i64>,
+}
+
+/// The kind `mysql`.
+pub struct Mysql;
+
+/// The config of `[mysql.NAME]` for a component id.
+fn configured<'c>(cfg: &'c Config, id: &ComponentId) -> Result<&'c MysqlConfig> {
+    cfg.mysql
+        .get(id.name())
+        .ok_or_else(|| Error::component(id.as_str(), "not in the config"))
+}
+
+/// Databases inside containers are another step (issue 16).
+fn refuse_container(id: &ComponentId, cfg: &MysqlConfig) -> Result<()> {
+    match &cfg.container {
+        Some(c) => Err(Error::component(
+            id.as_str(),
+            format!("`container = \"{c}\"`: a MariaDB/MySQL server inside a container is not supported yet; give its published address in `url`"),
+        )),
+        None => Ok(()),
+    }
+}
+
+impl Kind for Mysql {
+    fn prefix(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn is_database(&self) -> bool {
+        true
+    }
+
+    fn configured(&self, stack: &Stack) -> Vec<String> {
+        stack.cfg.mysql.keys().cloned().collect()
+    }
+
+    fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
+        let my = configured(stack.cfg, id)?;
+        refuse_container(id, my)?;
+        let opts = Options::of(id.name(), &my.url)?;
+        let mut conn = connect(id.name(), &opts)?;
+        let server = server_version(id.name(), &mut conn)?;
+        let tool = server::DumpTool::find(id.name(), &server)?;
+        // A backup that cannot be restored is not ready: say so now.
+        let Some(admin) = &my.admin_url else {
+            return Err(Error::component(
+                id.as_str(),
+                format!(
+                    "server {}; {} can back it up, but a restore needs `admin-url` (a user that may create databases and users)",
+                    server.version,
+                    tool.program.display()
+                ),
+            ));
+        };
+        let restore = format!("restore beside through admin-url {}", admin.redacted());
+        Ok(format!(
+            "server {}; {} ({}); {restore}",
+            server.version,
+            tool.program.display(),
+            tool.version
+        ))
+    }
+
+    fn plan_backup(&self, ctx: &BackupContext, id: &ComponentId) -> Result<Option<Planned>> {
+        let my = configured(ctx.stack.cfg, id)?;
+        refuse_container(id, my)?;
+        let state = crate::system::state::of(ctx.stack.cfg)?;
+        let plan = server::plan_dump(id.name(), my, &state)?;
+        Ok(Some(plan))
+    }
+
+    fn restorer(
+        &self,
+        cfg: &Config,
+        _opts: &RestoreOptions,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Restore> {
+        let Record::Mysql(record) = r else {
+            return Err(super::wrong_record(id));
+        };
+        let Some(my) = cfg.mysql.get(id.name()) else {
+            return Ok(Restore::Skip("not in the config".into()));
+        };
+        refuse_container(id, my)?;
+        Ok(Restore::Into(Box::new(restore::MysqlRestorer::new(
+            id.clone(),
+            record.clone(),
+            my.clone(),
+            None,
+        )?)))
+    }
+
+    fn drill(
+        &self,
+        scratch: &super::Scratch,
+        id: &ComponentId,
+        r: &Record,
+    ) -> Result<Option<Box<dyn super::Drilled>>> {
+        let Record::Mysql(record) = r else {
+            return Err(super::wrong_record(id));
+        };
+        let Some(my) = scratch.cfg.mysql.get(id.name()) else {
+            return Ok(None);
+        };
+        refuse_container(id, my)?;
+        Ok(Some(Box::new(restore::MysqlDrill::new(
+            scratch,
+            id,
+            my,
+            record.clone(),
+        )?)))
+    }
+
+    fn drill_clean(&self, scratch: &super::Scratch) -> Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for (key, my) in &scratch.cfg.mysql {
+            if my.container.is_some() || my.admin_url.is_none() {
+                continue;
+            }
+            for db in restore::drop_scratch(key, my, &scratch.database_prefix())? {
+                dropped.push(format!("database `{db}`"));
+            }
+        }
+        Ok(dropped)
+    }
+
+    fn describe(&self, r: &Record) -> (String, String) {
+        let Record::Mysql(p) = r else {
+            return (String::new(), String::new());
+        };
+        let migrations = if p.migrations.is_empty() {
+            "none found".to_string()
+        } else {
+            p.migrations
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {}",
+                        m.tool,
+                        m.applied.last().map_or("-", String::as_str)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        (
+            format!("database `{}` on {}:{}", p.database, p.host, p.port),
+            format!(
+                "{} ({}); {} tables; migrations: {migrations}",
+                p.server_version,
+                p.dump_version,
+                p.row_counts.len(),
+            ),
+        )
+    }
+
+    fn export_path(&self, _m: &Manifest, id: &ComponentId, _set_path: &str) -> (String, bool) {
+        let safe = crate::manifest::safe_file_name(id.name());
+        (format!("database/{safe}.mysql.sql"), false)
+    }
+
+    fn export_howto(&self, _m: &Manifest, r: &Record, path_of: &dyn Fn(&str) -> String) -> String {
+        let Record::Mysql(p) = r else {
+            return String::new();
+        };
+        format!(
+            "MariaDB/MySQL {} database `{}`. Into a new, empty database (a user that may create it):\n\n    mariadb -h {h} -P {port} -u USER -p -e 'CREATE DATABASE `{db}`'\n    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {dump}\n\nExpected row counts: {} tables recorded in stack-backup/manifest.json.\n",
+            p.server_version,
+            p.database,
+            p.row_counts.len(),
+            h = p.host,
+            port = p.port,
+            db = p.database,
+            dump = path_of(&p.dump),
+        )
+    }
+}

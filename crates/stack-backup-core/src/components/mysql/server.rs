@@ -1,0 +1,676 @@
+//! MariaDB/MySQL: connecting (the `mysql` crate), the server version, the
+//! dump tool that fits it, the client option file that carries the
+//! password to the tools, and the backup plan.
+//!
+//! Contract: the password reaches a child process only through a
+//! `--defaults-extra-file` (mode 0600, in the checked state directory,
+//! removed when its [`OptionFile`] drops, and by the next run when a
+//! process was killed); never argv, environment, logs or errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::mysql::prelude::Queryable;
+
+use super::{MysqlConfig, MysqlRecord};
+use crate::config::DbUrl;
+use crate::error::{Error, Result};
+use crate::manifest::MigrationState;
+
+/// Connection timeout for checks, dumps and restores.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The component name of a `[mysql.NAME]` table.
+#[must_use]
+pub fn component(name: &str) -> String {
+    crate::components::ComponentId::new(&super::Mysql, name).to_string()
+}
+
+/// A parsed connection URL (password included: never shown).
+#[derive(Clone)]
+pub struct Options {
+    /// The driver's options.
+    pub opts: ::mysql::Opts,
+    /// The URL, redacted (for messages).
+    pub shown: String,
+    /// Host (or socket path when `?socket=` is given).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// The database of the URL, if any.
+    pub database: Option<String>,
+}
+
+impl Options {
+    /// Parses `url` (`mysql://` or `mariadb://`) for `[mysql.NAME]`.
+    pub fn of(name: &str, url: &DbUrl) -> Result<Self> {
+        let raw = url.expose();
+        let raw = raw
+            .strip_prefix("mariadb://")
+            .map_or_else(|| raw.to_string(), |r| format!("mysql://{r}"));
+        let opts = ::mysql::Opts::from_url(&raw).map_err(|e| {
+            Error::component(
+                component(name),
+                format!("invalid URL {}: {e}", url.redacted()),
+            )
+        })?;
+        let opts: ::mysql::Opts = ::mysql::OptsBuilder::from_opts(opts)
+            .tcp_connect_timeout(Some(CONNECT_TIMEOUT))
+            .into();
+        Ok(Self {
+            host: opts
+                .get_socket()
+                .map_or_else(|| opts.get_ip_or_hostname().to_string(), str::to_string),
+            port: opts.get_tcp_port(),
+            user: opts.get_user().unwrap_or_default().to_string(),
+            database: opts.get_db_name().map(str::to_string),
+            shown: url.redacted(),
+            opts,
+        })
+    }
+
+    /// The same server and credentials, database `db`.
+    #[must_use]
+    pub fn with_database(&self, db: Option<&str>) -> Self {
+        let mut o = self.clone();
+        o.opts = ::mysql::OptsBuilder::from_opts(self.opts.clone())
+            .db_name(db)
+            .into();
+        o.database = db.map(str::to_string);
+        o
+    }
+
+    /// The database of the URL, required.
+    pub fn database(&self, name: &str) -> Result<&str> {
+        self.database.as_deref().ok_or_else(|| {
+            Error::component(
+                component(name),
+                format!("{} names no database (`…/DBNAME`)", self.shown),
+            )
+        })
+    }
+}
+
+/// The driver's error, said without the URL.
+pub fn error_text(e: &::mysql::Error) -> String {
+    match e {
+        ::mysql::Error::MySqlError(m) => format!("{} (error {})", m.message, m.code),
+        other => other.to_string(),
+    }
+}
+
+/// The server's error code, if the error is the server's.
+pub fn error_code(e: &::mysql::Error) -> Option<u16> {
+    match e {
+        ::mysql::Error::MySqlError(m) => Some(m.code),
+        _ => None,
+    }
+}
+
+/// Connects. A database that does not exist is [`Error::is_missing`].
+pub fn connect(name: &str, o: &Options) -> Result<::mysql::Conn> {
+    ::mysql::Conn::new(o.opts.clone()).map_err(|e| {
+        let message = format!("cannot connect to {}: {}", o.shown, error_text(&e));
+        if error_code(&e) == Some(1049) {
+            Error::missing(component(name), message)
+        } else {
+            Error::component(component(name), message)
+        }
+    })
+}
+
+/// Runs `sql`, the error naming what was done.
+pub fn exec(name: &str, c: &mut ::mysql::Conn, what: &str, sql: &str) -> Result<()> {
+    c.query_drop(sql)
+        .map_err(|e| Error::component(component(name), format!("{what}: {}", error_text(&e))))
+}
+
+/// Quotes an identifier with backticks.
+#[must_use]
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// Quotes a string literal.
+#[must_use]
+pub fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The server's version.
+#[derive(Debug, Clone)]
+pub struct ServerVersion {
+    /// `VERSION()`, e.g. `10.11.19-MariaDB-0+deb12u1`.
+    pub version: String,
+    /// MariaDB (else MySQL).
+    pub mariadb: bool,
+    /// Major and minor.
+    pub release: (u32, u32),
+}
+
+/// `X.Y` at the start of `s` (or after `Distrib ` / `Ver `).
+fn release_of(s: &str) -> Option<(u32, u32)> {
+    let mut parts = s.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Asks the server for its version.
+pub fn server_version(name: &str, c: &mut ::mysql::Conn) -> Result<ServerVersion> {
+    let version: String = c
+        .query_first("SELECT VERSION()")
+        .map_err(|e| {
+            Error::component(
+                component(name),
+                format!("querying the server version: {}", error_text(&e)),
+            )
+        })?
+        .unwrap_or_default();
+    Ok(ServerVersion {
+        mariadb: version.contains("MariaDB"),
+        release: release_of(&version).unwrap_or((0, 0)),
+        version,
+    })
+}
+
+/// A client tool found on this host, with its version.
+#[derive(Debug, Clone)]
+pub struct DumpTool {
+    /// Where it is.
+    pub program: PathBuf,
+    /// Its `--version` line.
+    pub version: String,
+}
+
+/// `program` on `PATH`.
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+impl DumpTool {
+    /// The dump tool that fits `server`: `mariadb-dump` (else `mysqldump`)
+    /// of the server's flavour and of its release or newer.
+    pub fn find(name: &str, server: &ServerVersion) -> Result<Self> {
+        Self::find_one(name, server, &["mariadb-dump", "mysqldump"])
+    }
+
+    /// The command-line client that fits `server` (restores).
+    pub fn client(name: &str, server: &ServerVersion) -> Result<Self> {
+        Self::find_one(name, server, &["mariadb", "mysql"])
+    }
+
+    fn find_one(name: &str, server: &ServerVersion, programs: &[&str]) -> Result<Self> {
+        let mut seen = Vec::new();
+        for program in programs {
+            let Some(path) = on_path(program) else {
+                continue;
+            };
+            let Ok(version) =
+                crate::process::output(&component(name), &path.to_string_lossy(), &["--version"])
+            else {
+                continue;
+            };
+            // `… Ver 10.19 Distrib 10.11.19-MariaDB, …` (MariaDB);
+            // `… Ver 8.0.36 for Linux …` (MySQL).
+            let release = version
+                .split_once("Distrib ")
+                .or_else(|| version.split_once("Ver "))
+                .and_then(|(_, r)| release_of(r));
+            let mariadb = version.contains("MariaDB");
+            if mariadb == server.mariadb && release.is_some_and(|r| r >= server.release) {
+                return Ok(Self {
+                    program: path,
+                    version,
+                });
+            }
+            seen.push(version);
+        }
+        let package = if server.mariadb {
+            "mariadb-client"
+        } else {
+            "mysql-client"
+        };
+        Err(Error::component(
+            component(name),
+            format!(
+                "no {} of release {}.{} or newer for server {} (found: {}); install {package} {}.{} or newer",
+                programs.join(" or "),
+                server.release.0,
+                server.release.1,
+                server.version,
+                if seen.is_empty() { "none".into() } else { seen.join("; ") },
+                server.release.0,
+                server.release.1,
+            ),
+        ))
+    }
+}
+
+/// A client option file (`[client]` user, password, host, port) for one
+/// tool run, mode 0600 in the state directory; removed on drop. Files of
+/// processes that died without dropping theirs are removed by the next
+/// [`OptionFile::write`] in the same directory.
+pub struct OptionFile {
+    path: PathBuf,
+}
+
+impl OptionFile {
+    /// Writes the option file of `o` in `state`.
+    pub fn write(o: &Options, state: &Path) -> Result<Self> {
+        use std::io::Write;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        sweep(state);
+        let path = state.join(format!(
+            "mysql-{}-{}.cnf",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        // Option-file values: backslash escapes inside double quotes.
+        let value = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut text = format!("[client]\nuser={}\n", value(&o.user));
+        if let Some(pw) = o.opts.get_pass() {
+            text.push_str(&format!("password={}\n", value(pw)));
+        }
+        match o.opts.get_socket() {
+            Some(sock) => text.push_str(&format!("protocol=SOCKET\nsocket={}\n", value(sock))),
+            None => text.push_str(&format!(
+                "protocol=TCP\nhost={}\nport={}\n",
+                value(&o.host),
+                o.port
+            )),
+        }
+        let guard = Self { path };
+        let mut f = crate::system::state::create_private(&guard.path)?;
+        f.set_len(0)
+            .and_then(|()| f.write_all(text.as_bytes()))
+            .map_err(|e| Error::io("writing", &guard.path, e))?;
+        Ok(guard)
+    }
+
+    /// `--defaults-extra-file=PATH` (must be a tool's first argument).
+    #[must_use]
+    pub fn arg(&self) -> String {
+        format!("--defaults-extra-file={}", self.path.display())
+    }
+}
+
+impl Drop for OptionFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes option files whose process is gone (killed before its drop).
+fn sweep(state: &Path) {
+    let Ok(dir) = std::fs::read_dir(state) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("mysql-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if name.ends_with(".cnf") && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Base tables of the connection's database, sorted.
+pub fn base_tables(name: &str, c: &mut ::mysql::Conn) -> Result<Vec<String>> {
+    c.query(
+        "SELECT TABLE_NAME FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+    )
+    .map_err(|e| {
+        Error::component(
+            component(name),
+            format!("listing tables: {}", error_text(&e)),
+        )
+    })
+}
+
+/// Views, triggers, routines and events of the connection's database.
+pub fn objects(name: &str, c: &mut ::mysql::Conn) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for (what, sql) in [
+        (
+            "views",
+            "SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()",
+        ),
+        (
+            "triggers",
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()",
+        ),
+        (
+            "routines",
+            "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()",
+        ),
+        (
+            "events",
+            "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()",
+        ),
+    ] {
+        let n: u64 = c
+            .query_first(sql)
+            .map_err(|e| {
+                Error::component(
+                    component(name),
+                    format!("counting {what}: {}", error_text(&e)),
+                )
+            })?
+            .unwrap_or(0);
+        if n > 0 {
+            out.insert(what.to_string(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// Exact row count of every base table of the connection's database.
+pub fn row_counts(name: &str, c: &mut ::mysql::Conn) -> Result<BTreeMap<String, i64>> {
+    let mut counts = BTreeMap::new();
+    for t in base_tables(name, c)? {
+        let n: i64 = c
+            .query_first(format!("SELECT COUNT(*) FROM {}", quote_ident(&t)))
+            .map_err(|e| {
+                Error::component(
+                    component(name),
+                    format!("counting rows of {t}: {}", error_text(&e)),
+                )
+            })?
+            .unwrap_or(0);
+        counts.insert(t, n);
+    }
+    Ok(counts)
+}
+
+/// The migration tables stack-backup knows here: (tool, table, SELECT).
+const MIGRATION_TABLES: [(&str, &str, &str); 5] = [
+    (
+        "alembic",
+        "alembic_version",
+        "SELECT CAST(version_num AS CHAR) FROM alembic_version",
+    ),
+    (
+        "django",
+        "django_migrations",
+        "SELECT CONCAT(app, '.', name) FROM django_migrations",
+    ),
+    (
+        "rails",
+        "schema_migrations",
+        "SELECT CAST(version AS CHAR) FROM schema_migrations",
+    ),
+    (
+        "flyway",
+        "flyway_schema_history",
+        "SELECT COALESCE(CAST(version AS CHAR), script) FROM flyway_schema_history WHERE success",
+    ),
+    ("laravel", "migrations", "SELECT migration FROM migrations"),
+];
+
+/// The applied state of every known migration tool whose table is in the
+/// connection's database (a table of another shape is skipped, logged).
+pub fn migration_state(name: &str, c: &mut ::mysql::Conn) -> Result<Vec<MigrationState>> {
+    let tables = base_tables(name, c)?;
+    let mut out = Vec::new();
+    for (tool, table, select) in MIGRATION_TABLES {
+        if !tables.iter().any(|t| t == table) {
+            continue;
+        }
+        match c.query::<Option<String>, _>(select) {
+            Ok(rows) => {
+                let mut applied: Vec<String> = rows.into_iter().flatten().collect();
+                applied.sort();
+                out.push(MigrationState {
+                    tool: tool.to_string(),
+                    table: table.to_string(),
+                    applied,
+                });
+            }
+            Err(e) => log::warn!(
+                "{}: {table} is not a {tool} table: {}",
+                component(name),
+                error_text(&e)
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Facts read in the dump's snapshot: row counts and migration state.
+type Facts = (BTreeMap<String, i64>, Vec<MigrationState>);
+
+/// Holds `LOCK TABLES … READ` on every base table from before the counting
+/// session's snapshot until the dump's session has started reading
+/// (`SELECT /*!40001 SQL_NO_CACHE */`, or its table list), so that both
+/// snapshots see the same committed rows; released at the latest when the
+/// guard drops (the backup's `finish`, or the plan dropped).
+struct SnapshotLock {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl SnapshotLock {
+    /// Releases the lock (if still held); whether the dump was seen.
+    fn release(mut self) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .is_some_and(|t| t.join().unwrap_or(false))
+    }
+}
+
+impl Drop for SnapshotLock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits (owning `lock`, which holds the table locks) until a session
+/// opened after `after` is seen running one of the dump's reads in `db`,
+/// or `stop`; then unlocks. Returns whether the dump was seen.
+fn watch_dump(
+    mut lock: ::mysql::Conn,
+    mut watch: ::mysql::Conn,
+    after: u64,
+    db: String,
+    stop: &AtomicBool,
+) -> bool {
+    let q = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE ID > ? AND ID <> CONNECTION_ID() AND DB = ? \
+             AND (INFO LIKE 'SELECT /*!40001 SQL\\_NO\\_CACHE */%' \
+                  OR INFO LIKE 'SELECT table\\_name, table\\_type FROM INFORMATION\\_SCHEMA.TABLES WHERE table\\_schema = DATABASE() ORDER BY data\\_length%' \
+                  OR INFO LIKE 'show create table%' OR INFO LIKE 'SHOW CREATE TABLE%')";
+    let mut seen = false;
+    while !stop.load(Ordering::SeqCst) {
+        match watch.exec_first::<u64, _, _>(q, (after, &db)) {
+            Ok(Some(n)) if n > 0 => {
+                seen = true;
+                break;
+            }
+            Ok(_) => {}
+            // Without the watch, the lock is held to the end: still exact.
+            Err(_) => {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = lock.query_drop("UNLOCK TABLES");
+    seen
+}
+
+/// The backup plan of one database: the dump streamed into the set (no
+/// temporary file), row counts and migration state in its snapshot, and
+/// the option file that carries the password (kept until `finish`).
+pub fn plan_dump(
+    name: &str,
+    cfg: &MysqlConfig,
+    state: &Path,
+) -> Result<crate::components::Planned> {
+    use crate::source::{Artifact, Content, Entry, StreamSpec};
+    let comp = component(name);
+    let o = Options::of(name, &cfg.url)?;
+    let db = o.database(name)?.to_string();
+    if db.starts_with('-') {
+        return Err(Error::component(
+            &comp,
+            format!("database name `{db}` starts with `-`"),
+        ));
+    }
+    let mut lock = connect(name, &o)?;
+    let server = server_version(name, &mut lock)?;
+    let tool = DumpTool::find(name, &server)?;
+    let secs = cfg.lock_timeout().as_secs();
+    exec(
+        name,
+        &mut lock,
+        "setting the lock timeout",
+        &format!("SET SESSION lock_wait_timeout = {secs}"),
+    )?;
+    let tables = base_tables(name, &mut lock)?;
+    let objects = objects(name, &mut lock)?;
+    let estimate: u64 = lock
+        .query_first(
+            "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE()",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if !tables.is_empty() {
+        let list: Vec<String> = tables
+            .iter()
+            .map(|t| format!("{} READ", quote_ident(t)))
+            .collect();
+        if let Err(e) = lock.query_drop(format!("LOCK TABLES {}", list.join(", "))) {
+            return Err(match error_code(&e) {
+                Some(1205) => Error::LockTimeout(format!(
+                    "{comp}: another session held a write lock on a table of `{db}` for {secs} s; the backup waits for none"
+                )),
+                Some(1044 | 1142) => Error::component(
+                    &comp,
+                    format!("{}: the user needs the LOCK TABLES privilege on `{db}` (for row counts in the dump's snapshot)", error_text(&e)),
+                ),
+                _ => Error::component(&comp, format!("locking the tables: {}", error_text(&e))),
+            });
+        }
+    }
+    // The counting session's snapshot, taken under the lock.
+    let mut counter = connect(name, &o)?;
+    exec(
+        name,
+        &mut counter,
+        "opening the snapshot",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )?;
+    exec(
+        name,
+        &mut counter,
+        "opening the snapshot",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+    )?;
+    let after = u64::from(counter.connection_id().max(lock.connection_id()));
+    let facts = {
+        let name = name.to_string();
+        std::thread::spawn(move || -> Result<Facts> {
+            let counts = row_counts(&name, &mut counter)?;
+            let migrations = migration_state(&name, &mut counter)?;
+            let _ = counter.query_drop("COMMIT");
+            Ok((counts, migrations))
+        })
+    };
+    let watch = connect(name, &o)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let snapshot = SnapshotLock {
+        stop: stop.clone(),
+        thread: Some({
+            let db = db.clone();
+            std::thread::spawn(move || watch_dump(lock, watch, after, db, &stop))
+        }),
+    };
+
+    let options = OptionFile::write(&o, state)?;
+    let dump_path = format!("mysql/{name}/{}.sql", crate::manifest::safe_file_name(&db));
+    let args = vec![
+        options.arg(),
+        "--single-transaction".into(),
+        "--routines".into(),
+        "--triggers".into(),
+        "--events".into(),
+        "--hex-blob".into(),
+        "--skip-dump-date".into(),
+        "--no-tablespaces".into(),
+        "--default-character-set=utf8mb4".into(),
+        db.clone(),
+    ];
+    let entries = vec![Entry::File(Artifact {
+        path: dump_path.clone(),
+        component: comp.clone(),
+        content: Content::Stream(StreamSpec {
+            program: tool.program.clone(),
+            args,
+            env: Vec::new(),
+            what: tool.program.file_name().map_or_else(
+                || "mariadb-dump".into(),
+                |n| n.to_string_lossy().to_string(),
+            ),
+            magic: None,
+        }),
+        reuse_meta: None,
+    })];
+    let record = MysqlRecord {
+        database: db,
+        host: o.host.clone(),
+        port: o.port,
+        user: o.user.clone(),
+        server_version: server.version,
+        dump_version: tool.version,
+        dump: dump_path,
+        objects,
+        migrations: Vec::new(),
+        row_counts: BTreeMap::new(),
+    };
+    let mut planned = crate::components::Planned::new(
+        crate::components::Record::Mysql(record),
+        entries,
+        estimate,
+    );
+    let comp2 = comp.clone();
+    planned.finish = Some(Box::new(move |record| {
+        let seen = snapshot.release();
+        drop(options);
+        if !seen {
+            log::debug!("{comp2}: table locks held until the dump ended");
+        }
+        let (counts, migrations) = facts
+            .join()
+            .unwrap_or_else(|_| Err(Error::component(&comp2, "counting rows panicked")))?;
+        if let crate::components::Record::Mysql(r) = record {
+            r.row_counts = counts;
+            r.migrations = migrations;
+        }
+        Ok(())
+    }));
+    Ok(planned)
+}

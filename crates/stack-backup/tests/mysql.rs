@@ -1,0 +1,267 @@
+//! `[mysql.NAME]` against the host's MariaDB: the stack's URL is the
+//! application user's (privileges on its database only), `admin-url` the
+//! test admin. Each test makes its own database.
+
+mod common;
+
+use common::mysql::TempMysql;
+use common::*;
+
+/// A sandbox with `[mysql.app]` on `db`; `extra` goes into the table.
+fn sandbox(db: &TempMysql, extra: &str) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write_config(
+        "shop",
+        &format!(
+            "[mysql.app]\nurl = \"{}\"\nadmin-url = \"{}\"\n{extra}\n",
+            db.url(),
+            common::mysql::admin_url()
+        ),
+    );
+    sb.init();
+    sb
+}
+
+/// `mariadb-dump` (and `mariadb`) wrappers that log their argv, the mode
+/// of the option file they were given, and run the real tool.
+fn logging_wrappers() -> Wrappers {
+    let w = Wrappers::new();
+    for tool in ["mariadb-dump", "mariadb"] {
+        w.script(
+            tool,
+            &format!(
+                "f=${{1#--defaults-extra-file=}}\n[ \"$f\" != \"$1\" ] && echo \"mode $(stat -c %a \"$f\") $f\" >> {log}\necho \"{tool} $*\" >> {log}\nexec {real} \"$@\"",
+                log = w.file("argv.log").display(),
+                real = which(tool),
+            ),
+        );
+    }
+    w
+}
+
+/// Runs the binary with `w` first on PATH and `env`.
+fn run_with(sb: &Sandbox, w: &Wrappers, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut cmd = sb.command(bin(), sb.path(), Some(w.path()));
+    cmd.args(args).envs(env.iter().copied());
+    Run::from(cmd.output().unwrap())
+}
+
+/// Deletes and changes rows, drops a table and adds one.
+fn wreck(db: &TempMysql) {
+    db.sql(
+        "DELETE FROM orders WHERE id % 2 = 0; UPDATE customers SET name = 'x' WHERE id < 10;
+         DROP TABLE alembic_version; CREATE TABLE later (id INT PRIMARY KEY); INSERT INTO later VALUES (1);",
+    );
+}
+
+#[test]
+fn round_trip_restores_every_row_and_keeps_the_password_out_of_argv() {
+    let db = TempMysql::new();
+    db.seed(300, "a1b2c3d4e5f6");
+    let before = db.digest();
+    let sb = sandbox(&db, "");
+    let doctor = sb.run(&["doctor"]);
+    doctor.expect_code(0);
+    assert!(doctor.stdout.contains("MariaDB"), "{}", doctor.stdout);
+    let w = logging_wrappers();
+    let r = run_with(&sb, &w, &[], &["--json", "backup", "--name", "good"]);
+    r.expect_code(0);
+    let log = std::fs::read_to_string(w.file("argv.log")).unwrap();
+    assert!(log.contains("--single-transaction"), "{log}");
+    assert!(!log.contains(db.password()), "password in argv: {log}");
+    assert!(!r.stdout.contains(db.password()) && !r.stderr.contains(db.password()));
+    // The option file was private while the dump ran, and is gone.
+    let file = log
+        .lines()
+        .find_map(|l| l.strip_prefix("mode 600 "))
+        .unwrap_or_else(|| panic!("no 0600 option file: {log}"));
+    assert!(!std::path::Path::new(file).exists(), "{file} left behind");
+
+    // The manifest's counts are the rows as of the dump.
+    let root = restic_restore(&sb.repo(), "good");
+    let root = root.path();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("stack-backup/manifest.json")).unwrap())
+            .unwrap();
+    let counts = &m["components"]["mysql.app"]["row_counts"];
+    assert_eq!(counts["customers"], 300, "{counts}");
+    assert_eq!(counts["orders"], 900, "{counts}");
+    assert_eq!(
+        m["components"]["mysql.app"]["migrations"][0]["applied"][0],
+        "a1b2c3d4e5f6"
+    );
+    let dump = std::fs::read_to_string(root.join(format!("mysql/app/{}.sql", db.name))).unwrap();
+    assert!(dump.contains("CREATE TABLE `orders`"), "{dump:.300}");
+
+    wreck(&db);
+    assert_ne!(db.digest(), before);
+    let r = run_with(&sb, &w, &[], &["restore", "good", "--yes"]);
+    r.expect_code(0);
+    assert_eq!(db.digest(), before);
+    // The application still reads its (restored) tables.
+    db.sql("SELECT COUNT(*) FROM orders");
+    assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
+    let log = std::fs::read_to_string(w.file("argv.log")).unwrap();
+    assert!(log.contains("mariadb --defaults-extra-file="), "{log}");
+    assert!(log.contains("--sandbox"), "{log}");
+    assert!(!log.contains(db.password()), "password in argv: {log}");
+
+    // A drill restores into scratch, checks, and leaves nothing.
+    let d = sb.run(&["drill", "good"]);
+    d.expect_code(0);
+    let said = format!("{}{}", d.stdout, d.stderr);
+    assert!(said.contains("row counts and migrations match"), "{said}");
+}
+
+#[test]
+fn restore_is_refused_on_a_migration_mismatch() {
+    let db = TempMysql::new();
+    db.seed(20, "a1b2c3d4e5f6");
+    let versions = tempfile::tempdir().unwrap();
+    std::fs::write(
+        versions.path().join("1.py"),
+        "revision = 'a1b2c3d4e5f6'\ndown_revision = None\n",
+    )
+    .unwrap();
+    let sb = sandbox(
+        &db,
+        &format!("migrations-dir = \"{}\"", versions.path().display()),
+    );
+    sb.run(&["backup", "--name", "good"]).expect_code(0);
+    // A migration ran since: the live database and the code are newer.
+    std::fs::write(
+        versions.path().join("2.py"),
+        "revision = 'ffee11223344'\ndown_revision = 'a1b2c3d4e5f6'\n",
+    )
+    .unwrap();
+    db.sql(
+        "UPDATE alembic_version SET version_num = 'ffee11223344'; DELETE FROM orders WHERE id < 5",
+    );
+    let live = db.digest();
+    let r = sb.run(&["restore", "good", "--yes"]);
+    r.expect_code(4);
+    assert!(r.stderr.contains("migration mismatch"), "{}", r.stderr);
+    assert!(r.stderr.contains("ffee11223344"), "{}", r.stderr);
+    assert_eq!(db.digest(), live);
+    assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
+}
+
+#[test]
+fn a_failed_post_check_rolls_the_swap_back() {
+    let db = TempMysql::new();
+    db.seed(50, "a1b2c3d4e5f6");
+    let sb = sandbox(&db, "");
+    sb.run(&["backup", "--name", "good"]).expect_code(0);
+    wreck(&db);
+    let wrecked = db.digest();
+    let w = Wrappers::new();
+    let r = run_with(
+        &sb,
+        &w,
+        &[("FAILPOINTS", "mysql-post-check-rows=return(1)")],
+        &["restore", "good", "--yes"],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("row counts differ"), "{}", r.stderr);
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    // The live tables are back, rows and all; nothing is left beside.
+    assert_eq!(db.digest(), wrecked);
+    db.sql("SELECT COUNT(*) FROM later");
+    assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
+}
+
+#[test]
+fn a_dump_tool_that_fails_or_is_killed_writes_no_set() {
+    let db = TempMysql::new();
+    db.seed(50, "a1b2c3d4e5f6");
+    let sb = sandbox(&db, "");
+    let real = which("mariadb-dump");
+    for (how, body) in [
+        (
+            "exit",
+            format!("case \"$*\" in *--version*) exec {real} \"$@\";; esac\n{real} \"$@\" | head -c 300\nexit 2"),
+        ),
+        (
+            "kill",
+            format!("case \"$*\" in *--version*) exec {real} \"$@\";; esac\n{real} \"$@\" | head -c 300\nkill -9 $$"),
+        ),
+    ] {
+        let w = Wrappers::new();
+        w.script("mariadb-dump", &body);
+        let r = run_with(&sb, &w, &[], &["backup", "--name", how]);
+        assert_eq!(r.code, 1, "{how}: {r:?}");
+        assert!(r.stderr.contains("mariadb-dump"), "{how}: {}", r.stderr);
+        assert_eq!(restic_snapshot_count(&sb.repo()), 0, "{how}");
+        let state = sb.path().join("state");
+        let left: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cnf"))
+            .collect();
+        assert!(left.is_empty(), "{how}: option file left: {left:?}");
+    }
+    // The tables were not left locked.
+    db.sql("INSERT INTO customers (name) VALUES ('after')");
+}
+
+#[test]
+fn a_restore_killed_before_or_after_the_swap_is_resolved_from_the_journal() {
+    let db = TempMysql::new();
+    db.seed(40, "a1b2c3d4e5f6");
+    let good = db.digest();
+    let sb = sandbox(&db, "");
+    sb.run(&["backup", "--name", "good"]).expect_code(0);
+    wreck(&db);
+    let wrecked = db.digest();
+    let w = Wrappers::new();
+    for (point, abort) in [
+        ("restore-mysql-swapped", true),
+        ("restore-mysql-beside", false),
+    ] {
+        let r = run_with(
+            &sb,
+            &w,
+            &[("FAILPOINTS", &format!("{point}=return(kill)"))],
+            &["restore", "good", "--yes"],
+        );
+        assert_ne!(r.code, 0, "{point}: {r:?}");
+        // Killed after the swap: the set's tables are live; before it:
+        // the live ones, untouched.
+        let killed = if abort { &good } else { &wrecked };
+        assert_eq!(&db.digest(), killed, "{point}");
+        let r = if abort {
+            sb.run(&["restore", "--abort"])
+        } else {
+            sb.run(&["restore", "--resume", "--yes"])
+        };
+        r.expect_code(0);
+        assert_eq!(
+            &db.digest(),
+            if abort { &wrecked } else { &good },
+            "{point}"
+        );
+        assert!(db.leftovers().is_empty(), "{point}: {:?}", db.leftovers());
+    }
+}
+
+#[test]
+fn doctor_wants_an_admin_url_and_a_container_is_refused() {
+    let db = TempMysql::new();
+    let sb = Sandbox::new();
+    sb.write_config("shop", &format!("[mysql.app]\nurl = \"{}\"\n", db.url()));
+    sb.init();
+    let r = sb.run(&["doctor"]);
+    r.expect_code(6);
+    assert!(r.stdout.contains("admin-url"), "{}", r.stdout);
+    assert!(!r.stdout.contains(db.password()) && !r.stderr.contains(db.password()));
+    sb.write_config(
+        "shop",
+        &format!(
+            "[mysql.app]\nurl = \"{}\"\ncontainer = \"shop-db-1\"\n",
+            db.url()
+        ),
+    );
+    let r = sb.run(&["backup"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("not supported yet"), "{}", r.stderr);
+}
