@@ -101,6 +101,23 @@ fn manifest(sb: &Sandbox, set: &str) -> (serde_json::Value, tempfile::TempDir) {
 #[test]
 fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     let f = fixture("sqlitelive", 3000);
+    // A second database in the same stack: every component is planned
+    // (copied) before any is archived, so planning one must leave the
+    // other's copy alone.
+    let other = f.sb.path().join("other.db");
+    let c = Connection::open(&other).unwrap();
+    c.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);")
+        .unwrap();
+    insert(&c, 42);
+    drop(c);
+    f.sb.write_config(
+        "sqlitelive",
+        &format!(
+            "[sqlite.app]\npath = \"{}\"\n[sqlite.other]\npath = \"{}\"\n",
+            f.db.display(),
+            other.display()
+        ),
+    );
     // A writer committing rows one by one (WAL mode) through the backup.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -155,6 +172,10 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     );
     assert!(sha.stdout.starts_with(rec["sha256"].as_str().unwrap()));
     assert!(state(&f.db).0 > counted, "rows were written after the copy");
+
+    assert_eq!(m["components"]["sqlite.other"]["tables"]["events"], 42);
+    let (n, _, check) = state(&out.path().join("sqlite/other/database.sqlite"));
+    assert_eq!((n, check.as_str()), (42, "ok"));
 
     // A drill restores it into scratch and runs the same checks.
     let r = f.sb.run(&["drill", "live"]);
