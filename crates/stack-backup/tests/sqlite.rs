@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,22 +118,26 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
             other.display()
         ),
     );
-    // A writer committing rows one by one (WAL mode) through the backup.
+    // A writer committing rows one by one (WAL mode) through the backup,
+    // never checkpointing: every row it commits is in `app.db-wal` only, so
+    // a raw copy of `app.db` would hold the fixture's 3000 rows and no more.
     let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (db, stop) = (f.db.clone(), stop.clone());
+        let (db, stop, committed) = (f.db.clone(), stop.clone(), committed.clone());
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
-            let mut n = 0u64;
+            c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
             while !stop.load(Ordering::Relaxed) {
                 insert(&c, 1);
-                n += 1;
+                committed.fetch_add(1, Ordering::SeqCst);
             }
-            n
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    while committed.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // doctor: SQLite, its journal mode, room for the copy.
     let r = f.sb.run(&["doctor"]);
     r.expect_code(0);
@@ -143,10 +147,11 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     std::fs::create_dir_all(&copies).unwrap();
     let stale = copies.join("sqlitelive.app.4194304.sqlite");
     std::fs::write(&stale, "stale").unwrap();
+    let before_backup = committed.load(Ordering::SeqCst) as i64;
     f.sb.run(&["backup", "--name", "live"]).expect_code(0);
+    let after_backup = committed.load(Ordering::SeqCst) as i64;
     stop.store(true, Ordering::Relaxed);
-    let written = writer.join().unwrap();
-    assert!(written > 10, "the writer committed only {written} rows");
+    writer.join().unwrap();
     // The temporary copy is gone, and the stale one.
     assert_eq!(std::fs::read_dir(&copies).unwrap().count(), 0, "{copies:?}");
 
@@ -159,7 +164,13 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     assert_eq!(rec["migrations"][0]["tool"], "rails");
     assert_eq!(rec["migrations"][0]["applied"][1], "20240202000000");
     let counted = rec["tables"]["events"].as_i64().unwrap();
-    assert!(counted >= 3000, "{rec}");
+    // The copy point is inside the backup: every row committed (to the
+    // WAL only) before it started is in the copy, none committed after it.
+    assert!(
+        (3000 + before_backup..=3000 + after_backup).contains(&counted),
+        "{counted} rows, {before_backup}..{after_backup} committed in the WAL around the backup"
+    );
+    assert!(counted > 3000, "the rows only in the WAL are in the copy");
     // What stock restic gives back is the copy the manifest describes.
     let copy = out.path().join("sqlite/app/database.sqlite");
     let (n, digest, check) = state(&copy);
