@@ -357,6 +357,31 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
     assert_eq!(state(&f.db).0, before.0 + 1);
 }
 
+#[test]
+fn a_missing_database_is_restored_without_the_wal_left_beside_it() {
+    let f = fixture("sqlitemissing", 100);
+    f.sb.run(&["backup", "--name", "good"]).expect_code(0);
+    let good = state(&f.db);
+    // A WAL of 50 more rows, committed and never checkpointed, left
+    // behind when the database itself is gone: valid frames that SQLite
+    // would replay into whatever file is put at `app.db`.
+    let wal = f.db.with_file_name("app.db-wal");
+    let c = Connection::open(&f.db).unwrap();
+    c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+    insert(&c, 50);
+    let frames = std::fs::read(&wal).unwrap();
+    drop(c);
+    for p in ["app.db", "app.db-wal", "app.db-shm"] {
+        let _ = std::fs::remove_file(f.db.with_file_name(p));
+    }
+    std::fs::write(&wal, &frames).unwrap();
+
+    f.sb.run(&["restore", "good", "--yes"]).expect_code(0);
+    assert_eq!(beside(&f.db, true), Vec::<String>::new());
+    // Opened as the app opens it (not immutable): the set's rows exactly.
+    assert_eq!(state(&f.db), good);
+}
+
 use std::process::Command;
 
 struct KillOnDrop(std::process::Child);
