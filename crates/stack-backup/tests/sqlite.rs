@@ -358,7 +358,7 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
 }
 
 #[test]
-fn a_missing_database_is_restored_without_the_wal_left_beside_it() {
+fn a_missing_database_loses_the_wal_beside_it_and_a_hot_journal_fails_the_restore() {
     let f = fixture("sqlitemissing", 100);
     f.sb.run(&["backup", "--name", "good"]).expect_code(0);
     let good = state(&f.db);
@@ -380,6 +380,46 @@ fn a_missing_database_is_restored_without_the_wal_left_beside_it() {
     assert_eq!(beside(&f.db, true), Vec::<String>::new());
     // Opened as the app opens it (not immutable): the set's rows exactly.
     assert_eq!(state(&f.db), good);
+
+    // A hot journal (rollback mode, a writer killed inside a transaction)
+    // is not a broken file: its pre-restore copy cannot be made, so the
+    // restore fails rather than replace the database without one.
+    let c = Connection::open(&f.db).unwrap();
+    c.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+    drop(c);
+    let mut writer = KillOnDrop(
+        Command::new("sqlite3")
+            .arg(&f.db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::{BufRead, Write};
+    let stdin = writer.0.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"PRAGMA cache_size = 1; BEGIN; UPDATE events SET payload = payload || 'y'; SELECT 'pending';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut out = std::io::BufReader::new(writer.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pending") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "sqlite3 ended");
+    }
+    writer.0.kill().unwrap();
+    writer.0.wait().unwrap();
+    let journal = f.db.with_file_name("app.db-journal");
+    let (db_bytes, journal_bytes) = (
+        std::fs::read(&f.db).unwrap(),
+        std::fs::read(&journal).unwrap(),
+    );
+    let r = f.sb.run(&["restore", "good", "--yes"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("readonly database"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&f.db).unwrap(), db_bytes);
+    assert_eq!(std::fs::read(&journal).unwrap(), journal_bytes);
+    assert_eq!(beside(&f.db, false), Vec::<String>::new());
 }
 
 use std::process::Command;
