@@ -308,13 +308,23 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
         .spawn()
         .unwrap();
     let mut holder = KillOnDrop(holder);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let r = loop {
-        let r = f.sb.run(&["restore", "good", "--yes"]);
-        if r.code != 0 || std::time::Instant::now() > deadline {
-            break r;
-        }
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&f.db).unwrap());
+    let fds = PathBuf::from(format!("/proc/{}/fd", holder.0.id()));
+    let holds = || {
+        std::fs::read_dir(&fds).unwrap().flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+        })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !holds() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqlite3 never opened the file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = f.sb.run(&["restore", "good", "--yes"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("is open in process"), "{}", r.stderr);
     assert_eq!(std::fs::read(&f.db).unwrap(), bytes);

@@ -424,6 +424,10 @@ impl Restorer for SqliteRestorer {
             .map_err(|e| made(e, entry.staging_ino))?;
         log::info!("{line}");
         crate::system::fault::point("sqlite-staged").map_err(|e| made(e, entry.staging_ino))?;
+        // Again right before the swap: the write and checks above take as
+        // long as the database is large, time for the app to open it.
+        self.refuse_holders(&live)
+            .map_err(|e| made(e, entry.staging_ino))?;
         swap(&entry).inspect_err(|_| {
             // Put back whatever of the swap was done (nothing is lost:
             // every step is observable).
