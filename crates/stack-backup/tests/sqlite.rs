@@ -372,6 +372,11 @@ fn a_missing_database_loses_the_wal_beside_it_and_a_hot_journal_fails_the_restor
     let f = fixture("sqlitemissing", 100);
     f.sb.run(&["backup", "--name", "good"]).expect_code(0);
     let good = state(&f.db);
+    // The manifest's mode is input: a file the restore creates gets at
+    // most rw for all, never setuid/setgid/sticky/exec.
+    import_tampered(&f, "good", "modes", |_, m| {
+        m["components"]["sqlite.app"]["mode"] = 0o7777.into();
+    });
     // A WAL of 50 more rows, committed and never checkpointed, left
     // behind when the database itself is gone: valid frames that SQLite
     // would replay into whatever file is put at `app.db`.
@@ -386,8 +391,11 @@ fn a_missing_database_loses_the_wal_beside_it_and_a_hot_journal_fails_the_restor
     }
     std::fs::write(&wal, &frames).unwrap();
 
-    f.sb.run(&["restore", "good", "--yes"]).expect_code(0);
+    f.sb.run(&["restore", "modes", "--yes"]).expect_code(0);
     assert_eq!(beside(&f.db, true), Vec::<String>::new());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&f.db).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o666);
     // Opened as the app opens it (not immutable): the set's rows exactly.
     assert_eq!(state(&f.db), good);
 
@@ -508,6 +516,12 @@ fn a_symlinked_path_is_refused() {
     }
     // A relative path is a config error.
     f.sb.write_config("sqlitelink", "[sqlite.app]\npath = \"data/app.db\"\n");
+    f.sb.run(&["doctor"]).expect_code(2);
+    // So is a volume name Docker would not give.
+    f.sb.write_config(
+        "sqlitelink",
+        "[sqlite.app]\nvolume = \"../etc\"\npath = \"app.db\"\n",
+    );
     f.sb.run(&["doctor"]).expect_code(2);
 }
 

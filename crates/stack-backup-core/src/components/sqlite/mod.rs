@@ -49,6 +49,9 @@ pub struct SqliteConfig {
 /// normalised path, or a relative one made of plain names inside a volume.
 pub fn check_config(c: &SqliteConfig) -> std::result::Result<(), String> {
     use std::path::Component;
+    if let Some(v) = &c.volume {
+        crate::config::validate_name(v).map_err(|m| format!("volume {m}"))?;
+    }
     let plain = |skip_root: bool| {
         c.path.components().all(|p| match p {
             Component::Normal(_) => true,

@@ -383,11 +383,10 @@ impl Restorer for SqliteRestorer {
             Some(StoppedContainers::stop(id.as_str(), &containers)?)
         };
         self.refuse_holders(&live)?;
-        let owner = live_md
-            .as_ref()
-            .map_or((self.record.mode, self.record.uid, self.record.gid), |m| {
-                (m.mode() & 0o7777, m.uid(), m.gid())
-            });
+        let owner = match &live_md {
+            Some(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
+            None => recorded_owner(id, &self.record)?,
+        };
         let staging = entry.staging.clone();
         // Only the file this restore made is removed on failure.
         let made = |e: Error, staging_ino: Option<u64>| {
@@ -454,6 +453,20 @@ impl Restorer for SqliteRestorer {
         }
         check(&self.id, &self.record, &live.path).map(Some)
     }
+}
+
+/// The mode and owner the manifest records, for a file the restore
+/// creates: the manifest is input, so at most `0o666` (no setuid, setgid,
+/// sticky or exec bit), and values no file has (a mode beyond `0o7777`,
+/// the uid or gid `-1`) are refused.
+fn recorded_owner(id: &ComponentId, r: &SqliteRecord) -> Result<(u32, u32, u32)> {
+    if r.mode > 0o7777 || r.uid == u32::MAX || r.gid == u32::MAX {
+        return Err(Error::Verification(format!(
+            "{id}: the manifest records mode {:o}, uid {}, gid {}, which no database file has; nothing was changed",
+            r.mode, r.uid, r.gid
+        )));
+    }
+    Ok((r.mode & 0o666, r.uid, r.gid))
 }
 
 /// The running containers that use the volume of a `volume =` database,
