@@ -555,6 +555,44 @@ fn a_database_inside_a_volume_round_trips_and_a_symlink_in_it_is_refused() {
     assert_eq!(state(&db), good);
     assert_eq!(beside(&db, false), Vec::<String>::new());
 
+    // A container using the volume is stopped for the swap (journaled);
+    // the restore is killed, the container removed meanwhile: `--abort`
+    // still puts the original back (nothing left to start is no error).
+    let c = Connection::open(&db).unwrap();
+    insert(&c, 3);
+    drop(c);
+    let before = state(&db);
+    sb.write_config(
+        "sqlitevol",
+        &format!(
+            "{}[docker]\nstop-containers = true\n",
+            config("data/app.db")
+        ),
+    );
+    let app = unique("sbt-sqlite-app");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &app,
+        "-v",
+        &format!("{}:/data", vol.name),
+        &base_image(),
+        "sleep",
+        "600",
+    ])
+    .expect_code(0);
+    let mut cmd = sb.command(bin(), sb.path(), None);
+    cmd.args(["restore", "vol", "--yes"])
+        .env("FAILPOINTS", "sqlite-staged=return(kill)");
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, -1, "not killed: {r:?}");
+    docker(&["rm", "-f", &app]).expect_code(0);
+    sb.run(&["restore", "--abort"]).expect_code(0);
+    assert_eq!(state(&db), before);
+    assert_eq!(beside(&db, false), Vec::<String>::new());
+    sb.write_config("sqlitevol", &config("data/app.db"));
+
     // A directory inside the volume replaced by a link to the host.
     std::os::unix::fs::symlink(sb.path(), root.join("link")).unwrap();
     sb.write_config("sqlitevol", &config("link/app.db"));

@@ -654,12 +654,19 @@ pub fn recover(e: &SqliteEntry, to: Recover) -> Result<String> {
     Ok(line)
 }
 
-/// `docker VERB NAME…` (nothing when there is no name).
+/// `docker VERB NAME` for each name. A container removed since it was
+/// journaled is not an error: there is nothing left to stop or start, and
+/// recovery must not stay stuck on it (the file is what it resolves).
 fn docker_each(verb: &str, names: &[String]) -> Result<()> {
-    if names.is_empty() {
-        return Ok(());
+    for name in names {
+        match crate::process::output("docker", "docker", &[verb, name]) {
+            Err(e) if e.to_string().contains("No such container") => {
+                log::warn!("container {name} is gone: nothing to {verb}");
+            }
+            r => {
+                r?;
+            }
+        }
     }
-    let mut args = vec![verb];
-    args.extend(names.iter().map(String::as_str));
-    crate::process::output("docker", "docker", &args).map(|_| ())
+    Ok(())
 }
