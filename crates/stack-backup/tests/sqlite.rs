@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,22 +101,43 @@ fn manifest(sb: &Sandbox, set: &str) -> (serde_json::Value, tempfile::TempDir) {
 #[test]
 fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     let f = fixture("sqlitelive", 3000);
-    // A writer committing rows one by one (WAL mode) through the backup.
+    // A second database in the same stack: every component is planned
+    // (copied) before any is archived, so planning one must leave the
+    // other's copy alone.
+    let other = f.sb.path().join("other.db");
+    let c = Connection::open(&other).unwrap();
+    c.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);")
+        .unwrap();
+    insert(&c, 42);
+    drop(c);
+    f.sb.write_config(
+        "sqlitelive",
+        &format!(
+            "[sqlite.app]\npath = \"{}\"\n[sqlite.other]\npath = \"{}\"\n",
+            f.db.display(),
+            other.display()
+        ),
+    );
+    // A writer committing rows one by one (WAL mode) through the backup,
+    // never checkpointing: every row it commits is in `app.db-wal` only, so
+    // a raw copy of `app.db` would hold the fixture's 3000 rows and no more.
     let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (db, stop) = (f.db.clone(), stop.clone());
+        let (db, stop, committed) = (f.db.clone(), stop.clone(), committed.clone());
         std::thread::spawn(move || {
             let c = Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
-            let mut n = 0u64;
+            c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
             while !stop.load(Ordering::Relaxed) {
                 insert(&c, 1);
-                n += 1;
+                committed.fetch_add(1, Ordering::SeqCst);
             }
-            n
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    while committed.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // doctor: SQLite, its journal mode, room for the copy.
     let r = f.sb.run(&["doctor"]);
     r.expect_code(0);
@@ -126,10 +147,11 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     std::fs::create_dir_all(&copies).unwrap();
     let stale = copies.join("sqlitelive.app.4194304.sqlite");
     std::fs::write(&stale, "stale").unwrap();
+    let before_backup = committed.load(Ordering::SeqCst) as i64;
     f.sb.run(&["backup", "--name", "live"]).expect_code(0);
+    let after_backup = committed.load(Ordering::SeqCst) as i64;
     stop.store(true, Ordering::Relaxed);
-    let written = writer.join().unwrap();
-    assert!(written > 10, "the writer committed only {written} rows");
+    writer.join().unwrap();
     // The temporary copy is gone, and the stale one.
     assert_eq!(std::fs::read_dir(&copies).unwrap().count(), 0, "{copies:?}");
 
@@ -142,7 +164,13 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     assert_eq!(rec["migrations"][0]["tool"], "rails");
     assert_eq!(rec["migrations"][0]["applied"][1], "20240202000000");
     let counted = rec["tables"]["events"].as_i64().unwrap();
-    assert!(counted >= 3000, "{rec}");
+    // The copy point is inside the backup: every row committed (to the
+    // WAL only) before it started is in the copy, none committed after it.
+    assert!(
+        (3000 + before_backup..=3000 + after_backup).contains(&counted),
+        "{counted} rows, {before_backup}..{after_backup} committed in the WAL around the backup"
+    );
+    assert!(counted > 3000, "the rows only in the WAL are in the copy");
     // What stock restic gives back is the copy the manifest describes.
     let copy = out.path().join("sqlite/app/database.sqlite");
     let (n, digest, check) = state(&copy);
@@ -155,6 +183,10 @@ fn a_database_written_during_backup_restores_whole_with_the_counted_rows() {
     );
     assert!(sha.stdout.starts_with(rec["sha256"].as_str().unwrap()));
     assert!(state(&f.db).0 > counted, "rows were written after the copy");
+
+    assert_eq!(m["components"]["sqlite.other"]["tables"]["events"], 42);
+    let (n, _, check) = state(&out.path().join("sqlite/other/database.sqlite"));
+    assert_eq!((n, check.as_str()), (42, "ok"));
 
     // A drill restores it into scratch and runs the same checks.
     let r = f.sb.run(&["drill", "live"]);
@@ -276,13 +308,23 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
         .spawn()
         .unwrap();
     let mut holder = KillOnDrop(holder);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let r = loop {
-        let r = f.sb.run(&["restore", "good", "--yes"]);
-        if r.code != 0 || std::time::Instant::now() > deadline {
-            break r;
-        }
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&f.db).unwrap());
+    let fds = PathBuf::from(format!("/proc/{}/fd", holder.0.id()));
+    let holds = || {
+        std::fs::read_dir(&fds).unwrap().flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ino)
+        })
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !holds() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sqlite3 never opened the file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = f.sb.run(&["restore", "good", "--yes"]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("is open in process"), "{}", r.stderr);
     assert_eq!(std::fs::read(&f.db).unwrap(), bytes);
@@ -323,6 +365,79 @@ fn a_restore_failing_its_checks_or_meeting_a_holder_leaves_the_live_file_untouch
     assert_eq!(std::fs::read(&wal).unwrap(), wal_bytes);
     assert_eq!(beside(&f.db, false), Vec::<String>::new());
     assert_eq!(state(&f.db).0, before.0 + 1);
+}
+
+#[test]
+fn a_missing_database_loses_the_wal_beside_it_and_a_hot_journal_fails_the_restore() {
+    let f = fixture("sqlitemissing", 100);
+    f.sb.run(&["backup", "--name", "good"]).expect_code(0);
+    let good = state(&f.db);
+    // The manifest's mode is input: a file the restore creates gets at
+    // most rw for all, never setuid/setgid/sticky/exec.
+    import_tampered(&f, "good", "modes", |_, m| {
+        m["components"]["sqlite.app"]["mode"] = 0o7777.into();
+    });
+    // A WAL of 50 more rows, committed and never checkpointed, left
+    // behind when the database itself is gone: valid frames that SQLite
+    // would replay into whatever file is put at `app.db`.
+    let wal = f.db.with_file_name("app.db-wal");
+    let c = Connection::open(&f.db).unwrap();
+    c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+    insert(&c, 50);
+    let frames = std::fs::read(&wal).unwrap();
+    drop(c);
+    for p in ["app.db", "app.db-wal", "app.db-shm"] {
+        let _ = std::fs::remove_file(f.db.with_file_name(p));
+    }
+    std::fs::write(&wal, &frames).unwrap();
+
+    f.sb.run(&["restore", "modes", "--yes"]).expect_code(0);
+    assert_eq!(beside(&f.db, true), Vec::<String>::new());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&f.db).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o666);
+    // Opened as the app opens it (not immutable): the set's rows exactly.
+    assert_eq!(state(&f.db), good);
+
+    // A hot journal (rollback mode, a writer killed inside a transaction)
+    // is not a broken file: its pre-restore copy cannot be made, so the
+    // restore fails rather than replace the database without one.
+    let c = Connection::open(&f.db).unwrap();
+    c.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+    drop(c);
+    let mut writer = KillOnDrop(
+        Command::new("sqlite3")
+            .arg(&f.db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::{BufRead, Write};
+    let stdin = writer.0.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"PRAGMA cache_size = 1; BEGIN; UPDATE events SET payload = payload || 'y'; SELECT 'pending';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut out = std::io::BufReader::new(writer.0.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pending") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "sqlite3 ended");
+    }
+    writer.0.kill().unwrap();
+    writer.0.wait().unwrap();
+    let journal = f.db.with_file_name("app.db-journal");
+    let (db_bytes, journal_bytes) = (
+        std::fs::read(&f.db).unwrap(),
+        std::fs::read(&journal).unwrap(),
+    );
+    let r = f.sb.run(&["restore", "good", "--yes"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("readonly database"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&f.db).unwrap(), db_bytes);
+    assert_eq!(std::fs::read(&journal).unwrap(), journal_bytes);
+    assert_eq!(beside(&f.db, false), Vec::<String>::new());
 }
 
 use std::process::Command;
@@ -402,6 +517,12 @@ fn a_symlinked_path_is_refused() {
     // A relative path is a config error.
     f.sb.write_config("sqlitelink", "[sqlite.app]\npath = \"data/app.db\"\n");
     f.sb.run(&["doctor"]).expect_code(2);
+    // So is a volume name Docker would not give.
+    f.sb.write_config(
+        "sqlitelink",
+        "[sqlite.app]\nvolume = \"../etc\"\npath = \"app.db\"\n",
+    );
+    f.sb.run(&["doctor"]).expect_code(2);
 }
 
 #[test]
@@ -433,6 +554,44 @@ fn a_database_inside_a_volume_round_trips_and_a_symlink_in_it_is_refused() {
     sb.run(&["restore", "vol", "--yes"]).expect_code(0);
     assert_eq!(state(&db), good);
     assert_eq!(beside(&db, false), Vec::<String>::new());
+
+    // A container using the volume is stopped for the swap (journaled);
+    // the restore is killed, the container removed meanwhile: `--abort`
+    // still puts the original back (nothing left to start is no error).
+    let c = Connection::open(&db).unwrap();
+    insert(&c, 3);
+    drop(c);
+    let before = state(&db);
+    sb.write_config(
+        "sqlitevol",
+        &format!(
+            "{}[docker]\nstop-containers = true\n",
+            config("data/app.db")
+        ),
+    );
+    let app = unique("sbt-sqlite-app");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &app,
+        "-v",
+        &format!("{}:/data", vol.name),
+        &base_image(),
+        "sleep",
+        "600",
+    ])
+    .expect_code(0);
+    let mut cmd = sb.command(bin(), sb.path(), None);
+    cmd.args(["restore", "vol", "--yes"])
+        .env("FAILPOINTS", "sqlite-staged=return(kill)");
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, -1, "not killed: {r:?}");
+    docker(&["rm", "-f", &app]).expect_code(0);
+    sb.run(&["restore", "--abort"]).expect_code(0);
+    assert_eq!(state(&db), before);
+    assert_eq!(beside(&db, false), Vec::<String>::new());
+    sb.write_config("sqlitevol", &config("data/app.db"));
 
     // A directory inside the volume replaced by a link to the host.
     std::os::unix::fs::symlink(sb.path(), root.join("link")).unwrap();

@@ -51,26 +51,36 @@ fn copies_dir(cfg: &Config) -> Result<PathBuf> {
 }
 
 /// Removes the copies of killed runs: `<stack>.<name>.<pid>.sqlite[-journal]`
-/// whose process is gone (or is this one: a pid reused).
-fn clean_stale(dir: &Path, stack: &str) {
+/// whose process is gone, and this component's own name under this pid
+/// (a killed run whose pid this process reuses: this component's copy is
+/// made once per run, so one there now is not this run's). Another
+/// component's copy under this pid is this run's (every component is
+/// planned before any is archived) and is left alone.
+fn clean_stale(dir: &Path, stack: &str, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let me = std::process::id().to_string();
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix(&format!("{stack}.")) else {
+        let file = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = file.strip_prefix(&format!("{stack}.")) else {
             continue;
         };
         let base = rest
             .strip_suffix(".sqlite")
             .or_else(|| rest.strip_suffix(".sqlite-journal"));
-        let Some((_, pid)) = base.and_then(|b| b.rsplit_once('.')) else {
+        let Some((component, pid)) = base.and_then(|b| b.rsplit_once('.')) else {
             continue;
         };
-        if pid.bytes().all(|b| b.is_ascii_digit())
-            && (pid == me || !Path::new("/proc").join(pid).exists())
-        {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let stale = if pid == me {
+            component == name
+        } else {
+            !Path::new("/proc").join(pid).exists()
+        };
+        if stale {
             log::info!("removing {}, left by a killed backup", e.path().display());
             let _ = std::fs::remove_file(e.path());
         }
@@ -85,7 +95,7 @@ pub fn plan(cfg: &Config, id: &ComponentId, live: &Live) -> Result<Planned> {
         std::fs::symlink_metadata(file::with_suffix(&live.path, "-wal")).map_or(0, |m| m.len());
     let dir = copies_dir(cfg)?;
     let stack = &cfg.stack.name.0;
-    clean_stale(&dir, stack);
+    clean_stale(&dir, stack, id.name());
     crate::disk::ensure(&dir, size + wal, cfg.min_free_space())?;
     let temp = dir.join(format!(
         "{stack}.{}.{}.sqlite",

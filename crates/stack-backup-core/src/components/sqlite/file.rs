@@ -166,6 +166,34 @@ pub fn check_file(path: &Path, shown: &str, sqlite: bool) -> Result<(u64, std::f
     Ok((md.len(), md))
 }
 
+/// Why the file at `path` is not a usable SQLite database, if SQLite
+/// itself says so (`SQLITE_NOTADB`, `SQLITE_CORRUPT`, or `quick_check`
+/// finds damage); `None` for a database that only cannot be read now
+/// (busy, permission, a hot journal a read-only connection cannot roll
+/// back), which a restore must not treat as broken. Reads the whole file:
+/// only for a copy that failed already.
+pub fn broken(path: &Path) -> Option<String> {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    );
+    let checked = c.and_then(|c| {
+        c.busy_timeout(std::time::Duration::ZERO)?;
+        c.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
+    });
+    match checked {
+        Ok(ok) if ok == "ok" => None,
+        Ok(damage) => Some(damage),
+        Err(e) if matches!(e.sqlite_error_code(), Some(NotADatabase | DatabaseCorrupt)) => {
+            Some(e.to_string())
+        }
+        Err(_) => None,
+    }
+}
+
 /// Refuses a path under a world-writable directory, unless it is owned by
 /// root and sticky (`/tmp`: nobody can rename another's entries there):
 /// anyone could swap the file or a directory for a link while we read or

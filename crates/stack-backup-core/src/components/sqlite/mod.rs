@@ -49,6 +49,9 @@ pub struct SqliteConfig {
 /// normalised path, or a relative one made of plain names inside a volume.
 pub fn check_config(c: &SqliteConfig) -> std::result::Result<(), String> {
     use std::path::Component;
+    if let Some(v) = &c.volume {
+        crate::config::validate_name(v).map_err(|m| format!("volume {m}"))?;
+    }
     let plain = |skip_root: bool| {
         c.path.components().all(|p| match p {
             Component::Normal(_) => true,
@@ -178,23 +181,28 @@ impl Kind for Sqlite {
         // The pre-restore set of a restore that replaces a broken file
         // (not SQLite, or so corrupt SQLite cannot copy it) leaves it out
         // rather than failing the restore that is there to repair it; the
-        // restore keeps the file itself aside until it ends.
-        let broken = |e: Error| {
+        // restore keeps the file itself aside until it ends. Only a file
+        // SQLite itself calls no database or corrupt: one that cannot be
+        // copied now (busy, permission, a hot journal) fails the restore,
+        // which would otherwise remove it without a safety copy.
+        let broken = |why: String| {
             Error::missing(
                 id.as_str(),
                 format!(
-                    "{} cannot be read as a database ({e}); the restore keeps the file itself until it ends",
+                    "{} cannot be read as a database ({why}); the restore keeps the file itself until it ends",
                     live.shown
                 ),
             )
         };
         if ctx.replacing {
             if let Err(e @ Error::Refused(_)) = live.check_file() {
-                return Err(broken(e));
+                return Err(broken(e.to_string()));
             }
         }
         match copy::plan(ctx.stack.cfg, id, &live) {
-            Err(e @ Error::Component { .. }) if ctx.replacing => Err(broken(e)),
+            Err(e @ Error::Component { .. }) if ctx.replacing => {
+                Err(file::broken(&live.path).map_or(e, broken))
+            }
             r => r.map(Some),
         }
     }

@@ -10,10 +10,11 @@
 //!    checked: `PRAGMA integrity_check` is `ok`, the row count of every
 //!    table is the manifest's. Nothing live has changed yet.
 //! 2. `<db>.sb-old-<id>` is made a second hard link of the live file;
-//!    the live file's `-wal`, `-shm` and `-journal` are renamed to
-//!    `<db>.sb-old-<id>-wal`… (they belong to the original: a stale WAL or
-//!    hot journal beside the restored file would be replayed into it and
-//!    corrupt it). The live path still exists throughout.
+//!    the live file's `-wal`, `-shm` and `-journal` (those found, named in
+//!    the journal first; also when the database itself is missing) are
+//!    renamed to `<db>.sb-old-<id>-wal`… (they belong to the original: a
+//!    stale WAL or hot journal beside the restored file would be replayed
+//!    into it and corrupt it). The live path still exists throughout.
 //! 3. `rename(<db>.sb-restore-<id>, <db>)`: one atomic step, then the
 //!    directory is fsynced.
 //!
@@ -66,6 +67,27 @@ pub struct SqliteEntry {
     /// Containers stopped for the swap (started again when resolved).
     #[serde(default)]
     pub containers: Vec<String>,
+    /// The sidecars (`-wal`…) found beside the live file and moved beside
+    /// `aside` by the swap, journaled before it: only these are put back
+    /// (none: a journal written before this was recorded, every sidecar).
+    #[serde(default)]
+    pub moved: Option<Vec<String>>,
+}
+
+impl SqliteEntry {
+    /// The sidecars the swap moves (or moved) aside.
+    fn moved(&self) -> Vec<&str> {
+        self.moved.as_ref().map_or_else(
+            || SIDECARS.to_vec(),
+            |m| m.iter().map(String::as_str).collect(),
+        )
+    }
+
+    /// Whether the live path is as it was before the restore: the
+    /// original's inode, or nothing when there was none.
+    fn original_in_place(&self) -> bool {
+        ino(&self.live) == self.live_ino
+    }
 }
 
 /// The set's copy into the live file of `[sqlite.NAME]`.
@@ -352,6 +374,7 @@ impl Restorer for SqliteRestorer {
             live_ino: live_md.as_ref().map(MetadataExt::ino),
             staging_ino: None,
             containers: containers.clone(),
+            moved: None,
         };
         set.journal(id, JournalEntry::Sqlite(entry.clone()))?;
         let users = if containers.is_empty() {
@@ -360,11 +383,10 @@ impl Restorer for SqliteRestorer {
             Some(StoppedContainers::stop(id.as_str(), &containers)?)
         };
         self.refuse_holders(&live)?;
-        let owner = live_md
-            .as_ref()
-            .map_or((self.record.mode, self.record.uid, self.record.gid), |m| {
-                (m.mode() & 0o7777, m.uid(), m.gid())
-            });
+        let owner = match &live_md {
+            Some(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
+            None => recorded_owner(id, &self.record)?,
+        };
         let staging = entry.staging.clone();
         // Only the file this restore made is removed on failure.
         let made = |e: Error, staging_ino: Option<u64>| {
@@ -387,10 +409,24 @@ impl Restorer for SqliteRestorer {
                 }
             })?;
         entry.staging_ino = ino(&staging);
+        // The original's sidecars, whether or not the original itself is
+        // there: a WAL or hot journal left beside a missing database would
+        // be replayed into the restored file by the app's first open.
+        entry.moved = Some(
+            SIDECARS
+                .iter()
+                .filter(|s| std::fs::symlink_metadata(file::with_suffix(&live.path, s)).is_ok())
+                .map(|s| (*s).to_string())
+                .collect(),
+        );
         set.journal(id, JournalEntry::Sqlite(entry.clone()))
             .map_err(|e| made(e, entry.staging_ino))?;
         log::info!("{line}");
         crate::system::fault::point("sqlite-staged").map_err(|e| made(e, entry.staging_ino))?;
+        // Again right before the swap: the write and checks above take as
+        // long as the database is large, time for the app to open it.
+        self.refuse_holders(&live)
+            .map_err(|e| made(e, entry.staging_ino))?;
         swap(&entry).inspect_err(|_| {
             // Put back whatever of the swap was done (nothing is lost:
             // every step is observable).
@@ -419,6 +455,20 @@ impl Restorer for SqliteRestorer {
     }
 }
 
+/// The mode and owner the manifest records, for a file the restore
+/// creates: the manifest is input, so at most `0o666` (no setuid, setgid,
+/// sticky or exec bit), and values no file has (a mode beyond `0o7777`,
+/// the uid or gid `-1`) are refused.
+fn recorded_owner(id: &ComponentId, r: &SqliteRecord) -> Result<(u32, u32, u32)> {
+    if r.mode > 0o7777 || r.uid == u32::MAX || r.gid == u32::MAX {
+        return Err(Error::Verification(format!(
+            "{id}: the manifest records mode {:o}, uid {}, gid {}, which no database file has; nothing was changed",
+            r.mode, r.uid, r.gid
+        )));
+    }
+    Ok((r.mode & 0o666, r.uid, r.gid))
+}
+
 /// The running containers that use the volume of a `volume =` database,
 /// when `[docker] stop-containers` is on.
 fn users(set: &SetContext, live: &Live) -> Result<Vec<String>> {
@@ -429,8 +479,9 @@ fn users(set: &SetContext, live: &Live) -> Result<Vec<String>> {
     }
 }
 
-/// Steps 2 and 3: the original linked aside, its sidecars moved beside
-/// that link, the staged copy renamed over the live path.
+/// Steps 2 and 3: the original linked aside, the sidecars the journal
+/// names moved beside that link (also when there is no original), the
+/// staged copy renamed over the live path.
 fn swap(e: &SqliteEntry) -> Result<()> {
     if ino(&e.staging) != e.staging_ino || !regular(&e.staging) {
         return Err(Error::Refused(format!(
@@ -447,15 +498,28 @@ fn swap(e: &SqliteEntry) -> Result<()> {
                 e.live.display()
             )));
         }
-        for s in SIDECARS {
-            let from = file::with_suffix(&e.live, s);
-            if std::fs::symlink_metadata(&from).is_ok() {
-                rename_noreplace(&from, &file::with_suffix(&e.aside, s))
-                    .map_err(|err| Error::io("moving aside", &from, err))?;
-            }
+    }
+    for s in e.moved() {
+        let from = file::with_suffix(&e.live, s);
+        if std::fs::symlink_metadata(&from).is_ok() {
+            rename_noreplace(&from, &file::with_suffix(&e.aside, s))
+                .map_err(|err| Error::io("moving aside", &from, err))?;
         }
-        sync_dir(&e.live)?;
-        crate::system::fault::point("sqlite-aside")?;
+    }
+    // One that appeared since the journal was written would be left
+    // beside the restored file (and not be put back by an undo).
+    for s in SIDECARS {
+        let p = file::with_suffix(&e.live, s);
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Err(Error::Refused(format!(
+                "{} appeared during the restore (is the database open again?); nothing was swapped",
+                p.display()
+            )));
+        }
+    }
+    sync_dir(&e.live)?;
+    crate::system::fault::point("sqlite-aside")?;
+    if e.live_ino.is_some() {
         std::fs::rename(&e.staging, &e.live)
             .map_err(|err| Error::io("renaming the restored file over", &e.live, err))?;
     } else {
@@ -504,7 +568,7 @@ fn finish(e: &SqliteEntry) -> Result<String> {
     if e.live_ino.is_some() && ino(&e.aside) == e.live_ino {
         remove(&e.aside)?;
     }
-    for s in SIDECARS {
+    for s in e.moved() {
         let p = file::with_suffix(&e.aside, s);
         if regular(&p) {
             remove(&p)?;
@@ -544,8 +608,8 @@ fn abort(e: &SqliteEntry) -> Result<String> {
             }
         }
     }
-    if e.live_ino.is_some() && ino(&e.live) == e.live_ino {
-        for s in SIDECARS {
+    if e.original_in_place() {
+        for s in e.moved() {
             let kept = file::with_suffix(&e.aside, s);
             if std::fs::symlink_metadata(&kept).is_err() {
                 continue;
@@ -559,7 +623,7 @@ fn abort(e: &SqliteEntry) -> Result<String> {
                 )
             })?;
         }
-        if ino(&e.aside) == e.live_ino {
+        if e.live_ino.is_some() && ino(&e.aside) == e.live_ino {
             remove(&e.aside)?;
         }
     }
@@ -590,12 +654,19 @@ pub fn recover(e: &SqliteEntry, to: Recover) -> Result<String> {
     Ok(line)
 }
 
-/// `docker VERB NAME…` (nothing when there is no name).
+/// `docker VERB NAME` for each name. A container removed since it was
+/// journaled is not an error: there is nothing left to stop or start, and
+/// recovery must not stay stuck on it (the file is what it resolves).
 fn docker_each(verb: &str, names: &[String]) -> Result<()> {
-    if names.is_empty() {
-        return Ok(());
+    for name in names {
+        match crate::process::output("docker", "docker", &[verb, name]) {
+            Err(e) if e.to_string().contains("No such container") => {
+                log::warn!("container {name} is gone: nothing to {verb}");
+            }
+            r => {
+                r?;
+            }
+        }
     }
-    let mut args = vec![verb];
-    args.extend(names.iter().map(String::as_str));
-    crate::process::output("docker", "docker", &args).map(|_| ())
+    Ok(())
 }
