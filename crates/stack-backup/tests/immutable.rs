@@ -468,9 +468,10 @@ fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses()
     assert_eq!(data_versions(), all_before);
 
     // GOVERNANCE with credentials that may bypass it (moto grants every
-    // caller s3:BypassGovernanceRetention): the versioned delete goes
-    // through, the check fails naming the object, and the bytes are
-    // written back so the baseline is still whole.
+    // caller s3:BypassGovernanceRetention): shortening the retention is
+    // accepted, the check fails naming the object, the original date is
+    // put back, and no version was added or removed (a write-back would be
+    // a new version that `--as-of` cannot see).
     config("[tiers]\nimmaculate-retain = \"1d\"\nretain-mode = \"governance\"\n");
     let r = sb.run(&["--json", "immaculate", "create", "--name", "gov"]);
     r.expect_code(0);
@@ -478,17 +479,27 @@ fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses()
         .as_str()
         .unwrap()
         .to_string();
+    let snap = format!("snapshots/{gov_id}");
+    let snap_versions = versions_of(&bucket, prefix, &snap);
+    assert_eq!(snap_versions.len(), 1);
+    let until = retained_until(&bucket, &format!("{prefix}/{snap}"), &snap_versions[0]);
+    assert!(until.is_some());
+    let all_before = data_versions();
     let r = sb.run(&["verify", "--immutability", "gov"]);
     r.expect_code(3);
-    let snap = format!("snapshots/{gov_id}");
     assert!(
         r.stdout.contains(&format!(
-            "FAILED {snap}: the store ALLOWED a versioned delete"
+            "FAILED {snap}: retention can be bypassed with these credentials"
         )),
         "{}",
         r.stdout
     );
     assert!(r.stderr.contains("not protected"), "{}", r.stderr);
+    assert_eq!(data_versions(), all_before);
+    assert_eq!(
+        retained_until(&bucket, &format!("{prefix}/{snap}"), &snap_versions[0]),
+        until
+    );
     sb.run(&["verify", "gov"]).expect_code(0);
     repo.restic(&["check"]).expect_code(0);
 
