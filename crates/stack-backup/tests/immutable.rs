@@ -641,11 +641,17 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
     }
     repo.restic(&["check", "--read-data"]).expect_code(0);
 
+    // Read-only clears the write bits only: a 0600 file becomes 0400,
+    // never readable by more than before.
+    let pack = shared[0].clone();
+    std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    sb.run(&["immaculate", "protect", "base"]).expect_code(0);
+    assert_eq!(mode(&pack), 0o400);
+
     // `--chattr`: immutable, as lsattr shows; a file whose attribute and
     // mode are cleared by hand fails the check.
     let r = sb.run(&["--json", "immaculate", "protect", "--chattr"]);
     r.expect_code(0);
-    let pack = shared[0].clone();
     let attrs = Command::new("lsattr").arg(&pack).output().unwrap();
     let flags = String::from_utf8_lossy(&attrs.stdout);
     assert!(
@@ -654,7 +660,11 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
     );
     let r = sb.run(&["--json", "verify", "--immutability", "base"]);
     r.expect_code(0);
-    assert!(r.stdout.contains("immutable"), "{}", r.stdout);
+    let checked = r.json()["checked"].as_array().unwrap().clone();
+    assert!(!checked.is_empty());
+    for c in &checked {
+        assert_eq!(c["outcome"], "immutable", "{c}");
+    }
     assert!(std::fs::remove_file(&pack).is_err(), "immutable");
     let ok = Command::new("chattr")
         .arg("-i")
@@ -662,6 +672,9 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
         .status()
         .unwrap();
     assert!(ok.success());
+    // The attribute alone cleared (the mode still read-only): fails too.
+    assert_eq!(mode(&pack) & 0o222, 0);
+    sb.run(&["verify", "--immutability", "base"]).expect_code(3);
     std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let r = sb.run(&["verify", "--immutability", "base"]);
     r.expect_code(3);

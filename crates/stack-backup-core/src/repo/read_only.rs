@@ -99,14 +99,17 @@ fn open(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-/// Makes `path` read-only (0444) unless it already is or is immutable (an
-/// immutable file's mode cannot be changed, and need not be).
+/// Makes `path` read-only by clearing its write bits only (0644 → 0444,
+/// 0600 → 0400: never readable by more than before) unless it already is
+/// or is immutable (an immutable file's mode cannot be changed, and need
+/// not be).
 pub fn make_read_only(path: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("reading", path, e))?;
     if meta.permissions().mode() & 0o222 == 0 || attrs(path)?.immutable == Some(true) {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+    let mode = meta.permissions().mode() & 0o7777 & !0o222;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("making read-only", path, e))
 }
 
