@@ -390,14 +390,25 @@ pub fn protect(
 }
 
 /// After an immaculate or sacred set was written: its files made read-only
-/// when the repository is local; `None` otherwise.
+/// when the repository is local; `None` otherwise. Never an error: the set
+/// is written and whole by then, so a failure to protect it is a warning
+/// (the second value) naming `immaculate protect`, not a failed command.
 pub fn protect_new<S: rustic_core::IndexedFull>(
     cfg: &Config,
     repo: &rustic_core::Repository<S>,
     snap: &SnapshotFile,
-) -> Result<Option<LocalProtected>> {
+) -> (Option<LocalProtected>, Option<String>) {
     match Location::of(cfg) {
-        Location::Local(root) => read_only::protect(&root, repo, snap, false).map(Some),
-        Location::Remote(_) => Ok(None),
+        Location::Local(root) => match read_only::protect(&root, repo, snap, false) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "the set was written, but making its files read-only failed ({}); run `stack-backup immaculate protect`",
+                    e.detail()
+                )),
+            ),
+        },
+        Location::Remote(_) => (None, None),
     }
 }
