@@ -685,6 +685,44 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
         r.stdout
     );
     restic(&root, &["check"]).expect_code(0);
+
+    // A second stack in the same repository: `shop`'s immutable packs are
+    // needed by its baseline, not stuck, and do not stop `blog`'s prune
+    // from deleting its own unused pack.
+    sb.run(&["immaculate", "protect", "--chattr"])
+        .expect_code(0);
+    let blog = tempfile::tempdir_in(sb.path()).unwrap();
+    std::fs::write(blog.path().join("c.bin"), noise(7, 300_000)).unwrap();
+    repo.write_config(
+        &sb,
+        "blog",
+        &format!(
+            "prune-grace-hours = 0\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n",
+            blog.path().display()
+        ),
+    );
+    let before = local_packs(&root);
+    sb.run(&["backup", "--name", "b1"]).expect_code(0);
+    let b1: Vec<_> = local_packs(&root).difference(&before).cloned().collect();
+    assert!(!b1.is_empty());
+    std::fs::remove_file(blog.path().join("c.bin")).unwrap();
+    std::fs::write(blog.path().join("d.bin"), noise(8, 300_000)).unwrap();
+    sb.run(&["backup", "--name", "b2"]).expect_code(0);
+    sb.run(&["prune", "--apply"]).expect_code(0);
+    let r = sb.run(&["--json", "prune", "--apply"]);
+    r.expect_code(0);
+    let j = r.json();
+    assert!(j["unlock_first"].is_null(), "{}", r.stdout);
+    assert!(
+        j["packs_immutable_other_stacks"]["shop"].as_u64().unwrap() >= 1,
+        "{}",
+        r.stdout
+    );
+    // Its data pack at least (tree packs may wait for a repack, which
+    // `shop`'s read-only packs disable repository-wide).
+    assert!(j["packs_removed"].as_u64().unwrap() >= 1, "{}", r.stdout);
+    assert!(b1.iter().any(|p| !p.exists()), "{}", r.stdout);
+    restic(&root, &["check"]).expect_code(0);
 }
 
 fn sha256_file(p: &std::path::Path) -> String {
