@@ -1,5 +1,5 @@
 //! Baselines in a local repository: the pack files and the snapshot file
-//! of an immaculate or sacred set are made read-only (mode 0444) when it is
+//! of an immaculate or sacred set are made read-only (write bits cleared) when it is
 //! written, and immutable (`chattr +i`, the filesystem's immutable
 //! attribute) on request (`immaculate protect --chattr`).
 //!
@@ -133,7 +133,7 @@ pub fn make_immutable(path: &Path) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if unsupported(e) => Err(no_attribute(path)),
         Err(nix::errno::Errno::EPERM) => Err(Error::Usage(format!(
-            "setting the immutable attribute of {} needs root (CAP_LINUX_IMMUTABLE); the files stay read-only (0444) only",
+            "setting the immutable attribute of {} needs root (CAP_LINUX_IMMUTABLE); the files stay read-only only",
             path.display()
         ))),
         Err(e) => Err(Error::io("setting the immutable attribute of", path, e.into())),
@@ -142,7 +142,7 @@ pub fn make_immutable(path: &Path) -> Result<()> {
 
 fn no_attribute(path: &Path) -> Error {
     Error::Usage(format!(
-        "the filesystem of {} has no immutable attribute (`chattr +i`; tmpfs on older kernels, many FUSE and network filesystems); the files stay read-only (0444) only",
+        "the filesystem of {} has no immutable attribute (`chattr +i`; tmpfs on older kernels, many FUSE and network filesystems); the files stay read-only only",
         path.display()
     ))
 }
