@@ -468,9 +468,10 @@ fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses()
     assert_eq!(data_versions(), all_before);
 
     // GOVERNANCE with credentials that may bypass it (moto grants every
-    // caller s3:BypassGovernanceRetention): the versioned delete goes
-    // through, the check fails naming the object, and the bytes are
-    // written back so the baseline is still whole.
+    // caller s3:BypassGovernanceRetention): shortening the retention is
+    // accepted, the check fails naming the object, the original date is
+    // put back, and no version was added or removed (a write-back would be
+    // a new version that `--as-of` cannot see).
     config("[tiers]\nimmaculate-retain = \"1d\"\nretain-mode = \"governance\"\n");
     let r = sb.run(&["--json", "immaculate", "create", "--name", "gov"]);
     r.expect_code(0);
@@ -478,17 +479,27 @@ fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses()
         .as_str()
         .unwrap()
         .to_string();
+    let snap = format!("snapshots/{gov_id}");
+    let snap_versions = versions_of(&bucket, prefix, &snap);
+    assert_eq!(snap_versions.len(), 1);
+    let until = retained_until(&bucket, &format!("{prefix}/{snap}"), &snap_versions[0]);
+    assert!(until.is_some());
+    let all_before = data_versions();
     let r = sb.run(&["verify", "--immutability", "gov"]);
     r.expect_code(3);
-    let snap = format!("snapshots/{gov_id}");
     assert!(
         r.stdout.contains(&format!(
-            "FAILED {snap}: the store ALLOWED a versioned delete"
+            "FAILED {snap}: retention can be bypassed with these credentials"
         )),
         "{}",
         r.stdout
     );
     assert!(r.stderr.contains("not protected"), "{}", r.stderr);
+    assert_eq!(data_versions(), all_before);
+    assert_eq!(
+        retained_until(&bucket, &format!("{prefix}/{snap}"), &snap_versions[0]),
+        until
+    );
     sb.run(&["verify", "gov"]).expect_code(0);
     repo.restic(&["check"]).expect_code(0);
 
@@ -630,11 +641,17 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
     }
     repo.restic(&["check", "--read-data"]).expect_code(0);
 
+    // Read-only clears the write bits only: a 0600 file becomes 0400,
+    // never readable by more than before.
+    let pack = shared[0].clone();
+    std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    sb.run(&["immaculate", "protect", "base"]).expect_code(0);
+    assert_eq!(mode(&pack), 0o400);
+
     // `--chattr`: immutable, as lsattr shows; a file whose attribute and
     // mode are cleared by hand fails the check.
     let r = sb.run(&["--json", "immaculate", "protect", "--chattr"]);
     r.expect_code(0);
-    let pack = shared[0].clone();
     let attrs = Command::new("lsattr").arg(&pack).output().unwrap();
     let flags = String::from_utf8_lossy(&attrs.stdout);
     assert!(
@@ -643,7 +660,11 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
     );
     let r = sb.run(&["--json", "verify", "--immutability", "base"]);
     r.expect_code(0);
-    assert!(r.stdout.contains("immutable"), "{}", r.stdout);
+    let checked = r.json()["checked"].as_array().unwrap().clone();
+    assert!(!checked.is_empty());
+    for c in &checked {
+        assert_eq!(c["outcome"], "immutable", "{c}");
+    }
     assert!(std::fs::remove_file(&pack).is_err(), "immutable");
     let ok = Command::new("chattr")
         .arg("-i")
@@ -651,6 +672,9 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
         .status()
         .unwrap();
     assert!(ok.success());
+    // The attribute alone cleared (the mode still read-only): fails too.
+    assert_eq!(mode(&pack) & 0o222, 0);
+    sb.run(&["verify", "--immutability", "base"]).expect_code(3);
     std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let r = sb.run(&["verify", "--immutability", "base"]);
     r.expect_code(3);
@@ -660,6 +684,44 @@ fn local_baselines_are_read_only_spared_by_prune_and_immutable_on_request() {
         "{}",
         r.stdout
     );
+    restic(&root, &["check"]).expect_code(0);
+
+    // A second stack in the same repository: `shop`'s immutable packs are
+    // needed by its baseline, not stuck, and do not stop `blog`'s prune
+    // from deleting its own unused pack.
+    sb.run(&["immaculate", "protect", "--chattr"])
+        .expect_code(0);
+    let blog = tempfile::tempdir_in(sb.path()).unwrap();
+    std::fs::write(blog.path().join("c.bin"), noise(7, 300_000)).unwrap();
+    repo.write_config(
+        &sb,
+        "blog",
+        &format!(
+            "prune-grace-hours = 0\n\n[retention.backups]\nkeep-last = 1\n\n[paths.media]\npath = \"{}\"\n",
+            blog.path().display()
+        ),
+    );
+    let before = local_packs(&root);
+    sb.run(&["backup", "--name", "b1"]).expect_code(0);
+    let b1: Vec<_> = local_packs(&root).difference(&before).cloned().collect();
+    assert!(!b1.is_empty());
+    std::fs::remove_file(blog.path().join("c.bin")).unwrap();
+    std::fs::write(blog.path().join("d.bin"), noise(8, 300_000)).unwrap();
+    sb.run(&["backup", "--name", "b2"]).expect_code(0);
+    sb.run(&["prune", "--apply"]).expect_code(0);
+    let r = sb.run(&["--json", "prune", "--apply"]);
+    r.expect_code(0);
+    let j = r.json();
+    assert!(j["unlock_first"].is_null(), "{}", r.stdout);
+    assert!(
+        j["packs_immutable_other_stacks"]["shop"].as_u64().unwrap() >= 1,
+        "{}",
+        r.stdout
+    );
+    // Its data pack at least (tree packs may wait for a repack, which
+    // `shop`'s read-only packs disable repository-wide).
+    assert!(j["packs_removed"].as_u64().unwrap() >= 1, "{}", r.stdout);
+    assert!(b1.iter().any(|p| !p.exists()), "{}", r.stdout);
     restic(&root, &["check"]).expect_code(0);
 }
 

@@ -178,6 +178,9 @@ pub struct Created {
     /// In a local repository: its pack files and snapshot file made
     /// read-only.
     pub read_only: Option<crate::read_only::LocalProtected>,
+    /// Why its files could not be made read-only, when they could not (the
+    /// set stands; `immaculate protect` retries).
+    pub protect_warning: Option<String>,
 }
 
 /// Takes a new backup set and makes it immaculate once it has been read back
@@ -251,12 +254,13 @@ pub fn create<P: ProgressBars>(
     record(cfg, &set.id, &Verification::of(&check));
     report.set = set;
     let retention = crate::object_lock::protect(cfg, &repo, &snap)?;
-    let read_only = crate::immutability::protect_new(cfg, &repo, &snap)?;
+    let (read_only, protect_warning) = crate::immutability::protect_new(cfg, &repo, &snap);
     Ok(Created {
         backup: report,
         verification: check,
         retention,
         read_only,
+        protect_warning,
     })
 }
 

@@ -3,17 +3,17 @@
 //! and immutable files.
 //!
 //! On S3 a sample of each baseline's objects (its snapshot file, an index
-//! file that lists its packs, up to three packs) is attacked with the
-//! configured credentials, as ransomware holding them would: first the
-//! object's retention is read, and an object without a retention date in
-//! the future is reported "not protected" and never touched (on a bucket
-//! without Object Lock the attempts below would destroy data). Then a
-//! versioned delete of the current version, asking to bypass GOVERNANCE
-//! retention, and an overwrite with the identical bytes. It passes only
-//! when the delete is refused and the original version is still there with
-//! the same SHA-256. Whatever the store allowed is repaired where it can
-//! be (a deleted version is written back with the same bytes and
-//! retention, the overwrite's new version is removed) and reported.
+//! file that lists its packs, up to three packs) is checked with the
+//! configured credentials, without ever deleting or writing an object: a
+//! check that destroys what it checks on a store that fails it, or between
+//! two of its requests, is worse than none. The object's retention is read:
+//! none, or none in the future, is "not protected"; ending within the hour
+//! is "expiring"; the retained version's bytes must match its name. Under
+//! GOVERNANCE the store is asked to shorten the retention by one second
+//! with `x-amz-bypass-governance-retention` — what the credentials could
+//! then do is delete the version. Refused → pass; accepted → "retention
+//! can be bypassed with these credentials" and the date is put back at
+//! once. COMPLIANCE retention cannot be shortened by anyone and passes.
 //!
 //! On a local repository every pack file and the snapshot file of each
 //! baseline must be read-only (see [`crate::read_only`]); the immutable
@@ -34,7 +34,7 @@ use crate::object_lock::S3;
 use crate::read_only::{self, LocalProtected};
 use crate::repository::{self, Location};
 use crate::sets::{self, BackupSet};
-use crate::tiers::Tier;
+use crate::tiers::{RetainMode, Tier};
 
 /// How many packs of each baseline the S3 check attacks.
 const SAMPLE_PACKS: usize = 3;
@@ -106,9 +106,9 @@ fn baselines(
     Ok(chosen)
 }
 
-/// `stack-backup verify --immutability [NAME]`. Holds a shared lock (the
-/// S3 check rewrites objects with identical bytes, which no reader can
-/// tell apart). A repository neither local nor on S3 with credentials is
+/// `stack-backup verify --immutability [NAME]`. Holds a shared lock (it
+/// writes no object; at most a retention date is moved by a second and
+/// back). A repository neither local nor on S3 with credentials is
 /// a usage error. The caller turns a report that is not ok into exit 3.
 pub fn check(cfg: &Config, env: &Env, name: Option<&str>) -> Result<Report> {
     if cfg.repository.as_of.is_some() {
@@ -228,9 +228,15 @@ fn failed(key: &str, outcome: String) -> Checked {
     }
 }
 
-/// Tries to destroy the current version of `key` with the configured
-/// credentials; see the module's documentation. Errors are transport
-/// failures, not verdicts.
+/// How close to its end a retention is reported "expiring" and left
+/// alone: shortening it by a second to test the bypass would be harmless,
+/// but a date this near means the protection is about to lapse anyway.
+const EXPIRING: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
+
+/// Checks the current version of `key` with the configured credentials;
+/// see the module's documentation. Never deletes or writes an object: the
+/// only change it may make is a retention date one second earlier, put
+/// back at once. Errors are transport failures, not verdicts.
 fn attack(s3: &S3, key: &str) -> Result<Checked> {
     let Some(head) = s3.head(key)? else {
         return Ok(failed(
@@ -260,79 +266,64 @@ fn attack(s3: &S3, key: &str) -> Result<Checked> {
             "not protected: the bucket keeps no versions of it (not touched)".into(),
         ));
     };
-    let original = s3.get_version(key, &version, None)?;
-    let digest = sha256(&original);
-    let mut allowed = Vec::new();
-
-    // 1. A versioned delete, bypassing GOVERNANCE retention if allowed.
-    let r = s3.delete_version(key, &version, true)?;
-    if (200..300).contains(&r.status) {
-        // Destroyed: written back with the same bytes and retention, so
-        // the repository loses nothing (under a new version id).
-        let put = s3.put(key, original.to_vec())?;
-        let mode = if mode.eq_ignore_ascii_case("COMPLIANCE") {
-            crate::tiers::RetainMode::Compliance
-        } else {
-            crate::tiers::RetainMode::Governance
-        };
-        let repaired =
-            (200..300).contains(&put.status) && s3.put_retention(key, mode, until).is_ok();
+    if until.duration_since(now) < EXPIRING {
+        return Ok(failed(
+            key,
+            format!("expiring: its retention ends at {until}, within the hour (not touched); `immaculate verify` extends it"),
+        ));
+    }
+    // The retained version's content against its name (restic names every
+    // file by the SHA-256 of its stored bytes).
+    let bytes = s3.get_version(key, &version, None)?;
+    let id = key.rsplit('/').next().unwrap_or(key);
+    if sha256(&bytes) != id {
         return Ok(failed(
             key,
             format!(
-                "the store ALLOWED a versioned delete of version {version} ({mode:?} retention until {until}): these credentials can destroy the baseline{}",
-                if repaired {
-                    "; the same bytes were written back with the same retention"
-                } else {
-                    "; writing the same bytes back FAILED: run `stack-backup verify` now"
-                }
+                "version {version}'s content does not match its name (SHA-256 {})",
+                sha256(&bytes)
             ),
         ));
     }
-
-    // 2. An overwrite with the identical bytes: on a versioned bucket it
-    // adds a version, which is removed again.
-    let put = s3.put(key, original.to_vec())?;
-    let mut leftover = None;
-    if (200..300).contains(&put.status) {
-        let new = put
-            .headers
-            .get("x-amz-version-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        match new {
-            Some(v) if v != version => {
-                let d = s3.delete_version(key, &v, false)?;
-                if !(200..300).contains(&d.status) {
-                    leftover = Some(v);
-                }
+    if mode.eq_ignore_ascii_case("COMPLIANCE") {
+        return Ok(Checked {
+            key: key.to_string(),
+            ok: true,
+            outcome: format!("COMPLIANCE retention until {until}, which no credentials can shorten; content intact"),
+        });
+    }
+    // GOVERNANCE: what credentials with s3:BypassGovernanceRetention could
+    // do, tried without destroying anything: shorten the retention by one
+    // second. A store that accepts would as well accept a versioned delete.
+    let whole = Timestamp::from_second(until.as_second()).unwrap_or(until);
+    let earlier = whole - jiff::SignedDuration::from_secs(1);
+    let r = s3.put_retention_bypassing(key, &version, RetainMode::Governance, earlier)?;
+    if !(200..300).contains(&r.status) {
+        return Ok(Checked {
+            key: key.to_string(),
+            ok: true,
+            outcome: format!("shortening the GOVERNANCE retention (until {until}) with the bypass was refused; content intact"),
+        });
+    }
+    // Put back, rounded up to the second so it is never earlier than it was.
+    let back = if whole < until {
+        whole + jiff::SignedDuration::from_secs(1)
+    } else {
+        whole
+    };
+    let restored = s3.put_retention_bypassing(key, &version, RetainMode::Governance, back);
+    let restored = matches!(restored, Ok(r) if (200..300).contains(&r.status));
+    Ok(failed(
+        key,
+        format!(
+            "retention can be bypassed with these credentials: the store ALLOWED shortening version {version}'s GOVERNANCE retention (until {until}), so it would allow deleting it{}",
+            if restored {
+                "; the original date was put back"
+            } else {
+                "; putting the original date back FAILED: run `stack-backup immaculate verify` now"
             }
-            _ => allowed.push("an overwrite of the retained version itself".to_string()),
-        }
-    }
-
-    // 3. The original version is still there, byte for byte.
-    match s3.get_version(key, &version, None) {
-        Ok(b) if sha256(&b) == digest => {}
-        Ok(_) => allowed.push(format!("a change of version {version}'s content")),
-        Err(e) => allowed.push(format!("the loss of version {version} ({})", e.detail())),
-    }
-    if !allowed.is_empty() {
-        return Ok(failed(
-            key,
-            format!("the store ALLOWED {}", allowed.join(" and ")),
-        ));
-    }
-    Ok(Checked {
-        key: key.to_string(),
-        ok: true,
-        outcome: format!(
-            "versioned delete refused; retained version intact ({mode} until {until}){}",
-            leftover.map_or_else(String::new, |v| format!(
-                "; the overwrite's new version {v} (identical bytes) could not be removed (the bucket's default retention?)"
-            ))
         ),
-    })
+    ))
 }
 
 /// What `f` showed, and whether it is immutable.
@@ -399,14 +390,25 @@ pub fn protect(
 }
 
 /// After an immaculate or sacred set was written: its files made read-only
-/// when the repository is local; `None` otherwise.
+/// when the repository is local; `None` otherwise. Never an error: the set
+/// is written and whole by then, so a failure to protect it is a warning
+/// (the second value) naming `immaculate protect`, not a failed command.
 pub fn protect_new<S: rustic_core::IndexedFull>(
     cfg: &Config,
     repo: &rustic_core::Repository<S>,
     snap: &SnapshotFile,
-) -> Result<Option<LocalProtected>> {
+) -> (Option<LocalProtected>, Option<String>) {
     match Location::of(cfg) {
-        Location::Local(root) => read_only::protect(&root, repo, snap, false).map(Some),
-        Location::Remote(_) => Ok(None),
+        Location::Local(root) => match read_only::protect(&root, repo, snap, false) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "the set was written, but making its files read-only failed ({}); run `stack-backup immaculate protect`",
+                    e.detail()
+                )),
+            ),
+        },
+        Location::Remote(_) => (None, None),
     }
 }

@@ -392,6 +392,10 @@ pub struct PruneReport {
     pub packs_immutable_unused: usize,
     /// The command that makes those files deletable, when there are any.
     pub unlock_first: Option<String>,
+    /// Local repository shared by several stacks: immutable packs this
+    /// stack's baselines do not need but another stack's do, by stack. Kept
+    /// (they are not stuck) and no obstacle to this run's deletions.
+    pub packs_immutable_other_stacks: std::collections::BTreeMap<String, usize>,
 }
 
 /// The packs of the immaculate and sacred sets among `sets`, and the
@@ -426,7 +430,6 @@ fn spare_protected_files(
     cfg: &crate::Config,
     env: &crate::config::Env,
     repo: &crate::repository::OpenRepo,
-    sets: &[(crate::sets::BackupSet, rustic_core::repofile::SnapshotFile)],
     opts: &mut rustic_core::PruneOptions,
     mut prune_plan: rustic_core::PrunePlan,
     report: &mut PruneReport,
@@ -472,12 +475,28 @@ fn spare_protected_files(
         return Ok(prune_plan);
     }
     let indexed = crate::repository::open_indexed(cfg, env)?;
-    let mut needed = std::collections::BTreeSet::new();
-    for (_, snap) in sets
-        .iter()
-        .filter(|(b, _)| matches!(b.tier, Tier::Immaculate | Tier::Sacred))
-    {
-        needed.extend(crate::object_lock::set_packs(&indexed, snap)?);
+    // Every stack's baselines, not only this one's: in a repository shared
+    // by several stacks, another stack's immutable packs are needed, not
+    // stuck, and must not stop this stack's deletions.
+    let all = indexed
+        .get_all_snapshots()
+        .map_err(|e| repo_err("listing snapshots", e))?;
+    let own = &cfg.stack.name.0;
+    let mut needed: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for snap in &all {
+        let Some(crate::tags::SetTags::Set { stack, tier, .. }) = crate::tags::SetTags::of(snap)
+        else {
+            continue;
+        };
+        if !matches!(tier, Tier::Immaculate | Tier::Sacred) {
+            continue;
+        }
+        for p in crate::object_lock::set_packs(&indexed, snap)? {
+            let e = needed.entry(p).or_insert_with(|| stack.clone());
+            if stack == *own {
+                e.clone_from(&stack);
+            }
+        }
     }
     let mut stuck = Vec::new();
     let data = root.join("data");
@@ -488,8 +507,18 @@ fn spare_protected_files(
         };
         for f in files.flatten() {
             let id = f.file_name().to_string_lossy().into_owned();
-            if !needed.contains(&id) && attrs(&f.path()).is_ok_and(|a| a.immutable == Some(true)) {
-                stuck.push(f.path());
+            if !attrs(&f.path()).is_ok_and(|a| a.immutable == Some(true)) {
+                continue;
+            }
+            match needed.get(&id) {
+                None => stuck.push(f.path()),
+                Some(stack) if stack != own => {
+                    *report
+                        .packs_immutable_other_stacks
+                        .entry(stack.clone())
+                        .or_default() += 1;
+                }
+                Some(_) => {}
             }
         }
     }
@@ -542,6 +571,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
         packs_read_only: 0,
         packs_immutable_unused: 0,
         unlock_first: None,
+        packs_immutable_other_stacks: std::collections::BTreeMap::new(),
     };
     if !apply {
         return Ok(report);
@@ -627,7 +657,7 @@ pub fn prune(cfg: &crate::Config, env: &crate::config::Env, apply: bool) -> Resu
             }
         }
     }
-    prune_plan = spare_protected_files(cfg, env, &repo, &sets, &mut opts, prune_plan, &mut report)?;
+    prune_plan = spare_protected_files(cfg, env, &repo, &mut opts, prune_plan, &mut report)?;
     let stats = &prune_plan.stats;
     report.packs_removed = stats.packs_to_delete.remove;
     report.packs_marked = stats.packs.unused + stats.packs_unref;

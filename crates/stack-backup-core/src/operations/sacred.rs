@@ -40,6 +40,9 @@ pub struct Pinned {
     /// In a local repository: its pack files and snapshot file made
     /// read-only.
     pub read_only: Option<crate::read_only::LocalProtected>,
+    /// Why its files could not be made read-only, when they could not (the
+    /// set stands; `immaculate protect` retries).
+    pub protect_warning: Option<String>,
 }
 
 /// Makes `sacred/NAME` from an existing set (`from`) or a new backup, then
@@ -165,18 +168,19 @@ pub fn pin<P: ProgressBars>(
         ),
     };
     let local = matches!(Location::of(cfg), Location::Local(_));
-    let (retention, read_only) = if cfg.tiers.immaculate_retain.is_some() || local {
-        let repo = repository::open_indexed(cfg, env)?;
-        let snap = repo
-            .get_snapshot_from_str(&set.id, |_| true)
-            .map_err(|e| repo_err("reading back the sacred set", e))?;
-        (
-            crate::object_lock::protect(cfg, &repo, &snap)?,
-            crate::immutability::protect_new(cfg, &repo, &snap)?,
-        )
-    } else {
-        (None, None)
-    };
+    let (retention, (read_only, protect_warning)) =
+        if cfg.tiers.immaculate_retain.is_some() || local {
+            let repo = repository::open_indexed(cfg, env)?;
+            let snap = repo
+                .get_snapshot_from_str(&set.id, |_| true)
+                .map_err(|e| repo_err("reading back the sacred set", e))?;
+            (
+                crate::object_lock::protect(cfg, &repo, &snap)?,
+                crate::immutability::protect_new(cfg, &repo, &snap),
+            )
+        } else {
+            (None, (None, None))
+        };
     Ok(Pinned {
         set,
         from: from_name,
@@ -184,5 +188,6 @@ pub fn pin<P: ProgressBars>(
         note,
         retention,
         read_only,
+        protect_warning,
     })
 }

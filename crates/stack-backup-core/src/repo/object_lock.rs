@@ -277,6 +277,34 @@ impl S3 {
 
     /// Sets the retention of the current version of `key` (PutObjectRetention).
     pub fn put_retention(&self, key: &str, mode: RetainMode, until: Timestamp) -> Result<()> {
+        let r = self.retention_request(key, None, mode, until, false)?;
+        self.expect_ok(&format!("setting the retention of {key}"), r)
+            .map(drop)
+    }
+
+    /// Asks to set the retention of `version` of `key` to `until`, with
+    /// `x-amz-bypass-governance-retention: true`; the server's answer. A
+    /// store honouring Object Lock refuses an earlier date unless the
+    /// credentials hold `s3:BypassGovernanceRetention` and the mode is
+    /// GOVERNANCE. Deletes nothing.
+    pub fn put_retention_bypassing(
+        &self,
+        key: &str,
+        version: &str,
+        mode: RetainMode,
+        until: Timestamp,
+    ) -> Result<Response> {
+        self.retention_request(key, Some(version), mode, until, true)
+    }
+
+    fn retention_request(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        mode: RetainMode,
+        until: Timestamp,
+        bypass: bool,
+    ) -> Result<Response> {
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
             mode.s3(),
@@ -286,15 +314,15 @@ impl S3 {
         use base64::Engine as _;
         use md5::Digest as _;
         let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
-        let r = self.send(
-            reqwest::Method::PUT,
-            Some(key),
-            "retention=",
-            &[("content-md5", md5)],
-            body,
-        )?;
-        self.expect_ok(&format!("setting the retention of {key}"), r)
-            .map(drop)
+        let mut headers = vec![("content-md5", md5)];
+        if bypass {
+            headers.push(("x-amz-bypass-governance-retention", "true".into()));
+        }
+        let query = version.map_or_else(
+            || "retention=".to_string(),
+            |v| format!("retention=&versionId={}", encode(v, false)),
+        );
+        self.send(reqwest::Method::PUT, Some(key), &query, &headers, body)
     }
 
     /// The retention of `key` (its current version, or `version`): mode and
@@ -393,42 +421,6 @@ impl S3 {
         Ok(self
             .expect_ok(&format!("reading {key} version {version}"), r)?
             .body)
-    }
-
-    /// Deletes one version of `key` for good (a versioned delete); the
-    /// server's answer, which Object Lock makes a refusal under retention.
-    /// With `bypass`, asks to bypass GOVERNANCE retention
-    /// (`x-amz-bypass-governance-retention`), which credentials holding
-    /// `s3:BypassGovernanceRetention` are granted.
-    pub fn delete_version(&self, key: &str, version: &str, bypass: bool) -> Result<Response> {
-        let headers: Vec<(&str, String)> = if bypass {
-            vec![("x-amz-bypass-governance-retention", "true".into())]
-        } else {
-            Vec::new()
-        };
-        self.send(
-            reqwest::Method::DELETE,
-            Some(key),
-            &format!("versionId={}", encode(version, false)),
-            &headers,
-            Vec::new(),
-        )
-    }
-
-    /// Writes `body` as a new version of `key` (with its Content-MD5, which
-    /// S3 requires in a bucket with a default retention); the server's
-    /// answer.
-    pub fn put(&self, key: &str, body: Vec<u8>) -> Result<Response> {
-        use base64::Engine as _;
-        use md5::Digest as _;
-        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
-        self.send(
-            reqwest::Method::PUT,
-            Some(key),
-            "",
-            &[("content-md5", md5)],
-            body,
-        )
     }
 
     /// The current version of `key` (HeadObject): its version id and its

@@ -1,5 +1,5 @@
 //! Baselines in a local repository: the pack files and the snapshot file
-//! of an immaculate or sacred set are made read-only (mode 0444) when it is
+//! of an immaculate or sacred set are made read-only (write bits cleared) when it is
 //! written, and immutable (`chattr +i`, the filesystem's immutable
 //! attribute) on request (`immaculate protect --chattr`).
 //!
@@ -99,14 +99,17 @@ fn open(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("opening", path, e))
 }
 
-/// Makes `path` read-only (0444) unless it already is or is immutable (an
-/// immutable file's mode cannot be changed, and need not be).
+/// Makes `path` read-only by clearing its write bits only (0644 → 0444,
+/// 0600 → 0400: never readable by more than before) unless it already is
+/// or is immutable (an immutable file's mode cannot be changed, and need
+/// not be).
 pub fn make_read_only(path: &Path) -> Result<()> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("reading", path, e))?;
     if meta.permissions().mode() & 0o222 == 0 || attrs(path)?.immutable == Some(true) {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+    let mode = meta.permissions().mode() & 0o7777 & !0o222;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("making read-only", path, e))
 }
 
@@ -130,7 +133,7 @@ pub fn make_immutable(path: &Path) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if unsupported(e) => Err(no_attribute(path)),
         Err(nix::errno::Errno::EPERM) => Err(Error::Usage(format!(
-            "setting the immutable attribute of {} needs root (CAP_LINUX_IMMUTABLE); the files stay read-only (0444) only",
+            "setting the immutable attribute of {} needs root (CAP_LINUX_IMMUTABLE); the files stay read-only only",
             path.display()
         ))),
         Err(e) => Err(Error::io("setting the immutable attribute of", path, e.into())),
@@ -139,7 +142,7 @@ pub fn make_immutable(path: &Path) -> Result<()> {
 
 fn no_attribute(path: &Path) -> Error {
     Error::Usage(format!(
-        "the filesystem of {} has no immutable attribute (`chattr +i`; tmpfs on older kernels, many FUSE and network filesystems); the files stay read-only (0444) only",
+        "the filesystem of {} has no immutable attribute (`chattr +i`; tmpfs on older kernels, many FUSE and network filesystems); the files stay read-only only",
         path.display()
     ))
 }

@@ -39,6 +39,7 @@ pub fn run(
                 "verification": created.verification,
                 "retention": created.retention,
                 "read_only": created.read_only,
+                "protect_warning": created.protect_warning,
             }));
             super::backup::render(&created.backup, out);
             out.say(format!(
@@ -52,6 +53,9 @@ pub fn run(
             }
             if let Some(r) = &created.read_only {
                 out.say(read_only_line(r));
+            }
+            if let Some(w) = &created.protect_warning {
+                out.warn(w);
             }
             Ok(ExitCode::Success)
         }

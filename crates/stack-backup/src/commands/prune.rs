@@ -62,6 +62,11 @@ pub fn run(cfg: &Config, args: &PruneArgs, env: &Env, out: &Output) -> anyhow::R
                 report.packs_immutable_unused
             ));
         }
+        for (stack, n) in &report.packs_immutable_other_stacks {
+            out.say(format!(
+                "{n} immutable pack file(s) are held by stack `{stack}`'s baselines: kept, no obstacle to this run"
+            ));
+        }
     } else {
         out.say(format!(
             "\n{gone} set(s) would be removed; nothing was changed (run `stack-backup prune --apply` to apply)"

@@ -47,6 +47,9 @@ pub fn run(cfg: &Config, args: &SacredArgs, env: &Env, out: &Output) -> anyhow::
     if let Some(r) = &pinned.read_only {
         out.say(super::immaculate::read_only_line(r));
     }
+    if let Some(w) = &pinned.protect_warning {
+        out.warn(w);
+    }
     out.say(format!(
         "restore it with: stack-backup restore {}",
         pinned.set.name
