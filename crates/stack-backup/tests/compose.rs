@@ -462,7 +462,7 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
         true,
     );
     let d = sb.run(&["--json", "doctor", "--strict"]);
-    assert_eq!(d.code, 6, "{}", d.stdout);
+    assert_eq!(d.code, 6, "{}\n{}", d.stdout, d.stderr);
     let u = d.json()["unprotected"].clone();
     let mut found: Vec<(String, String)> = u
         .as_array()
