@@ -99,6 +99,25 @@ fn laravel(dir: &Path) -> Option<BTreeSet<String>> {
     Some(out)
 }
 
+/// One line for `show`: each tool's newest applied migration.
+#[must_use]
+pub fn summary(states: &[MigrationState]) -> String {
+    if states.is_empty() {
+        return "none found".to_string();
+    }
+    states
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m.tool,
+                m.applied.last().map_or("-", String::as_str)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Step 3 of a restore for a database kind: the set's migration state
 /// against the live database's (notes: a restore exists to change it) and
 /// against the code in `dir` (problems: the restore is refused unless a

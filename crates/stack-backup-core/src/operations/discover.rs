@@ -599,31 +599,7 @@ fn assemble(
                 },
             );
             for (src, dst) in &fs.mounts {
-                let m = if src.starts_with(['.', '/', '~']) {
-                    let p = Path::new(src);
-                    let p = match &working_dir {
-                        Some(w) if p.is_relative() => w.join(p),
-                        _ => p.to_path_buf(),
-                    };
-                    Mount {
-                        kind: "bind".into(),
-                        name: None,
-                        source: p,
-                        destination: dst.clone(),
-                        rw: true,
-                    }
-                } else {
-                    let vol = f.volume_name(&name, src);
-                    Mount {
-                        kind: "volume".into(),
-                        source: crate::docker::volume_mountpoint(&vol)
-                            .map(PathBuf::from)
-                            .unwrap_or_default(),
-                        name: Some(vol),
-                        destination: dst.clone(),
-                        rw: true,
-                    }
-                };
+                let m = file_mount(f, &name, working_dir.as_deref(), src, dst);
                 mount(svc, kind, &m, &labelled, &mut volumes, &mut binds);
             }
         }
@@ -657,6 +633,43 @@ fn assemble(
         sqlite,
         built,
         images,
+    }
+}
+
+/// A mount the compose file names (`SRC:DST`) as the engine would make
+/// it: a path (relative to the project's directory) is a bind mount,
+/// anything else one of the project's named volumes.
+fn file_mount(
+    f: &ComposeFile,
+    project: &str,
+    working_dir: Option<&Path>,
+    src: &str,
+    dst: &str,
+) -> Mount {
+    if src.starts_with(['.', '/', '~']) {
+        let p = Path::new(src);
+        let p = match working_dir {
+            Some(w) if p.is_relative() => w.join(p),
+            _ => p.to_path_buf(),
+        };
+        Mount {
+            kind: "bind".into(),
+            name: None,
+            source: p,
+            destination: dst.to_string(),
+            rw: true,
+        }
+    } else {
+        let vol = f.volume_name(project, src);
+        Mount {
+            kind: "volume".into(),
+            source: crate::docker::volume_mountpoint(&vol)
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            name: Some(vol),
+            destination: dst.to_string(),
+            rw: true,
+        }
     }
 }
 

@@ -199,16 +199,7 @@ fn compose(
         }
         return Ok(Some(ExitCode::Success));
     }
-    if args.force && path.exists() {
-        std::fs::remove_file(&path).map_err(|e| Error::io("replacing", &path, e))?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, written.text.as_bytes()))
-        .map_err(|e| Error::io("writing", &path, e))?;
+    write_config(&path, &written.text, args.force)?;
     let cfg = load_config_at(&path, env)?;
     out.say(format!(
         "wrote {} (mode 0600) from Compose project `{}`: {} service(s), {} volume(s), {} bind mount(s), {} SQLite file(s)",
@@ -338,16 +329,7 @@ fn from_repository(
         ),
         "making the config from the repository",
     )?;
-    if args.force && path.exists() {
-        std::fs::remove_file(&path).map_err(|e| Error::io("replacing", &path, e))?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, made.text.as_bytes()))
-        .map_err(|e| Error::io("writing", &path, e))?;
+    write_config(&path, &made.text, args.force)?;
     let cfg = load_config_at(&path, env)?;
     let checks = stack_backup_core::doctor::run(&cfg, env);
     out.json(&serde_json::json!({
@@ -387,4 +369,19 @@ fn from_repository(
         ));
     }
     Ok(ExitCode::Success)
+}
+
+/// Writes a new config, readable by its owner only (it may name secret
+/// files and hosts); an existing one is replaced only with `force`.
+fn write_config(path: &Path, text: &str, force: bool) -> stack_backup_core::Result<()> {
+    if force && path.exists() {
+        std::fs::remove_file(path).map_err(|e| Error::io("replacing", path, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|e| Error::io("writing", path, e))
 }

@@ -226,21 +226,7 @@ impl Kind for Mysql {
         let Record::Mysql(p) = r else {
             return (String::new(), String::new());
         };
-        let migrations = if p.migrations.is_empty() {
-            "none found".to_string()
-        } else {
-            p.migrations
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} {}",
-                        m.tool,
-                        m.applied.last().map_or("-", String::as_str)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let migrations = crate::migrations::summary(&p.migrations);
         (
             format!("database `{}` on {}:{}", p.database, p.host, p.port),
             format!(

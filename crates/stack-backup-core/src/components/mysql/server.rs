@@ -520,6 +520,74 @@ fn watch_dump(
     seen
 }
 
+/// Read-locks every base table of the session's database (held until the
+/// dump's own session is seen reading), giving up after `secs`.
+fn lock_tables(
+    lock: &mut ::mysql::Conn,
+    tables: &[String],
+    comp: &str,
+    db: &str,
+    secs: u64,
+) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{} READ", quote_ident(t)))
+        .collect();
+    lock.query_drop(format!("LOCK TABLES {}", list.join(", ")))
+        .map_err(|e| match error_code(&e) {
+            Some(1205) => Error::LockTimeout(format!(
+                "{comp}: another session held a write lock on a table of `{db}` for {secs} s; the backup waits for none"
+            )),
+            Some(1044 | 1142) => Error::component(
+                comp,
+                format!("{}: the user needs the LOCK TABLES privilege on `{db}` (for row counts in the dump's snapshot)", error_text(&e)),
+            ),
+            _ => Error::component(comp, format!("locking the tables: {}", error_text(&e))),
+        })
+}
+
+/// The set's entry for the dump: `mariadb-dump` streamed, its password in
+/// the option file.
+fn dump_entry(
+    tool: &DumpTool,
+    options: &OptionFile,
+    db: &str,
+    path: &str,
+    comp: &str,
+) -> crate::source::Entry {
+    use crate::source::{Artifact, Content, Entry, StreamSpec};
+    let args = vec![
+        options.arg(),
+        "--single-transaction".into(),
+        "--routines".into(),
+        "--triggers".into(),
+        "--events".into(),
+        "--hex-blob".into(),
+        "--skip-dump-date".into(),
+        "--no-tablespaces".into(),
+        "--default-character-set=utf8mb4".into(),
+        db.to_string(),
+    ];
+    Entry::File(Artifact {
+        path: path.to_string(),
+        component: comp.to_string(),
+        content: Content::Stream(StreamSpec {
+            program: tool.program.clone(),
+            args,
+            env: Vec::new(),
+            what: tool.program.file_name().map_or_else(
+                || "mariadb-dump".into(),
+                |n| n.to_string_lossy().to_string(),
+            ),
+            magic: None,
+        }),
+        reuse_meta: None,
+    })
+}
+
 /// The backup plan of one database: the dump streamed into the set (no
 /// temporary file), row counts and migration state in its snapshot, and
 /// the option file that carries the password (kept until `finish`).
@@ -528,7 +596,6 @@ pub fn plan_dump(
     cfg: &MysqlConfig,
     state: &Path,
 ) -> Result<crate::components::Planned> {
-    use crate::source::{Artifact, Content, Entry, StreamSpec};
     let comp = component(name);
     let o = Options::of(name, &cfg.url)?;
     let db = o.database(name)?.to_string();
@@ -558,24 +625,7 @@ pub fn plan_dump(
         .ok()
         .flatten()
         .unwrap_or(0);
-    if !tables.is_empty() {
-        let list: Vec<String> = tables
-            .iter()
-            .map(|t| format!("{} READ", quote_ident(t)))
-            .collect();
-        if let Err(e) = lock.query_drop(format!("LOCK TABLES {}", list.join(", "))) {
-            return Err(match error_code(&e) {
-                Some(1205) => Error::LockTimeout(format!(
-                    "{comp}: another session held a write lock on a table of `{db}` for {secs} s; the backup waits for none"
-                )),
-                Some(1044 | 1142) => Error::component(
-                    &comp,
-                    format!("{}: the user needs the LOCK TABLES privilege on `{db}` (for row counts in the dump's snapshot)", error_text(&e)),
-                ),
-                _ => Error::component(&comp, format!("locking the tables: {}", error_text(&e))),
-            });
-        }
-    }
+    lock_tables(&mut lock, &tables, &comp, &db, secs)?;
     // The counting session's snapshot, taken under the lock.
     let mut counter = connect(name, &o)?;
     exec(
@@ -612,33 +662,7 @@ pub fn plan_dump(
 
     let options = OptionFile::write(&o, state)?;
     let dump_path = format!("mysql/{name}/{}.sql", crate::manifest::safe_file_name(&db));
-    let args = vec![
-        options.arg(),
-        "--single-transaction".into(),
-        "--routines".into(),
-        "--triggers".into(),
-        "--events".into(),
-        "--hex-blob".into(),
-        "--skip-dump-date".into(),
-        "--no-tablespaces".into(),
-        "--default-character-set=utf8mb4".into(),
-        db.clone(),
-    ];
-    let entries = vec![Entry::File(Artifact {
-        path: dump_path.clone(),
-        component: comp.clone(),
-        content: Content::Stream(StreamSpec {
-            program: tool.program.clone(),
-            args,
-            env: Vec::new(),
-            what: tool.program.file_name().map_or_else(
-                || "mariadb-dump".into(),
-                |n| n.to_string_lossy().to_string(),
-            ),
-            magic: None,
-        }),
-        reuse_meta: None,
-    })];
+    let entries = vec![dump_entry(&tool, &options, &db, &dump_path, &comp)];
     let record = MysqlRecord {
         database: db,
         host: o.host.clone(),

@@ -338,48 +338,16 @@ fn migration_report(
     target: &PgTarget,
     set: &SetContext,
 ) -> MigrationReport {
-    let mut report = MigrationReport::default();
-    let commit = set
-        .manifest
-        .git
-        .as_ref()
-        .map_or("an unrecorded commit".to_string(), |g| {
-            format!("commit {}", &g.commit[..g.commit.len().min(12)])
-        });
     let live = connect(&target.key, &target.server)
         .and_then(|mut cl| migration_state_now(&target.key, &mut cl))
         .unwrap_or_default();
-    for m in &p.migrations {
-        let live_m = live.iter().find(|l| l.tool == m.tool);
-        if live_m.map(|l| &l.applied) != Some(&m.applied) {
-            report.notes.push(format!(
-                "{c}: {} goes from {} (live) to {} (backup)",
-                m.tool,
-                live_m.map_or("none".into(), |l| l.applied.join(",")),
-                m.applied.join(",")
-            ));
-        }
-        let Some(dir) = &target.server.migrations_dir else {
-            continue;
-        };
-        match crate::migrations::code_state(dir, &m.tool) {
-            Some(code) if !crate::migrations::fits(m, &code) => report.problems.push(format!(
-                "{c}: the backup's {} state is {} (taken at {commit}), but the code checked out now expects {}; \
-                 restoring would leave the database out of step with the code. Check out {commit} first, \
-                 or pass --allow-migration-mismatch",
-                m.tool,
-                m.applied.join(","),
-                code.expected.iter().cloned().collect::<Vec<_>>().join(",")
-            )),
-            Some(_) => report.notes.push(format!("{c}: {} fits the code", m.tool)),
-            None => report.notes.push(format!(
-                "{c}: {} not compared with the code (no readable {})",
-                m.tool,
-                dir.display()
-            )),
-        }
-    }
-    report
+    crate::migrations::report(
+        c,
+        &p.migrations,
+        &live,
+        target.server.migrations_dir.as_deref(),
+        set.manifest,
+    )
 }
 
 /// Creates the roles the decision found missing, from the set's

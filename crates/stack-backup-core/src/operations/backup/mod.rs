@@ -46,7 +46,8 @@ use crate::tiers::Tier;
 /// What to back up.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// Set name; generated from the time when `None`.
+    /// Set name; generated from the time when `None` (`pre-restore-TIME`
+    /// for that tier), with a suffix when two runs share a second.
     pub name: Option<String>,
     /// Tier of the new set.
     pub tier: Tier,
@@ -167,7 +168,10 @@ pub fn run_locked<P: ProgressBars>(
 
 /// The name asked for (checked), or one generated from the time.
 fn requested_name(req: &Request) -> Result<String> {
-    let name = req.name.clone().unwrap_or_else(generated_name);
+    let name = req.name.clone().unwrap_or_else(|| match req.tier {
+        Tier::PreRestore => format!("pre-restore-{}", generated_name()),
+        _ => generated_name(),
+    });
     // Sacred sets are named `sacred/NAME`; NAME follows the usual rules.
     crate::config::validate_name(name.strip_prefix("sacred/").unwrap_or(&name))
         .map_err(|m| Error::Refused(format!("--name: {m}")))?;

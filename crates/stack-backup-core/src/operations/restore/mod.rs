@@ -670,7 +670,9 @@ fn pre_restore_snapshot(
         cfg,
         env,
         &crate::backup::Request {
-            name: Some(format!("pre-restore-{}", crate::backup::generated_name())),
+            // Generated: two restores in one second (an abort and the
+            // next restore) get `…-2` rather than a refusal.
+            name: None,
             tier: Tier::PreRestore,
             include_redis: true,
             only: only.clone(),
