@@ -142,7 +142,6 @@ fn compose(
     out: &Output,
 ) -> anyhow::Result<Option<ExitCode>> {
     use stack_backup_core::discover;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = config_path(cli);
     if path.exists() && !args.force && !args.dry_run {
         return Err(Error::Refused(format!(
@@ -293,7 +292,6 @@ fn from_repository(
     env: &Env,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = config_path(cli);
     if path.exists() && !args.force {
         return Err(Error::Refused(format!(
@@ -374,6 +372,7 @@ fn from_repository(
 /// Writes a new config, readable by its owner only (it may name secret
 /// files and hosts); an existing one is replaced only with `force`.
 fn write_config(path: &Path, text: &str, force: bool) -> stack_backup_core::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if force && path.exists() {
         std::fs::remove_file(path).map_err(|e| Error::io("replacing", path, e))?;
     }
