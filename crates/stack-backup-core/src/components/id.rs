@@ -217,7 +217,7 @@ mod tests {
             "",
             "postgres",
             "postgres.",
-            "mysql.main",
+            "oracle.main",
             "docker.x",
             "git.x",
             "gitx",

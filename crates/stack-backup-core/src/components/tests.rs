@@ -307,7 +307,7 @@ fn manifests_keep_their_format_and_a_mismatched_record_is_refused() {
         err.contains("postgres.main") && err.contains("paths"),
         "{err}"
     );
-    let unknown = json.replacen("\"git\":{", "\"mysql.main\":{", 1);
+    let unknown = json.replacen("\"git\":{", "\"oracle.main\":{", 1);
     let err = serde_json::from_str::<Manifest>(&unknown).unwrap_err();
     assert!(err.to_string().contains("not a component id"), "{err}");
 }
