@@ -434,3 +434,26 @@ impl JournalEntry {
         }
     }
 }
+
+/// What differs between the manifest's row counts and the restored ones.
+pub fn count_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Option<String> {
+    if want == got {
+        return None;
+    }
+    let diff: Vec<String> = want
+        .iter()
+        .filter(|(t, n)| got.get(*t) != Some(n))
+        .map(|(t, n)| {
+            format!(
+                "{t}: {} (expected {n})",
+                got.get(t).map_or("missing".into(), ToString::to_string)
+            )
+        })
+        .chain(
+            got.keys()
+                .filter(|t| !want.contains_key(*t))
+                .map(|t| format!("{t}: not in the set")),
+        )
+        .collect();
+    Some(diff.join(", "))
+}

@@ -5,14 +5,12 @@
 //! against the manifest, and every table read once by `pg_dump` into
 //! `/dev/null` (a damaged page or TOAST chunk fails it).
 
-use std::collections::BTreeMap;
-
 use super::{
     admin_config, client_config, component, connect, locks, migration_state_now, quote_ident,
     roles, row_counts, server_version, PgRestorer, PgTarget, PostgresRecord, ToolRun,
 };
 use crate::components::drilling::{env_name, Drilled, Scratch, DB_PREFIX};
-use crate::components::restoring::{Lane, Restorer, SetContext};
+use crate::components::restoring::{count_diff, Lane, Restorer, SetContext};
 use crate::components::ComponentId;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
@@ -220,29 +218,6 @@ pub(super) fn scratch_url(
         _ => authority.to_string(),
     };
     Ok(format!("{scheme}://{authority}/{db}{query}"))
-}
-
-/// What differs between the manifest's row counts and the restored ones.
-fn count_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> Option<String> {
-    if want == got {
-        return None;
-    }
-    let diff: Vec<String> = want
-        .iter()
-        .filter(|(t, n)| got.get(*t) != Some(n))
-        .map(|(t, n)| {
-            format!(
-                "{t}: {} (expected {n})",
-                got.get(t).map_or("missing".into(), ToString::to_string)
-            )
-        })
-        .chain(
-            got.keys()
-                .filter(|t| !want.contains_key(*t))
-                .map(|t| format!("{t}: not in the set")),
-        )
-        .collect();
-    Some(diff.join(", "))
 }
 
 /// Drops every database of the server whose name starts with `prefix`

@@ -293,28 +293,11 @@ impl Restorer for PgRestorer {
         let c = &self.id;
         let mut client = connect(&self.target.key, &self.target.server)?;
         let counts = row_counts(&self.target.key, &mut client)?;
-        if counts != self.record.row_counts {
-            let diff: Vec<String> = self
-                .record
-                .row_counts
-                .iter()
-                .filter(|(t, n)| counts.get(*t) != Some(n))
-                .map(|(t, n)| {
-                    format!(
-                        "{t}: {} (expected {n})",
-                        counts.get(t).map_or("missing".into(), ToString::to_string)
-                    )
-                })
-                .chain(
-                    counts
-                        .keys()
-                        .filter(|t| !self.record.row_counts.contains_key(*t))
-                        .map(|t| format!("{t}: not in the set")),
-                )
-                .collect();
+        if let Some(diff) =
+            crate::components::restoring::count_diff(&self.record.row_counts, &counts)
+        {
             return Err(Error::Verification(format!(
-                "{c}: row counts differ: {}",
-                diff.join(", ")
+                "{c}: row counts differ: {diff}"
             )));
         }
         let migrations = migration_state_now(&self.target.key, &mut client)?;
