@@ -6,6 +6,12 @@
 # $SB_DEBIAN_ROOT_CACHE (default /var/cache/stack-backup-test); callers copy
 # it before changing anything in it.
 #
+#   scripts/debian-root.sh [PACKAGES]
+#
+# PACKAGES (comma-separated) replaces the package test's list; each list
+# gets a root of its own (scripts/db-images.sh makes the database images'
+# root this way).
+#
 # The mirror is the one this machine's apt already uses (sources.list,
 # sources.list.d/*.list or deb822 *.sources), so no host name is written
 # down anywhere.
@@ -20,7 +26,8 @@ cache=${SB_DEBIAN_ROOT_CACHE:-/var/cache/stack-backup-test}
 # and completion to check those files, and the shared libraries the binary
 # links (dpkg -i installs no dependencies; an apt source would need the
 # network inside the root).
-packages=man-db,bash-completion,libsqlite3-0
+packages=${1:-man-db,bash-completion,libsqlite3-0}
+case "$packages" in *[!a-z0-9.+,-]*) log "not a package list: $packages"; exit 2 ;; esac
 # A root made with another package list is not this one.
 root="$cache/debian-$codename-minbase-$(printf '%s' "$packages" | sha256sum | cut -c1-8)"
 

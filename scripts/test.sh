@@ -13,6 +13,13 @@ for tool in fmt clippy; do
   cargo "$tool" --version >/dev/null 2>&1 || { echo "cargo $tool is missing (rustup component add ${tool/fmt/rustfmt})" >&2; exit 2; }
 done
 
+# The database images of tests/containers.rs (scripts/db-images.sh: a
+# debootstrap, about 3 minutes when cold, mostly downloading) build while
+# cargo compiles; the tests wait for them.
+db_images_env="$(mktemp)"
+bash scripts/db-images.sh >"$db_images_env" 2>"$db_images_env.log" &
+db_images_pid=$!
+
 echo "== vendor/ = rustic_core 0.13.0, rustic_backend 0.7.0 + vendor/patches"
 bash scripts/vendor.sh check
 
@@ -21,6 +28,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
+if ! wait "$db_images_pid"; then
+  cat "$db_images_env.log" >&2; echo "building the database images failed" >&2; exit 1
+fi
+# shellcheck disable=SC1090
+source "$db_images_env"
+rm -f "$db_images_env" "$db_images_env.log"
 cargo test --locked --all-targets -- --test-threads="${SB_TEST_THREADS:-4}"
 
 # Alone, after the others: building the package replaces target/debug/stack-backup
