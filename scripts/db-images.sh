@@ -15,9 +15,14 @@
 #             privileges on that database only), MARIADB_ROOT_PASSWORD
 #             (root@'%') on the first start; data in /var/lib/mysql
 #
+#   scripts/db-images.sh [--if-built]
+#
 # Prints `export NAME=IMAGE` lines for SB_TEST_PG_IMAGE, SB_TEST_REDIS_IMAGE
 # and SB_TEST_MYSQL_IMAGE. The images' tag is a hash of this script and the
 # package list, so an edit here builds new ones; old tags are left alone.
+# With --if-built nothing is built: the lines are printed only when the
+# three images exist (scripts/services.sh uses that; scripts/test.sh
+# builds them).
 # Passwords reach the containers through their environment only; none is
 # written into an image.
 set -euo pipefail
@@ -33,6 +38,10 @@ redis_image="stack-backup-test/redis:$tag"
 mysql_image="stack-backup-test/mariadb:$tag"
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+if [ "${1:-}" = --if-built ] && { ! have "$pg_image" || ! have "$redis_image" || ! have "$mysql_image"; }; then
+  exit 0
+fi
 
 if ! have "$pg_image" || ! have "$redis_image" || ! have "$mysql_image"; then
   # Two test processes may get here at once: one builds, the other waits.

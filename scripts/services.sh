@@ -164,6 +164,8 @@ export SB_TEST_PG_URL="postgres://$SB_PG_USER:$SB_PG_PASSWORD@127.0.0.1:$SB_PG_P
 export SB_TEST_REDIS_URL="redis://127.0.0.1:$SB_REDIS_PORT/0"
 export SB_TEST_MYSQL_ADMIN_URL="mysql://$SB_MYSQL_ADMIN:$SB_MYSQL_ADMIN_PASSWORD@127.0.0.1:$SB_MYSQL_PORT/mysql"
 export SB_TEST_BASE_IMAGE="$SB_BASE_IMAGE"
+# The database images, when scripts/test.sh (or tests/common) built them.
+eval "$(bash "$(dirname "${BASH_SOURCE[0]}")/db-images.sh" --if-built)"
 export SB_TEST_S3_ENDPOINT="http://127.0.0.1:$SB_S3_PORT"
 export SB_TEST_S3_LOG="$SB_S3_LOG"
 export SB_TEST_MOTO_SERVER="$SB_MOTO_SERVER"
