@@ -548,7 +548,7 @@ fn assemble(
                         .cloned()
                         .collect(),
                     password_in_command: c.cmd.iter().any(|a| a.contains("requirepass")),
-                    address: address(c, kind),
+                    address: address(c, &svc, kind),
                     line: fs.and_then(|f| f.line),
                     built: fs.is_some_and(|f| f.build),
                 },
@@ -725,9 +725,14 @@ fn system_path(p: &Path) -> bool {
         .any(|f| p == Path::new(f))
 }
 
-/// How the host reaches a database container's port: its published port,
-/// else its address on its first network.
-fn address(c: &Container, kind: ServiceKind) -> Option<(String, u16, String)> {
+/// How the host reaches a database container's port: its published port;
+/// else the service's name, as the application itself reaches it on a
+/// network of the project (the component's `container =` resolves that
+/// name to the container's address at each connection, so re-creating the
+/// container does not break the config); on Docker's default `bridge`
+/// network, which has no names, the container's address; on the host's
+/// network, 127.0.0.1.
+fn address(c: &Container, service: &str, kind: ServiceKind) -> Option<(String, u16, String)> {
     let port = match kind {
         ServiceKind::Postgres => 5432,
         ServiceKind::Mysql => 3306,
@@ -748,13 +753,35 @@ fn address(c: &Container, kind: ServiceKind) -> Option<(String, u16, String)> {
             ));
         }
     }
-    c.addresses.iter().next().map(|(net, ip)| {
-        (
-            ip.clone(),
+    // Compose gives a service its name as an alias on every network of
+    // its own; Docker's default `bridge` network has no names.
+    if let Some(net) = c.addresses.keys().find(|n| n.as_str() != "bridge") {
+        return Some((
+            service.to_string(),
             port,
             format!(
-                "the container's address on network {net} (port not published; the address changes when the container is re-created)"
+                "the service's name on network {net} (port not published): stack-backup resolves it to the container's address at each connection"
             ),
+        ));
+    }
+    if let Some(ip) = c.addresses.get("bridge") {
+        return Some((
+            ip.clone(),
+            port,
+            "the container's address on network bridge (port not published; the address changes when the container is re-created)".to_string(),
+        ));
+    }
+    Some(if c.running {
+        (
+            "127.0.0.1".to_string(),
+            port,
+            "no network address: the container shares the host's network".to_string(),
+        )
+    } else {
+        (
+            service.to_string(),
+            port,
+            "the service's name (the container is not running: check it once it runs)".to_string(),
         )
     })
 }
