@@ -542,7 +542,36 @@ fn volume_users_are_stopped_during_the_copy_and_started_again_even_on_failure() 
     s.sb.write_config("shop", &failing);
     s.sb.run(&["backup", "--name", "fails"]).expect_code(1);
     assert!(running(), "container left stopped after a failed backup");
-    docker(&["rm", "-f", &cname]);
+
+    // A restore of the volume stops it too (journaled); killed after the
+    // swap and the container removed meanwhile, `--abort` still puts the
+    // original tree back: a container that is gone is nothing to start.
+    s.sb.write_config("shop", &base);
+    std::fs::write(
+        s.vol.mountpoint().join("avatar.png"),
+        "changed since the set",
+    )
+    .unwrap();
+    let before = dir_state(&s.vol.mountpoint(), |p| {
+        stack_backup_core::ledger::sha256_hex(&std::fs::read(p).unwrap_or_default())
+    });
+    let mut cmd = s.sb.command(bin(), s.sb.path(), None);
+    cmd.args([
+        "restore",
+        "stopped",
+        "--only",
+        &format!("docker.volume.{}", s.vol.name),
+        "--yes",
+    ])
+    .env("FAILPOINTS", "restore-tree-swapped=return(kill)");
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, -1, "not killed: {r:?}");
+    docker(&["rm", "-f", &cname]).expect_code(0);
+    s.sb.run(&["restore", "--abort"]).expect_code(0);
+    let after = dir_state(&s.vol.mountpoint(), |p| {
+        stack_backup_core::ledger::sha256_hex(&std::fs::read(p).unwrap_or_default())
+    });
+    assert_eq!(after, before);
 }
 
 #[test]

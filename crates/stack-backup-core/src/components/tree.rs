@@ -401,23 +401,13 @@ pub(crate) fn recover(e: &TreeEntry, to: Recover) -> Result<String> {
             // They may have been started again (a crash during the
             // `[[health]]` checks): none may write into a tree while it is
             // swapped back and removed. Stopping a stopped one is a no-op.
-            docker_each("stop", &e.containers)?;
+            crate::components::docker::each_for_recovery("stop", &e.containers)?;
             abort(e)?
         }
         Recover::Finish => finish(e)?,
     };
-    docker_each("start", &e.containers)?;
+    crate::components::docker::each_for_recovery("start", &e.containers)?;
     Ok(line)
-}
-
-/// `docker VERB NAME…` (nothing when there is no name).
-fn docker_each(verb: &str, names: &[String]) -> Result<()> {
-    if names.is_empty() {
-        return Ok(());
-    }
-    let mut args = vec![verb];
-    args.extend(names.iter().map(String::as_str));
-    crate::process::output("docker", "docker", &args).map(|_| ())
 }
 
 /// Removes the directory `dir` and everything in it, its top-level entries

@@ -133,6 +133,25 @@ pub fn volume_users(volume: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `docker VERB NAME` (`stop` or `start`) for each name, as a recovery
+/// (restore `--abort`/`--resume`) does it for the containers a journal
+/// names. A container removed since it was journaled is not an error:
+/// there is nothing left to stop or start, and recovery must not stay stuck
+/// on it (the data is what it resolves).
+pub fn each_for_recovery(verb: &str, names: &[String]) -> Result<()> {
+    for name in names {
+        match docker("docker", &[verb, name]) {
+            Err(e) if e.to_string().contains("No such container") => {
+                log::warn!("container {name} is gone: nothing to {verb}");
+            }
+            r => {
+                r?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Containers stopped for a copy; started again when dropped, also when
 /// the backup or restore failed.
 #[derive(Debug, Default)]

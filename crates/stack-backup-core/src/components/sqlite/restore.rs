@@ -645,28 +645,11 @@ fn abort(e: &SqliteEntry) -> Result<String> {
 pub fn recover(e: &SqliteEntry, to: Recover) -> Result<String> {
     let line = match to {
         Recover::Abort => {
-            docker_each("stop", &e.containers)?;
+            crate::components::docker::each_for_recovery("stop", &e.containers)?;
             abort(e)?
         }
         Recover::Finish => finish(e)?,
     };
-    docker_each("start", &e.containers)?;
+    crate::components::docker::each_for_recovery("start", &e.containers)?;
     Ok(line)
-}
-
-/// `docker VERB NAME` for each name. A container removed since it was
-/// journaled is not an error: there is nothing left to stop or start, and
-/// recovery must not stay stuck on it (the file is what it resolves).
-fn docker_each(verb: &str, names: &[String]) -> Result<()> {
-    for name in names {
-        match crate::process::output("docker", "docker", &[verb, name]) {
-            Err(e) if e.to_string().contains("No such container") => {
-                log::warn!("container {name} is gone: nothing to {verb}");
-            }
-            r => {
-                r?;
-            }
-        }
-    }
-    Ok(())
 }
