@@ -1,6 +1,7 @@
 //! Docker: images (by ID, saved with `docker save`) and volumes (as
 //! files), through the `docker` CLI (`engine`).
 
+pub mod address;
 pub mod compose;
 mod drill;
 mod engine;

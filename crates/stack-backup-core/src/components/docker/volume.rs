@@ -78,7 +78,7 @@ impl Kind for Volume {
 
     fn restorer(
         &self,
-        _cfg: &Config,
+        cfg: &Config,
         _opts: &RestoreOptions,
         id: &ComponentId,
         r: &Record,
@@ -86,6 +86,9 @@ impl Kind for Volume {
         let Record::DockerVolume(record) = r else {
             return Err(wrong_record(id));
         };
+        if let Some(why) = database_files(cfg, &record.source)? {
+            return Ok(Restore::Skip(why));
+        }
         Ok(Restore::Into(Box::new(VolumeRestorer::new(
             id.clone(),
             record.clone(),
@@ -128,6 +131,32 @@ impl Kind for Volume {
             t.source, t.files, t.source, t.path, t.source
         )
     }
+}
+
+/// Why a volume is left alone by a restore: every running container that
+/// mounts it is the `container =` of a configured database, whose
+/// component restores it from its dump. Swapping the files of a live
+/// server's data directory (copied while it ran) under it would stop the
+/// server in the middle of the restore and bring back an inconsistent copy.
+fn database_files(cfg: &Config, volume: &str) -> Result<Option<String>> {
+    let users = match engine::volume_mountpoint(volume) {
+        Ok(_) => engine::volume_users(volume)?,
+        Err(_) => return Ok(None),
+    };
+    let databases: Vec<&String> = cfg
+        .postgres
+        .values()
+        .filter_map(|c| c.container.as_ref())
+        .chain(cfg.mysql.values().filter_map(|c| c.container.as_ref()))
+        .chain(cfg.redis.values().filter_map(|c| c.container.as_ref()))
+        .collect();
+    if users.is_empty() || !users.iter().all(|u| databases.contains(&u)) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the data of database container(s) {}, restored from their dumps",
+        users.join(", ")
+    )))
 }
 
 /// A volume of the set into the named volume `volume` (created when it

@@ -34,7 +34,8 @@ pub struct MysqlConfig {
     /// swap). Never used by backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_url: Option<DbUrl>,
-    /// The server runs in this container (accepted, not supported yet).
+    /// The server runs in this container: a URL host that names it is
+    /// reached at its address on its network; the tools run on this host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// Where the code keeps its migrations (compared before a restore).
@@ -107,17 +108,6 @@ fn configured<'c>(cfg: &'c Config, id: &ComponentId) -> Result<&'c MysqlConfig> 
         .ok_or_else(|| Error::component(id.as_str(), "not in the config"))
 }
 
-/// Databases inside containers are another step (issue 16).
-fn refuse_container(id: &ComponentId, cfg: &MysqlConfig) -> Result<()> {
-    match &cfg.container {
-        Some(c) => Err(Error::component(
-            id.as_str(),
-            format!("`container = \"{c}\"`: a MariaDB/MySQL server inside a container is not supported yet; give its published address in `url`"),
-        )),
-        None => Ok(()),
-    }
-}
-
 impl Kind for Mysql {
     fn prefix(&self) -> &'static str {
         "mysql"
@@ -131,10 +121,18 @@ impl Kind for Mysql {
         stack.cfg.mysql.keys().cloned().collect()
     }
 
+    fn covers(&self, stack: &Stack, id: &ComponentId) -> Vec<super::Covered> {
+        configured(stack.cfg, id)
+            .ok()
+            .and_then(|my| my.container.clone())
+            .map(super::Covered::Container)
+            .into_iter()
+            .collect()
+    }
+
     fn doctor(&self, stack: &Stack, id: &ComponentId) -> Result<String> {
         let my = configured(stack.cfg, id)?;
-        refuse_container(id, my)?;
-        let opts = Options::of(id.name(), &my.url)?;
+        let opts = Options::of_config(id.name(), my, &my.url)?;
         let mut conn = connect(id.name(), &opts)?;
         let server = server_version(id.name(), &mut conn)?;
         let tool = server::DumpTool::find(id.name(), &server)?;
@@ -160,7 +158,6 @@ impl Kind for Mysql {
 
     fn plan_backup(&self, ctx: &BackupContext, id: &ComponentId) -> Result<Option<Planned>> {
         let my = configured(ctx.stack.cfg, id)?;
-        refuse_container(id, my)?;
         let state = crate::system::state::of(ctx.stack.cfg)?;
         let plan = server::plan_dump(id.name(), my, &state)?;
         Ok(Some(plan))
@@ -179,7 +176,6 @@ impl Kind for Mysql {
         let Some(my) = cfg.mysql.get(id.name()) else {
             return Ok(Restore::Skip("not in the config".into()));
         };
-        refuse_container(id, my)?;
         Ok(Restore::Into(Box::new(restore::MysqlRestorer::new(
             id.clone(),
             record.clone(),
@@ -200,7 +196,6 @@ impl Kind for Mysql {
         let Some(my) = scratch.cfg.mysql.get(id.name()) else {
             return Ok(None);
         };
-        refuse_container(id, my)?;
         Ok(Some(Box::new(restore::MysqlDrill::new(
             scratch,
             id,
@@ -212,7 +207,7 @@ impl Kind for Mysql {
     fn drill_clean(&self, scratch: &super::Scratch) -> Result<Vec<String>> {
         let mut dropped = Vec::new();
         for (key, my) in &scratch.cfg.mysql {
-            if my.container.is_some() || my.admin_url.is_none() {
+            if my.admin_url.is_none() {
                 continue;
             }
             for db in restore::drop_scratch(key, my, &scratch.database_prefix())? {

@@ -57,7 +57,7 @@ fn admin(key: &str, cfg: &MysqlConfig) -> Result<Options> {
             component(key)
         ))
     })?;
-    Ok(Options::of(key, url)?.with_database(None))
+    Ok(Options::of_config(key, cfg, url)?.with_database(None))
 }
 
 /// `GRANT … ON` a database name: `_` and `%` are wildcards there.
@@ -310,7 +310,7 @@ impl Restorer for MysqlRestorer {
         let mut c = connect(self.key(), &a)?;
         let server = server_version(self.key(), &mut c)?;
         DumpTool::client(self.key(), &server)?;
-        let o = Options::of(self.key(), &self.cfg.url)?;
+        let o = Options::of_config(self.key(), &self.cfg, &self.cfg.url)?;
         let live = match connect(self.key(), &o) {
             Ok(mut l) => objects(self.key(), &mut l)?,
             Err(e) if e.is_missing() => BTreeMap::new(),
@@ -335,7 +335,7 @@ impl Restorer for MysqlRestorer {
     }
 
     fn migration_check(&self, set: &SetContext) -> MigrationReport {
-        let o = Options::of(self.key(), &self.cfg.url);
+        let o = Options::of_config(self.key(), &self.cfg, &self.cfg.url);
         let live = o
             .and_then(|o| connect(self.key(), &o))
             .and_then(|mut c| migration_state(self.key(), &mut c))
@@ -421,7 +421,8 @@ impl Restorer for MysqlRestorer {
 
     fn post_check(&self, _set: &SetContext) -> Result<Option<String>> {
         let c = &self.id;
-        let o = Options::of(self.key(), &self.cfg.url)?.with_database(Some(&self.database));
+        let o = Options::of_config(self.key(), &self.cfg, &self.cfg.url)?
+            .with_database(Some(&self.database));
         let mut conn = connect(self.key(), &o)?;
         let mut counts = row_counts(self.key(), &mut conn)?;
         if let Some(n) = crate::system::fault::value("mysql-post-check-rows") {

@@ -74,6 +74,23 @@ impl Options {
         })
     }
 
+    /// Parses `url` of the entry `cfg`: with `container =`, a host that
+    /// names the container is replaced by its address on its network, for
+    /// the driver and for the tools' option file
+    /// (`components/docker/address.rs`); `shown` keeps the name.
+    pub fn of_config(name: &str, cfg: &MysqlConfig, url: &DbUrl) -> Result<Self> {
+        let mut o = Self::of(name, url)?;
+        if let (Some(container), None) = (&cfg.container, o.opts.get_socket()) {
+            let at =
+                crate::components::docker::address::resolve(&component(name), container, &o.host)?;
+            o.host = at.host(&o.host);
+            o.opts = ::mysql::OptsBuilder::from_opts(o.opts)
+                .ip_or_hostname(Some(o.host.clone()))
+                .into();
+        }
+        Ok(o)
+    }
+
     /// The same server and credentials, database `db`.
     #[must_use]
     pub fn with_database(&self, db: Option<&str>) -> Self {
@@ -597,7 +614,7 @@ pub fn plan_dump(
     state: &Path,
 ) -> Result<crate::components::Planned> {
     let comp = component(name);
-    let o = Options::of(name, &cfg.url)?;
+    let o = Options::of_config(name, cfg, &cfg.url)?;
     let db = o.database(name)?.to_string();
     if db.starts_with('-') {
         return Err(Error::component(
@@ -665,7 +682,10 @@ pub fn plan_dump(
     let entries = vec![dump_entry(&tool, &options, &db, &dump_path, &comp)];
     let record = MysqlRecord {
         database: db,
-        host: o.host.clone(),
+        host: cfg
+            .container
+            .as_ref()
+            .map_or_else(|| o.host.clone(), |c| format!("container:{c}")),
         port: o.port,
         user: o.user.clone(),
         server_version: server.version,

@@ -165,6 +165,19 @@ impl Drilled for PgDrill {
         ) else {
             return Vec::new();
         };
+        // The check runs on this host: a container's name means nothing here.
+        let url = match &server.container {
+            Some(c) => {
+                match crate::components::docker::address::resolve_url(self.id.as_str(), c, &url) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        log::warn!("{e}");
+                        url
+                    }
+                }
+            }
+            None => url,
+        };
         vec![
             (env_name("SB_DRILL_PG_URL_", self.id.name()), url.clone()),
             ("SB_DRILL_PG_URL".into(), url),

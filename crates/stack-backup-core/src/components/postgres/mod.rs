@@ -77,12 +77,17 @@ fn missing_database(name: &str, pg: &PostgresConfig) -> Error {
 }
 
 /// The URL of database `db` on `server` (its password, when the URL holds
-/// one, included; a `password-file` still applies to it).
+/// one, included; a `password-file` still applies to it), reachable from
+/// this host: a container's name is replaced by its address.
 pub fn scratch_database_url(
     server: &PostgresConfig,
     db: &str,
 ) -> std::result::Result<String, String> {
-    drill::scratch_url(server.url.expose(), db, None)
+    let url = drill::scratch_url(server.url.expose(), db, None)?;
+    match &server.container {
+        Some(c) => super::docker::address::resolve_url("postgres", c, &url).map_err(|e| e.detail()),
+        None => Ok(url),
+    }
 }
 
 /// The kind `postgres`.

@@ -62,6 +62,9 @@ fn connection_config(
         })?;
         pc.password(pw.lines().next().unwrap_or_default());
     }
+    if let Some(container) = &cfg.container {
+        in_container(name, container, &mut pc)?;
+    }
     pc.connect_timeout(CONNECT_TIMEOUT);
     let lock = lock_timeout_option(cfg);
     let options = match pc.get_options() {
@@ -70,6 +73,30 @@ fn connection_config(
     };
     pc.options(&options);
     Ok(pc)
+}
+
+/// Points `pc` at the container's address when its host is a name of the
+/// container (`components/docker/address.rs`); the host name stays for
+/// messages. Tools run inside the container ignore both.
+fn in_container(name: &str, container: &str, pc: &mut postgres::Config) -> Result<()> {
+    if !pc.get_hostaddrs().is_empty() {
+        return Ok(());
+    }
+    let hosts: Vec<String> = pc
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            postgres::config::Host::Tcp(h) => Some(h.clone()),
+            postgres::config::Host::Unix(_) => None,
+        })
+        .collect();
+    if let [host] = hosts.as_slice() {
+        let at = crate::components::docker::address::resolve(&component(name), container, host)?;
+        if let crate::components::docker::address::Resolved::Container(ip) = at {
+            pc.hostaddr(ip);
+        }
+    }
+    Ok(())
 }
 
 /// `-c lock_timeout=…` for a session's options (`PGOPTIONS` of a tool).
@@ -270,6 +297,9 @@ pub fn child_env(pc: &postgres::Config, in_container: bool) -> Vec<(String, Stri
                 postgres::config::Host::Unix(p) => p.display().to_string(),
             };
             env.push(("PGHOST".into(), h));
+        }
+        if let Some(addr) = pc.get_hostaddrs().first() {
+            env.push(("PGHOSTADDR".into(), addr.to_string()));
         }
         if let Some(port) = pc.get_ports().first() {
             env.push(("PGPORT".into(), port.to_string()));

@@ -40,8 +40,9 @@
 //! before anything changes, in step 1 ([`Restorer::disk_needs`]).
 //!
 //! A Redis inside a container is restored the same way: everything goes
-//! through the configured URL, and the temporary server only talks to
-//! stack-backup. The RDB must be one the host's `redis-server` can load,
+//! through the configured URL (a host naming the container reaches its
+//! address on its network, `components/docker/address.rs`), and the
+//! temporary server, on this host, only talks to stack-backup. The RDB must be one the host's `redis-server` can load,
 //! and its `DUMP` payloads ones the live server accepts (a live server
 //! older than the host's refuses newer payloads: the restore then fails
 //! before the swap and changes nothing).

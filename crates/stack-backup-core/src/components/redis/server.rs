@@ -33,6 +33,15 @@ pub fn connect(name: &str, cfg: &RedisConfig) -> Result<redis::Connection> {
         })?;
         info.redis.password = Some(pw.lines().next().unwrap_or_default().to_string());
     }
+    if let Some(container) = &cfg.container {
+        // The name the application uses on the compose network: its
+        // address there (`components/docker/address.rs`).
+        if let redis::ConnectionAddr::Tcp(host, _) = &mut info.addr {
+            let at =
+                crate::components::docker::address::resolve(&component(name), container, host)?;
+            *host = at.host(host);
+        }
+    }
     let client = redis::Client::open(info).map_err(|e| fail("invalid URL", &e))?;
     let conn = client
         .get_connection_with_timeout(CONNECT_TIMEOUT)
