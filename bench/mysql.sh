@@ -19,8 +19,9 @@
 # ≤ 0.8× restore.
 #
 # Environment: SB_BENCH_DIR (default /var/tmp/stack-backup-bench-mysql; wiped
-# at start), SB_BENCH_MY_SCALE (default 20), SB_BIN (default: a release build
-# of this checkout).
+# at start), SB_BENCH_MY_SCALE (default 20), SB_BENCH_ROUNDS (default 3: each
+# from empty repositories; the table shows medians and the ratio per round),
+# SB_BIN (default: a release build of this checkout).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -72,14 +73,15 @@ CREATE TABLE pgbench_accounts (aid INT PRIMARY KEY, bid INT, abalance INT, fille
 CREATE TABLE pgbench_history (tid INT, bid INT, aid INT, delta INT, mtime DATETIME, filler CHAR(22)) ENGINE=InnoDB;
 INSERT INTO pgbench_branches SELECT seq, 0, NULL FROM seq_1_to_$SCALE;
 INSERT INTO pgbench_tellers SELECT seq, (seq - 1) DIV 10 + 1, 0, NULL FROM seq_1_to_$((SCALE * 10));
-INSERT INTO pgbench_accounts SELECT seq, (seq - 1) DIV 100000 + 1, 0, REPEAT(' ', 84) FROM seq_1_to_$((SCALE * 100000));
+-- Not spaces: CHAR drops trailing ones, which made a 34 MiB dump at scale
+-- 20; 84 letters make it about the size of the PostgreSQL bench's dump.
+INSERT INTO pgbench_accounts SELECT seq, (seq - 1) DIV 100000 + 1, 0, REPEAT('x', 84) FROM seq_1_to_$((SCALE * 100000));
 SQL
 SIZE=$(mariadb --protocol=socket -N -e "SELECT ROUND(SUM(DATA_LENGTH + INDEX_LENGTH) / 1048576) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '$DB'")
 say "$DB: $((SCALE * 100000)) accounts, $SIZE MiB on disk"
 
 export RESTIC_PASSWORD=bench-repo-password STACK_BACKUP_PASSWORD=bench-repo-password
 export STACK_BACKUP_STATE_DIR="$BENCH/state"
-restic init -q -r "$BENCH/restic" >/dev/null
 cat > "$BENCH/bench.toml" <<EOF
 [stack]
 name = "sbbench-my"
@@ -93,7 +95,6 @@ url = "mysql://$DB:$APP_PW@127.0.0.1:$SB_MYSQL_PORT/$DB"
 admin-url = "$SB_TEST_MYSQL_ADMIN_URL"
 EOF
 chmod 600 "$BENCH/bench.toml"
-"$SB_BIN" --config "$BENCH/bench.toml" init >/dev/null 2>&1
 # The stock way's option file: the password out of argv there too.
 printf '[client]\nuser=%s\npassword=%s\nhost=127.0.0.1\nport=%s\nprotocol=TCP\n' \
   "$DB" "$APP_PW" "$SB_MYSQL_PORT" > "$BENCH/my.cnf"
@@ -113,20 +114,38 @@ RESTIC_RESTORE="mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE
   restic dump -r '$BENCH/restic' latest /$DB.sql | mariadb --protocol=socket $DB"
 SB=("$SB_BIN" --config "$BENCH/bench.toml" --no-progress)
 
-declare -A T
-for run in first unchanged; do
-  say "$run backup"
-  T[restic_$run]=$(timed "restic-$run" bash -o pipefail -c "$RESTIC_BACKUP")
-  T[sb_$run]=$(timed "sb-$run" "${SB[@]}" backup --name "$run")
+ROUNDS=${SB_BENCH_ROUNDS:-3}
+# Each round starts from empty repositories; every command's time is kept
+# in logs/NAME-rROUND.time.
+for r in $(seq 1 "$ROUNDS"); do
+  rm -rf "$BENCH/restic" "$BENCH/sb" "$BENCH/state"
+  restic init -q -r "$BENCH/restic" >/dev/null
+  "$SB_BIN" --config "$BENCH/bench.toml" init >/dev/null 2>&1
+  for run in first unchanged; do
+    say "round $r: $run backup ($(uptime | sed 's/.*load/load/'))"
+    timed "restic-$run-r$r" bash -o pipefail -c "$RESTIC_BACKUP" >/dev/null
+    timed "sb-$run-r$r" "${SB[@]}" backup --name "$run" >/dev/null
+  done
+  say "round $r: restore ($(uptime | sed 's/.*load/load/'))"
+  timed "restic-restore-r$r" bash -o pipefail -c "$RESTIC_RESTORE" >/dev/null
+  timed "sb-restore-r$r" "${SB[@]}" restore first --yes >/dev/null
 done
-say "restore"
-T[restic_restore]=$(timed restic-restore bash -o pipefail -c "$RESTIC_RESTORE")
-T[sb_restore]=$(timed sb-restore "${SB[@]}" restore first --yes)
 
-printf '\n%-10s %10s %14s %7s %8s\n' scenario restic_s stack-backup_s ratio target
-for s in first:0.8 unchanged:0.25 restore:0.8; do
-  name=${s%%:*} target=${s#*:}
-  awk -v n="$name" -v a="${T[restic_$name]}" -v b="${T[sb_$name]}" -v t="$target" \
-    'BEGIN { printf "%-10s %10.2f %14.2f %7.2f %8s\n", n, a, b, b / a, "<= " t }'
-done
-say "profile $(sb_profile); logs in $BENCH/logs; bash bench/mysql.sh --clean removes it all"
+DUMP=$(awk '/MiB read back/ { print $(NF - 6), $(NF - 5); exit }' "$BENCH/logs/sb-restore-r1.log")
+python3 - "$BENCH/logs" "$ROUNDS" "$DUMP" <<'PY'
+import statistics, sys
+logs, rounds, dump = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = lambda n, r: float(open(f"{logs}/{n}-r{r}.time").read().split()[-1])
+print(f"\n{rounds} rounds, median seconds; dump {dump}")
+print("| scenario | restic (median) | stack-backup (median) | ratio per round | **ratio (median)** | target |")
+print("|---|---|---|---|---|---|")
+for s, target in (("first", 0.8), ("unchanged", 0.25), ("restore", 0.8)):
+    a = [t(f"restic-{s}", r) for r in range(1, rounds + 1)]
+    b = [t(f"sb-{s}", r) for r in range(1, rounds + 1)]
+    ratios = [y / x for x, y in zip(a, b)]
+    med = statistics.median(ratios)
+    print(f"| {s} | {statistics.median(a):.2f} s | {statistics.median(b):.2f} s | "
+          + ", ".join(f"{x:.2f}" for x in ratios)
+          + f" | **{med:.2f}** | ≤ {target} ({'met' if med <= target else 'NOT met'}) |")
+PY
+say "profile $(sb_profile); load now $(uptime | sed 's/.*load average: //'); logs in $BENCH/logs; bash bench/mysql.sh --clean removes it all"

@@ -276,3 +276,94 @@ fn doctor_wants_an_admin_url_and_a_container_name_needs_the_container() {
     );
     assert!(!r.stderr.contains(db.password()));
 }
+
+/// The server's InnoDB log sequence number (advanced by any write to any
+/// database of the shared server).
+fn lsn() -> u64 {
+    use ::mysql::prelude::Queryable;
+    common::mysql::admin()
+        .query_first(
+            "SELECT CAST(VARIABLE_VALUE AS UNSIGNED) FROM information_schema.GLOBAL_STATUS \
+             WHERE VARIABLE_NAME = 'INNODB_LSN_CURRENT'",
+        )
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
+    let db = TempMysql::new();
+    db.seed(40, "a1b2c3d4e5f6");
+    let sb = sandbox(&db, "");
+    let w = logging_wrappers();
+    let dumps = || {
+        std::fs::read_to_string(w.file("argv.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("mariadb-dump ") && l.contains("--single-transaction"))
+            .count()
+    };
+    let mut n = 0;
+    let mut backup = || {
+        n += 1;
+        let name = format!("b{n}");
+        let r = run_with(&sb, &w, &[], &["--json", "backup", "--name", &name]);
+        r.expect_code(0);
+        let report = r.json();
+        let c = report["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "mysql.app")
+            .cloned()
+            .unwrap_or_else(|| panic!("{report}"));
+        (name, c["reused"] == true)
+    };
+    let (_, reused) = backup();
+    assert!(!reused, "the first backup has nothing to reuse");
+
+    // Unchanged: reused, and no dump runs. Other tests write to the same
+    // server, which moves its log sequence number and rightly forbids the
+    // shortcut: a pair whose LSN did not move at all must reuse.
+    let mut seen = false;
+    for _ in 0..6 {
+        let (before, ran) = (lsn(), dumps());
+        let (_, reused) = backup();
+        if reused {
+            assert_eq!(dumps(), ran, "reused, but mariadb-dump ran");
+            seen = true;
+            break;
+        }
+        assert_ne!(lsn(), before, "nothing was written, yet the dump ran");
+        backup(); // a fresh parent for the next try
+    }
+    assert!(seen, "an unchanged database was never reused");
+
+    // Every change dumps again, and the new set holds it: an UPDATE that
+    // keeps every row count, a definition-only change (a comment), and a
+    // table of an engine without InnoDB's log (never reused after).
+    for (change, shows) in [
+        (
+            "UPDATE customers SET name = 'renamed-7' WHERE id = 7",
+            "renamed-7",
+        ),
+        (
+            "ALTER TABLE orders COMMENT = 'said-once'",
+            "COMMENT='said-once'",
+        ),
+        (
+            "CREATE TABLE notes (id INT PRIMARY KEY) ENGINE=Aria",
+            "CREATE TABLE `notes`",
+        ),
+    ] {
+        db.sql(change);
+        let (name, reused) = backup();
+        assert!(!reused, "reused after {change}");
+        let root = restic_restore(&sb.repo(), &name);
+        let dump = std::fs::read_to_string(root.path().join(format!("mysql/app/{}.sql", db.name)))
+            .unwrap();
+        assert!(dump.contains(shows), "{name} misses {shows}");
+    }
+    let (_, reused) = backup();
+    assert!(!reused, "a database with an Aria table was reused");
+}

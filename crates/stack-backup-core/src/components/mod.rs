@@ -175,6 +175,10 @@ pub struct Planned {
     pub stop: Vec<String>,
     /// Runs after the archive runs.
     pub finish: Option<Finish>,
+    /// Runs before the archive runs when every artifact of the component
+    /// is reused from the parent set (its producer will not run): releases
+    /// what the plan held for it (a table lock waiting for a dump).
+    pub on_reuse: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Planned {
@@ -187,6 +191,7 @@ impl Planned {
             estimate,
             stop: Vec::new(),
             finish: None,
+            on_reuse: None,
         }
     }
 }

@@ -96,6 +96,13 @@ pub struct MysqlRecord {
     pub migrations: Vec<MigrationState>,
     /// Exact row count of every base table, in the dump's snapshot.
     pub row_counts: BTreeMap<String, i64>,
+    /// What proves the database unchanged since (absent: the next backup
+    /// dumps whatever it finds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<server::ChangeMark>,
+    /// The dump is the parent set's, reused unread (the marks agreed).
+    #[serde(default)]
+    pub reused: bool,
 }
 
 /// The kind `mysql`.
@@ -161,6 +168,30 @@ impl Kind for Mysql {
         let state = crate::system::state::of(ctx.stack.cfg)?;
         let plan = server::plan_dump(id.name(), my, &state)?;
         Ok(Some(plan))
+    }
+
+    /// The parent set's dump is reused only when both marks exist and
+    /// agree, and the database, server, user and tools are the same: any
+    /// doubt dumps.
+    fn same_content(&self, new: &Record, old: &Record) -> bool {
+        let (Record::Mysql(n), Record::Mysql(o)) = (new, old) else {
+            return false;
+        };
+        let (Some(nm), Some(om)) = (&n.mark, &o.mark) else {
+            return false;
+        };
+        nm.same(om)
+            && n.objects.is_empty()
+            && o.objects.is_empty()
+            && (&n.database, &n.host, n.port, &n.user) == (&o.database, &o.host, o.port, &o.user)
+            && (&n.server_version, &n.dump_version, &n.dump)
+                == (&o.server_version, &o.dump_version, &o.dump)
+    }
+
+    fn archived(&self, record: &mut Record, measured: &super::Archived) {
+        if let Record::Mysql(r) = record {
+            r.reused = measured.reused;
+        }
     }
 
     fn restorer(

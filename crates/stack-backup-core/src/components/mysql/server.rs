@@ -468,6 +468,106 @@ pub fn migration_state(name: &str, c: &mut ::mysql::Conn) -> Result<Vec<Migratio
     Ok(out)
 }
 
+/// What proves a database unchanged between two backups (MariaDB only),
+/// read while the tables are read-locked, before the dump's snapshot:
+/// InnoDB's log sequence number (every committed change to an InnoDB
+/// table, DDL included, writes redo and advances it, server-wide), which
+/// server it is and when it started, and a digest of every table's
+/// definition (`SHOW CREATE TABLE`: changes that only touch the `.frm`,
+/// such as a comment or a default, write no redo). Two equal marks mean
+/// no change the dump could show happened between them
+/// (`docs/decisions/0038-mysql-unchanged-backups.md`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ChangeMark {
+    /// `Innodb_lsn_current`.
+    pub lsn: u64,
+    /// The server's start, Unix seconds (`UNIX_TIMESTAMP() - Uptime`: ±1).
+    pub started: i64,
+    /// `@@hostname:@@port:@@datadir`.
+    pub server: String,
+    /// SHA-256 of every table's name and `SHOW CREATE TABLE`, in order.
+    pub tables: String,
+}
+
+impl ChangeMark {
+    /// Whether nothing the dump shows can have changed from `old` to
+    /// `self` (the start time read twice may differ by a second).
+    #[must_use]
+    pub fn same(&self, old: &Self) -> bool {
+        self.lsn == old.lsn
+            && self.server == old.server
+            && self.tables == old.tables
+            && (self.started - old.started).abs() <= 1
+    }
+}
+
+/// The [`ChangeMark`] of the connection's database, or `None` when the
+/// shortcut cannot be proven sound: not MariaDB (MySQL exposes no LSN to
+/// an unprivileged user), an entry that is not an InnoDB base table
+/// (MyISAM/Aria/MEMORY write no InnoDB redo; views, sequences and
+/// system-versioned tables are left to the dump), or a status missing.
+/// `objects` (views, triggers, routines, events) must be empty: their
+/// definitions live outside InnoDB. Call it with the tables read-locked.
+fn change_mark(
+    name: &str,
+    c: &mut ::mysql::Conn,
+    server: &ServerVersion,
+    objects: &BTreeMap<String, u64>,
+) -> Result<Option<ChangeMark>> {
+    use sha2::Digest;
+    if !server.mariadb || !objects.is_empty() {
+        return Ok(None);
+    }
+    let fail = |what: &str, e: &::mysql::Error| {
+        Error::component(component(name), format!("{what}: {}", error_text(e)))
+    };
+    // First: a change after this read advances it, whatever it touches.
+    let status: Option<(Option<u64>, Option<i64>)> = c
+        .query_first(
+            "SELECT CAST((SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME = 'INNODB_LSN_CURRENT') AS UNSIGNED), \
+                    CAST(UNIX_TIMESTAMP() AS SIGNED) - CAST((SELECT VARIABLE_VALUE \
+                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME') AS SIGNED)",
+        )
+        .map_err(|e| fail("reading the log sequence number", &e))?;
+    let Some((Some(lsn), Some(started))) = status else {
+        return Ok(None);
+    };
+    let entries: Vec<(String, String, Option<String>)> = c
+        .query(
+            "SELECT TABLE_NAME, TABLE_TYPE, ENGINE FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() ORDER BY TABLE_NAME",
+        )
+        .map_err(|e| fail("listing tables", &e))?;
+    if entries
+        .iter()
+        .any(|(_, ty, engine)| ty != "BASE TABLE" || engine.as_deref() != Some("InnoDB"))
+    {
+        return Ok(None);
+    }
+    let mut digest = sha2::Sha256::new();
+    for (t, _, _) in &entries {
+        let create: Option<(String, String)> = c
+            .query_first(format!("SHOW CREATE TABLE {}", quote_ident(t)))
+            .map_err(|e| fail(&format!("reading the definition of {t}"), &e))?;
+        let Some((_, create)) = create else {
+            return Ok(None);
+        };
+        for part in [t.as_bytes(), b"\0", create.as_bytes(), b"\0"] {
+            digest.update(part);
+        }
+    }
+    let server_id: Option<String> = c
+        .query_first("SELECT CONCAT(@@hostname, ':', @@port, ':', @@datadir)")
+        .map_err(|e| fail("reading the server's identity", &e))?;
+    Ok(server_id.map(|server| ChangeMark {
+        lsn,
+        started,
+        server,
+        tables: hex::encode(digest.finalize()),
+    }))
+}
+
 /// Facts read in the dump's snapshot: row counts and migration state.
 type Facts = (BTreeMap<String, i64>, Vec<MigrationState>);
 
@@ -643,6 +743,7 @@ pub fn plan_dump(
         .flatten()
         .unwrap_or(0);
     lock_tables(&mut lock, &tables, &comp, &db, secs)?;
+    let mark = change_mark(name, &mut lock, &server, &objects)?;
     // The counting session's snapshot, taken under the lock.
     let mut counter = connect(name, &o)?;
     exec(
@@ -669,6 +770,7 @@ pub fn plan_dump(
     };
     let watch = connect(name, &o)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let reuse = stop.clone();
     let snapshot = SnapshotLock {
         stop: stop.clone(),
         thread: Some({
@@ -694,12 +796,16 @@ pub fn plan_dump(
         objects,
         migrations: Vec::new(),
         row_counts: BTreeMap::new(),
+        mark,
+        reused: false,
     };
     let mut planned = crate::components::Planned::new(
         crate::components::Record::Mysql(record),
         entries,
         estimate,
     );
+    // Reused from the parent set: no dump will come to release the lock.
+    planned.on_reuse = Some(Box::new(move || reuse.store(true, Ordering::SeqCst)));
     let comp2 = comp.clone();
     planned.finish = Some(Box::new(move |record| {
         let seen = snapshot.release();

@@ -563,6 +563,15 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
                 p.estimate = 0;
             }
         }
+        let all_reused = !p.entries.is_empty()
+            && p.entries
+                .iter()
+                .all(|e| matches!(e, Entry::File(a) if a.reuse_meta.is_some()));
+        if all_reused {
+            if let Some(f) = p.on_reuse.take() {
+                f();
+            }
+        }
     }
 }
 
