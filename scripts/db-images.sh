@@ -3,8 +3,9 @@
 # database servers in (no registry is reachable): one root filesystem of
 # this machine's Debian release with Debian's postgresql, redis-server and
 # mariadb-server (scripts/debian-root.sh, debootstrap minbase), imported
-# into the Docker Engine, and three small images on top of it whose entry
-# points behave like the official images' for what the tests use:
+# into the Docker Engine three times, each without what only the other two
+# servers need, and a small image on each whose entry point behaves like
+# the official image's for what the tests use:
 #
 #   postgres  POSTGRES_USER (default postgres), POSTGRES_PASSWORD (required),
 #             POSTGRES_DB (default the user) on the first start; PGDATA
@@ -32,7 +33,6 @@ log() { printf '[db-images] %s\n' "$*" >&2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 packages=postgresql,redis-server,mariadb-server
 tag=$(cat "${BASH_SOURCE[0]}" | sha256sum | cut -c1-10)
-root_image="stack-backup-test-dbroot:$tag"
 pg_image="stack-backup-test/postgres:$tag"
 redis_image="stack-backup-test/redis:$tag"
 mysql_image="stack-backup-test/mariadb:$tag"
@@ -50,14 +50,24 @@ if ! have "$pg_image" || ! have "$redis_image" || ! have "$mysql_image"; then
   flock 8
 fi
 
-if ! have "$root_image" && { ! have "$pg_image" || ! have "$redis_image" || ! have "$mysql_image"; }; then
+# One root, three imports: each image leaves out what only the others
+# need, and all leave out documentation (a backup of the test project
+# saves every image, so their size is test time).
+common_excludes=(./usr/share/doc ./usr/share/man ./usr/share/info ./usr/share/locale ./usr/share/i18n ./var/cache/apt ./var/lib/apt/lists)
+mariadb_parts=(./usr/sbin/mariadbd ./usr/bin/aria_* ./usr/bin/myisam* ./usr/bin/mariadb-* ./usr/bin/mysql* ./usr/lib/mysql ./usr/lib/libgalera* ./usr/share/mysql ./var/lib/mysql)
+postgres_parts=(./usr/lib/postgresql ./usr/share/postgresql ./var/lib/postgresql ./usr/lib/x86_64-linux-gnu/libLLVM* ./usr/lib/x86_64-linux-gnu/libz3*)
+import_root() { # import_root IMAGE EXCLUDED-PATHS...
+  local image=$1 root; shift
+  have "$image" && return 0
   root=$(bash "$here/debian-root.sh" "$packages")
-  log "importing $root as $root_image"
-  tar -C "$root" -c . | docker import - "$root_image" >/dev/null
-fi
+  log "importing $root as $image"
+  local args=() e
+  for e in "${common_excludes[@]}" "$@"; do args+=("--exclude=$e"); done
+  tar -C "$root" --wildcards "${args[@]}" -c . | docker import - "$image" >/dev/null
+}
 
-build() { # build IMAGE ENTRY-SCRIPT DOCKERFILE-LINES...
-  local image=$1 entry=$2 ctx; shift 2
+build() { # build IMAGE ROOT-IMAGE ENTRY-SCRIPT DOCKERFILE-LINES...
+  local image=$1 root_image=$2 entry=$3 ctx; shift 3
   have "$image" && return 0
   ctx=$(mktemp -d)
   printf '%s\n' "$entry" >"$ctx/entry"
@@ -82,7 +92,9 @@ build() { # build IMAGE ENTRY-SCRIPT DOCKERFILE-LINES...
 # the tools use the default port and socket, as in the official image.
 # setpriv executes the server in place (no su-style parent), so the
 # server is the container's PID 1 and gets docker's stop signal.
-build "$pg_image" '#!/bin/sh
+# JIT is off: the LLVM it needs is not in the image.
+import_root "stack-backup-test-dbroot-postgres:$tag" "${mariadb_parts[@]}" ./usr/lib/postgresql/*/lib/bitcode ./usr/lib/postgresql/*/lib/llvmjit*
+build "$pg_image" "stack-backup-test-dbroot-postgres:$tag" '#!/bin/sh
 set -eu
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 data=${PGDATA:-/var/lib/postgresql/data}
@@ -102,18 +114,20 @@ if [ ! -s "$data/PG_VERSION" ]; then
     echo "CREATE DATABASE \"$db\" OWNER \"$user\";" | as_pg "$bin/postgres" --single -D "$data" postgres >/dev/null
   fi
 fi
-exec setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$data" -c listen_addresses="*"' \
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$bin/postgres" -D "$data" -c listen_addresses="*" -c jit=off' \
   'ENV PGDATA=/var/lib/postgresql/data' 'STOPSIGNAL SIGINT' 'EXPOSE 5432' \
   'RUN pg_lsclusters -h | while read -r v n _; do pg_dropcluster "$v" "$n"; done'
 
-build "$redis_image" '#!/bin/sh
+import_root "stack-backup-test-dbroot-redis:$tag" "${mariadb_parts[@]}" "${postgres_parts[@]}" ./usr/lib/x86_64-linux-gnu/libicu* ./usr/lib/x86_64-linux-gnu/perl ./usr/share/perl
+build "$redis_image" "stack-backup-test-dbroot-redis:$tag" '#!/bin/sh
 set -eu
 install -d -o redis -g redis /data
 cd /data
 exec setpriv --reuid=redis --regid=redis --init-groups redis-server --bind 0.0.0.0 --protected-mode no --dir /data --daemonize no "$@"' \
   'EXPOSE 6379'
 
-build "$mysql_image" '#!/bin/sh
+import_root "stack-backup-test-dbroot-mariadb:$tag" "${postgres_parts[@]}"
+build "$mysql_image" "stack-backup-test-dbroot-mariadb:$tag" '#!/bin/sh
 set -eu
 data=/var/lib/mysql
 install -d -o mysql -g mysql /run/mysqld

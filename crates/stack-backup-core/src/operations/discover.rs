@@ -1178,6 +1178,15 @@ fn postgres_section(p: &Project, svc: &Service, names: &mut BTreeSet<String>) ->
     );
     let var = format!("STACK_BACKUP_POSTGRES_{}_URL", env_name(&name));
     s.line("", password_note(svc, &var, "postgres"));
+    // The official image makes POSTGRES_USER a superuser: fine for a
+    // restore's admin connection, more than a backup needs.
+    s.line(
+        "",
+        format!(
+            "{user} (POSTGRES_USER) is a superuser in the official image: prefer the application's own role (owner of {db}) here; restores without CREATEDB need admin-url = \"postgres://{user}@{hp}/postgres\" (or STACK_BACKUP_POSTGRES_{}_ADMIN_URL)",
+            env_name(&name)
+        ),
+    );
     if let Some(c) = &svc.container {
         s.line(
             format!("container = {}", quote(c)),
@@ -1205,10 +1214,17 @@ fn mysql_section(p: &Project, svc: &Service, names: &mut BTreeSet<String>) -> Se
     );
     let var = format!("STACK_BACKUP_MYSQL_{}_URL", env_name(&name));
     s.line("", password_note(svc, &var, "mysql"));
+    s.line(
+        "",
+        format!(
+            "restores and drills need admin-url = \"mysql://root@{hp}/\" (or STACK_BACKUP_MYSQL_{}_ADMIN_URL)",
+            env_name(&name)
+        ),
+    );
     if let Some(c) = &svc.container {
         s.line(
             format!("container = {}", quote(c)),
-            "the dump tool runs inside it (docker exec)",
+            "the server's container: the URL's host resolves to its address; mariadb-dump and mariadb run on this host",
         );
     }
     s
