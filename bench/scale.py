@@ -46,10 +46,15 @@ from restore_check import db_state, descendants, files_state, image_ids  # noqa:
 SKIP = {"time", "bash", "sh", "env", "xargs", "cat", "wc", "sleep"}
 
 
+def norm(prog):
+    """stack-backup under whatever name SB_BIN has (SB_BIN_NAME)."""
+    return "stack-backup" if prog == os.environ.get("SB_BIN_NAME") else prog
+
+
 def label(argv):
     if not argv:
         return None
-    prog = os.path.basename(argv[0])
+    prog = norm(os.path.basename(argv[0]))
     if prog in SKIP:
         return None
     if prog in ("docker", "restic"):
@@ -137,6 +142,7 @@ def load(results, meta):
             r = dict(zip(head, line.rstrip("\n").split("\t")))
             with open(r["run_json"]) as j:
                 r.update(json.load(j))
+            r["procs"] = {norm(k): v for k, v in r["procs"].items()}
             rows.append(r)
     m = {}
     with open(meta) as f:

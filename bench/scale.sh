@@ -126,6 +126,7 @@ free_gib=$(df -P --block-size=1G "$(dirname "$BENCH")" | awk 'NR == 2 { print $4
   || die "factor $FACTOR needs about $need_gib GiB and $MIN_FREE_GIB GiB must stay free; $free_gib GiB are"
 ensure_sb_bin || die "building stack-backup failed"
 [ -x "$SB_BIN" ] || die "no stack-backup binary at $SB_BIN"
+export SB_BIN_NAME=${SB_BIN##*/}   # scale.py labels it stack-backup
 [ "$(sb_profile)" != debug ] || say "warning: $SB_BIN is a debug build; its timings mean little"
 find_pgbench || die "pgbench not found under /usr/lib/postgresql/*/bin"
 pgbench_() { "$PGBENCH" -h "$PG_HOST" -p "$SB_PG_PORT" -U "$SB_PG_USER" "$@"; }
