@@ -156,13 +156,7 @@ meta docker_server_version "$(docker version --format '{{.Server.Version}}')"
 meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 meta gzip_version "$(gzip --version | awk 'NR == 1 { print $NF }')"
 
-server_major=$(psql_admin -tAc 'SHOW server_version_num' | awk '{ print int($1 / 10000) }')
-if [ -x "/usr/lib/postgresql/$server_major/bin/pgbench" ]; then
-  PGBENCH="/usr/lib/postgresql/$server_major/bin/pgbench"
-else
-  PGBENCH=$(ls -d /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1)
-fi
-[ -n "$PGBENCH" ] && [ -x "$PGBENCH" ] || die "pgbench not found under /usr/lib/postgresql/*/bin"
+find_pgbench || die "pgbench not found under /usr/lib/postgresql/*/bin"
 pgbench_() { "$PGBENCH" -h "$PG_HOST" -p "$SB_PG_PORT" -U "$SB_PG_USER" "$@"; }
 
 # --- the stack -----------------------------------------------------------------

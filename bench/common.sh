@@ -17,7 +17,7 @@ ensure_sb_bin() {
   if [ -z "${SB_BIN:-}" ]; then
     say "building target/release/stack-backup (a no-op when it is up to date)"
     cargo build --release --locked -q -p stack-backup >&2 || return 1
-    SB_BIN="$ROOT/target/release/stack-backup"
+    SB_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/stack-backup"
   fi
 }
 
@@ -33,4 +33,17 @@ sb_profile() {
       fi ;;
     *) echo unknown ;;
   esac
+}
+
+# The pgbench of the server's major version (else the newest installed);
+# needs psql_admin. Sets PGBENCH.
+find_pgbench() {
+  local major
+  major=$(psql_admin -tAc 'SHOW server_version_num' | awk '{ print int($1 / 10000) }')
+  if [ -x "/usr/lib/postgresql/$major/bin/pgbench" ]; then
+    PGBENCH="/usr/lib/postgresql/$major/bin/pgbench"
+  else
+    PGBENCH=$(ls -d /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1)
+  fi
+  [ -n "$PGBENCH" ] && [ -x "$PGBENCH" ]
 }
