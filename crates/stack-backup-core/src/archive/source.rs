@@ -354,244 +354,178 @@ type Item = RusticResult<ReadSourceEntry<EntryOpen>>;
 
 impl ReadSource for StackSource {
     type Open = EntryOpen;
-    type Iter = Entries;
+    type Iter = std::vec::IntoIter<Item>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
         Ok(None)
     }
 
-    /// Expands every entry as the archiver asks for the next one. Local
-    /// trees are walked here (metadata only; file contents are read later
-    /// by the archiver's workers), one entry at a time: the memory of a
-    /// backup does not grow with the number of files walked (only the
-    /// yielded list does, a path per file).
-    fn entries(&self) -> Entries {
-        Entries {
-            entries: self.entries.clone().into_iter(),
-            ledger: self.ledger.clone(),
-            yielded: self.yielded.clone(),
-            time: self.time,
-            dirs: BTreeSet::new(),
-            pending: std::collections::VecDeque::new(),
-            walk: None,
-        }
-    }
-}
-
-/// The entries of a [`StackSource`], in tree order, produced on demand.
-pub struct Entries {
-    entries: std::vec::IntoIter<Entry>,
-    ledger: Arc<Ledger>,
-    yielded: Arc<Mutex<BTreeSet<Yielded>>>,
-    time: jiff::Timestamp,
-    /// Parent directories already given a node.
-    dirs: BTreeSet<String>,
-    /// Items of the current entry not handed out yet.
-    pending: std::collections::VecDeque<Item>,
-    /// The local tree being walked.
-    walk: Option<Walk>,
-}
-
-/// A local tree being walked.
-struct Walk {
-    component: String,
-    root: PathBuf,
-    target: String,
-    src: <LocalSource as ReadSource>::Iter,
-}
-
-impl Iterator for Entries {
-    type Item = Item;
-
-    fn next(&mut self) -> Option<Item> {
-        loop {
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            if let Some(w) = &mut self.walk {
-                match w.src.next() {
-                    Some(item) => {
-                        if let Some(item) = walked(w, item, &self.ledger, &self.yielded) {
-                            return Some(item);
-                        }
-                        continue;
-                    }
-                    None => self.walk = None,
+    /// Expands every entry. Local trees are walked here (metadata only;
+    /// file contents are read later by the archiver's workers).
+    fn entries(&self) -> Self::Iter {
+        let mut out: Vec<Item> = Vec::new();
+        let mut yielded = self.yielded.lock().expect("yielded lock");
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
+        for entry in &self.entries {
+            // Parent directories get explicit nodes (mode 0755, this
+            // backup's time) instead of the archiver's time-less ones.
+            let target = entry.target();
+            let mut prefix = String::new();
+            for part in target
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |(_, p)| p)
+            {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(part);
+                if dirs.insert(prefix.clone()) {
+                    let mut node = file_node(part, 0, self.time);
+                    node.node_type = NodeType::Dir;
+                    node.meta.mode = Some(0o755);
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{prefix}")),
+                        node,
+                        open: None,
+                    }));
                 }
             }
-            let entry = self.entries.next()?;
-            self.expand(entry);
+            match entry {
+                Entry::File(a) => {
+                    let name = a.path.rsplit('/').next().unwrap_or(&a.path);
+                    let size = match &a.content {
+                        Content::Bytes(b) => b.len() as u64,
+                        _ => 0,
+                    };
+                    let node = match &a.reuse_meta {
+                        Some(meta) => {
+                            Node::new_node(OsStr::new(name), NodeType::File, (**meta).clone())
+                        }
+                        None => file_node(name, size, self.time),
+                    };
+                    yielded.insert(Yielded {
+                        path: a.path.clone(),
+                        component: a.component.clone(),
+                        is_file: true,
+                        size: node.meta.size,
+                    });
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{}", a.path)),
+                        node,
+                        open: Some(EntryOpen {
+                            artifact: a.path.clone(),
+                            component: a.component.clone(),
+                            content: a.content.clone(),
+                            ledger: self.ledger.clone(),
+                        }),
+                    }));
+                }
+                Entry::Tree {
+                    component,
+                    root,
+                    target,
+                } => self.expand_tree(component, root, target, &mut out, &mut yielded),
+            }
         }
+        out.into_iter()
     }
 }
 
-impl Entries {
-    /// Queues an entry's parent directories and its own item, or starts
-    /// walking its tree.
-    fn expand(&mut self, entry: Entry) {
-        // Parent directories get explicit nodes (mode 0755, this
-        // backup's time) instead of the archiver's time-less ones.
-        let target = entry.target();
-        let mut prefix = String::new();
-        for part in target
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map_or(&[][..], |(_, p)| p)
-        {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            if self.dirs.insert(prefix.clone()) {
-                let mut node = file_node(part, 0, self.time);
-                node.node_type = NodeType::Dir;
-                node.meta.mode = Some(0o755);
-                self.pending.push_back(Ok(ReadSourceEntry {
-                    path: PathBuf::from(format!("/{prefix}")),
-                    node,
-                    open: None,
-                }));
-            }
-        }
-        match entry {
-            Entry::File(a) => {
-                let name = a.path.rsplit('/').next().unwrap_or(&a.path);
-                let size = match &a.content {
-                    Content::Bytes(b) => b.len() as u64,
-                    _ => 0,
-                };
-                let node = match &a.reuse_meta {
-                    Some(meta) => {
-                        Node::new_node(OsStr::new(name), NodeType::File, (**meta).clone())
-                    }
-                    None => file_node(name, size, self.time),
-                };
-                self.yielded.lock().expect("yielded lock").insert(Yielded {
-                    path: a.path.clone(),
-                    component: a.component.clone(),
-                    is_file: true,
-                    size: node.meta.size,
-                });
-                self.pending.push_back(Ok(ReadSourceEntry {
-                    path: PathBuf::from(format!("/{}", a.path)),
-                    node,
-                    open: Some(EntryOpen {
-                        artifact: a.path,
-                        component: a.component,
-                        content: a.content,
-                        ledger: self.ledger.clone(),
-                    }),
-                }));
-            }
-            Entry::Tree {
-                component,
-                root,
-                target,
-            } => self.start_walk(component, root, target),
-        }
-    }
-
-    fn start_walk(&mut self, component: String, root: PathBuf, target: String) {
-        let name = target.rsplit('/').next().unwrap_or(&target);
-        match dir_node_from(&root, name) {
-            Ok(node) => self.pending.push_back(Ok(ReadSourceEntry {
+impl StackSource {
+    fn expand_tree(
+        &self,
+        component: &str,
+        root: &Path,
+        target: &str,
+        out: &mut Vec<Item>,
+        yielded: &mut BTreeSet<Yielded>,
+    ) {
+        let name = target.rsplit('/').next().unwrap_or(target);
+        match dir_node_from(root, name) {
+            Ok(node) => out.push(Ok(ReadSourceEntry {
                 path: PathBuf::from(format!("/{target}")),
                 node,
                 open: None,
             })),
             Err(e) => {
                 self.ledger
-                    .fail_component(&component, format!("cannot read {}: {e}", root.display()));
+                    .fail_component(component, format!("cannot read {}: {e}", root.display()));
                 return;
             }
         }
         // The device of every entry, to check each file when it is opened;
-        // stored only for hard links, as by default (see `walked`).
+        // stored only for hard links, as by default (below).
         let save = LocalSourceSaveOptions::default().set_devid(DevIdOption::Yes);
-        match LocalSource::new(
+        let src = match LocalSource::new(
             save,
             &Excludes::default(),
             &LocalSourceFilterOptions::default(),
-            &[&root],
+            &[root],
         ) {
-            Ok(s) => {
-                self.walk = Some(Walk {
-                    src: s.entries(),
+            Ok(s) => s,
+            Err(e) => {
+                self.ledger.fail_component(
                     component,
-                    root,
-                    target,
-                });
+                    format!("cannot walk {}: {}", root.display(), e.display_log()),
+                );
+                return;
             }
-            Err(e) => self.ledger.fail_component(
-                &component,
-                format!("cannot walk {}: {}", root.display(), e.display_log()),
-            ),
+        };
+        for item in src.entries() {
+            match item {
+                Ok(ReadSourceEntry { path, mut node, .. }) => {
+                    let dev = node.meta.device_id;
+                    // As rustic's default: directories (two or more links
+                    // always) and single-link files store none, so trees
+                    // stay the same across hosts and device renumbering.
+                    if node.meta.links <= 1 || node.is_dir() {
+                        node.meta.device_id = 0;
+                    }
+                    let Ok(rel) = path.strip_prefix(root) else {
+                        self.ledger.fail_component(
+                            component,
+                            format!("{} is outside {}", path.display(), root.display()),
+                        );
+                        continue;
+                    };
+                    if rel.as_os_str().is_empty() {
+                        continue;
+                    }
+                    let snap_rel = format!("{target}/{}", rel.display());
+                    let is_file = node.node_type == NodeType::File;
+                    if !node.is_dir() {
+                        yielded.insert(Yielded {
+                            path: snap_rel.clone(),
+                            component: component.to_string(),
+                            is_file,
+                            size: node.meta.size,
+                        });
+                    }
+                    let open = is_file.then(|| EntryOpen {
+                        artifact: snap_rel.clone(),
+                        component: component.to_string(),
+                        content: Content::Walked {
+                            path: path.clone(),
+                            dev,
+                            ino: node.meta.inode,
+                        },
+                        ledger: self.ledger.clone(),
+                    });
+                    out.push(Ok(ReadSourceEntry {
+                        path: PathBuf::from(format!("/{snap_rel}")),
+                        node,
+                        open,
+                    }));
+                }
+                Err(e) => self.ledger.fail_component(
+                    component,
+                    format!("reading {}: {}", root.display(), e.display_log()),
+                ),
+            }
         }
     }
-}
-
-/// One entry of a walked tree as the archiver gets it (None: skipped, the
-/// tree's root itself or a failure recorded in the ledger).
-fn walked(
-    w: &Walk,
-    item: RusticResult<ReadSourceEntry<<LocalSource as ReadSource>::Open>>,
-    ledger: &Arc<Ledger>,
-    yielded: &Mutex<BTreeSet<Yielded>>,
-) -> Option<Item> {
-    let (component, root, target) = (&w.component, &w.root, &w.target);
-    let ReadSourceEntry { path, mut node, .. } = match item {
-        Ok(e) => e,
-        Err(e) => {
-            ledger.fail_component(
-                component,
-                format!("reading {}: {}", root.display(), e.display_log()),
-            );
-            return None;
-        }
-    };
-    let dev = node.meta.device_id;
-    // As rustic's default: directories (two or more links always) and
-    // single-link files store none, so trees stay the same across hosts
-    // and device renumbering.
-    if node.meta.links <= 1 || node.is_dir() {
-        node.meta.device_id = 0;
-    }
-    let Ok(rel) = path.strip_prefix(root) else {
-        ledger.fail_component(
-            component,
-            format!("{} is outside {}", path.display(), root.display()),
-        );
-        return None;
-    };
-    if rel.as_os_str().is_empty() {
-        return None;
-    }
-    let snap_rel = format!("{target}/{}", rel.display());
-    let is_file = node.node_type == NodeType::File;
-    if !node.is_dir() {
-        yielded.lock().expect("yielded lock").insert(Yielded {
-            path: snap_rel.clone(),
-            component: component.clone(),
-            is_file,
-            size: node.meta.size,
-        });
-    }
-    let open = is_file.then(|| EntryOpen {
-        artifact: snap_rel.clone(),
-        component: component.clone(),
-        content: Content::Walked {
-            path: path.clone(),
-            dev,
-            ino: node.meta.inode,
-        },
-        ledger: ledger.clone(),
-    });
-    Some(Ok(ReadSourceEntry {
-        path: PathBuf::from(format!("/{snap_rel}")),
-        node,
-        open,
-    }))
 }
 
 #[cfg(test)]
