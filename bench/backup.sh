@@ -231,36 +231,11 @@ fi
 # stack-backup gets only what its config says: no database or repository
 # password, URL or config from this script's environment, and its cache in
 # the bench dir.
-SB_CMD=(env -u PGPASSWORD -u RESTIC_PASSWORD -u RESTIC_REPOSITORY -u RESTIC_CACHE_DIR
-  -u STACK_BACKUP_PASSWORD -u STACK_BACKUP_PASSWORD_FILE -u STACK_BACKUP_REPOSITORY
-  -u STACK_BACKUP_CONFIG -u DATABASE_URL -u REDIS_URL
-  XDG_CACHE_HOME="$BENCH/sb-cache" "$SB_BIN" --config "$SB_CONFIG" --no-progress)
+sb_command_for "$SB_CONFIG"
 sb() { "${SB_CMD[@]}" "$@"; }
 
 if [ "$SB_STATUS" = available ]; then
-  ( umask 077
-    head -c 32 /dev/urandom | base64 > "$BENCH/sb.key"
-    printf '%s\n' "$SB_PG_PASSWORD" > "$BENCH/db.password" )
-  images_toml=$(printf '"%s", ' "${IMAGES[@]}"); images_toml=${images_toml%, }
-  cat > "$SB_CONFIG" <<TOML
-[stack]
-name = "bench"
-min-free-space = "1GiB"
-
-[repository]
-path = "$SB_REPO"
-password-file = "$BENCH/sb.key"
-
-[postgres.main]
-url = "$PG_DB_URL"
-password-file = "$BENCH/db.password"
-
-[docker]
-images = [$images_toml]
-
-[paths.files]
-path = "$BENCH/files"
-TOML
+  write_bench_config "$SB_CONFIG" bench "$BENCH/files"
   # init and doctor are not timed; they also check the config and the
   # wiring while the binary has no backup command yet.
   if ! sb init > "$BENCH/logs/sb-init.log" 2>&1; then

@@ -47,3 +47,43 @@ find_pgbench() {
   fi
   [ -n "$PGBENCH" ] && [ -x "$PGBENCH" ]
 }
+
+# write_bench_config FILE STACK-NAME FILES-DIR: stack-backup's config for a
+# bench stack — the database at $PG_DB_URL (password in $BENCH/db.password),
+# the images in IMAGES, one directory — with its repository $SB_REPO and key
+# $BENCH/sb.key (made here, 0600).
+write_bench_config() {
+  local file=$1 name=$2 files=$3 images_toml
+  ( umask 077
+    head -c 32 /dev/urandom | base64 > "$BENCH/sb.key"
+    printf '%s\n' "$SB_PG_PASSWORD" > "$BENCH/db.password" )
+  images_toml=$(printf '"%s", ' "${IMAGES[@]}"); images_toml=${images_toml%, }
+  cat > "$file" <<TOML
+[stack]
+name = "$name"
+min-free-space = "1GiB"
+
+[repository]
+path = "$SB_REPO"
+password-file = "$BENCH/sb.key"
+
+[postgres.main]
+url = "$PG_DB_URL"
+password-file = "$BENCH/db.password"
+
+[docker]
+images = [$images_toml]
+
+[paths.files]
+path = "$files"
+TOML
+}
+
+# sb_command_for CONFIG: sets SB_CMD, stack-backup with only what its config
+# says (no password or repository from the environment).
+sb_command_for() {
+  SB_CMD=(env -u PGPASSWORD -u RESTIC_PASSWORD -u RESTIC_REPOSITORY -u RESTIC_CACHE_DIR
+    -u STACK_BACKUP_PASSWORD -u STACK_BACKUP_PASSWORD_FILE -u STACK_BACKUP_REPOSITORY
+    -u STACK_BACKUP_CONFIG -u DATABASE_URL -u REDIS_URL
+    XDG_CACHE_HOME="$BENCH/sb-cache" "$SB_BIN" --config "$1" --no-progress)
+}

@@ -206,39 +206,15 @@ sync
 RESTIC_REPO="$BENCH/restic-repo"
 RESTIC_CACHE="$BENCH/restic-cache"
 ( umask 077
-  head -c 24 /dev/urandom | base64 > "$BENCH/restic.key"
-  head -c 32 /dev/urandom | base64 > "$BENCH/sb.key"
-  printf '%s\n' "$SB_PG_PASSWORD" > "$BENCH/db.password" )
+  head -c 24 /dev/urandom | base64 > "$BENCH/restic.key" )
 RESTIC_ENV=(env RESTIC_REPOSITORY="$RESTIC_REPO" RESTIC_PASSWORD_FILE="$BENCH/restic.key"
   RESTIC_CACHE_DIR="$RESTIC_CACHE")
 
 SB_CONFIG="$BENCH/stack-backup.toml"
 SB_REPO="$BENCH/sb-repo"
-images_toml=$(printf '"%s", ' "${IMAGES[@]}"); images_toml=${images_toml%, }
-cat > "$SB_CONFIG" <<TOML
-[stack]
-name = "scale"
-min-free-space = "1GiB"
-
-[repository]
-path = "$SB_REPO"
-password-file = "$BENCH/sb.key"
-
-[postgres.main]
-url = "$PG_DB_URL"
-password-file = "$BENCH/db.password"
-
-[docker]
-images = [$images_toml]
-
-[paths.files]
-path = "$FILES"
-TOML
+write_bench_config "$SB_CONFIG" scale "$FILES"
 # stack-backup gets only what its config says.
-SB_CMD=(env -u PGPASSWORD -u RESTIC_PASSWORD -u RESTIC_REPOSITORY -u RESTIC_CACHE_DIR
-  -u STACK_BACKUP_PASSWORD -u STACK_BACKUP_PASSWORD_FILE -u STACK_BACKUP_REPOSITORY
-  -u STACK_BACKUP_CONFIG -u DATABASE_URL -u REDIS_URL
-  XDG_CACHE_HOME="$BENCH/sb-cache" "$SB_BIN" --config "$SB_CONFIG" --no-progress)
+sb_command_for "$SB_CONFIG"
 
 new_repos() {
   rm -rf "$RESTIC_REPO" "$RESTIC_CACHE" "$SB_REPO" "$BENCH/sb-cache"
