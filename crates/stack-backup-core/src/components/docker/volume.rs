@@ -170,24 +170,29 @@ fn mounters(component: &str, volume: &str) -> Result<Vec<Mounter>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let format = format!(
-        "{{{{.Id}}}}\t{{{{.Name}}}}\t{{{{range .Mounts}}}}{{{{if eq .Name {volume:?}}}}}{{{{.Destination}}}} {{{{end}}}}{{{{end}}}}"
-    );
-    let mut args = vec!["inspect", "--format", &format];
+    // `.Mounts` as JSON: a bind mount has no `Name`, which a template
+    // comparing it would fail on.
+    let mut args = vec![
+        "inspect",
+        "--format",
+        "{{.Id}}\t{{.Name}}\t{{json .Mounts}}",
+    ];
     args.extend(ids);
     let out = crate::process::output(component, "docker", &args)?;
     Ok(out
         .lines()
         .filter_map(|l| {
             let mut f = l.splitn(3, '\t');
+            let (id, name) = (f.next()?, f.next()?);
+            let mounts: Vec<serde_json::Value> =
+                serde_json::from_str(f.next().unwrap_or("[]")).unwrap_or_default();
             Some(Mounter {
-                id: f.next()?.to_string(),
-                name: f.next()?.trim_start_matches('/').to_string(),
-                destinations: f
-                    .next()
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .map(str::to_string)
+                id: id.to_string(),
+                name: name.trim_start_matches('/').to_string(),
+                destinations: mounts
+                    .iter()
+                    .filter(|m| m["Name"].as_str() == Some(volume))
+                    .filter_map(|m| m["Destination"].as_str().map(str::to_string))
                     .collect(),
             })
         })
