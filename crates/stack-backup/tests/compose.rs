@@ -429,6 +429,8 @@ fn init_compose_writes_a_config_and_doctor_strict_finds_a_new_volume() {
         .collect();
     let cfg = text_without_mysql
         .replace(&format!("container = \"{name}-db-1\""), "")
+        // A URL with `container =` must reach that container.
+        .replace(&format!("container = \"{name}-cache-1\""), "")
         // This machine's disk is shared with other test runs.
         .replace("min-free-space = \"1GiB\"", "min-free-space = \"1MiB\"");
     std::fs::write(sb.config(), cfg).unwrap();

@@ -462,6 +462,26 @@ fn a_compose_stack_with_unpublished_databases_round_trips() {
     assert_ne!(broken.file, before.file);
     assert_ne!(broken.sqlite, before.sqlite);
 
+    // A database's data volume alone is refused, not silently skipped:
+    // nothing in this restore would bring the database back.
+    let pgdata = format!("{}_pgdata", p.name);
+    let only = format!("docker.volume.{pgdata}");
+    let r = sb.run(&["restore", "good", "--only", &only, "--yes"]);
+    r.expect_code(4);
+    for what in [
+        pgdata.as_str(),
+        &p.container_name("db"),
+        "postgres.db",
+        "--only",
+    ] {
+        assert!(
+            r.stderr.contains(what),
+            "refusal lacks {what}:\n{}",
+            r.stderr
+        );
+    }
+    assert_eq!(state(&p), broken, "a refused restore changed something");
+
     let plan = sb.run(&["restore", "good", "--dry-run"]);
     plan.expect_code(0);
     let shown = format!("{}{}", plan.stdout, plan.stderr);
@@ -471,7 +491,10 @@ fn a_compose_stack_with_unpublished_databases_round_trips() {
     // The databases' data volumes are restored by their dumps, not by
     // swapping a running server's files.
     assert!(
-        shown.contains(&format!("database container(s) {}", p.container_name("db"))),
+        shown.contains(&format!(
+            "database container(s) {} (postgres.db)",
+            p.container_name("db")
+        )) && shown.contains("restored from their dumps"),
         "{shown}"
     );
     assert_eq!(state(&p), broken, "--dry-run changed something");

@@ -254,8 +254,8 @@ fn doctor_wants_an_admin_url_and_a_container_name_needs_the_container() {
     r.expect_code(6);
     assert!(r.stdout.contains("admin-url"), "{}", r.stdout);
     assert!(!r.stdout.contains(db.password()) && !r.stderr.contains(db.password()));
-    // With `container =`, an IP literal is used as written (a published
-    // port keeps working); a host name is the container's, which must run.
+    // With `container =`, the URL must reach that container: a container
+    // that does not exist is an error for an IP literal as for a name.
     let container = unique("sbnone");
     let with = |url: &str| {
         sb.write_config(
@@ -264,7 +264,13 @@ fn doctor_wants_an_admin_url_and_a_container_name_needs_the_container() {
         );
     };
     with(&db.url());
-    sb.run(&["backup"]).expect_code(0);
+    let r = sb.run(&["backup"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains(&format!("container `{container}`")),
+        "{}",
+        r.stderr
+    );
     assert!(db.url().contains("@127.0.0.1:"), "{}", db.url());
     with(&db.url().replace("@127.0.0.1:", "@db:"));
     let r = sb.run(&["backup"]);

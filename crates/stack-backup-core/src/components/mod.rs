@@ -339,6 +339,10 @@ pub struct RestoreOptions {
     /// Give roles a restore creates the password hash of the set's
     /// `globals.sql` (they are created without one otherwise).
     pub restore_role_passwords: bool,
+    /// The components of the set this restore brings back (`--only`
+    /// applied): a database's data volume is left alone only when its
+    /// database is among them.
+    pub restoring: Vec<ComponentId>,
 }
 
 /// Checks that every component id of a manifest names a registered kind and

@@ -771,7 +771,7 @@ fn address(c: &Container, service: &str, kind: ServiceKind) -> Option<(String, u
             "the container's address on network bridge (port not published; the address changes when the container is re-created)".to_string(),
         ));
     }
-    Some(if c.running {
+    Some(if c.network_mode == "host" {
         (
             "127.0.0.1".to_string(),
             port,
@@ -781,7 +781,12 @@ fn address(c: &Container, service: &str, kind: ServiceKind) -> Option<(String, u
         (
             service.to_string(),
             port,
-            "the service's name (the container is not running: check it once it runs)".to_string(),
+            if c.running {
+                "the service's name (the container has no network address: check how it is reached)"
+            } else {
+                "the service's name (the container is not running: check it once it runs)"
+            }
+            .to_string(),
         )
     })
 }
@@ -1283,11 +1288,13 @@ fn docker_section(p: &Project) -> Section {
         .volumes
         .iter()
         .filter(|v| {
-            v.users.iter().all(|(svc, _)| {
-                p.services
-                    .iter()
-                    .any(|s| &s.name == svc && s.kind.is_database())
-            })
+            // A volume no container mounts is nobody's data directory.
+            !v.users.is_empty()
+                && v.users.iter().all(|(svc, _)| {
+                    p.services
+                        .iter()
+                        .any(|s| &s.name == svc && s.kind.is_database())
+                })
         })
         .map(|v| v.name.clone())
         .collect();

@@ -7,9 +7,11 @@
 //! the same way, from the engine: when the host is a name the container
 //! answers to on one of its networks (its container name, its hostname,
 //! its network aliases, the compose service name among them), the
-//! connection goes to the container's address on that network. IP
-//! literals, `localhost` and other names are used as written, so a
-//! published port keeps working.
+//! connection goes to the container's address on that network. Any other
+//! host (an IP literal, `localhost`, another name) is used as written only
+//! when it reaches this container: one of its addresses, or the URL's port
+//! is one the container publishes on this host; otherwise it could be
+//! another server, and it is an error.
 //!
 //! Contract: resolved at each call (`docker inspect`), never stored: the
 //! address changes when the container is re-created. A container that is
@@ -22,11 +24,16 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::process;
 
-/// The address to connect to for `host` of a server running in
-/// `container`: the container's address when `host` is one of its names,
-/// else `host` as written. `component` names the component in errors.
-pub fn resolve(component: &str, container: &str, host: &str) -> Result<Resolved> {
-    if !is_name(host) {
+/// The address to connect to for `host:port` of a server running in
+/// `container`: the container's address when `host` is one of its names;
+/// `host` as written when it is one of the container's addresses or
+/// `port` is published by the container on this host; else an error
+/// ("the URL must name the container or a port it publishes").
+/// `component` names the component in errors.
+pub fn resolve(component: &str, container: &str, host: &str, port: u16) -> Result<Resolved> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() || bare.starts_with('/') {
+        // A socket: what it reaches is on this host's file system.
         return Ok(Resolved::AsWritten);
     }
     let out = process::output(
@@ -56,7 +63,7 @@ pub fn resolve(component: &str, container: &str, host: &str) -> Result<Resolved>
             format!("cannot parse `docker inspect {container}`: {e}"),
         )
     })?;
-    pick(&inspect, host)
+    pick(&inspect, host, port)
         .map_err(|why| Error::component(component, format!("container `{container}`: {why}")))
 }
 
@@ -80,19 +87,12 @@ impl Resolved {
     }
 }
 
-/// A host name, not an IP literal and not `localhost` (those reach what
-/// they say from this host too). An empty host is a socket: as written.
-fn is_name(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    !bare.is_empty()
-        && !bare.starts_with('/')
-        && bare.parse::<IpAddr>().is_err()
-        && !bare.eq_ignore_ascii_case("localhost")
-}
-
-/// The address for `host` in a container's `docker inspect` object.
-fn pick(inspect: &Value, host: &str) -> std::result::Result<Resolved, String> {
-    let host = host.to_ascii_lowercase();
+/// The address for `host:port` in a container's `docker inspect` object.
+fn pick(inspect: &Value, host: &str, port: u16) -> std::result::Result<Resolved, String> {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     let same = |v: &Value| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(&host));
     let running = inspect["State"]["Running"].as_bool().unwrap_or(false);
     if !running {
@@ -106,9 +106,10 @@ fn pick(inspect: &Value, host: &str) -> std::result::Result<Resolved, String> {
     let everywhere = name.trim_start_matches('/').eq_ignore_ascii_case(&host)
         || same(&inspect["Config"]["Hostname"])
         || (host.len() >= 12 && id.starts_with(&host));
-    let Some(networks) = inspect["NetworkSettings"]["Networks"].as_object() else {
-        return Ok(Resolved::AsWritten);
-    };
+    let empty = serde_json::Map::new();
+    let networks = inspect["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap_or(&empty);
     let address = |n: &Value| {
         [&n["IPAddress"], &n["GlobalIPv6Address"]]
             .into_iter()
@@ -136,8 +137,44 @@ fn pick(inspect: &Value, host: &str) -> std::result::Result<Resolved, String> {
     }) {
         Some(ip) => Ok(Resolved::Container(ip)),
         None if everywhere => Err("has no address on any network".into()),
-        None => Ok(Resolved::AsWritten),
+        None if reaches(inspect, networks, &host, port) => Ok(Resolved::AsWritten),
+        None => Err(format!(
+            "the URL's host `{host}` is not one of its names and it publishes no port {port} on this host: the URL must name the container or a port it publishes"
+        )),
     }
+}
+
+/// Whether `host:port`, not a name of the container, still reaches it:
+/// `host` is one of its addresses, or it publishes `port` on this host
+/// (`NetworkSettings.Ports` host port), or it shares the host's network
+/// and `host` is this host.
+fn reaches(
+    inspect: &Value,
+    networks: &serde_json::Map<String, Value>,
+    host: &str,
+    port: u16,
+) -> bool {
+    let literal = host.parse::<IpAddr>().ok();
+    let own = literal.is_some_and(|ip| {
+        networks.values().any(|n| {
+            [&n["IPAddress"], &n["GlobalIPv6Address"]]
+                .into_iter()
+                .filter_map(|a| a.as_str())
+                .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
+        })
+    });
+    let local = host == "localhost" || literal.is_some_and(|ip| ip.is_loopback());
+    let published = inspect["NetworkSettings"]["Ports"]
+        .as_object()
+        .is_some_and(|ports| {
+            ports
+                .values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .any(|b| b["HostPort"].as_str() == Some(port.to_string().as_str()))
+        });
+    let host_network = inspect["HostConfig"]["NetworkMode"].as_str() == Some("host") && local;
+    own || published || host_network
 }
 
 /// The span of the host in `scheme://[user[:pw]@]host[:port][/…]`.
@@ -171,7 +208,20 @@ pub fn resolve_url(component: &str, container: &str, url: &str) -> Result<String
     let Some((a, b)) = host_span(url) else {
         return Ok(url.to_string());
     };
-    Ok(match resolve(component, container, &url[a..b])? {
+    let port = url[b..]
+        .strip_prefix(':')
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(match url.split("://").next().unwrap_or_default() {
+            "mysql" | "mariadb" => 3306,
+            "redis" | "rediss" => 6379,
+            _ => 5432,
+        });
+    Ok(match resolve(component, container, &url[a..b], port)? {
         Resolved::AsWritten => url.to_string(),
         Resolved::Container(ip) => {
             let ip = match ip {
@@ -196,7 +246,7 @@ mod tests {
             "NetworkSettings": {"Networks": {
                 "bridge": {"Aliases": null, "IPAddress": "172.17.0.5"},
                 "shop_default": {"Aliases": ["db", "0123456789ab"], "IPAddress": "172.20.0.3"}
-            }}
+            }, "Ports": {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "15432"}]}}
         })
     }
 
@@ -204,25 +254,39 @@ mod tests {
     fn a_name_of_the_container_is_its_address_on_that_network() {
         let c = container(true);
         let at = |ip: &str| Ok(Resolved::Container(ip.parse().unwrap()));
-        assert_eq!(pick(&c, "db"), at("172.20.0.3"));
-        assert_eq!(pick(&c, "DB"), at("172.20.0.3"));
-        assert_eq!(pick(&c, "shop-db-1"), at("172.17.0.5"));
-        assert_eq!(pick(&c, "0123456789ab"), at("172.20.0.3"));
-        assert_eq!(pick(&c, "elsewhere.example"), Ok(Resolved::AsWritten));
+        assert_eq!(pick(&c, "db", 5432), at("172.20.0.3"));
+        assert_eq!(pick(&c, "DB", 5432), at("172.20.0.3"));
+        assert_eq!(pick(&c, "shop-db-1", 5432), at("172.17.0.5"));
+        assert_eq!(pick(&c, "0123456789ab", 5432), at("172.20.0.3"));
     }
 
     #[test]
     fn a_stopped_container_is_an_error() {
-        let e = pick(&container(false), "db").unwrap_err();
+        let e = pick(&container(false), "db", 5432).unwrap_err();
         assert!(e.contains("exited"), "{e}");
     }
 
     #[test]
-    fn literals_and_localhost_are_used_as_written() {
-        for h in ["127.0.0.1", "[::1]", "::1", "localhost", "", "/run/pg"] {
-            assert!(!is_name(h), "{h}");
+    fn another_host_must_reach_the_container() {
+        let c = container(true);
+        for (h, port) in [
+            ("127.0.0.1", 15432),
+            ("localhost", 15432),
+            ("172.20.0.3", 5432),
+        ] {
+            assert_eq!(pick(&c, h, port), Ok(Resolved::AsWritten), "{h}:{port}");
         }
-        assert!(is_name("db"));
+        for (h, port) in [
+            ("127.0.0.1", 5432),
+            ("elsewhere.example", 5432),
+            ("10.0.0.9", 5432),
+        ] {
+            let e = pick(&c, h, port).unwrap_err();
+            assert!(
+                e.contains("must name the container or a port it publishes"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Container {
     pub addresses: BTreeMap<String, String>,
     /// `5432/tcp` → the host port it is published on (first binding).
     pub published: BTreeMap<String, (String, String)>,
+    /// `HostConfig.NetworkMode` (`host` when it shares the host's network).
+    pub network_mode: String,
 }
 
 impl Container {
@@ -111,6 +113,15 @@ struct Inspect {
     mounts: Vec<InspectMount>,
     #[serde(default)]
     network_settings: InspectNetwork,
+    #[serde(default)]
+    host_config: InspectHostConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHostConfig {
+    #[serde(default)]
+    network_mode: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -274,6 +285,7 @@ fn container(i: Inspect) -> Container {
         running: i.state.running,
         addresses,
         published,
+        network_mode: i.host_config.network_mode,
     }
 }
 
@@ -316,7 +328,8 @@ mod tests {
             "Env":["POSTGRES_USER=shop","POSTGRES_PASSWORD=s3cret","EMPTY="],"Cmd":null},
             "State":{"Running":true},
             "Mounts":[{"Type":"volume","Name":"shop_pg","Source":"/var/lib/docker/volumes/shop_pg/_data","Destination":"/var/lib/postgresql/data","RW":true}],
-            "NetworkSettings":{"Networks":{"shop_default":{"IPAddress":"172.18.0.2"}},"Ports":{"5432/tcp":null,"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"}]}}}]"#;
+            "NetworkSettings":{"Networks":{"shop_default":{"IPAddress":"172.18.0.2"}},"Ports":{"5432/tcp":null,"80/tcp":[{"HostIp":"0.0.0.0","HostPort":"8080"}]}},
+            "HostConfig":{"NetworkMode":"shop_default"}}]"#;
         let v: Vec<Inspect> = serde_json::from_str(json).unwrap();
         let c = container(v.into_iter().next().unwrap());
         assert_eq!(c.name, "shop-db-1");
@@ -328,5 +341,6 @@ mod tests {
         assert_eq!(c.addresses["shop_default"], "172.18.0.2");
         assert_eq!(c.published["80/tcp"].1, "8080");
         assert!(!c.published.contains_key("5432/tcp"));
+        assert_eq!(c.network_mode, "shop_default");
     }
 }

@@ -79,14 +79,14 @@ impl Kind for Volume {
     fn restorer(
         &self,
         cfg: &Config,
-        _opts: &RestoreOptions,
+        opts: &RestoreOptions,
         id: &ComponentId,
         r: &Record,
     ) -> Result<Restore> {
         let Record::DockerVolume(record) = r else {
             return Err(wrong_record(id));
         };
-        if let Some(why) = database_files(cfg, &record.source)? {
+        if let Some(why) = database_files(cfg, opts, id, &record.source)? {
             return Ok(Restore::Skip(why));
         }
         Ok(Restore::Into(Box::new(VolumeRestorer::new(
@@ -133,30 +133,183 @@ impl Kind for Volume {
     }
 }
 
-/// Why a volume is left alone by a restore: every running container that
-/// mounts it is the `container =` of a configured database, whose
-/// component restores it from its dump. Swapping the files of a live
-/// server's data directory (copied while it ran) under it would stop the
-/// server in the middle of the restore and bring back an inconsistent copy.
-fn database_files(cfg: &Config, volume: &str) -> Result<Option<String>> {
-    let users = match engine::volume_mountpoint(volume) {
-        Ok(_) => engine::volume_users(volume)?,
-        Err(_) => return Ok(None),
-    };
-    let databases: Vec<&String> = cfg
-        .postgres
-        .values()
-        .filter_map(|c| c.container.as_ref())
-        .chain(cfg.mysql.values().filter_map(|c| c.container.as_ref()))
-        .chain(cfg.redis.values().filter_map(|c| c.container.as_ref()))
-        .collect();
-    if users.is_empty() || !users.iter().all(|u| databases.contains(&u)) {
+/// Where the official images keep each server's data directory (the
+/// PostgreSQL entry covers images that set PGDATA below the mount).
+const DATA_DIRS: [(&str, &[&str]); 3] = [
+    (
+        "postgres",
+        &["/var/lib/postgresql/data", "/var/lib/postgresql"],
+    ),
+    ("mysql", &["/var/lib/mysql"]),
+    ("redis", &["/data"]),
+];
+
+/// A running container that mounts a volume.
+struct Mounter {
+    id: String,
+    name: String,
+    destinations: Vec<String>,
+}
+
+/// The running containers mounting `volume`, by full ID, with where each
+/// mounts it.
+fn mounters(component: &str, volume: &str) -> Result<Vec<Mounter>> {
+    let ids = crate::process::output(
+        component,
+        "docker",
+        &[
+            "ps",
+            "--no-trunc",
+            "--filter",
+            &format!("volume={volume}"),
+            "--format",
+            "{{.ID}}",
+        ],
+    )?;
+    let ids: Vec<&str> = ids.lines().filter(|l| !l.is_empty()).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `.Mounts` as JSON: a bind mount has no `Name`, which a template
+    // comparing it would fail on.
+    let mut args = vec![
+        "inspect",
+        "--format",
+        "{{.Id}}\t{{.Name}}\t{{json .Mounts}}",
+    ];
+    args.extend(ids);
+    let out = crate::process::output(component, "docker", &args)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let (id, name) = (f.next()?, f.next()?);
+            let mounts: Vec<serde_json::Value> =
+                serde_json::from_str(f.next().unwrap_or("[]")).unwrap_or_default();
+            Some(Mounter {
+                id: id.to_string(),
+                name: name.trim_start_matches('/').to_string(),
+                destinations: mounts
+                    .iter()
+                    .filter(|m| m["Name"].as_str() == Some(volume))
+                    .filter_map(|m| m["Destination"].as_str().map(str::to_string))
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// What a restore does with a volume that a configured database server
+/// keeps its data directory in. Such a volume was copied while the server
+/// ran, so its files are no consistent copy: swapping them in under the
+/// server would bring back a torn data directory. It is left alone (its
+/// content comes back through the database components' dumps) only when
+/// every running container mounting it is the `container =` of a database
+/// component of the set selected in this restore — or of a Redis with
+/// `role = "cache"`, whose content is disposable — mounted at that
+/// server's data directory. A volume with a database server on it and any
+/// other user, or whose server is not restored by this restore, is
+/// refused (`Error::Refused`): nothing would bring that data back.
+/// Containers are compared by ID, so any spelling of a name matches.
+/// `Ok(None)` (restore it as files) when no database server keeps its
+/// data in the volume.
+fn database_files(
+    cfg: &Config,
+    opts: &RestoreOptions,
+    id: &ComponentId,
+    volume: &str,
+) -> Result<Option<String>> {
+    if engine::volume_mountpoint(volume).is_err() {
         return Ok(None);
     }
-    Ok(Some(format!(
-        "the data of database container(s) {}, restored from their dumps",
-        users.join(", ")
+    let users = mounters(id.as_str(), volume)?;
+    if users.is_empty() {
+        return Ok(None);
+    }
+    // (kind, component name, container, disposable)
+    let configured: Vec<(&str, &String, &String, bool)> = cfg
+        .postgres
+        .iter()
+        .filter_map(|(n, c)| Some(("postgres", n, c.container.as_ref()?, false)))
+        .chain(
+            cfg.mysql
+                .iter()
+                .filter_map(|(n, c)| Some(("mysql", n, c.container.as_ref()?, false))),
+        )
+        .chain(cfg.redis.iter().filter_map(|(n, c)| {
+            Some((
+                "redis",
+                n,
+                c.container.as_ref()?,
+                c.role == crate::config::RedisRole::Cache,
+            ))
+        }))
+        .collect();
+    let mut servers = Vec::new(); // (container, component, restored here or disposable)
+    let mut others = Vec::new();
+    for u in &users {
+        let server = configured.iter().find(|(kind, _, container, _)| {
+            let data_dirs = DATA_DIRS
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(&[][..], |(_, d)| *d);
+            u.destinations
+                .iter()
+                .any(|d| data_dirs.contains(&d.as_str()))
+                && container_id(container).as_deref() == Some(u.id.as_str())
+        });
+        match server {
+            Some((kind, name, _, disposable)) => {
+                let component = format!("{kind}.{name}");
+                let restored = opts.restoring.iter().any(|r| r.as_str() == component);
+                servers.push((u.name.clone(), component, restored || *disposable));
+            }
+            None => others.push(u.name.clone()),
+        }
+    }
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    let names = |v: &[&(String, String, bool)]| -> String {
+        v.iter()
+            .map(|(c, comp, _)| format!("{c} ({comp})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let all: Vec<&(String, String, bool)> = servers.iter().collect();
+    let missing: Vec<&(String, String, bool)> = servers.iter().filter(|s| !s.2).collect();
+    let why = if !others.is_empty() {
+        format!("it is also used by {}", others.join(", "))
+    } else if !missing.is_empty() {
+        format!(
+            "this restore does not bring back {}",
+            missing
+                .iter()
+                .map(|s| s.1.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        return Ok(Some(format!(
+            "the data directory of database container(s) {}, restored from their dumps (a Redis cache is disposable)",
+            names(&all)
+        )));
+    };
+    Err(Error::Refused(format!(
+        "{id}: volume `{volume}` is the data directory of running database container(s) {}, and {why}: a raw copy of a running server's files would be swapped in under it. Restore with `--only` without {id} (the database components restore its content), or stop the container(s) first",
+        names(&all)
     )))
+}
+
+/// The full ID of container `name`, `None` when there is none.
+fn container_id(name: &str) -> Option<String> {
+    crate::process::output(
+        "docker",
+        "docker",
+        &["inspect", "--format", "{{.Id}}", name],
+    )
+    .ok()
+    .map(|s| s.trim().to_string())
 }
 
 /// A volume of the set into the named volume `volume` (created when it

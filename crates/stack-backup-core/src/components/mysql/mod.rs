@@ -278,7 +278,14 @@ impl Kind for Mysql {
             p.server_version,
             p.database,
             p.row_counts.len(),
-            h = p.host,
+            h = match p.host.strip_prefix("container:") {
+                // The container's address, read when the command runs: it
+                // changes when the container is re-created.
+                Some(name) => format!(
+                    "\"$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}} {{{{end}}}}' {name} | cut -d' ' -f1)\""
+                ),
+                None => p.host.clone(),
+            },
             port = p.port,
             db = p.database,
             dump = path_of(&p.dump),

@@ -81,8 +81,12 @@ impl Options {
     pub fn of_config(name: &str, cfg: &MysqlConfig, url: &DbUrl) -> Result<Self> {
         let mut o = Self::of(name, url)?;
         if let (Some(container), None) = (&cfg.container, o.opts.get_socket()) {
-            let at =
-                crate::components::docker::address::resolve(&component(name), container, &o.host)?;
+            let at = crate::components::docker::address::resolve(
+                &component(name),
+                container,
+                &o.host,
+                o.opts.get_tcp_port(),
+            )?;
             o.host = at.host(&o.host);
             o.opts = ::mysql::OptsBuilder::from_opts(o.opts)
                 .ip_or_hostname(Some(o.host.clone()))

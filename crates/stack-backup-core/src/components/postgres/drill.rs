@@ -165,14 +165,16 @@ impl Drilled for PgDrill {
         ) else {
             return Vec::new();
         };
-        // The check runs on this host: a container's name means nothing here.
+        // The check runs on this host: a container's name means nothing
+        // here, and the unresolved URL could reach another server of that
+        // name, so a URL that does not resolve is not exported at all.
         let url = match &server.container {
             Some(c) => {
                 match crate::components::docker::address::resolve_url(self.id.as_str(), c, &url) {
                     Ok(u) => u,
                     Err(e) => {
-                        log::warn!("{e}");
-                        url
+                        log::warn!("{e}; the drill's checks get no SB_DRILL_PG_URL");
+                        return Vec::new();
                     }
                 }
             }

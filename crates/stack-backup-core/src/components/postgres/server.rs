@@ -90,11 +90,32 @@ fn in_container(name: &str, container: &str, pc: &mut postgres::Config) -> Resul
             postgres::config::Host::Unix(_) => None,
         })
         .collect();
-    if let [host] = hosts.as_slice() {
-        let at = crate::components::docker::address::resolve(&component(name), container, host)?;
-        if let crate::components::docker::address::Resolved::Container(ip) = at {
-            pc.hostaddr(ip);
+    // Every host is resolved (none left to this host's DNS); `hostaddr`
+    // goes with every host or none, so several hosts must all name the
+    // container.
+    let ports = pc.get_ports().to_vec();
+    let mut addrs = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432);
+        let at =
+            crate::components::docker::address::resolve(&component(name), container, host, port)?;
+        match at {
+            crate::components::docker::address::Resolved::Container(ip) => addrs.push(ip),
+            crate::components::docker::address::Resolved::AsWritten if hosts.len() > 1 => {
+                return Err(Error::component(
+                    component(name),
+                    format!("container `{container}`: with several hosts in the URL, each must name the container"),
+                ));
+            }
+            crate::components::docker::address::Resolved::AsWritten => {}
         }
+    }
+    for ip in addrs {
+        pc.hostaddr(ip);
     }
     Ok(())
 }

@@ -36,9 +36,16 @@ pub fn connect(name: &str, cfg: &RedisConfig) -> Result<redis::Connection> {
     if let Some(container) = &cfg.container {
         // The name the application uses on the compose network: its
         // address there (`components/docker/address.rs`).
-        if let redis::ConnectionAddr::Tcp(host, _) = &mut info.addr {
-            let at =
-                crate::components::docker::address::resolve(&component(name), container, host)?;
+        // Every TCP form, TLS included: never left to this host's DNS.
+        if let redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } = &mut info.addr
+        {
+            let at = crate::components::docker::address::resolve(
+                &component(name),
+                container,
+                host,
+                *port,
+            )?;
             *host = at.host(host);
         }
     }

@@ -67,6 +67,12 @@ pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
     let opts = RestoreOptions {
         flush_redis: req.flush_redis,
         restore_role_passwords: req.restore_role_passwords,
+        restoring: manifest
+            .components
+            .keys()
+            .filter(|id| id.selected_by(&req.only))
+            .cloned()
+            .collect(),
     };
     let mut restorers: Vec<Box<dyn Restorer>> = Vec::new();
     let mut skipped = Vec::new();
