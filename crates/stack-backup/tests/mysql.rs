@@ -325,10 +325,13 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
 
     // Unchanged: reused, and no dump runs. Other tests write to the same
     // server, which moves its log sequence number and rightly forbids the
-    // shortcut: a pair whose LSN did not move at all must reuse.
+    // shortcut: a pair whose LSN did not move at all, from before the
+    // parent to after the child, must reuse.
     let mut seen = false;
     for _ in 0..6 {
-        let (before, ran) = (lsn(), dumps());
+        let before = lsn();
+        backup(); // the parent
+        let ran = dumps();
         let (_, reused) = backup();
         if reused {
             assert_eq!(dumps(), ran, "reused, but mariadb-dump ran");
@@ -336,21 +339,21 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
             break;
         }
         assert_ne!(lsn(), before, "nothing was written, yet the dump ran");
-        backup(); // a fresh parent for the next try
     }
     assert!(seen, "an unchanged database was never reused");
 
-    // Reuse releases the table lock at once: the run pauses 5 s after the
+    // Reuse releases the table lock at once: the run pauses 3 s after the
     // decision, and a writer that waits at most 1 s for a lock gets it
-    // well within the pause (held to the end, it would wait > 5 s).
+    // well within the pause (held to the end, it would wait > 3 s). The
+    // other tests' writes forbid reuse while they run: try until they end.
     let mut released = false;
-    for i in 0..4 {
+    for i in 0..10 {
         if i > 0 {
             backup(); // a fresh parent: our write, or another test's, moved the LSN
         }
         let mut cmd = sb.command(bin(), sb.path(), Some(w.path()));
         cmd.args(["--json", "backup", "--name", &format!("held{i}")])
-            .env("FAILPOINTS", "backup-mysql-reused=sleep(5000)")
+            .env("FAILPOINTS", "backup-mysql-reused=sleep(3000)")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -360,7 +363,7 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
         if reused_of(&r) {
             let waited = wrote.unwrap_or_else(|| panic!("no write got the lock during the run"));
             assert!(
-                waited < Duration::from_secs(4),
+                waited < Duration::from_millis(2500),
                 "the lock was held {waited:?} after the reuse decision"
             );
             released = true;
