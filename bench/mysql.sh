@@ -19,8 +19,10 @@
 # ≤ 0.8× restore.
 #
 # Environment: SB_BENCH_DIR (default /var/tmp/stack-backup-bench-mysql; wiped
-# at start), SB_BENCH_MY_SCALE (default 20), SB_BENCH_ROUNDS (default 3: each
-# from empty repositories; the table shows medians and the ratio per round),
+# at start), SB_BENCH_MY_SCALE (default 20), SB_BENCH_ROUNDS (default 3, at least
+# 3: each from empty repositories, the tool that runs first alternating; the
+# table shows medians, the ratio per round, and per round whether the
+# unchanged backup reused the dump),
 # SB_BIN (default: a release build of this checkout).
 set -euo pipefail
 
@@ -100,11 +102,12 @@ printf '[client]\nuser=%s\npassword=%s\nhost=127.0.0.1\nport=%s\nprotocol=TCP\n'
   "$DB" "$APP_PW" "$SB_MYSQL_PORT" > "$BENCH/my.cnf"
 chmod 600 "$BENCH/my.cnf"
 
-# timed NAME CMD... -> wall seconds on stdout; the command's output in logs/
+# timed NAME CMD... -> wall seconds on stdout; the command's output in
+# logs/NAME.log (stdout) and logs/NAME.err
 timed() {
   local name=$1; shift
-  /usr/bin/time -f '%e' -o "$BENCH/logs/$name.time" "$@" >"$BENCH/logs/$name.log" 2>&1 \
-    || die "$name failed: $(tail -3 "$BENCH/logs/$name.log")"
+  /usr/bin/time -f '%e' -o "$BENCH/logs/$name.time" "$@" >"$BENCH/logs/$name.log" 2>"$BENCH/logs/$name.err" \
+    || die "$name failed: $(tail -3 "$BENCH/logs/$name.err")"
   cat "$BENCH/logs/$name.time"
 }
 
@@ -115,26 +118,44 @@ RESTIC_RESTORE="mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE
 SB=("$SB_BIN" --config "$BENCH/bench.toml" --no-progress)
 
 ROUNDS=${SB_BENCH_ROUNDS:-3}
+# Fewer than 3 rounds make a median of one or two: no verdict.
+[[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || die "SB_BENCH_ROUNDS must be a number ≥ 3, not '$ROUNDS'"
 # Each round starts from empty repositories; every command's time is kept
 # in logs/NAME-rROUND.time.
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$BENCH/restic" "$BENCH/sb" "$BENCH/state"
   restic init -q -r "$BENCH/restic" >/dev/null
   "$SB_BIN" --config "$BENCH/bench.toml" init >/dev/null 2>&1
+  # Odd rounds run restic first, even rounds stack-backup: neither always
+  # meets a cold cache or the other's leftovers.
+  order=(restic sb); [ $((r % 2)) = 0 ] && order=(sb restic)
   for run in first unchanged; do
-    say "round $r: $run backup ($(uptime | sed 's/.*load/load/'))"
-    timed "restic-$run-r$r" bash -o pipefail -c "$RESTIC_BACKUP" >/dev/null
-    timed "sb-$run-r$r" "${SB[@]}" backup --name "$run" >/dev/null
+    say "round $r: $run backup, ${order[0]} first ($(uptime | sed 's/.*load/load/'))"
+    for tool in "${order[@]}"; do
+      if [ "$tool" = restic ]; then
+        timed "restic-$run-r$r" bash -o pipefail -c "$RESTIC_BACKUP" >/dev/null
+      else
+        timed "sb-$run-r$r" "${SB[@]}" --json backup --name "$run" >/dev/null
+      fi
+    done
   done
-  say "round $r: restore ($(uptime | sed 's/.*load/load/'))"
-  timed "restic-restore-r$r" bash -o pipefail -c "$RESTIC_RESTORE" >/dev/null
-  timed "sb-restore-r$r" "${SB[@]}" restore first --yes >/dev/null
+  say "round $r: restore, ${order[0]} first ($(uptime | sed 's/.*load/load/'))"
+  for tool in "${order[@]}"; do
+    if [ "$tool" = restic ]; then
+      timed "restic-restore-r$r" bash -o pipefail -c "$RESTIC_RESTORE" >/dev/null
+    else
+      timed "sb-restore-r$r" "${SB[@]}" restore first --yes >/dev/null
+    fi
+  done
 done
 
-DUMP=$(awk '/MiB read back/ { print $(NF - 6), $(NF - 5); exit }' "$BENCH/logs/sb-restore-r1.log")
+DUMP=$(cat "$BENCH/logs/sb-restore-r1".{log,err} | awk '/MiB read back/ { print $(NF - 6), $(NF - 5); exit }')
 python3 - "$BENCH/logs" "$ROUNDS" "$DUMP" <<'PY'
-import statistics, sys
+import json, statistics, sys
 logs, rounds, dump = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def reused(r):
+    report = json.load(open(f"{logs}/sb-unchanged-r{r}.log"))
+    return any(c.get("component") == "mysql.main" and c.get("reused") for c in report["components"])
 t = lambda n, r: float(open(f"{logs}/{n}-r{r}.time").read().split()[-1])
 print(f"\n{rounds} rounds, median seconds; dump {dump}")
 print("| scenario | restic (median) | stack-backup (median) | ratio per round | **ratio (median)** | target |")
@@ -147,5 +168,7 @@ for s, target in (("first", 0.8), ("unchanged", 0.25), ("restore", 0.8)):
     print(f"| {s} | {statistics.median(a):.2f} s | {statistics.median(b):.2f} s | "
           + ", ".join(f"{x:.2f}" for x in ratios)
           + f" | **{med:.2f}** | ≤ {target} ({'met' if med <= target else 'NOT met'}) |")
+print("\nunchanged backup reused the dump, per round: "
+      + ", ".join("yes" if reused(r) else "NO" for r in range(1, rounds + 1)))
 PY
 say "profile $(sb_profile); load now $(uptime | sed 's/.*load average: //'); logs in $BENCH/logs; bash bench/mysql.sh --clean removes it all"

@@ -6,6 +6,7 @@ mod common;
 
 use common::mysql::TempMysql;
 use common::*;
+use std::time::{Duration, Instant};
 
 /// A sandbox with `[mysql.app]` on `db`; `extra` goes into the table.
 fn sandbox(db: &TempMysql, extra: &str) -> Sandbox {
@@ -330,10 +331,13 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
 
     // Unchanged: reused, and no dump runs. Other tests write to the same
     // server, which moves its log sequence number and rightly forbids the
-    // shortcut: a pair whose LSN did not move at all must reuse.
+    // shortcut: a pair whose LSN did not move at all, from before the
+    // parent to after the child, must reuse.
     let mut seen = false;
     for _ in 0..6 {
-        let (before, ran) = (lsn(), dumps());
+        let before = lsn();
+        backup(); // the parent
+        let ran = dumps();
         let (_, reused) = backup();
         if reused {
             assert_eq!(dumps(), ran, "reused, but mariadb-dump ran");
@@ -341,13 +345,47 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
             break;
         }
         assert_ne!(lsn(), before, "nothing was written, yet the dump ran");
-        backup(); // a fresh parent for the next try
     }
     assert!(seen, "an unchanged database was never reused");
 
+    // Reuse releases the table lock at once: the run pauses 3 s after the
+    // decision, and a writer that waits at most 1 s for a lock gets it
+    // well within the pause (held to the end, it would wait > 3 s). The
+    // other tests' writes forbid reuse while they run: try until they end.
+    let mut released = false;
+    for i in 0..10 {
+        if i > 0 {
+            backup(); // a fresh parent: our write, or another test's, moved the LSN
+        }
+        let mut cmd = sb.command(bin(), sb.path(), Some(w.path()));
+        cmd.args(["--json", "backup", "--name", &format!("held{i}")])
+            .env("FAILPOINTS", "backup-mysql-reused=sleep(3000)")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let wrote = write_once_locked(&db, &mut child, i);
+        let r = Run::from(child.wait_with_output().unwrap());
+        r.expect_code(0);
+        if reused_of(&r) {
+            let waited = wrote.unwrap_or_else(|| panic!("no write got the lock during the run"));
+            assert!(
+                waited < Duration::from_millis(2500),
+                "the lock was held {waited:?} after the reuse decision"
+            );
+            released = true;
+            break;
+        }
+    }
+    assert!(
+        released,
+        "no unchanged pair to test the lock's release with"
+    );
+
     // Every change dumps again, and the new set holds it: an UPDATE that
-    // keeps every row count, a definition-only change (a comment), and a
-    // table of an engine without InnoDB's log (never reused after).
+    // keeps every row count, a definition-only change (a comment: MariaDB
+    // 10.11 writes redo for every ALTER, measured ~1 KB, so the LSN decides
+    // here; the tables digest is the second line, unit-tested in
+    // `mysql/server.rs`), and a table of an engine without InnoDB's log.
     for (change, shows) in [
         (
             "UPDATE customers SET name = 'renamed-7' WHERE id = 7",
@@ -370,6 +408,55 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
             .unwrap();
         assert!(dump.contains(shows), "{name} misses {shows}");
     }
-    let (_, reused) = backup();
+    // A write to the Aria table moves no InnoDB LSN: only the engine check
+    // keeps it from being reused, and the new dump holds the row.
+    db.sql("INSERT INTO notes VALUES (4242)");
+    let (name, reused) = backup();
     assert!(!reused, "a database with an Aria table was reused");
+    let root = restic_restore(&sb.repo(), &name);
+    let dump =
+        std::fs::read_to_string(root.path().join(format!("mysql/app/{}.sql", db.name))).unwrap();
+    assert!(dump.contains("(4242)"), "{name} misses the Aria row");
+}
+
+/// Whether a backup's `--json` report says `mysql.app` was reused.
+fn reused_of(r: &Run) -> bool {
+    r.json()["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["component"] == "mysql.app" && c["reused"] == true)
+}
+
+/// Once the backup `child` holds its table lock (its counting session is
+/// open), updates a row of `db` with `lock_wait_timeout = 1`, retrying
+/// while `child` runs; how long after the lock was seen a write got in.
+fn write_once_locked(db: &TempMysql, child: &mut std::process::Child, i: u32) -> Option<Duration> {
+    use ::mysql::prelude::Queryable;
+    let mut admin = common::mysql::admin();
+    let sessions = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ? AND DB = ?";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: u64 = admin
+            .exec_first(sessions, (&db.user, &db.name))
+            .unwrap()
+            .unwrap_or(0);
+        if n >= 2 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let locked = Instant::now();
+    let mut c = db.client();
+    c.query_drop("SET SESSION lock_wait_timeout = 1").unwrap();
+    while child.try_wait().unwrap().is_none() {
+        let sql = format!("UPDATE customers SET name = 'during-{i}' WHERE id = 3");
+        if c.query_drop(sql).is_ok() {
+            return Some(locked.elapsed());
+        }
+    }
+    None
 }

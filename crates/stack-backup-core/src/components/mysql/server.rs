@@ -491,6 +491,11 @@ pub struct ChangeMark {
     pub server: String,
     /// SHA-256 of every table's name and `SHOW CREATE TABLE`, in order.
     pub tables: String,
+    /// SHA-256 of the dump's arguments (the option file's path left out):
+    /// a dump taken with other options holds other text. Absent in marks
+    /// written before it existed, which then never agree.
+    #[serde(default)]
+    pub dump_args: String,
 }
 
 impl ChangeMark {
@@ -501,6 +506,8 @@ impl ChangeMark {
         self.lsn == old.lsn
             && self.server == old.server
             && self.tables == old.tables
+            && !self.dump_args.is_empty()
+            && self.dump_args == old.dump_args
             && (self.started - old.started).abs() <= 1
     }
 }
@@ -509,19 +516,39 @@ impl ChangeMark {
 /// shortcut cannot be proven sound: not MariaDB (MySQL exposes no LSN to
 /// an unprivileged user), an entry that is not an InnoDB base table
 /// (MyISAM/Aria/MEMORY write no InnoDB redo; views, sequences and
-/// system-versioned tables are left to the dump), or a status missing.
-/// `objects` (views, triggers, routines, events) must be empty: their
-/// definitions live outside InnoDB. Call it with the tables read-locked.
+/// system-versioned tables are left to the dump), triggers, routines or
+/// events (their definitions live outside InnoDB; `objects`, read before
+/// the lock, and read again here under it), a status missing, or any
+/// error (logged at debug: a mark is an optimisation, never a reason to
+/// fail the backup). Call it with the tables read-locked; `dump_args` is
+/// the dump's argument list without the option file.
 fn change_mark(
     name: &str,
     c: &mut ::mysql::Conn,
     server: &ServerVersion,
     objects: &BTreeMap<String, u64>,
+    dump_args: &[String],
+) -> Option<ChangeMark> {
+    if !server.mariadb || !objects.is_empty() {
+        return None;
+    }
+    match read_mark(name, c, dump_args) {
+        Ok(mark) => mark,
+        Err(e) => {
+            log::debug!("{}: no change mark: {}", component(name), e.detail());
+            None
+        }
+    }
+}
+
+/// [`change_mark`]'s reads, in order: the LSN first, then everything it
+/// must cover.
+fn read_mark(
+    name: &str,
+    c: &mut ::mysql::Conn,
+    dump_args: &[String],
 ) -> Result<Option<ChangeMark>> {
     use sha2::Digest;
-    if !server.mariadb || !objects.is_empty() {
-        return Ok(None);
-    }
     let fail = |what: &str, e: &::mysql::Error| {
         Error::component(component(name), format!("{what}: {}", error_text(e)))
     };
@@ -537,6 +564,10 @@ fn change_mark(
     let Some((Some(lsn), Some(started))) = status else {
         return Ok(None);
     };
+    // Read before the lock, these could have been created since.
+    if !objects(name, c)?.is_empty() {
+        return Ok(None);
+    }
     let entries: Vec<(String, String, Option<String>)> = c
         .query(
             "SELECT TABLE_NAME, TABLE_TYPE, ENGINE FROM information_schema.TABLES \
@@ -564,11 +595,17 @@ fn change_mark(
     let server_id: Option<String> = c
         .query_first("SELECT CONCAT(@@hostname, ':', @@port, ':', @@datadir)")
         .map_err(|e| fail("reading the server's identity", &e))?;
+    let mut args = sha2::Sha256::new();
+    for a in dump_args {
+        args.update(a.as_bytes());
+        args.update(b"\0");
+    }
     Ok(server_id.map(|server| ChangeMark {
         lsn,
         started,
         server,
         tables: hex::encode(digest.finalize()),
+        dump_args: hex::encode(args.finalize()),
     }))
 }
 
@@ -578,15 +615,17 @@ type Facts = (BTreeMap<String, i64>, Vec<MigrationState>);
 /// Holds `LOCK TABLES … READ` on every base table from before the counting
 /// session's snapshot until the dump's session has started reading
 /// (`SELECT /*!40001 SQL_NO_CACHE */`, or its table list), so that both
-/// snapshots see the same committed rows; released at the latest when the
-/// guard drops (the backup's `finish`, or the plan dropped).
+/// snapshots see the same committed rows. Released when the dump is seen;
+/// at once when the parent's dump is reused (`Planned::on_reuse` sets
+/// `stop`: no dump will come); at the latest when the guard drops (the
+/// backup's `finish`, or the plan dropped).
 struct SnapshotLock {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<bool>>,
 }
 
 impl SnapshotLock {
-    /// Releases the lock (if still held); whether the dump was seen.
+    /// Releases the lock (if still held); whether the dump started under it.
     fn release(mut self) -> bool {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
@@ -606,7 +645,10 @@ impl Drop for SnapshotLock {
 
 /// Waits (owning `lock`, which holds the table locks) until a session
 /// opened after `after` is seen running one of the dump's reads in `db`,
-/// or `stop`; then unlocks. Returns whether the dump was seen.
+/// or `stop`; then unlocks. Returns whether the dump started under the
+/// lock: seen, or (a quick dump the 2 ms polls missed, or the watch
+/// failed) the lock's own session still answered `UNLOCK TABLES` when
+/// told to stop after the dump, so it held the lock all along.
 fn watch_dump(
     mut lock: ::mysql::Conn,
     mut watch: ::mysql::Conn,
@@ -637,8 +679,8 @@ fn watch_dump(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let _ = lock.query_drop("UNLOCK TABLES");
-    seen
+    let held = lock.query_drop("UNLOCK TABLES").is_ok();
+    seen || held
 }
 
 /// Read-locks every base table of the session's database (held until the
@@ -670,6 +712,23 @@ fn lock_tables(
         })
 }
 
+/// The dump's arguments after the option file (part of the [`ChangeMark`]).
+fn dump_args(db: &str) -> Vec<String> {
+    [
+        "--single-transaction",
+        "--routines",
+        "--triggers",
+        "--events",
+        "--hex-blob",
+        "--skip-dump-date",
+        "--no-tablespaces",
+        "--default-character-set=utf8mb4",
+        db,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// The set's entry for the dump: `mariadb-dump` streamed, its password in
 /// the option file.
 fn dump_entry(
@@ -680,18 +739,8 @@ fn dump_entry(
     comp: &str,
 ) -> crate::source::Entry {
     use crate::source::{Artifact, Content, Entry, StreamSpec};
-    let args = vec![
-        options.arg(),
-        "--single-transaction".into(),
-        "--routines".into(),
-        "--triggers".into(),
-        "--events".into(),
-        "--hex-blob".into(),
-        "--skip-dump-date".into(),
-        "--no-tablespaces".into(),
-        "--default-character-set=utf8mb4".into(),
-        db.to_string(),
-    ];
+    let mut args = vec![options.arg()];
+    args.extend(dump_args(db));
     Entry::File(Artifact {
         path: path.to_string(),
         component: comp.to_string(),
@@ -747,7 +796,7 @@ pub fn plan_dump(
         .flatten()
         .unwrap_or(0);
     lock_tables(&mut lock, &tables, &comp, &db, secs)?;
-    let mark = change_mark(name, &mut lock, &server, &objects)?;
+    let mark = change_mark(name, &mut lock, &server, &objects, &dump_args(&db));
     // The counting session's snapshot, taken under the lock.
     let mut counter = connect(name, &o)?;
     exec(
@@ -775,6 +824,8 @@ pub fn plan_dump(
     let watch = connect(name, &o)?;
     let stop = Arc::new(AtomicBool::new(false));
     let reuse = stop.clone();
+    let reused = Arc::new(AtomicBool::new(false));
+    let reused_seen = reused.clone();
     let snapshot = SnapshotLock {
         stop: stop.clone(),
         thread: Some({
@@ -809,13 +860,18 @@ pub fn plan_dump(
         estimate,
     );
     // Reused from the parent set: no dump will come to release the lock.
-    planned.on_reuse = Some(Box::new(move || reuse.store(true, Ordering::SeqCst)));
+    planned.on_reuse = Some(Box::new(move || {
+        reused.store(true, Ordering::SeqCst);
+        reuse.store(true, Ordering::SeqCst);
+        // A test's window: the lock must already be gone here.
+        let _ = crate::system::fault::point("backup-mysql-reused");
+    }));
     let comp2 = comp.clone();
     planned.finish = Some(Box::new(move |record| {
         let seen = snapshot.release();
         drop(options);
         if !seen {
-            log::debug!("{comp2}: table locks held until the dump ended");
+            log::debug!("{comp2}: the dump was not seen under the table locks: no mark");
         }
         let (counts, migrations) = facts
             .join()
@@ -823,8 +879,136 @@ pub fn plan_dump(
         if let crate::components::Record::Mysql(r) = record {
             r.row_counts = counts;
             r.migrations = migrations;
+            // The mark vouches for a dump that started under the lock (or,
+            // reused, for the parent's, which did): one that may have
+            // started after the lock was lost may hold a write the mark
+            // did not see.
+            if !seen && !reused_seen.load(Ordering::SeqCst) {
+                r.mark = None;
+            }
         }
         Ok(())
     }));
     Ok(planned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Mysql, MysqlRecord};
+    use super::ChangeMark;
+    use crate::components::{Kind, Record};
+
+    fn mark() -> ChangeMark {
+        ChangeMark {
+            lsn: 1000,
+            started: 1_700_000_000,
+            server: "db1:3306:/var/lib/mysql/".into(),
+            tables: "aa".into(),
+            dump_args: "bb".into(),
+        }
+    }
+
+    fn record(mark: Option<ChangeMark>) -> Record {
+        Record::Mysql(MysqlRecord {
+            database: "shop".into(),
+            host: "127.0.0.1".into(),
+            port: 3306,
+            user: "app".into(),
+            server_version: "10.11.19-MariaDB".into(),
+            dump_version: "mariadb-dump 10.19".into(),
+            dump: "mysql/app/shop.sql".into(),
+            objects: std::collections::BTreeMap::new(),
+            migrations: Vec::new(),
+            row_counts: std::collections::BTreeMap::new(),
+            mark,
+            reused: false,
+        })
+    }
+
+    #[test]
+    fn marks_agree_only_when_every_part_does() {
+        let m = mark();
+        assert!(m.same(&m));
+        let restarted_within_a_second = ChangeMark {
+            started: m.started + 1,
+            ..mark()
+        };
+        assert!(restarted_within_a_second.same(&m));
+        for (what, other) in [
+            (
+                "lsn",
+                ChangeMark {
+                    lsn: 1001,
+                    ..mark()
+                },
+            ),
+            (
+                "tables digest",
+                ChangeMark {
+                    tables: "ab".into(),
+                    ..mark()
+                },
+            ),
+            (
+                "server identity",
+                ChangeMark {
+                    server: "db2:3306:/var/lib/mysql/".into(),
+                    ..mark()
+                },
+            ),
+            (
+                "start time",
+                ChangeMark {
+                    started: m.started + 2,
+                    ..mark()
+                },
+            ),
+            (
+                "dump arguments",
+                ChangeMark {
+                    dump_args: "bc".into(),
+                    ..mark()
+                },
+            ),
+            (
+                "no dump arguments",
+                ChangeMark {
+                    dump_args: String::new(),
+                    ..mark()
+                },
+            ),
+        ] {
+            assert!(
+                !other.same(&m) && !m.same(&other),
+                "{what} differs, yet same"
+            );
+        }
+        // A mark written before the arguments were recorded agrees with none.
+        let old = ChangeMark {
+            dump_args: String::new(),
+            ..mark()
+        };
+        assert!(!old.same(&old));
+    }
+
+    #[test]
+    fn same_content_wants_both_marks_and_no_objects() {
+        let k = Mysql;
+        assert!(k.same_content(&record(Some(mark())), &record(Some(mark()))));
+        assert!(!k.same_content(&record(None), &record(Some(mark()))));
+        assert!(!k.same_content(&record(Some(mark())), &record(None)));
+        let moved = ChangeMark { lsn: 7, ..mark() };
+        assert!(!k.same_content(&record(Some(moved)), &record(Some(mark()))));
+        let Record::Mysql(mut with_trigger) = record(Some(mark())) else {
+            unreachable!()
+        };
+        with_trigger.objects.insert("triggers".into(), 1);
+        assert!(!k.same_content(&Record::Mysql(with_trigger.clone()), &record(Some(mark()))));
+        assert!(!k.same_content(&record(Some(mark())), &Record::Mysql(with_trigger)));
+        let Record::Mysql(mut other_tool) = record(Some(mark())) else {
+            unreachable!()
+        };
+        other_tool.dump_version = "mariadb-dump 11.4".into();
+        assert!(!k.same_content(&Record::Mysql(other_tool), &record(Some(mark()))));
+    }
 }

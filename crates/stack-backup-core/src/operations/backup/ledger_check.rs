@@ -1,8 +1,10 @@
 //! Phase 4: the ledger. rustic's archiver skips an entry whose open or
 //! read fails and saves the snapshot anyway, so the backup itself checks
 //! that every artifact was read to the end with its producer exiting 0, or
-//! reused unchanged from the parent set, and that every component that
-//! plans files produced at least one.
+//! reused unchanged from the parent set (an artifact planned as reused
+//! and read anyway fails: its component may have released what made the
+//! read consistent), and that every component that plans files produced
+//! at least one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -76,6 +78,18 @@ pub(super) fn check(
     for y in streams.iter().chain(trees).filter(|y| y.is_file) {
         let reusable = single.get(y.path.as_str()).copied();
         let (size, sha, reused) = match ledger.get(&y.path) {
+            // Planned as reused, its hold released (a MariaDB table lock):
+            // read now, it is not the content the plan vouched for.
+            Some(Outcome::Done { .. }) if reusable == Some(true) => {
+                problems.push((
+                    y.component.clone(),
+                    format!(
+                        "{} was to be reused from the parent set but was read again; run the backup again",
+                        y.path
+                    ),
+                ));
+                continue;
+            }
             Some(Outcome::Done { size, sha256 }) => (size, sha256, false),
             Some(Outcome::Failed(m)) => {
                 problems.push((y.component.clone(), m));

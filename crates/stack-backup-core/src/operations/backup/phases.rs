@@ -526,10 +526,16 @@ fn finish_all(planned: &mut [(ComponentId, Planned)]) -> Vec<(String, String)> {
 /// Marks the artifacts whose content the parent set holds unchanged
 /// (the kind says the records agree, e.g. the same image ID): the
 /// archiver reuses the parent's node without running their producer.
+/// An imported parent is never trusted so: its records and files came
+/// from a directory anyone may have edited, not from this stack
+/// (`docs/decisions/0038-mysql-unchanged-backups.md`).
 fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentId, Planned)]) {
     let (Some(snap), Some(m)) = (&parent.snap, &parent.manifest) else {
         return;
     };
+    if m.imported.is_some() {
+        return;
+    }
     for (id, p) in planned.iter_mut() {
         let Some(old) = m.components.get(id) else {
             continue;
