@@ -393,7 +393,7 @@ fn break_everything(p: &Project) {
 #[test]
 fn a_compose_stack_with_unpublished_databases_round_trips() {
     let t0 = Instant::now();
-    let p = project();
+    let mut p = project();
     eprintln!("fixture: {:?}", t0.elapsed());
     let sb = Sandbox::new();
     let repo = sb.repo().display().to_string();
@@ -499,6 +499,36 @@ fn a_compose_stack_with_unpublished_databases_round_trips() {
     );
     assert_eq!(state(&p), broken, "--dry-run changed something");
 
+    // The database container is re-created with another address (Docker
+    // hands out the next free one; a stand-in is started first so the old
+    // one is not simply reused): the config names the service, and the
+    // address is looked up at each connection, never kept.
+    let old_ip = p.address("db");
+    docker(&["rm", "-f", &p.container_name("db")]).expect_code(0);
+    let stand_in = format!("{}-stand-in", p.name);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &stand_in,
+        "--network",
+        &p.network,
+        &base_image(),
+        "sleep",
+        "600",
+    ])
+    .expect_code(0);
+    p.containers.push(stand_in);
+    let pg_super = p.pg_super.clone();
+    p.run(
+        "db",
+        &image("SB_TEST_PG_IMAGE"),
+        &[("POSTGRES_PASSWORD", &pg_super), ("POSTGRES_DB", "app")],
+        &[format!("{pgdata}:/var/lib/postgresql/data")],
+    );
+    p.wait_until("db", "pg_isready -q -U postgres");
+    assert_ne!(p.address("db"), old_ip, "the container kept its address");
+
     let r = sb.run(&["restore", "good", "--yes"]);
     r.expect_code(0);
     eprintln!("restore: {:?}", t0.elapsed());
@@ -510,14 +540,48 @@ fn a_compose_stack_with_unpublished_databases_round_trips() {
         r.stderr
     );
 
-    let d = sb.run(&["drill", "good"]);
+    let d = sb.run(&["--json", "drill", "good"]);
     d.expect_code(0);
     eprintln!("drill: {:?}", t0.elapsed());
     assert_eq!(state(&p), before, "a drill touched the live stack");
+    let report = d.json();
+    assert_eq!(report["ok"], true, "{report}");
+    for id in ["postgres.db", "mysql.mariadb", "redis.cache"] {
+        let c = report["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == id)
+            .unwrap_or_else(|| panic!("{id} not drilled: {report}"));
+        assert_eq!(c["state"], "ok", "{report}");
+    }
 
+    let secrets = [&p.pg_super, &p.pg_app, &p.my_root, &p.my_app];
     for out in [&b, &r, &d, &plan] {
-        for s in [&p.pg_super, &p.pg_app, &p.my_root, &p.my_app] {
+        for s in secrets {
             assert!(!out.stdout.contains(s.as_str()) && !out.stderr.contains(s.as_str()));
+        }
+    }
+    // Nor in anything stack-backup wrote beside the (encrypted) repository:
+    // state, journals, logs, the config.
+    let mut written = Vec::new();
+    let mut dirs = vec![sb.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            if m.is_dir() && path != sb.repo() {
+                dirs.push(path);
+            } else if m.is_file() {
+                written.push(path);
+            }
+        }
+    }
+    assert!(written.len() > 1, "{written:?}");
+    for f in written {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        for s in secrets {
+            assert!(!text.contains(s.as_str()), "a password in {}", f.display());
         }
     }
 }
