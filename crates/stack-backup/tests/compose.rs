@@ -23,25 +23,9 @@ struct Project {
     /// in world-writable `/tmp`): `project/` (the Compose working
     /// directory), `media/` (a bind mount outside it).
     root: tempfile::TempDir,
-    containers: Vec<String>,
-    volumes: Vec<String>,
-    images: Vec<String>,
+    made: DockerMade,
     /// Values that must never reach a config.
     secrets: Vec<String>,
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = docker(&["rm", "-f", "-v", c]);
-        }
-        for v in &self.volumes {
-            let _ = docker(&["volume", "rm", "-f", v]);
-        }
-        for i in &self.images {
-            let _ = docker(&["image", "rm", i]);
-        }
-    }
 }
 
 impl Project {
@@ -55,7 +39,7 @@ impl Project {
 
     fn tag(&mut self, reference: &str) -> String {
         docker(&["tag", &base_image(), reference]).expect_code(0);
-        self.images.push(reference.to_string());
+        self.made.images.push(reference.to_string());
         reference.to_string()
     }
 
@@ -68,7 +52,7 @@ impl Project {
         }
         args.push(&name);
         docker(&args).expect_code(0);
-        self.volumes.push(name.clone());
+        self.made.volumes.push(name.clone());
         name
     }
 
@@ -111,7 +95,7 @@ impl Project {
         args.extend(cmd.iter().map(|s| (*s).to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args).expect_code(0);
-        self.containers.push(name.clone());
+        self.made.containers.push(name.clone());
         name
     }
 
@@ -163,9 +147,7 @@ fn project() -> Project {
     let mut p = Project {
         name: name.clone(),
         root: tempfile::tempdir().unwrap(),
-        containers: Vec::new(),
-        volumes: Vec::new(),
-        images: Vec::new(),
+        made: DockerMade::default(),
         secrets: (1..=5).map(|i| format!("s3cret-{i}-{name}")).collect(),
     };
     let wd = p.workdir();

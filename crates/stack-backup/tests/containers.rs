@@ -31,25 +31,12 @@ struct Project {
     /// Holds `project/`, the Compose working directory (a private parent:
     /// a restore refuses to build beside a directory in `/tmp`).
     root: tempfile::TempDir,
-    containers: Vec<String>,
-    volumes: Vec<String>,
+    made: DockerMade,
     /// Passwords: handed to `docker run` through its environment only.
     pg_super: String,
     pg_app: String,
     my_root: String,
     my_app: String,
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = docker(&["rm", "-f", "-v", c]);
-        }
-        for v in &self.volumes {
-            let _ = docker(&["volume", "rm", "-f", v]);
-        }
-        let _ = docker(&["network", "rm", &self.network]);
-    }
 }
 
 impl Project {
@@ -69,7 +56,7 @@ impl Project {
             &name,
         ])
         .expect_code(0);
-        self.volumes.push(name.clone());
+        self.made.volumes.push(name.clone());
         name
     }
 
@@ -100,7 +87,7 @@ impl Project {
         if service == "app" {
             cmd.args(["sleep", "3600"]);
         }
-        self.containers.push(name);
+        self.made.containers.push(name);
         let r = Run::from(cmd.stdin(Stdio::null()).output().unwrap());
         r.expect_code(0);
     }
@@ -193,8 +180,7 @@ fn project() -> Project {
         network: format!("{name}_default"),
         name: name.clone(),
         root: tempfile::tempdir().unwrap(),
-        containers: Vec::new(),
-        volumes: Vec::new(),
+        made: DockerMade::default(),
         pg_super: format!("pg-super-{name}"),
         pg_app: format!("pg-app-{name}"),
         my_root: format!("my-root-{name}"),
@@ -212,6 +198,7 @@ fn project() -> Project {
         &p.network,
     ])
     .expect_code(0);
+    p.made.networks.push(p.network.clone());
     let (pgdata, mydata, redisdata, appdata) = (
         p.volume("pgdata"),
         p.volume("mysql"),
@@ -518,7 +505,7 @@ fn a_compose_stack_with_unpublished_databases_round_trips() {
         "600",
     ])
     .expect_code(0);
-    p.containers.push(stand_in);
+    p.made.containers.push(stand_in);
     let pg_super = p.pg_super.clone();
     p.run(
         "db",

@@ -396,6 +396,34 @@ impl Drop for RedisServer {
 
 // --- Docker -----------------------------------------------------------------------
 
+/// What a test made in the Docker Engine, removed when dropped (also when
+/// the test fails): containers with their anonymous volumes, then volumes,
+/// images and networks.
+#[derive(Default)]
+pub struct DockerMade {
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+    pub images: Vec<String>,
+    pub networks: Vec<String>,
+}
+
+impl Drop for DockerMade {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", "-v", c]);
+        }
+        for v in &self.volumes {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        for i in &self.images {
+            let _ = docker(&["image", "rm", i]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+    }
+}
+
 pub fn docker(args: &[&str]) -> Run {
     let out = Command::new("docker")
         .args(args)
