@@ -332,15 +332,50 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
         let before = lsn();
         backup(); // the parent
         let ran = dumps();
-        let (_, reused) = backup();
+        let (name, reused) = backup();
         if reused {
             assert_eq!(dumps(), ran, "reused, but mariadb-dump ran");
+            // Counted nowhere, the reused set's counts and migrations are
+            // the parent's: they must be the database's.
+            let m = manifest_of(&sb, &name);
+            let r = &m["components"]["mysql.app"];
+            assert_eq!(r["row_counts"], live_counts(&db), "{name}: {r}");
+            assert_eq!(r["migrations"][0]["applied"][0], "a1b2c3d4e5f6", "{r}");
             seen = true;
             break;
         }
         assert_ne!(lsn(), before, "nothing was written, yet the dump ran");
     }
     assert!(seen, "an unchanged database was never reused");
+
+    // An imported parent is never reused from (0038), even when its mark
+    // agrees: export the last set, import it (now the newest set, so the
+    // parent), back up. Only a pair whose LSN did not move proves it.
+    let mut refused = false;
+    for i in 0..6 {
+        let before = lsn();
+        let (parent, _) = backup();
+        let dir = sb.path().join(format!("exported{i}"));
+        sb.run(&["export", &parent, &dir.to_string_lossy()])
+            .expect_code(0);
+        sb.run(&[
+            "import",
+            &dir.to_string_lossy(),
+            "--name",
+            &format!("imp{i}"),
+        ])
+        .expect_code(0);
+        let ran = dumps();
+        let (name, reused) = backup();
+        if lsn() != before {
+            continue;
+        }
+        assert!(!reused, "{name} reused the dump of an imported parent");
+        assert_eq!(dumps(), ran + 1, "{name}: no dump ran after an import");
+        refused = true;
+        break;
+    }
+    assert!(refused, "no quiet window to test the imported parent in");
 
     // Reuse releases the table lock at once: the run pauses 3 s after the
     // decision, and a writer that waits at most 1 s for a lock gets it
@@ -411,6 +446,34 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
     let dump =
         std::fs::read_to_string(root.path().join(format!("mysql/app/{}.sql", db.name))).unwrap();
     assert!(dump.contains("(4242)"), "{name} misses the Aria row");
+}
+
+/// The manifest of the set `name`.
+fn manifest_of(sb: &Sandbox, name: &str) -> serde_json::Value {
+    let root = restic_restore(&sb.repo(), name);
+    serde_json::from_slice(&std::fs::read(root.path().join("stack-backup/manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// Exact row counts of `db`'s base tables, as the manifest writes them.
+fn live_counts(db: &TempMysql) -> serde_json::Value {
+    use ::mysql::prelude::Queryable;
+    let mut c = db.client();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'",
+        )
+        .unwrap();
+    let mut counts = serde_json::Map::new();
+    for t in tables {
+        let n: i64 = c
+            .query_first(format!("SELECT COUNT(*) FROM `{t}`"))
+            .unwrap()
+            .unwrap();
+        counts.insert(t, n.into());
+    }
+    serde_json::Value::Object(counts)
 }
 
 /// Whether a backup's `--json` report says `mysql.app` was reused.

@@ -163,6 +163,10 @@ pub struct BackupContext<'s, 'c> {
 /// dump's snapshot) and releases what the plan held open.
 pub type Finish = Box<dyn FnOnce(&mut Record) -> Result<()> + Send>;
 
+/// Runs when every artifact of a component is reused, given the parent's
+/// record ([`Planned::on_reuse`]).
+pub type OnReuse = Box<dyn FnOnce(&Record) + Send>;
+
 /// One component's backup plan.
 pub struct Planned {
     /// The manifest record (completed by `finish` and [`Kind::archived`]).
@@ -176,9 +180,11 @@ pub struct Planned {
     /// Runs after the archive runs.
     pub finish: Option<Finish>,
     /// Runs before the archive runs when every artifact of the component
-    /// is reused from the parent set (its producer will not run): releases
-    /// what the plan held for it (a table lock waiting for a dump).
-    pub on_reuse: Option<Box<dyn FnOnce() + Send>>,
+    /// is reused from the parent set (its producer will not run), given
+    /// the parent's record: releases what the plan held for it (a table
+    /// lock waiting for a dump) and may take from the parent what the
+    /// reuse proves unchanged (row counts).
+    pub on_reuse: Option<OnReuse>,
 }
 
 impl Planned {

@@ -94,7 +94,8 @@ pub struct MysqlRecord {
     pub objects: BTreeMap<String, u64>,
     /// Applied migrations per tool found.
     pub migrations: Vec<MigrationState>,
-    /// Exact row count of every base table, in the dump's snapshot.
+    /// Exact row count of every base table, in the dump's snapshot (a
+    /// reused dump: the parent's, which the equal marks prove the same).
     pub row_counts: BTreeMap<String, i64>,
     /// What proves the database unchanged since (absent: the next backup
     /// dumps whatever it finds).

@@ -612,6 +612,55 @@ fn read_mark(
 /// Facts read in the dump's snapshot: row counts and migration state.
 type Facts = (BTreeMap<String, i64>, Vec<MigrationState>);
 
+/// When the counting session (its snapshot already open under the lock)
+/// counts: not before the plan is decided. A reused dump proves the
+/// database equal to the parent's, whose facts then stand (`Parent`, no
+/// `COUNT(*)`); a dump that runs (seen under the lock, or the lock
+/// released at `finish`) is counted (`Count`).
+enum Counting {
+    Undecided,
+    Count,
+    Parent(Facts),
+}
+
+/// The decision, shared by the plan's hooks and the counting thread.
+#[derive(Clone)]
+struct Gate(Arc<(std::sync::Mutex<Counting>, std::sync::Condvar)>);
+
+impl Gate {
+    fn new() -> Self {
+        Self(Arc::new((
+            std::sync::Mutex::new(Counting::Undecided),
+            std::sync::Condvar::new(),
+        )))
+    }
+
+    /// Decides, unless decided already (the first word stands).
+    fn decide(&self, how: Counting) {
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*g, Counting::Undecided) {
+            *g = how;
+            cv.notify_all();
+        }
+    }
+
+    /// Waits for the decision; the parent's facts when reused.
+    fn wait(&self) -> Option<Facts> {
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while matches!(*g, Counting::Undecided) {
+            g = cv
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        match std::mem::replace(&mut *g, Counting::Count) {
+            Counting::Parent(facts) => Some(facts),
+            _ => None,
+        }
+    }
+}
+
 /// Holds `LOCK TABLES … READ` on every base table from before the counting
 /// session's snapshot until the dump's session has started reading
 /// (`SELECT /*!40001 SQL_NO_CACHE */`, or its table list), so that both
@@ -812,9 +861,15 @@ pub fn plan_dump(
         "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
     )?;
     let after = u64::from(counter.connection_id().max(lock.connection_id()));
+    let gate = Gate::new();
     let facts = {
         let name = name.to_string();
+        let gate = gate.clone();
         std::thread::spawn(move || -> Result<Facts> {
+            if let Some(parent) = gate.wait() {
+                let _ = counter.query_drop("COMMIT");
+                return Ok(parent);
+            }
             let counts = row_counts(&name, &mut counter)?;
             let migrations = migration_state(&name, &mut counter)?;
             let _ = counter.query_drop("COMMIT");
@@ -830,7 +885,13 @@ pub fn plan_dump(
         stop: stop.clone(),
         thread: Some({
             let db = db.clone();
-            std::thread::spawn(move || watch_dump(lock, watch, after, db, &stop))
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let seen = watch_dump(lock, watch, after, db, &stop);
+                // The dump runs (or the run ends): count, unless reused.
+                gate.decide(Counting::Count);
+                seen
+            })
         }),
     };
 
@@ -859,8 +920,16 @@ pub fn plan_dump(
         entries,
         estimate,
     );
-    // Reused from the parent set: no dump will come to release the lock.
-    planned.on_reuse = Some(Box::new(move || {
+    // Reused from the parent set: no dump will come to release the lock,
+    // and the parent's counts are this database's (0038's mark proves the
+    // content equal), so nothing is counted.
+    planned.on_reuse = Some(Box::new(move |parent| {
+        if let crate::components::Record::Mysql(p) = parent {
+            gate.decide(Counting::Parent((
+                p.row_counts.clone(),
+                p.migrations.clone(),
+            )));
+        }
         reused.store(true, Ordering::SeqCst);
         reuse.store(true, Ordering::SeqCst);
         // A test's window: the lock must already be gone here.

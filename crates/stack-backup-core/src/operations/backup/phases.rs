@@ -575,7 +575,7 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
                 .all(|e| matches!(e, Entry::File(a) if a.reuse_meta.is_some()));
         if all_reused {
             if let Some(f) = p.on_reuse.take() {
-                f();
+                f(old);
             }
         }
     }
