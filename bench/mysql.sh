@@ -15,6 +15,10 @@
 #   first      backup into an empty repository
 #   unchanged  a second backup with nothing changed
 #   restore    the first backup back into the live database
+# Before each backup scenario (both tools) the script waits until InnoDB's
+# log sequence number stood still for 3 s (at most 120 s): decision 0038
+# reuses nothing while the server writes, and after a bulk load or restore
+# InnoDB's own purge writes for a while.
 # Targets (issue 16): stack-backup ≤ 0.8× first, ≤ 0.25× unchanged,
 # ≤ 0.8× restore.
 #
@@ -117,6 +121,27 @@ RESTIC_RESTORE="mariadb --protocol=socket -e 'DROP DATABASE $DB; CREATE DATABASE
   restic dump -r '$BENCH/restic' latest /$DB.sql | mariadb --protocol=socket $DB"
 SB=("$SB_BIN" --config "$BENCH/bench.toml" --no-progress)
 
+# The server-wide InnoDB log sequence number (decision 0038's mark).
+lsn() {
+  mariadb --protocol=socket -N -e "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_LSN_CURRENT'"
+}
+# Before each backup scenario, for both tools alike: waits (at most 120 s)
+# until the LSN stood still for 3 s. After the generation or a restore,
+# InnoDB's purge and page flushing write redo for tens of seconds; a
+# backup taken meanwhile sees a moving server, which 0038 rightly never
+# calls unchanged. Prints the seconds waited ("120+" when it never stood).
+wait_quiet() {
+  local start=$SECONDS since=$SECONDS last now
+  last=$(lsn)
+  while [ $((SECONDS - start)) -lt 120 ]; do
+    sleep 0.5
+    now=$(lsn)
+    [ "$now" != "$last" ] && { last=$now; since=$SECONDS; }
+    [ $((SECONDS - since)) -ge 3 ] && { echo $((SECONDS - start)); return; }
+  done
+  echo "120+"
+}
+
 ROUNDS=${SB_BENCH_ROUNDS:-3}
 # Fewer than 3 rounds make a median of one or two: no verdict.
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || die "SB_BENCH_ROUNDS must be a number ≥ 3, not '$ROUNDS'"
@@ -130,7 +155,8 @@ for r in $(seq 1 "$ROUNDS"); do
   # meets a cold cache or the other's leftovers.
   order=(restic sb); [ $((r % 2)) = 0 ] && order=(sb restic)
   for run in first unchanged; do
-    say "round $r: $run backup, ${order[0]} first ($(uptime | sed 's/.*load/load/'))"
+    quiet=$(wait_quiet)
+    say "round $r: $run backup, ${order[0]} first (LSN still after ${quiet} s; $(uptime | sed 's/.*load/load/'))"
     for tool in "${order[@]}"; do
       if [ "$tool" = restic ]; then
         timed "restic-$run-r$r" bash -o pipefail -c "$RESTIC_BACKUP" >/dev/null
