@@ -196,6 +196,8 @@ fn backends_with(
     extra: &[(&str, &str)],
 ) -> Result<RepositoryBackends> {
     let remote = remote_of(cfg, loc)?;
+    // The REST and OpenDAL backends build their HTTPS clients in here.
+    crate::system::tls::install_provider();
     let mut opts = BackendOptions::default();
     match &remote {
         None => opts = opts.repository(loc.backend_string()),
