@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Release profile comparison (issue 18, decision 0044): for each variant, a
+# Release profile comparison (issue 18): for each variant, a
 # cold `cargo build --release --locked -p stack-backup` in a fresh target
 # dir under /usr/bin/time (wall, user+sys CPU, peak RSS), the binary's size
 # (as built and stripped), and the median wall time of 3 first backups of a
@@ -7,11 +7,12 @@
 #
 #   bash bench/profiles.sh                 # build and bench every variant below
 #   bash bench/profiles.sh build thin      # only build (figures, binary kept in the work dir)
-#   bash bench/profiles.sh bench cargo thin   # only bench binaries built before
+#   bash bench/profiles.sh bench default thin # only bench binaries built before
 #
 # Variants (cargo --config overrides of [profile.release]):
-#   default   what Cargo.toml sets
-#   cargo     cargo's own defaults (lto off, 16 codegen units, no strip)
+#   default   what Cargo.toml sets (while it has no [profile.release]:
+#             cargo's defaults, lto off, 16 codegen units)
+#   cgu1      codegen-units = 1
 #   thin      lto = "thin"
 #   fat1      lto = "fat", codegen-units = 1
 #
@@ -34,7 +35,7 @@ say() { printf '[profiles] %s\n' "$*" >&2; }
 overrides() {
   case "$1" in
     default) ;;
-    cargo) echo "--config profile.release.lto=false --config profile.release.codegen-units=16 --config profile.release.strip=false --config profile.release.panic=\"unwind\"" ;;
+    cgu1) echo "--config profile.release.codegen-units=1" ;;
     thin) echo "--config profile.release.lto=\"thin\"" ;;
     fat1) echo "--config profile.release.lto=\"fat\" --config profile.release.codegen-units=1" ;;
     *) say "unknown variant $1"; exit 2 ;;
@@ -95,7 +96,7 @@ build() { # VARIANT: cold build, figures to $W/build-VARIANT, binary to $W/stack
   strip -o "$W/stripped-$variant" "$W/stack-backup-$variant"
   ssize=$(stat -c %s "$W/stripped-$variant"); rm -f "$W/stripped-$variant"
   printf '%s\tbuild_wall=%ss\tbuild_cpu=%ss\trustc_peak_rss=%sKiB\tsize=%s\tstripped=%s\n' \
-    "$variant" "$wall" "$(echo "$user + $sys" | bc)" "$rss" "$size" "$ssize" | tee "$W/build-$variant"
+    "$variant" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')" "$rss" "$size" "$ssize" | tee "$W/build-$variant"
   [ "${SB_KEEP_TARGET:-0}" = 1 ] || rm -rf "$tgt"
 }
 
@@ -118,6 +119,11 @@ bench() { # VARIANT...: 3 rounds, variants interleaved; the median per variant
 mkdir -p "$W"
 mode=all
 case "${1:-}" in build|bench) mode=$1; shift ;; esac
-variants=("$@"); [ ${#variants[@]} -gt 0 ] || variants=(default cargo thin fat1)
+variants=("$@"); [ ${#variants[@]} -gt 0 ] || variants=(default cgu1 thin fat1)
+for v in "${variants[@]}"; do overrides "$v" >/dev/null; done
+# GNU time, not the shell keyword: the builds' CPU and peak RSS, and the
+# backups' wall time, come from its -f/-o.
+[ -x /usr/bin/time ] || { say "needs /usr/bin/time (Debian: apt-get install time)"; exit 2; }
+command -v strip >/dev/null || { say "needs strip (binutils)"; exit 2; }
 if [ "$mode" != bench ]; then for v in "${variants[@]}"; do build "$v"; done; fi
 if [ "$mode" != build ]; then bench "${variants[@]}"; fi

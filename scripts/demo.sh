@@ -19,10 +19,8 @@ VOLUME=sbdemo_uploads
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "building stack-backup"
-# The release profile: the binary scripts/package.sh installs (it reuses
-# this build) and bench/ measures, so a new user compiles once.
-cargo build --release --locked --quiet -p stack-backup
-SB="${CARGO_TARGET_DIR:-$PWD/target}/release/stack-backup"
+cargo build --locked --quiet -p stack-backup
+SB="${CARGO_TARGET_DIR:-$PWD/target}/debug/stack-backup"
 
 step "setting up the demo stack in $DEMO"
 rm -rf "$DEMO"

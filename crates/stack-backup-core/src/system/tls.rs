@@ -32,6 +32,8 @@ pub fn install_provider() {
 }
 
 /// A blocking reqwest client builder, with the provider installed.
+// The one place allowed to build a client directly (clippy.toml).
+#[allow(clippy::disallowed_methods)]
 pub fn client_builder() -> reqwest::blocking::ClientBuilder {
     install_provider();
     reqwest::blocking::Client::builder()
