@@ -36,6 +36,8 @@ command -v sha256sum >/dev/null 2>&1 || need_pkgs+=(coreutils)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# crates/stack-backup-core/tests/tls.rs: a TLS server and its certificates.
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # scripts/vendor.sh rebuilds vendor/rustic_core from the crate and patches.
 command -v patch >/dev/null 2>&1 || need_pkgs+=(patch)
 # scripts/package.sh and tests/package.rs (scripts/debian-root.sh).

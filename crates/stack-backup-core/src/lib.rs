@@ -14,7 +14,7 @@
 //!   only place that knows what a PostgreSQL database or a volume is.
 //! - [`operations`]: the commands (backup, restore, export, import,
 //!   lifecycle), written against the component trait.
-//! - [`system`]: processes and disks.
+//! - [`system`]: processes, disks and the TLS provider.
 
 pub mod archive;
 pub mod components;

@@ -11,7 +11,7 @@ pub fn run(cfg: &Config, h: &HealthCheck) -> Result<String> {
     let timeout = Duration::from_secs(h.timeout_seconds.max(1));
     if let Some(url) = &h.http {
         let shown = crate::secret::redact_url(url);
-        let client = reqwest::blocking::Client::builder()
+        let client = crate::system::tls::client_builder()
             .timeout(timeout)
             .build()
             .map_err(|e| fail(format!("HTTP client: {e}")))?;

@@ -127,7 +127,7 @@ fn send_one(t: &NotifyTarget, msg: &Message) -> Delivery {
             break;
         }
         attempts += 1;
-        let res = reqwest::blocking::Client::builder()
+        let res = crate::system::tls::client_builder()
             .timeout(left)
             .connect_timeout(left)
             .build()

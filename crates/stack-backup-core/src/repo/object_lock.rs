@@ -152,7 +152,7 @@ impl S3 {
         let local = |e: std::io::Error| Error::io("starting the S3 signer", "", e);
         let root = t.root.trim_matches('/');
         Ok(Some(Self {
-            http: reqwest::blocking::Client::builder()
+            http: crate::system::tls::client_builder()
                 .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .map_err(|e| Error::Repository {

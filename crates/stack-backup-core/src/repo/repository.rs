@@ -196,6 +196,8 @@ fn backends_with(
     extra: &[(&str, &str)],
 ) -> Result<RepositoryBackends> {
     let remote = remote_of(cfg, loc)?;
+    // The REST and OpenDAL backends build their HTTPS clients in here.
+    crate::system::tls::install_provider();
     let mut opts = BackendOptions::default();
     match &remote {
         None => opts = opts.repository(loc.backend_string()),
@@ -208,7 +210,7 @@ fn backends_with(
         }
     }
     opts.to_backends()
-        .map_err(|e| backend_err(loc, remote.as_ref(), &e.display_log()))
+        .map_err(|e| backend_err(loc, remote.as_ref(), &log_text(&e)))
 }
 
 /// The backends of the repository; a remote one reads packs through a
@@ -254,10 +256,29 @@ fn backend_err(loc: &Location, remote: Option<&Remote>, raw: &str) -> Error {
     }
 }
 
+/// rustic's text of an error with its innermost cause: `display_log`
+/// names two levels, and why a connection failed (a refused certificate,
+/// a reset) sits deeper in reqwest's chain.
+fn log_text(e: &rustic_core::RusticError) -> String {
+    let mut text = e.display_log();
+    let mut innermost = None;
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        innermost = Some(cause);
+        next = cause.source();
+    }
+    if let Some(cause) = innermost.map(ToString::to_string) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
 /// Maps a rustic error of an operation on the repository at `loc`.
 fn rustic_err(cfg: &Config, loc: &Location, e: &rustic_core::RusticError) -> Error {
     let remote = remote_of(cfg, loc).ok().flatten();
-    backend_err(loc, remote.as_ref(), &e.display_log())
+    backend_err(loc, remote.as_ref(), &log_text(e))
 }
 
 /// An error of `what` (e.g. "copying backup sets") on the repository of
@@ -266,11 +287,7 @@ fn rustic_err(cfg: &Config, loc: &Location, e: &rustic_core::RusticError) -> Err
 pub fn op_error(cfg: &Config, what: &str, e: &rustic_core::RusticError) -> Error {
     let loc = Location::of(cfg);
     let remote = remote_of(cfg, &loc).ok().flatten();
-    backend_err(
-        &loc,
-        remote.as_ref(),
-        &format!("{what}: {}", e.display_log()),
-    )
+    backend_err(&loc, remote.as_ref(), &format!("{what}: {}", log_text(e)))
 }
 
 /// A backend error text about the repository of `cfg`, explained (for a
