@@ -612,55 +612,6 @@ fn read_mark(
 /// Facts read in the dump's snapshot: row counts and migration state.
 type Facts = (BTreeMap<String, i64>, Vec<MigrationState>);
 
-/// When the counting session (its snapshot already open under the lock)
-/// counts: not before the plan is decided. A reused dump proves the
-/// database equal to the parent's, whose facts then stand (`Parent`, no
-/// `COUNT(*)`); a dump that runs (seen under the lock, or the lock
-/// released at `finish`) is counted (`Count`).
-enum Counting {
-    Undecided,
-    Count,
-    Parent(Facts),
-}
-
-/// The decision, shared by the plan's hooks and the counting thread.
-#[derive(Clone)]
-struct Gate(Arc<(std::sync::Mutex<Counting>, std::sync::Condvar)>);
-
-impl Gate {
-    fn new() -> Self {
-        Self(Arc::new((
-            std::sync::Mutex::new(Counting::Undecided),
-            std::sync::Condvar::new(),
-        )))
-    }
-
-    /// Decides, unless decided already (the first word stands).
-    fn decide(&self, how: Counting) {
-        let (m, cv) = &*self.0;
-        let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if matches!(*g, Counting::Undecided) {
-            *g = how;
-            cv.notify_all();
-        }
-    }
-
-    /// Waits for the decision; the parent's facts when reused.
-    fn wait(&self) -> Option<Facts> {
-        let (m, cv) = &*self.0;
-        let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while matches!(*g, Counting::Undecided) {
-            g = cv
-                .wait(g)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        match std::mem::replace(&mut *g, Counting::Count) {
-            Counting::Parent(facts) => Some(facts),
-            _ => None,
-        }
-    }
-}
-
 /// Holds `LOCK TABLES … READ` on every base table from before the counting
 /// session's snapshot until the dump's session has started reading
 /// (`SELECT /*!40001 SQL_NO_CACHE */`, or its table list), so that both
@@ -861,12 +812,17 @@ pub fn plan_dump(
         "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
     )?;
     let after = u64::from(counter.connection_id().max(lock.connection_id()));
-    let gate = Gate::new();
+    // The counting session (its snapshot already open under the lock)
+    // counts only once the plan is decided, by the first word on this
+    // channel: a reused dump proves the database equal to the parent's,
+    // whose facts then stand (`Some`, no `COUNT(*)`); a dump that runs
+    // (seen under the lock, or the lock released at `finish`) is counted
+    // (`None`, or every sender gone).
+    let (decide, decision) = std::sync::mpsc::channel::<Option<Facts>>();
     let facts = {
         let name = name.to_string();
-        let gate = gate.clone();
         std::thread::spawn(move || -> Result<Facts> {
-            if let Some(parent) = gate.wait() {
+            if let Ok(Some(parent)) = decision.recv() {
                 let _ = counter.query_drop("COMMIT");
                 return Ok(parent);
             }
@@ -885,11 +841,11 @@ pub fn plan_dump(
         stop: stop.clone(),
         thread: Some({
             let db = db.clone();
-            let gate = gate.clone();
+            let decide = decide.clone();
             std::thread::spawn(move || {
                 let seen = watch_dump(lock, watch, after, db, &stop);
                 // The dump runs (or the run ends): count, unless reused.
-                gate.decide(Counting::Count);
+                let _ = decide.send(None);
                 seen
             })
         }),
@@ -925,10 +881,7 @@ pub fn plan_dump(
     // content equal), so nothing is counted.
     planned.on_reuse = Some(Box::new(move |parent| {
         if let crate::components::Record::Mysql(p) = parent {
-            gate.decide(Counting::Parent((
-                p.row_counts.clone(),
-                p.migrations.clone(),
-            )));
+            let _ = decide.send(Some((p.row_counts.clone(), p.migrations.clone())));
         }
         reused.store(true, Ordering::SeqCst);
         reuse.store(true, Ordering::SeqCst);
