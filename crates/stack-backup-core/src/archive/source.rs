@@ -44,9 +44,22 @@ impl StreamSpec {
     }
 }
 
+/// Bytes produced inside this process (e.g. a database session's rows),
+/// opened on an archiver worker thread like a stream.
+///
+/// Contract: the reader it returns yields the whole artifact and then
+/// `Ok(0)`; a producer that fails returns an error from `read` (never a
+/// clean end), so the ledger records the artifact as failed.
+pub trait Produce: Send + Sync + std::fmt::Debug {
+    /// Starts producing; the reader may block until the producer is free.
+    fn open(&self) -> std::io::Result<Box<dyn Read + Send>>;
+}
+
 /// Where an artifact's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Content {
+    /// Bytes produced in this process, read once.
+    Produced(Arc<dyn Produce>),
     /// A process's stdout.
     Stream(StreamSpec),
     /// Small content prepared in memory (git state, roles, manifests).
@@ -229,6 +242,12 @@ impl ReadSourceOpen for EntryOpen {
                     None,
                 ))),
                 Err(e) => Err(fail(format!("cannot open {}: {e}", p.display()))),
+            },
+            Content::Produced(p) => match p.open() {
+                Ok(r) => Ok(Box::new(TrackedReader::new(
+                    r, artifact, component, ledger, None, None,
+                ))),
+                Err(e) => Err(fail(format!("cannot start producing it: {e}"))),
             },
             Content::Stream(spec) => {
                 let mut child = match crate::process::command(&spec.program)

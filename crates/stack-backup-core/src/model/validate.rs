@@ -108,13 +108,48 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                 )?;
             }
         }
-        Record::Mysql(p) => expect_eq(
+        Record::Mysql(p) if p.format.is_none() => expect_eq(
             what,
             &field("dump"),
             &p.dump,
             &format!("mysql/{name}/{}.sql", safe_file_name(&p.database)),
             "the dump of its database",
         )?,
+        Record::Mysql(p) => {
+            expect_eq(
+                what,
+                &field("dump"),
+                &p.dump,
+                &crate::components::mysql::rows::schema_path(name, &p.database),
+                "the schema of its database",
+            )?;
+            // One file per table, where its name puts it, with columns,
+            // and exactly the tables whose rows are counted.
+            for (i, f) in p.rows.iter().enumerate() {
+                expect_eq(
+                    what,
+                    &field(&format!("rows[{i}].path")),
+                    &f.path,
+                    &crate::components::mysql::rows::rows_path(name, &p.database, &f.table),
+                    "the rows file of its table",
+                )?;
+                if f.columns.is_empty() {
+                    return Err(refused(
+                        what,
+                        &field(&format!("rows[{i}].columns")),
+                        "is empty",
+                    ));
+                }
+            }
+            let tables: Vec<&String> = p.rows.iter().map(|f| &f.table).collect();
+            if !tables.iter().copied().eq(p.row_counts.keys()) {
+                return Err(refused(
+                    what,
+                    &field("rows"),
+                    "does not list exactly the tables of `row_counts`, in order",
+                ));
+            }
+        }
         Record::Redis(r) => expect_eq(
             what,
             &field("rdb"),

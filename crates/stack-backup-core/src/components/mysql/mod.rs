@@ -4,8 +4,13 @@
 //! (`docs/decisions/0032-mysql-counts-in-the-dumps-snapshot.md`), and
 //! restored beside the live database then swapped in by one `RENAME TABLE`
 //! (`docs/decisions/0033-mysql-restore-beside-and-the-dump-as-input.md`).
+//! A database whose columns all round-trip as text is stored as its schema
+//! plus each table's rows in `LOAD DATA`'s format, read in the counting
+//! session's snapshot (`rows-v1`,
+//! `docs/decisions/0046-mysql-rows-as-text-loaded-with-load-data.md`).
 
 mod restore;
+pub mod rows;
 mod server;
 
 use std::collections::BTreeMap;
@@ -87,8 +92,18 @@ pub struct MysqlRecord {
     pub server_version: String,
     /// `mariadb-dump --version` of the tool used.
     pub dump_version: String,
-    /// The dump (SQL text).
+    /// The dump (SQL text): the whole database, or with `format`
+    /// `rows-v1` its schema only.
     pub dump: String,
+    /// Absent: `dump` is one `mariadb-dump` of the database (sets of
+    /// every version before 0046 are). `rows-v1`: `dump` holds the schema
+    /// and `rows` every base table's rows as text for `LOAD DATA`
+    /// (`docs/decisions/0046-mysql-rows-as-text-loaded-with-load-data.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// With `rows-v1`: one file per base table, with its columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rows: Vec<rows::RowsFile>,
     /// Views, triggers, routines and events in the dump, by type.
     #[serde(default)]
     pub objects: BTreeMap<String, u64>,
@@ -187,6 +202,7 @@ impl Kind for Mysql {
             && (&n.database, &n.host, n.port, &n.user) == (&o.database, &o.host, o.port, &o.user)
             && (&n.server_version, &n.dump_version, &n.dump)
                 == (&o.server_version, &o.dump_version, &o.dump)
+            && (&n.format, &n.rows) == (&o.format, &o.rows)
     }
 
     fn archived(&self, record: &mut Record, measured: &super::Archived) {
@@ -257,39 +273,81 @@ impl Kind for Mysql {
         (
             format!("database `{}` on {}:{}", p.database, p.host, p.port),
             format!(
-                "{} ({}); {} tables; migrations: {migrations}",
+                "{} ({}); {} tables{}; migrations: {migrations}",
                 p.server_version,
                 p.dump_version,
                 p.row_counts.len(),
+                if p.format.is_some() {
+                    ", schema as SQL and rows as text"
+                } else {
+                    ""
+                },
             ),
         )
     }
 
-    fn export_path(&self, _m: &Manifest, id: &ComponentId, _set_path: &str) -> (String, bool) {
+    fn export_path(&self, m: &Manifest, id: &ComponentId, set_path: &str) -> (String, bool) {
         let safe = crate::manifest::safe_file_name(id.name());
-        (format!("database/{safe}.mysql.sql"), false)
+        let sql = (format!("database/{safe}.mysql.sql"), false);
+        let Some(Record::Mysql(p)) = m.components.get(id) else {
+            return sql;
+        };
+        if p.format.is_none() {
+            return sql;
+        }
+        match p.rows.iter().find(|f| f.path == set_path) {
+            Some(f) => {
+                let file = f.path.rsplit('/').next().unwrap_or(&f.path);
+                (format!("database/{safe}.mysql.rows/{file}"), false)
+            }
+            None => (format!("database/{safe}.mysql.schema.sql"), false),
+        }
     }
 
     fn export_howto(&self, _m: &Manifest, r: &Record, path_of: &dyn Fn(&str) -> String) -> String {
         let Record::Mysql(p) = r else {
             return String::new();
         };
-        format!(
-            "MariaDB/MySQL {} database `{}`. Into a new, empty database (a user that may create it):\n\n    mariadb -h {h} -P {port} -u USER -p -e 'CREATE DATABASE `{db}`'\n    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {dump}\n\nExpected row counts: {} tables recorded in stack-backup/manifest.json.\n",
+        let h = match p.host.strip_prefix("container:") {
+            // The container's address, read when the command runs: it
+            // changes when the container is re-created.
+            Some(name) => format!(
+                "\"$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}} {{{{end}}}}' {name} | cut -d' ' -f1)\""
+            ),
+            None => p.host.clone(),
+        };
+        let head = format!(
+            "MariaDB/MySQL {} database `{}`. Into a new, empty database (a user that may create it):\n\n    mariadb -h {h} -P {port} -u USER -p -e 'CREATE DATABASE `{db}`'\n",
             p.server_version,
             p.database,
-            p.row_counts.len(),
-            h = match p.host.strip_prefix("container:") {
-                // The container's address, read when the command runs: it
-                // changes when the container is re-created.
-                Some(name) => format!(
-                    "\"$(docker inspect -f '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}} {{{{end}}}}' {name} | cut -d' ' -f1)\""
-                ),
-                None => p.host.clone(),
-            },
             port = p.port,
             db = p.database,
-            dump = path_of(&p.dump),
+        );
+        let counts = format!(
+            "\nExpected row counts: {} tables recorded in stack-backup/manifest.json.\n",
+            p.row_counts.len()
+        );
+        if p.format.is_none() {
+            return format!(
+                "{head}    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {dump}\n{counts}",
+                port = p.port,
+                db = p.database,
+                dump = path_of(&p.dump),
+            );
+        }
+        // rows-v1: the schema, then each table's rows with LOAD DATA (the
+        // server's `local_infile` must be ON); a quoted here-document, so
+        // the shell expands nothing in it.
+        let mut load = format!("{};\n", rows::load_session());
+        for f in &p.rows {
+            load.push_str(&rows::load_statement(f, &path_of(&f.path)));
+            load.push_str(";\n");
+        }
+        format!(
+            "{head}    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {schema}\n    mariadb --local-infile=1 -h {h} -P {port} -u USER -p {db} <<'STACK_BACKUP_ROWS_END'\n{load}STACK_BACKUP_ROWS_END\n\nThe rows files are in LOAD DATA's default text format (tab-separated, `\\N` for NULL, bytes as stored: load them with CHARACTER SET binary as above).\n{counts}",
+            port = p.port,
+            db = p.database,
+            schema = path_of(&p.dump),
         )
     }
 }

@@ -7,6 +7,9 @@
 //! live tables into `<db>__sb_old_<journal id>`, the restored ones into
 //! the live database. The old tables stay until the restore as a whole
 //! succeeded, so an undo (or the journal after a kill) renames back.
+//! A `rows-v1` set (decision 0046) runs only its schema through the
+//! client; its rows are loaded as data with `LOAD DATA LOCAL INFILE` by
+//! the same confined user ([`super::rows::load`]).
 //!
 //! Views, triggers, routines and events are not restored yet: a set or a
 //! live database that has any is refused before anything changes.
@@ -202,6 +205,12 @@ fn fill(
                 .into();
         }
         let state = crate::system::state::of(set.cfg)?;
+        // The schema of a rows-v1 set, or the whole dump, through the
+        // confined client; then the rows as data (no statement in them).
+        let rows_conn = match record.format.as_deref() {
+            Some(_) => Some(connect(key, &o.with_database(Some(db)))?),
+            None => None,
+        };
         let options = OptionFile::write(&o, &state)?;
         let mut cmd = crate::process::command(&client.program);
         cmd.args([
@@ -215,7 +224,11 @@ fn fill(
             .program
             .file_name()
             .map_or_else(|| "mariadb".into(), |n| n.to_string_lossy().to_string());
-        set.pipe_into(id, &record.dump, cmd, &what).map(|_| ())
+        set.pipe_into(id, &record.dump, cmd, &what)?;
+        if let Some(mut conn) = rows_conn {
+            super::rows::load(set, id, &mut conn, &record.rows, &record.row_counts)?;
+        }
+        Ok(())
     })();
     let dropped = drop_user(key, &mut c, &user);
     if let Err(e) = filled {
@@ -250,6 +263,19 @@ fn refuse_objects(
         )));
     }
     Ok(())
+}
+
+/// Checks the set's format is one this version reads and, for rows as
+/// text, that the server accepts `LOAD DATA LOCAL` (before anything
+/// changes).
+fn check_format(id: &ComponentId, record: &MysqlRecord, admin: &mut ::mysql::Conn) -> Result<()> {
+    match record.format.as_deref() {
+        None => Ok(()),
+        Some(super::rows::FORMAT) => super::rows::local_infile_on(id.name(), admin),
+        Some(other) => Err(Error::Refused(format!(
+            "{id}: the set's dump format `{other}` is not one this version of stack-backup reads (a newer version wrote it)"
+        ))),
+    }
 }
 
 /// A dump of the set into the live database of `[mysql.NAME]`.
@@ -317,6 +343,7 @@ impl Restorer for MysqlRestorer {
             Err(e) => return Err(e),
         };
         refuse_objects(&self.id, &self.record, &live)?;
+        check_format(&self.id, &self.record, &mut c)?;
         Ok(Some(format!(
             "{}: beside through admin-url ({}), then one RENAME TABLE",
             self.id, server.version
@@ -647,6 +674,8 @@ impl crate::components::Drilled for MysqlDrill {
     }
 
     fn restore(&mut self, set: &SetContext) -> Result<String> {
+        let a = admin(self.id.name(), &self.cfg)?;
+        check_format(&self.id, &self.record, &mut connect(self.id.name(), &a)?)?;
         fill(
             set,
             &self.id,

@@ -758,6 +758,166 @@ fn dump_entry(
     })
 }
 
+/// The schema dump's arguments after the option file (`rows-v1`).
+fn schema_args(db: &str) -> Vec<String> {
+    [
+        "--no-data",
+        "--single-transaction",
+        "--routines",
+        "--triggers",
+        "--events",
+        "--skip-dump-date",
+        "--no-tablespaces",
+        "--default-character-set=utf8mb4",
+        db,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// What [`plan_dump`] has read when it chooses `rows-v1`.
+struct Parts<'a> {
+    name: &'a str,
+    cfg: &'a MysqlConfig,
+    o: &'a Options,
+    /// Holds the table locks.
+    lock: ::mysql::Conn,
+    server: ServerVersion,
+    tool: DumpTool,
+    objects: BTreeMap<String, u64>,
+    estimate: u64,
+    files: Vec<super::rows::RowsFile>,
+    state: &'a Path,
+    db: String,
+}
+
+/// The `rows-v1` plan (decision 0046): under the table locks, the mark,
+/// the counting session's snapshot and the schema (`mariadb-dump
+/// --no-data`, into memory); then the locks are released, and that
+/// session streams each table's rows into the set when the archiver reads
+/// it. Row counts are the rows written.
+fn plan_rows(p: Parts<'_>) -> Result<crate::components::Planned> {
+    use crate::source::{Artifact, Content, Entry};
+    let Parts {
+        name,
+        cfg,
+        o,
+        mut lock,
+        server,
+        tool,
+        objects,
+        estimate,
+        files,
+        state,
+        db,
+    } = p;
+    let comp = component(name);
+    let args = schema_args(&db);
+    let mut mark_args = args.clone();
+    mark_args.push(super::rows::FORMAT.to_string());
+    let mark = change_mark(name, &mut lock, &server, &objects, &mark_args);
+    let mut counter = connect(name, o)?;
+    super::rows::prepare_reader(name, &mut counter)?;
+    exec(
+        name,
+        &mut counter,
+        "opening the snapshot",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )?;
+    exec(
+        name,
+        &mut counter,
+        "opening the snapshot",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+    )?;
+    let schema = {
+        let options = OptionFile::write(o, state)?;
+        super::rows::dump_schema(name, &tool.program, &options.arg(), &args)?
+    };
+    // The snapshot and the schema are taken: writers may go on.
+    exec(name, &mut lock, "unlocking the tables", "UNLOCK TABLES")?;
+    drop(lock);
+    let session = super::rows::Session::start(name, counter, files.clone());
+    let schema_path = super::rows::schema_path(name, &db);
+    let mut entries = vec![Entry::File(Artifact {
+        path: schema_path.clone(),
+        component: comp.clone(),
+        content: Content::Bytes(Arc::new(schema)),
+        reuse_meta: None,
+    })];
+    for (i, f) in files.iter().enumerate() {
+        entries.push(Entry::File(Artifact {
+            path: f.path.clone(),
+            component: comp.clone(),
+            content: Content::Produced(Arc::new(session.table(i, &f.table))),
+            reuse_meta: None,
+        }));
+    }
+    let record = MysqlRecord {
+        database: db,
+        host: cfg
+            .container
+            .as_ref()
+            .map_or_else(|| o.host.clone(), |c| format!("container:{c}")),
+        port: o.port,
+        user: o.user.clone(),
+        server_version: server.version,
+        dump_version: tool.version,
+        dump: schema_path,
+        objects,
+        migrations: Vec::new(),
+        row_counts: BTreeMap::new(),
+        mark,
+        reused: false,
+        format: Some(super::rows::FORMAT.to_string()),
+        rows: files,
+    };
+    let mut planned = crate::components::Planned::new(
+        crate::components::Record::Mysql(record),
+        entries,
+        estimate,
+    );
+    // Reused: the equal marks prove the rows the parent's, whose facts
+    // then stand; nothing is read.
+    let parent: Arc<std::sync::Mutex<Option<Facts>>> = Arc::default();
+    let from_parent = parent.clone();
+    planned.on_reuse = Some(Box::new(move |old| {
+        if let crate::components::Record::Mysql(p) = old {
+            if let Ok(mut f) = from_parent.lock() {
+                *f = Some((p.row_counts.clone(), p.migrations.clone()));
+            }
+        }
+        let _ = crate::system::fault::point("backup-mysql-reused");
+    }));
+    let key = name.to_string();
+    planned.finish = Some(Box::new(move |record| {
+        let read = session.finish(&key);
+        let reused = parent.lock().ok().and_then(|mut f| f.take());
+        let crate::components::Record::Mysql(r) = record else {
+            return Ok(());
+        };
+        let (counts, migrations) = match reused {
+            Some(facts) => facts,
+            None => {
+                let (counts, migrations) = read?;
+                // Every table's rows must have been written by this
+                // session: a file the archiver did not read has no count.
+                if let Some(f) = r.rows.iter().find(|f| !counts.contains_key(&f.table)) {
+                    return Err(Error::component(
+                        &comp,
+                        format!("the rows of `{}` were not read", f.table),
+                    ));
+                }
+                (counts, migrations)
+            }
+        };
+        r.row_counts = counts;
+        r.migrations = migrations;
+        Ok(())
+    }));
+    Ok(planned)
+}
+
 /// The backup plan of one database: the dump streamed into the set (no
 /// temporary file), row counts and migration state in its snapshot, and
 /// the option file that carries the password (kept until `finish`).
@@ -796,6 +956,31 @@ pub fn plan_dump(
         .flatten()
         .unwrap_or(0);
     lock_tables(&mut lock, &tables, &comp, &db, secs)?;
+    // Rows as text when every stored column round-trips (decision 0046);
+    // else the SQL dump, as before.
+    let rows = if server.mariadb {
+        super::rows::eligible(name, &mut lock, &db)?
+    } else {
+        Err("the server is MySQL (rows as text are tested on MariaDB only)".to_string())
+    };
+    match rows {
+        Ok(files) => {
+            return plan_rows(Parts {
+                name,
+                cfg,
+                o: &o,
+                lock,
+                server,
+                tool,
+                objects,
+                estimate,
+                files,
+                state,
+                db,
+            })
+        }
+        Err(why) => log::info!("{comp}: one SQL dump: {why}"),
+    }
     let mark = change_mark(name, &mut lock, &server, &objects, &dump_args(&db));
     // The counting session's snapshot, taken under the lock.
     let mut counter = connect(name, &o)?;
@@ -870,6 +1055,8 @@ pub fn plan_dump(
         row_counts: BTreeMap::new(),
         mark,
         reused: false,
+        format: None,
+        rows: Vec::new(),
     };
     let mut planned = crate::components::Planned::new(
         crate::components::Record::Mysql(record),
@@ -944,6 +1131,8 @@ mod tests {
             row_counts: std::collections::BTreeMap::new(),
             mark,
             reused: false,
+            format: None,
+            rows: Vec::new(),
         })
     }
 

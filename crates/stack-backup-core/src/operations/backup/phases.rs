@@ -543,6 +543,7 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
         if !p.record.kind().same_content(&p.record, old) {
             continue;
         }
+        let estimate = p.estimate;
         for entry in &mut p.entries {
             let Entry::File(a) = entry else { continue };
             let Some(size) = m
@@ -561,8 +562,12 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
             };
             // Reuse only a node that is whole: content present and its
             // recorded size equal to what the parent's manifest says.
+            // An empty file (a table without rows) has no chunks.
             let whole = node.node_type == NodeType::File
-                && node.content.as_ref().is_some_and(|c| !c.is_empty())
+                && node
+                    .content
+                    .as_ref()
+                    .is_some_and(|c| !c.is_empty() || size == 0)
                 && node.meta.size == size;
             if whole {
                 a.reuse_meta = Some(Box::new(node.meta));
@@ -577,6 +582,16 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
             if let Some(f) = p.on_reuse.take() {
                 f(old);
             }
+        } else if p.on_reuse.is_some() {
+            // A component that takes facts from the parent only when it
+            // reuses all of it (a database's row counts) reads all of it
+            // otherwise: half its files reused would have no facts.
+            for entry in &mut p.entries {
+                if let Entry::File(a) = entry {
+                    a.reuse_meta = None;
+                }
+            }
+            p.estimate = estimate;
         }
     }
 }
