@@ -311,3 +311,81 @@ fn manifests_keep_their_format_and_a_mismatched_record_is_refused() {
     let err = serde_json::from_str::<Manifest>(&unknown).unwrap_err();
     assert!(err.to_string().contains("not a component id"), "{err}");
 }
+
+/// A `rows-v1` record of database `shop` with tables `a` and `b`.
+fn rows_record() -> mysql::MysqlRecord {
+    let file = |t: &str| mysql::rows::RowsFile {
+        table: t.into(),
+        path: mysql::rows::rows_path("app", "shop", t),
+        columns: vec!["id".into()],
+    };
+    mysql::MysqlRecord {
+        database: "shop".into(),
+        host: "127.0.0.1".into(),
+        port: 3306,
+        user: "app".into(),
+        server_version: "10.11.19-MariaDB".into(),
+        dump_version: "mariadb-dump 10.19".into(),
+        dump: mysql::rows::schema_path("app", "shop"),
+        objects: BTreeMap::new(),
+        migrations: Vec::new(),
+        row_counts: [("a".to_string(), 1), ("b".to_string(), 0)].into(),
+        mark: None,
+        reused: false,
+        format: Some(mysql::rows::FORMAT.into()),
+        rows: vec![file("a"), file("b")],
+    }
+}
+
+#[test]
+fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
+    let with = |r: mysql::MysqlRecord| manifest([(id("mysql.app"), Record::Mysql(r))].into());
+    let ok = with(rows_record());
+    crate::validate::check_paths("set", &ok, &BTreeMap::new()).expect("a well-formed rows set");
+    let path = |p: &str| crate::export::export_path(&ok, p, "mysql.app");
+    assert_eq!(
+        path("mysql/app/shop.schema.sql"),
+        ("database/app.mysql.schema.sql".into(), false)
+    );
+    assert_eq!(
+        path("mysql/app/shop.rows/b.tsv"),
+        ("database/app.mysql.rows/b.tsv".into(), false)
+    );
+    // Sets are input: a rows file outside its place, a table's file under
+    // another table's name, a table with rows but no count (or the
+    // reverse), a file without columns — each is refused before any read.
+    let mut outside = rows_record();
+    outside.rows[0].path = "mysql/app/../../etc/passwd".into();
+    let mut swapped = rows_record();
+    swapped.rows[0].path = mysql::rows::rows_path("app", "shop", "b");
+    let mut uncounted = rows_record();
+    uncounted.row_counts.remove("b");
+    let mut unlisted = rows_record();
+    unlisted.rows.pop();
+    let mut no_columns = rows_record();
+    no_columns.rows[1].columns.clear();
+    let mut sql_path = rows_record();
+    sql_path.dump = "mysql/app/shop.sql".into();
+    for (what, r) in [
+        ("outside", outside),
+        ("swapped", swapped),
+        ("uncounted", uncounted),
+        ("unlisted", unlisted),
+        ("no columns", no_columns),
+        ("schema at the SQL dump's path", sql_path),
+    ] {
+        let e = crate::validate::check_paths("set", &with(r), &BTreeMap::new()).expect_err(what);
+        assert!(matches!(e, crate::Error::Refused(_)), "{what}: {e}");
+    }
+    // A set without `format` is the SQL dump, as every older set.
+    let mut old = rows_record();
+    old.format = None;
+    old.rows.clear();
+    old.dump = "mysql/app/shop.sql".into();
+    let old = with(old);
+    crate::validate::check_paths("set", &old, &BTreeMap::new()).expect("an older set");
+    assert_eq!(
+        crate::export::export_path(&old, "mysql/app/shop.sql", "mysql.app"),
+        ("database/app.mysql.sql".into(), false)
+    );
+}
