@@ -773,3 +773,42 @@ fn a_rows_read_that_breaks_writes_no_set_and_leaves_nothing_locked() {
     // Without the fault, the same database backs up.
     sb.run(&["backup", "--name", "good"]).expect_code(0);
 }
+
+#[test]
+fn a_rows_set_is_refused_without_local_infile_and_a_short_load_changes_nothing() {
+    let db = TempMysql::new();
+    db.seed(60, "a1b2c3d4e5f6");
+    let sb = sandbox(&db, "");
+    sb.run(&["backup", "--name", "good"]).expect_code(0);
+    wreck(&db);
+    let wrecked = db.digest();
+    let w = Wrappers::new();
+    // The server's local_infile OFF: refused in preflight (exit 4), the
+    // variable named, nothing touched.
+    for cmd in [&["restore", "good", "--yes"][..], &["drill", "good"][..]] {
+        let r = run_with(
+            &sb,
+            &w,
+            &[("FAILPOINTS", "mysql-local-infile-off=return(0)")],
+            cmd,
+        );
+        assert_eq!(r.code, 4, "{cmd:?}: {r:?}");
+        assert!(r.stderr.contains("local_infile"), "{}", r.stderr);
+        assert_eq!(db.digest(), wrecked, "{cmd:?}");
+        assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
+    }
+    // A table that loads fewer rows than the set holds fails the fill,
+    // before the swap: the live tables stay, nothing is left beside.
+    let r = run_with(
+        &sb,
+        &w,
+        &[("FAILPOINTS", "mysql-load-rows=return(1)")],
+        &["restore", "good", "--yes"],
+    );
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("the set holds"), "{}", r.stderr);
+    assert_eq!(db.digest(), wrecked);
+    assert!(db.leftovers().is_empty(), "{:?}", db.leftovers());
+    // Without the faults it restores.
+    sb.run(&["restore", "good", "--yes"]).expect_code(0);
+}
