@@ -449,9 +449,18 @@ fn stream_table(
 }
 
 /// Prepares the counting session for reading rows: `+00:00` (see
-/// [`SESSION`]); call before its snapshot opens.
+/// [`SESSION`]); call before its snapshot opens. The session waits on
+/// the archiver whenever the repository is slower than the rows (a
+/// remote one retrying): `net_write_timeout` (60 s by default) would make
+/// the server abort the read, so it gets an hour.
 pub fn prepare_reader(name: &str, c: &mut ::mysql::Conn) -> Result<()> {
-    exec(name, c, "setting the session for reading rows", SESSION)
+    exec(name, c, "setting the session for reading rows", SESSION)?;
+    exec(
+        name,
+        c,
+        "setting the session for reading rows",
+        "SET SESSION net_write_timeout = 3600",
+    )
 }
 
 /// The schema of the connection's database, dumped now (with the tables
