@@ -315,6 +315,18 @@ pub trait Kind: Sync {
         (set_path.to_string(), false)
     }
 
+    /// Files an export writes beside the component's artifacts for the
+    /// restore by hand (export path, content), e.g. a load script that
+    /// MANIFEST.md points at; `path_of` as in [`Kind::export_howto`].
+    fn export_extras(
+        &self,
+        _m: &Manifest,
+        _record: &Record,
+        _path_of: &dyn Fn(&str) -> String,
+    ) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+
     /// How to restore the exported component by hand (MANIFEST.md of an
     /// export); `path_of` maps a set path to its export path.
     fn export_howto(

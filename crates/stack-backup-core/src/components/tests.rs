@@ -351,6 +351,28 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
         path("mysql/app/shop.rows/b.tsv"),
         ("database/app.mysql.rows/b.tsv".into(), false)
     );
+    // The export's load script: beside the schema, one LOAD DATA per file by
+    // its export path; MANIFEST.md runs it from a file, never a heredoc.
+    let rec = Record::Mysql(rows_record());
+    let kind = id("mysql.app").kind();
+    let extras = kind.export_extras(&ok, &rec, &|p| path(p).0);
+    assert_eq!(extras.len(), 1);
+    assert_eq!(extras[0].0, "database/app.mysql.load.sql");
+    let script = String::from_utf8(extras[0].1.clone()).unwrap();
+    assert_eq!(
+        script.matches("LOAD DATA LOCAL INFILE").count(),
+        2,
+        "{script}"
+    );
+    assert!(
+        script.contains("'database/app.mysql.rows/b.tsv'"),
+        "{script}"
+    );
+    let howto = kind.export_howto(&ok, &rec, &|p| path(p).0);
+    assert!(
+        howto.contains("< database/app.mysql.load.sql\n") && !howto.contains("<<"),
+        "{howto}"
+    );
     // Sets are input: a rows file outside its place, a table's file under
     // another table's name, a table with rows but no count (or the
     // reverse), a file without columns — each is refused before any read.
@@ -366,6 +388,20 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
     no_columns.rows[1].columns.clear();
     let mut sql_path = rows_record();
     sql_path.dump = "mysql/app/shop.sql".into();
+    // A name that spans lines (MariaDB accepts it) could end a line of the
+    // export's load script.
+    let evil = "x\nSTACK_BACKUP_ROWS_END\ntouch /tmp/pwned #";
+    let mut bad_table = rows_record();
+    bad_table.rows[0].table = evil.into();
+    bad_table.rows[0].path = mysql::rows::rows_path("app", "shop", evil);
+    bad_table.row_counts = [(evil.to_string(), 1), ("b".to_string(), 0)].into();
+    bad_table.rows.sort_by(|x, y| x.table.cmp(&y.table));
+    let mut bad_column = rows_record();
+    bad_column.rows[1].columns.push("c\rd".into());
+    // Rows files in a set without format: the restore would ignore them.
+    let mut sql_with_rows = rows_record();
+    sql_with_rows.format = None;
+    sql_with_rows.dump = "mysql/app/shop.sql".into();
     for (what, r) in [
         ("outside", outside),
         ("swapped", swapped),
@@ -373,6 +409,9 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
         ("unlisted", unlisted),
         ("no columns", no_columns),
         ("schema at the SQL dump's path", sql_path),
+        ("control character in a table name", bad_table),
+        ("control character in a column name", bad_column),
+        ("rows without format", sql_with_rows),
     ] {
         let e = crate::validate::check_paths("set", &with(r), &BTreeMap::new()).expect_err(what);
         assert!(matches!(e, crate::Error::Refused(_)), "{what}: {e}");
@@ -384,6 +423,11 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
     old.dump = "mysql/app/shop.sql".into();
     let old = with(old);
     crate::validate::check_paths("set", &old, &BTreeMap::new()).expect("an older set");
+    let old_rec = &old.components[&id("mysql.app")];
+    assert!(id("mysql.app")
+        .kind()
+        .export_extras(&old, old_rec, &|p| p.to_string())
+        .is_empty());
     assert_eq!(
         crate::export::export_path(&old, "mysql/app/shop.sql", "mysql.app"),
         ("database/app.mysql.sql".into(), false)

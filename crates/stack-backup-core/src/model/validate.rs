@@ -108,13 +108,25 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                 )?;
             }
         }
-        Record::Mysql(p) if p.format.is_none() => expect_eq(
-            what,
-            &field("dump"),
-            &p.dump,
-            &format!("mysql/{name}/{}.sql", safe_file_name(&p.database)),
-            "the dump of its database",
-        )?,
+        Record::Mysql(p) if p.format.is_none() => {
+            // The SQL dump holds the rows: a list of rows files beside it
+            // would be ignored by the restore, so it is not a set this
+            // program wrote.
+            if !p.rows.is_empty() {
+                return Err(refused(
+                    what,
+                    &field("rows"),
+                    "lists rows files, but the set has no `format` (an SQL dump)",
+                ));
+            }
+            expect_eq(
+                what,
+                &field("dump"),
+                &p.dump,
+                &format!("mysql/{name}/{}.sql", safe_file_name(&p.database)),
+                "the dump of its database",
+            )?;
+        }
         Record::Mysql(p) => {
             expect_eq(
                 what,
@@ -133,6 +145,26 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                     &crate::components::mysql::rows::rows_path(name, &p.database, &f.table),
                     "the rows file of its table",
                 )?;
+                // Names go into the export's load script and MANIFEST.md:
+                // one with a control character could end a line there.
+                if !crate::components::mysql::rows::plain_name(&f.table) {
+                    return Err(refused(
+                        what,
+                        &field(&format!("rows[{i}].table")),
+                        "has a control character",
+                    ));
+                }
+                if let Some(c) = f
+                    .columns
+                    .iter()
+                    .find(|c| !crate::components::mysql::rows::plain_name(c))
+                {
+                    return Err(refused(
+                        what,
+                        &field(&format!("rows[{i}].columns")),
+                        &format!("has {c:?}, a name with a control character"),
+                    ));
+                }
                 if f.columns.is_empty() {
                     return Err(refused(
                         what,

@@ -7,6 +7,7 @@
 //! DIR/CHECKSUM.sha256               every file below, sha256sum format
 //! DIR/database/<name>.dump          pg_dump custom format (pg_restore)
 //! DIR/database/<name>.globals.sql   roles (psql)
+//! DIR/database/<name>.mysql.*       SQL dump, or schema + rows + load.sql
 //! DIR/redis/dump.rdb                (redis/<name>.rdb with several instances)
 //! DIR/docker/images/<ref>.tar.gz    docker save, gzip (gunzip -c | docker load)
 //! DIR/docker/volumes/<volume>/…     the volume's files, owners and modes
@@ -261,6 +262,24 @@ fn write_all(
             }
             bytes += n;
             sums.insert(p.clone(), got);
+        }
+    }
+    // Files for the restore by hand that MANIFEST.md points at (a load
+    // script): written by this program from the validated manifest.
+    for (name, c) in &m.components {
+        let path_of = |set_path: &str| export_path(m, set_path, name.as_str()).0;
+        for (p, bytes) in c.kind().export_extras(m, c, &path_of) {
+            if !crate::validate::is_safe_relative(&p) || sums.contains_key(&p) {
+                return Err(Error::Verification(format!(
+                    "{name}: the export file `{p}` is not a new path inside the export"
+                )));
+            }
+            let file = dir.join(&p);
+            if let Some(parent) = file.parent() {
+                private_dir(parent)?;
+            }
+            write_private(&file, &bytes)?;
+            sums.insert(p, crate::ledger::sha256_hex(&bytes));
         }
     }
     let md = export_markdown(m, set, &sums);

@@ -336,18 +336,48 @@ impl Kind for Mysql {
             );
         }
         // rows-v1: the schema, then each table's rows with LOAD DATA (the
-        // server's `local_infile` must be ON); a quoted here-document, so
-        // the shell expands nothing in it.
-        let mut load = format!("{};\n", rows::load_session());
-        for f in &p.rows {
-            load.push_str(&rows::load_statement(f, &path_of(&f.path)));
-            load.push_str(";\n");
-        }
+        // server's `local_infile` must be ON), from the export's load
+        // script: no table or column name is ever part of a shell command.
+        let Some((script, _)) = load_script(p, path_of) else {
+            return String::new();
+        };
         format!(
-            "{head}    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {schema}\n    mariadb --local-infile=1 -h {h} -P {port} -u USER -p {db} <<'STACK_BACKUP_ROWS_END'\n{load}STACK_BACKUP_ROWS_END\n\nThe rows files are in LOAD DATA's default text format (tab-separated, `\\N` for NULL, bytes as stored: load them with CHARACTER SET binary as above).\n{counts}",
+            "{head}    mariadb --sandbox -h {h} -P {port} -u USER -p {db} < {schema}\n    mariadb --local-infile=1 -h {h} -P {port} -u USER -p {db} < {script}\n\nRun both from this directory: `{script}` loads each rows file by its path relative to it. The rows files are in LOAD DATA's default text format (tab-separated, `\\N` for NULL, bytes as stored: `{script}` loads them with CHARACTER SET binary).\n{counts}",
             port = p.port,
             db = p.database,
             schema = path_of(&p.dump),
         )
     }
+
+    fn export_extras(
+        &self,
+        _m: &Manifest,
+        r: &Record,
+        path_of: &dyn Fn(&str) -> String,
+    ) -> Vec<(String, Vec<u8>)> {
+        match r {
+            Record::Mysql(p) => load_script(p, path_of)
+                .map(|(path, sql)| vec![(path, sql.into_bytes())])
+                .into_iter()
+                .flatten()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The export's load script of a `rows-v1` record: its export path (beside
+/// the schema, `….mysql.load.sql`) and the session settings and one
+/// `LOAD DATA` per rows file, by the file's path in the export. `None` for
+/// the SQL dump.
+fn load_script(p: &MysqlRecord, path_of: &dyn Fn(&str) -> String) -> Option<(String, String)> {
+    p.format.as_ref()?;
+    let schema = path_of(&p.dump);
+    let base = schema.strip_suffix(".schema.sql").unwrap_or(&schema);
+    let mut sql = format!("{};\n", rows::load_session());
+    for f in &p.rows {
+        sql.push_str(&rows::load_statement(f, &path_of(&f.path)));
+        sql.push_str(";\n");
+    }
+    Some((format!("{base}.load.sql"), sql))
 }

@@ -107,13 +107,16 @@ const SAFE_CHARSETS: &[&str] = &["utf8mb4", "utf8mb3", "utf8", "latin1", "ascii"
 /// sequences, system-versioned tables, MyISAM: their rows are not in the
 /// snapshot, or not all visible), triggers, routines or events, a stored
 /// column of a type not in [`EXACT_TYPES`] or a character set not in
-/// [`SAFE_CHARSETS`], or two tables whose file names would be equal. Read
-/// with the tables locked, so the definitions cannot change before the
-/// schema is dumped.
+/// [`SAFE_CHARSETS`], a table or column name with a control character
+/// ([`plain_name`]), two tables whose file names would be equal, or base
+/// tables other than `locked` (one created or dropped between the listing
+/// and `LOCK TABLES` was never locked). Read with the tables locked, so
+/// the definitions cannot change before the schema is dumped.
 pub fn eligible(
     name: &str,
     c: &mut ::mysql::Conn,
     db: &str,
+    locked: &[String],
 ) -> Result<std::result::Result<Vec<RowsFile>, String>> {
     let fail = |what: &str, e: &::mysql::Error| {
         Error::component(component(name), format!("{what}: {}", error_text(e)))
@@ -139,6 +142,15 @@ pub fn eligible(
             engine.as_deref().unwrap_or("no engine")
         )));
     }
+    let listed: Vec<&String> = entries.iter().map(|(t, _, _)| t).collect();
+    if let Some(why) = same_tables(locked, &listed) {
+        return Ok(Err(why));
+    }
+    if let Some((t, _, _)) = entries.iter().find(|(t, _, _)| !plain_name(t)) {
+        return Ok(Err(format!(
+            "table {t:?} has a control character in its name"
+        )));
+    }
     let columns: Vec<Column> = c
         .query(
             "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, IS_GENERATED \
@@ -153,6 +165,11 @@ pub fn eligible(
     for (t, col, ty, charset, generated) in columns {
         if generated.as_deref() == Some("ALWAYS") {
             continue;
+        }
+        if !plain_name(&col) {
+            return Ok(Err(format!(
+                "`{t}`.{col:?} has a control character in its name"
+            )));
         }
         let ty = ty.to_ascii_lowercase();
         if !EXACT_TYPES.contains(&ty.as_str()) {
@@ -181,6 +198,28 @@ pub fn eligible(
         });
     }
     Ok(Ok(out))
+}
+
+/// Whether a table or column name has no control character (`\n`, `\r`,
+/// NUL, any byte below 0x20, DEL): MariaDB accepts them in quoted names,
+/// and a name that spans lines could end a line of the export's load
+/// script or the manifest it is shown in. Such a database keeps the SQL
+/// dump; a set naming one is refused.
+#[must_use]
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty() && !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// Why the base tables read under the lock are not the ones locked
+/// (`None`: the same, in the same order).
+fn same_tables(locked: &[String], listed: &[&String]) -> Option<String> {
+    if locked.iter().eq(listed.iter().copied()) {
+        None
+    } else {
+        Some(format!(
+            "the tables changed between listing and locking them (locked {locked:?}, now {listed:?})"
+        ))
+    }
 }
 
 /// A column of `information_schema.COLUMNS`: table, name, data type,
@@ -734,6 +773,31 @@ mod tests {
         assert!(!out.contains(&0) && !out.contains(&b'\r'));
         let got = decode_line(&out[..out.len() - 1]);
         assert_eq!(got, values.into_iter().map(Some).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn names_with_control_characters_are_not_plain() {
+        assert!(plain_name("orders") && plain_name("we`ird 😀 name"));
+        for bad in [
+            "x\nSTACK_BACKUP_ROWS_END\ntouch /tmp/pwned #",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            "\x7f",
+            "",
+        ] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_table_created_or_dropped_before_the_lock_is_not_read_as_rows() {
+        let locked = vec!["a".to_string(), "b".to_string()];
+        let (a, b, c) = ("a".to_string(), "b".to_string(), "c".to_string());
+        assert_eq!(same_tables(&locked, &[&a, &b]), None);
+        assert!(same_tables(&locked, &[&a, &b, &c]).is_some(), "created");
+        assert!(same_tables(&locked, &[&a]).is_some(), "dropped");
+        assert!(same_tables(&locked, &[&a, &c]).is_some(), "renamed");
     }
 
     #[test]

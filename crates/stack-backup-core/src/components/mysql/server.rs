@@ -959,7 +959,7 @@ pub fn plan_dump(
     // Rows as text when every stored column round-trips (decision 0046);
     // else the SQL dump, as before.
     let rows = if server.mariadb {
-        super::rows::eligible(name, &mut lock, &db)?
+        super::rows::eligible(name, &mut lock, &db, &tables)?
     } else {
         Err("the server is MySQL (rows as text are tested on MariaDB only)".to_string())
     };
