@@ -581,6 +581,28 @@ pub fn local_infile_on(name: &str, c: &mut ::mysql::Conn) -> Result<()> {
     )))
 }
 
+/// The only file name the local-infile handler answers: the one in the
+/// restore's `LOAD DATA` statement.
+const INFILE_NAME: &str = "stack-backup-rows";
+
+/// The local-infile handler's answer: the rows in `slot`, once, and only
+/// when the server asks for [`INFILE_NAME`]. A server (or a statement)
+/// asking for any other name — a file of this host — gets an error and
+/// nothing is read.
+fn serve_rows<R: Read, W: std::io::Write>(
+    file_name: &[u8],
+    slot: &Mutex<Option<R>>,
+    out: &mut W,
+) -> std::io::Result<()> {
+    if file_name != INFILE_NAME.as_bytes() {
+        return Err(std::io::Error::other("the server asked for another file"));
+    }
+    let Some(mut r) = slot.lock().ok().and_then(|mut s| s.take()) else {
+        return Err(std::io::Error::other("the rows were already sent"));
+    };
+    std::io::copy(&mut r, out).map(|_| ())
+}
+
 /// Loads every rows file of the set into the connection's database (the
 /// schema already created), each streamed from the set through the
 /// driver's local-infile handler (nothing else is ever sent: the handler
@@ -602,18 +624,9 @@ pub fn load(
             .map_err(|e| Error::component(comp, format!("a pipe for the rows: {e}")))?;
         let slot: Arc<Mutex<Option<std::io::PipeReader>>> = Arc::new(Mutex::new(Some(reader)));
         let handler_slot = slot.clone();
-        let expected_name = "stack-backup-rows";
-        let asked = expected_name.as_bytes();
+        let expected_name = INFILE_NAME;
         conn.set_local_infile_handler(Some(::mysql::LocalInfileHandler::new(
-            move |file_name, out| {
-                if file_name != asked {
-                    return Err(std::io::Error::other("the server asked for another file"));
-                }
-                let Some(mut r) = handler_slot.lock().ok().and_then(|mut s| s.take()) else {
-                    return Err(std::io::Error::other("the rows were already sent"));
-                };
-                std::io::copy(&mut r, out).map(|_| ())
-            },
+            move |file_name, out| serve_rows(file_name, &handler_slot, out),
         )));
         let repo = set.repo;
         let loaded = std::thread::scope(|s| {
@@ -773,6 +786,28 @@ mod tests {
         assert!(!out.contains(&0) && !out.contains(&b'\r'));
         let got = decode_line(&out[..out.len() - 1]);
         assert_eq!(got, values.into_iter().map(Some).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_infile_handler_answers_only_its_own_name_and_only_once() {
+        let slot = Mutex::new(Some(&b"1\ta\n"[..]));
+        for other in [
+            &b"/etc/passwd"[..],
+            b"",
+            b"stack-backup-rows ",
+            b"STACK-BACKUP-ROWS",
+        ] {
+            let mut out = Vec::new();
+            assert!(serve_rows(other, &slot, &mut out).is_err(), "{other:?}");
+            assert!(out.is_empty());
+        }
+        // Refusing another name did not use up the rows.
+        let mut out = Vec::new();
+        serve_rows(b"stack-backup-rows", &slot, &mut out).unwrap();
+        assert_eq!(out, b"1\ta\n");
+        let mut again = Vec::new();
+        assert!(serve_rows(b"stack-backup-rows", &slot, &mut again).is_err());
+        assert!(again.is_empty());
     }
 
     #[test]
