@@ -215,15 +215,27 @@ impl<'a> SetContext<'a> {
             })
     }
 
-    /// Bytes of the single-file artifacts of a component.
-    #[must_use]
-    pub fn artifact_bytes(&self, id: &ComponentId) -> u64 {
+    /// The single-file artifacts a component's restore reads: those the
+    /// manifest attributes to it and the one it shares with others
+    /// ([`crate::components::Kind::shared_artifact`]), each once.
+    fn artifacts_of(&self, id: &ComponentId) -> Vec<&'a crate::manifest::ArtifactRecord> {
+        let shared = self
+            .manifest
+            .components
+            .get(id)
+            .and_then(|r| r.kind().shared_artifact(r));
         self.manifest
             .artifacts
             .iter()
-            .filter(|a| a.component == id.as_str())
-            .map(|a| a.size)
-            .sum()
+            .filter(|a| a.component == id.as_str() || Some(a.path.as_str()) == shared)
+            .collect()
+    }
+
+    /// Bytes of the single-file artifacts of a component (a shared one
+    /// counted whole).
+    #[must_use]
+    pub fn artifact_bytes(&self, id: &ComponentId) -> u64 {
+        self.artifacts_of(id).iter().map(|a| a.size).sum()
     }
 
     /// The Docker Engine's data root (asked once).
@@ -248,10 +260,8 @@ impl<'a> SetContext<'a> {
         let record = &self.manifest.components[id];
         let Some(tree) = record.kind().tree(record) else {
             return self
-                .manifest
-                .artifacts
+                .artifacts_of(id)
                 .iter()
-                .filter(|a| a.component == id.as_str())
                 .map(|a| Ok((a.path.clone(), self.node(id, &a.path)?)))
                 .collect();
         };

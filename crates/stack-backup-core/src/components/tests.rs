@@ -77,6 +77,7 @@ fn records() -> BTreeMap<ComponentId, Record> {
         tags: vec!["shop-web:latest".into()],
         archive: "docker/images/shop-web_latest.tar".into(),
         reused: false,
+        group: Vec::new(),
     };
     [
         ("postgres.main", Record::Postgres(pg)),

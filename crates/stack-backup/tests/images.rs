@@ -1,0 +1,320 @@
+//! Images that share layers, saved by one `docker save` (a group) and
+//! loaded one by one out of it, against the real Docker Engine
+//! (`docs/decisions/0045-images-saved-together.md`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+
+/// Images made by the test, removed on drop (last made, first removed).
+struct Made {
+    refs: Vec<String>,
+}
+
+impl Made {
+    /// Builds `reference` from `from` with `files` added (name, bytes).
+    fn build(&mut self, reference: &str, from: &str, files: &[(&str, &[u8])]) -> String {
+        let ctx = tempfile::tempdir().unwrap();
+        let mut dockerfile = format!("FROM {from}\n");
+        for (name, bytes) in files {
+            std::fs::write(ctx.path().join(name), bytes).unwrap();
+            dockerfile.push_str(&format!("COPY {name} /{name}\n"));
+        }
+        std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+        docker(&[
+            "build",
+            "-q",
+            "-t",
+            reference,
+            &ctx.path().to_string_lossy(),
+        ])
+        .expect_code(0);
+        if !self.refs.iter().any(|r| r == reference) {
+            self.refs.push(reference.to_string());
+        }
+        id_of(reference).expect("just built")
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for r in self.refs.iter().rev() {
+            let _ = docker(&["image", "rm", "-f", r]);
+        }
+    }
+}
+
+fn id_of(reference: &str) -> Option<String> {
+    let r = docker(&["image", "inspect", "--format", "{{.Id}}", reference]);
+    (r.code == 0).then(|| r.stdout.trim().to_string())
+}
+
+/// Every tag of the test's images (`prefix…`) with the ID it points at.
+fn tags(prefix: &str) -> BTreeMap<String, String> {
+    let r = docker(&[
+        "image",
+        "ls",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]);
+    r.expect_code(0);
+    r.stdout
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, i)| (t.to_string(), i.to_string()))
+        .collect()
+}
+
+/// Bytes `docker save` writes for `reference` alone.
+fn single_save_size(reference: &str) -> u64 {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("docker save '{reference}' | wc -c")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Deterministic bytes that do not compress.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn manifest_of(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join("stack-backup/manifest.json")).unwrap())
+        .unwrap()
+}
+
+fn remove(refs: &[&String]) {
+    for r in refs {
+        docker(&["image", "rm", r]).expect_code(0);
+    }
+}
+
+#[test]
+fn images_sharing_a_layer_are_saved_once_and_loaded_one_by_one() {
+    let prefix = unique("sbt-grp");
+    let mut made = Made { refs: Vec::new() };
+    let shared = format!("{prefix}-shared:latest");
+    made.build(&shared, &base_image(), &[("big", &noise(6 << 20, 7))]);
+    let refs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("{prefix}-{n}:latest"))
+        .collect();
+    let ids: Vec<String> = refs
+        .iter()
+        .map(|r| made.build(r, &shared, &[("payload", r.as_bytes())]))
+        .collect();
+    let singles: u64 = refs.iter().map(|r| single_save_size(r)).sum();
+
+    let sb = Sandbox::new();
+    let list = refs.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>();
+    sb.write_config(
+        "imgs",
+        &format!("[docker]\nimages = [{}]\n", list.join(", ")),
+    );
+    sb.init();
+    sb.run(&["--json", "backup", "--name", "one"])
+        .expect_code(0);
+
+    // One group tar, by stock restic, checksums as recorded.
+    let out = restic_restore(&sb.repo(), "one");
+    let root = out.path();
+    let check = sha256sum_check(root);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    let sums = std::fs::read_to_string(root.join("stack-backup/CHECKSUM.sha256")).unwrap();
+    assert_eq!(sums.matches("docker/saved/").count(), 1, "{sums}");
+    assert_eq!(sums.matches("docker/images/").count(), 0, "{sums}");
+    let m = manifest_of(root);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let group = m["components"][format!("docker.image.{}", refs[0])]["archive"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(group.starts_with("docker/saved/"), "{group}");
+    for (r, id) in refs.iter().zip(&ids) {
+        let c = &m["components"][format!("docker.image.{r}")];
+        assert_eq!(c["id"], id.as_str(), "{c}");
+        assert_eq!(c["archive"], group.as_str(), "{c}");
+        assert_eq!(c["group"], serde_json::json!(sorted), "{c}");
+    }
+    let group_size = std::fs::metadata(root.join(&group)).unwrap().len();
+    assert!(
+        group_size > 6 << 20 && group_size < singles,
+        "group {group_size} bytes, three single saves {singles}"
+    );
+    // A docker save tar holding the three images.
+    let listing = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(root.join(&group))
+        .arg("manifest.json")
+        .output()
+        .unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(saved.as_array().unwrap().len(), 3, "{saved}");
+
+    // All three gone; an unrelated tag on the shared image stays put.
+    let unrelated = format!("{prefix}-unrelated:keep");
+    docker(&["tag", &shared, &unrelated]).expect_code(0);
+    made.refs.push(unrelated.clone());
+    let before = tags(&prefix);
+    remove(&refs.iter().collect::<Vec<_>>());
+
+    // One image alone: only its tag comes back.
+    sb.run(&[
+        "restore",
+        "one",
+        "--only",
+        &format!("docker.image.{}", refs[1]),
+        "--yes",
+    ])
+    .expect_code(0);
+    assert_eq!(id_of(&refs[1]).as_deref(), Some(ids[1].as_str()));
+    assert_eq!(id_of(&refs[0]), None);
+    assert_eq!(id_of(&refs[2]), None);
+    let mut want = before.clone();
+    want.remove(&refs[0]);
+    want.remove(&refs[2]);
+    assert_eq!(tags(&prefix), want);
+    // No untagged image of the group was loaded with it.
+    assert_eq!(id_of(&ids[0]), None, "image a loaded without being asked");
+
+    // The whole set: each its own ID and tag, nothing else moved.
+    sb.run(&["restore", "one", "--yes"]).expect_code(0);
+    for (r, id) in refs.iter().zip(&ids) {
+        assert_eq!(id_of(r).as_deref(), Some(id.as_str()), "{r}");
+    }
+    assert_eq!(tags(&prefix), before);
+
+    // A drill loads each out of the group under a drill tag (the images
+    // are gone, so it loads them) and leaves nothing behind.
+    remove(&refs.iter().collect::<Vec<_>>());
+    let r = sb.run(&["--json", "drill", "one"]);
+    r.expect_code(0);
+    let report = r.json();
+    assert_eq!(report["ok"], true, "{report}");
+    for id in &ids {
+        assert_eq!(id_of(id), None, "the drill left {id} behind");
+    }
+    let mut want = before.clone();
+    for r in &refs {
+        want.remove(r);
+    }
+    assert_eq!(tags(&prefix), want);
+    sb.run(&["restore", "one", "--yes"]).expect_code(0);
+
+    // One image rebuilt: saved alone; the other two reuse the group.
+    let new_c = made.build(&refs[2], &shared, &[("payload", b"c, rebuilt")]);
+    assert_ne!(new_c, ids[2]);
+    let r = sb.run(&["--json", "backup", "--name", "two"]);
+    r.expect_code(0);
+    let out = restic_restore(&sb.repo(), "two");
+    let m = manifest_of(out.path());
+    for r in &refs[..2] {
+        let c = &m["components"][format!("docker.image.{r}")];
+        assert_eq!(c["archive"], group.as_str(), "{c}");
+        assert_eq!(c["reused"], true, "{c}");
+    }
+    let c = &m["components"][format!("docker.image.{}", refs[2])];
+    assert_eq!(c["id"], new_c.as_str());
+    assert!(
+        c["archive"].as_str().unwrap().starts_with("docker/images/"),
+        "{c}"
+    );
+    assert!(c.get("group").is_none(), "{c}");
+    let report = r.json();
+    let read: u64 = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reused"] == false)
+        .map(|c| c["size"].as_u64().unwrap())
+        .sum();
+    assert!(read < single_save_size(&refs[2]) + 4096, "{report}");
+    let check = sha256sum_check(out.path());
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    // Restored from the second set: the reused group serves a and b.
+    remove(&refs.iter().collect::<Vec<_>>());
+    sb.run(&["restore", "two", "--yes"]).expect_code(0);
+    assert_eq!(id_of(&refs[0]).as_deref(), Some(ids[0].as_str()));
+    assert_eq!(id_of(&refs[1]).as_deref(), Some(ids[1].as_str()));
+    assert_eq!(id_of(&refs[2]).as_deref(), Some(new_c.as_str()));
+
+    // An export of the first set holds the group once, loadable by hand;
+    // it imports back (after the second backup: an imported set is no
+    // parent whose content is reused).
+    let exported = sb.path().join("exported");
+    sb.run(&["export", "one", &exported.to_string_lossy()])
+        .expect_code(0);
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", "--strict", "CHECKSUM.sha256"])
+        .current_dir(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(exported.join(format!("{group}.gz")).is_file());
+    let how = std::fs::read_to_string(exported.join("MANIFEST.md")).unwrap();
+    assert!(
+        how.contains(&format!("gunzip -c {group}.gz | docker load")),
+        "{how}"
+    );
+    assert!(
+        how.contains(&format!("docker tag {} {}", ids[0], refs[0])),
+        "{how}"
+    );
+    remove(&[&refs[0], &refs[1]]);
+    let load = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gunzip -c '{}.gz' | docker load -q",
+            exported.join(&group).display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    for id in &ids {
+        assert!(id_of(id).is_some(), "{id} not loaded from the export");
+    }
+    for (r, id) in refs.iter().zip(&ids).take(2) {
+        docker(&["tag", id, r]).expect_code(0);
+    }
+    let _ = docker(&["image", "rm", &ids[2]]);
+    sb.run(&["import", &exported.to_string_lossy(), "--name", "back"])
+        .expect_code(0);
+    sb.run(&["verify", "back"]).expect_code(0);
+
+    // The group damaged in the repository: verify says so, the restore
+    // refuses before it touches an image.
+    backend::Repo::local(&sb.repo()).corrupt_largest_pack();
+    sb.run(&["verify", "one", "--read-data"]).expect_code(3);
+    remove(&[&refs[0]]);
+    let before = tags(&prefix);
+    let r = sb.run(&["restore", "one", "--yes"]);
+    r.expect_code(3);
+    assert!(r.stderr.contains(&group), "{}", r.stderr);
+    assert_eq!(tags(&prefix), before);
+    assert_eq!(id_of(&refs[0]), None);
+}
