@@ -445,7 +445,19 @@ impl<'a> Run<'a> {
                 .components
                 .keys()
                 .map(|c| {
-                    let s = checked.measured(c);
+                    let mut s = checked.measured(c);
+                    // A member of a group another component carries: the
+                    // group is what it consists of.
+                    let shared = m
+                        .components
+                        .get(c)
+                        .and_then(|r| r.kind().shared_artifact(r))
+                        .and_then(|p| m.artifacts.iter().find(|a| a.path == p));
+                    if let (0, Some(a)) = (s.files, shared) {
+                        s.bytes = a.size;
+                        s.files = 1;
+                        s.reused = a.reused;
+                    }
                     super::ComponentReport {
                         component: c.to_string(),
                         size: s.bytes,
