@@ -318,3 +318,176 @@ fn images_sharing_a_layer_are_saved_once_and_loaded_one_by_one() {
     assert_eq!(tags(&prefix), before);
     assert_eq!(id_of(&refs[0]), None);
 }
+
+/// A ustar member (`kind` `0` file), its header checksum computed.
+fn tar_member(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut hdr = [0u8; 512];
+    hdr[..name.len()].copy_from_slice(name.as_bytes());
+    hdr[100..108].copy_from_slice(b"0000644\0");
+    hdr[108..116].copy_from_slice(b"0000000\0");
+    hdr[116..124].copy_from_slice(b"0000000\0");
+    hdr[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+    hdr[136..148].copy_from_slice(b"00000000000\0");
+    hdr[156] = b'0';
+    hdr[257..263].copy_from_slice(b"ustar\0");
+    hdr[263..265].copy_from_slice(b"00");
+    hdr[148..156].copy_from_slice(b"        ");
+    let sum: u32 = hdr.iter().map(|b| u32::from(*b)).sum();
+    hdr[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut v = hdr.to_vec();
+    v.extend_from_slice(body);
+    v.resize(512 + body.len().div_ceil(512) * 512, 0);
+    v
+}
+
+/// Where the end-of-archive blocks of a tar start.
+fn end_of_members(tar: &[u8]) -> usize {
+    let mut at = 0;
+    while tar[at..at + 512].iter().any(|b| *b != 0) {
+        let field = String::from_utf8_lossy(&tar[at + 124..at + 136]).to_string();
+        let size =
+            usize::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8).unwrap();
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    at
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Replaces the SHA-256 of `path` in a `sha256sum` file.
+fn resum(file: &Path, path: &str, sha: &str) {
+    let text: String = std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once("  ") {
+            Some((_, p)) if p == path => format!("{sha}  {p}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(file, text).unwrap();
+}
+
+#[test]
+fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
+    let prefix = unique("sbt-grpx");
+    let mut made = Made { refs: Vec::new() };
+    let refs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("{prefix}-{n}:latest"))
+        .collect();
+    let ids: Vec<String> = refs
+        .iter()
+        .map(|r| made.build(r, &base_image(), &[("payload", r.as_bytes())]))
+        .collect();
+    let sb = Sandbox::new();
+    let list = refs.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>();
+    sb.write_config(
+        "imgx",
+        &format!("[docker]\nimages = [{}]\n", list.join(", ")),
+    );
+    sb.init();
+    sb.run(&["backup", "--name", "orig"]).expect_code(0);
+    let dir = sb.path().join("export");
+    sb.run(&["export", "orig", &dir.to_string_lossy()])
+        .expect_code(0);
+
+    // The group tar with a member `../escape` at its end, every checksum and
+    // the manifest's size made to agree, as whoever can edit the
+    // directory could.
+    let mpath = dir.join("stack-backup/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let group = m["components"][format!("docker.image.{}", refs[0])]["archive"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(group.starts_with("docker/saved/"), "{group}");
+    let gz = dir.join(format!("{group}.gz"));
+    let gunzip = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&gz)
+        .output()
+        .unwrap();
+    assert!(gunzip.status.success());
+    // Last, after manifest.json: a tar cut before it would look whole
+    // to docker load, which must therefore be stopped, not given EOF.
+    let mut tar = gunzip.stdout;
+    let end = end_of_members(&tar);
+    tar.truncate(end);
+    tar.extend(tar_member("../escape", b"outside"));
+    tar.extend([0u8; 1024]);
+    let tar_sha = sha256_hex(&tar);
+    {
+        use std::io::Write;
+        let mut z = std::process::Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&gz).unwrap())
+            .spawn()
+            .unwrap();
+        z.stdin.take().unwrap().write_all(&tar).unwrap();
+        assert!(z.wait().unwrap().success());
+    }
+    for a in m["artifacts"].as_array_mut().unwrap() {
+        if a["path"] == group.as_str() {
+            a["sha256"] = tar_sha.clone().into();
+            a["size"] = (tar.len() as u64).into();
+        }
+    }
+    let json = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(&mpath, &json).unwrap();
+    let inner = dir.join("stack-backup/CHECKSUM.sha256");
+    resum(&inner, &group, &tar_sha);
+    resum(&inner, "stack-backup/manifest.json", &sha256_hex(&json));
+    let top = dir.join("CHECKSUM.sha256");
+    resum(
+        &top,
+        &format!("{group}.gz"),
+        &sha256_hex(&std::fs::read(&gz).unwrap()),
+    );
+    resum(&top, "stack-backup/manifest.json", &sha256_hex(&json));
+    resum(
+        &top,
+        "stack-backup/CHECKSUM.sha256",
+        &sha256_hex(&std::fs::read(&inner).unwrap()),
+    );
+    sb.run(&["import", &dir.to_string_lossy(), "--name", "evil"])
+        .expect_code(0);
+
+    // Image a gone; its restore from the tampered group fails before
+    // docker load takes anything, and no tag moves.
+    docker(&["image", "rm", &refs[0]]).expect_code(0);
+    let before = tags(&prefix);
+    let r = sb.run(&[
+        "restore",
+        "evil",
+        "--only",
+        &format!("docker.image.{}", refs[0]),
+        "--yes",
+    ]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("../escape"), "{}", r.stderr);
+    assert_eq!(
+        id_of(&ids[0]),
+        None,
+        "image a was loaded from a refused tar"
+    );
+    assert_eq!(tags(&prefix), before);
+    assert_eq!(id_of(&refs[1]).as_deref(), Some(ids[1].as_str()));
+    // The untampered set still restores it.
+    sb.run(&["restore", "orig", "--yes"]).expect_code(0);
+    assert_eq!(id_of(&refs[0]).as_deref(), Some(ids[0].as_str()));
+}
