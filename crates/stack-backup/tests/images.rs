@@ -167,6 +167,15 @@ fn images_sharing_a_layer_are_saved_once_and_loaded_one_by_one() {
     let saved: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
     assert_eq!(saved.as_array().unwrap().len(), 3, "{saved}");
 
+    let show = sb.run(&["show", "one"]);
+    show.expect_code(0);
+    assert!(
+        show.stdout
+            .contains(&format!("saved with 2 other image(s) in {group}")),
+        "{}",
+        show.stdout
+    );
+
     // All three gone; an unrelated tag on the shared image stays put.
     let unrelated = format!("{prefix}-unrelated:keep");
     docker(&["tag", &shared, &unrelated]).expect_code(0);

@@ -237,9 +237,22 @@ impl Kind for Image {
         let Record::DockerImage(i) = r else {
             return (String::new(), String::new());
         };
+        let group = if i.group.len() > 1 {
+            format!(
+                ", saved with {} other image(s) in {}",
+                i.group.len() - 1,
+                i.archive
+            )
+        } else {
+            String::new()
+        };
         (
             format!("image `{}`", i.reference),
-            format!("ID {}{}", i.id, if i.reused { " (reused)" } else { "" }),
+            format!(
+                "ID {}{}{group}",
+                i.id,
+                if i.reused { " (reused)" } else { "" }
+            ),
         )
     }
 
