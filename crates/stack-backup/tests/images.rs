@@ -326,6 +326,25 @@ fn images_sharing_a_layer_are_saved_once_and_loaded_one_by_one() {
     assert!(r.stderr.contains(&group), "{}", r.stderr);
     assert_eq!(tags(&prefix), before);
     assert_eq!(id_of(&refs[0]), None);
+    // A drill of the set fails every image of the group, not only the one
+    // the group is attributed to.
+    let r = sb.run(&["--json", "drill", "one"]);
+    r.expect_code(3);
+    let report: serde_json::Value = serde_json::Deserializer::from_str(&r.stdout)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap()
+        .unwrap();
+    for name in &refs {
+        let c = report["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == format!("docker.image.{name}"))
+            .unwrap_or_else(|| panic!("{name} not in {report}"));
+        assert_eq!(c["state"], "failed", "{c}");
+    }
+    assert_eq!(id_of(&refs[0]), None);
 }
 
 /// A ustar member (`kind` `0` file), its header checksum computed.

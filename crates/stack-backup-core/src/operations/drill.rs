@@ -579,17 +579,15 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
         match set.files(c) {
             Ok(files) => {
                 for (path, node) in files {
+                    let Some(want) = set.checksums.get(&path) else {
+                        bad.entry(c.to_string())
+                            .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
+                        continue;
+                    };
                     let seen = users.contains_key(&path);
                     users.entry(path.clone()).or_default().push(c.to_string());
-                    if seen {
-                        continue;
-                    }
-                    match set.checksums.get(&path) {
-                        Some(want) => work.push((c.to_string(), path, node, want.clone())),
-                        None => {
-                            bad.entry(c.to_string())
-                                .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
-                        }
+                    if !seen {
+                        work.push((c.to_string(), path, node, want.clone()));
                     }
                 }
             }
