@@ -519,3 +519,87 @@ fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
     sb.run(&["restore", "orig", "--yes"]).expect_code(0);
     assert_eq!(id_of(&refs[0]).as_deref(), Some(ids[0].as_str()));
 }
+
+fn image_config(sb: &Sandbox, refs: &[&String]) {
+    let list = refs.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>();
+    sb.write_config(
+        "imgs",
+        &format!("[docker]\nimages = [{}]\n", list.join(", ")),
+    );
+}
+
+/// New references to images a group reused from the parent holds load
+/// from that group: saving them again planned the group's own path twice
+/// (reused and read) and failed every backup.
+#[test]
+fn new_references_to_a_reused_groups_images_reuse_the_group() {
+    let prefix = unique("sbt-grpref");
+    let mut made = Made { refs: Vec::new() };
+    let shared = format!("{prefix}-shared:latest");
+    made.build(&shared, &base_image(), &[("big", &noise(1 << 20, 11))]);
+    let a = format!("{prefix}-a:latest");
+    let b = format!("{prefix}-b:latest");
+    let id_a = made.build(&a, &shared, &[("payload", b"a")]);
+    let id_b = made.build(&b, &shared, &[("payload", b"b")]);
+    let mut sorted = vec![id_a.clone(), id_b.clone()];
+    sorted.sort();
+
+    let sb = Sandbox::new();
+    image_config(&sb, &[&a, &b]);
+    sb.init();
+    sb.run(&["backup", "--name", "one"]).expect_code(0);
+    let group = manifest_of(restic_restore(&sb.repo(), "one").path())["components"]
+        [format!("docker.image.{a}")]["archive"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(group.starts_with("docker/saved/"), "{group}");
+
+    // a3 and b3: exactly the group's IDs under new names.
+    let a3 = format!("{prefix}-a3:latest");
+    let b3 = format!("{prefix}-b3:latest");
+    for (from, to) in [(&a, &a3), (&b, &b3)] {
+        docker(&["tag", from, to]).expect_code(0);
+        made.refs.push(to.clone());
+    }
+    image_config(&sb, &[&a, &b, &a3, &b3]);
+    for name in ["two", "three"] {
+        let r = sb.run(&["--json", "backup", "--name", name]);
+        r.expect_code(0);
+        let out = restic_restore(&sb.repo(), name);
+        let m = manifest_of(out.path());
+        for (r, id) in [(&a, &id_a), (&b, &id_b), (&a3, &id_a), (&b3, &id_b)] {
+            let c = &m["components"][format!("docker.image.{r}")];
+            assert_eq!(c["id"], id.as_str(), "{c}");
+            assert_eq!(c["archive"], group.as_str(), "{name}: {c}");
+            assert_eq!(c["group"], serde_json::json!(sorted), "{c}");
+            assert_eq!(c["reused"], true, "{name}: {c}");
+        }
+        let sums =
+            std::fs::read_to_string(out.path().join("stack-backup/CHECKSUM.sha256")).unwrap();
+        assert_eq!(sums.matches("docker/").count(), 1, "{sums}");
+        let check = sha256sum_check(out.path());
+        assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    }
+    // The new name restores out of the group: its tag only.
+    docker(&["image", "rm", &b3]).expect_code(0);
+    sb.run(&[
+        "restore",
+        "three",
+        "--only",
+        &format!("docker.image.{b3}"),
+        "--yes",
+    ])
+    .expect_code(0);
+    assert_eq!(id_of(&b3).as_deref(), Some(id_b.as_str()));
+    // One new reference alone (no group of its own to form) reuses it too.
+    let a4 = format!("{prefix}-a4:latest");
+    docker(&["tag", &a, &a4]).expect_code(0);
+    made.refs.push(a4.clone());
+    image_config(&sb, &[&a, &b, &a4]);
+    sb.run(&["backup", "--name", "four"]).expect_code(0);
+    let m = manifest_of(restic_restore(&sb.repo(), "four").path());
+    let c = &m["components"][format!("docker.image.{a4}")];
+    assert_eq!(c["archive"], group.as_str(), "{c}");
+    assert_eq!(c["reused"], true, "{c}");
+}

@@ -117,6 +117,8 @@ impl Kind for Image {
         reuse: &dyn Fn(&mut Artifact) -> bool,
     ) {
         let mut carried: Vec<String> = Vec::new();
+        // The IDs of each group in `carried`.
+        let mut groups: Vec<Vec<String>> = Vec::new();
         let mut fresh: Vec<usize> = Vec::new();
         for (i, (id, p)) in plans.iter_mut().enumerate() {
             let Record::DockerImage(rec) = &mut p.record else {
@@ -147,12 +149,34 @@ impl Kind for Image {
                         rec.archive.clone_from(&old.archive);
                         rec.group.clone_from(&old.group);
                         carried.push(old.archive.clone());
+                        if !old.group.is_empty() {
+                            groups.push(old.group.clone());
+                        }
                         continue;
                     }
                 }
             }
             fresh.push(i);
         }
+        // An image to save whose ID a group carried from the parent holds
+        // (a new reference to an image saved before) loads from that
+        // group: saving it again could plan the very same group path
+        // twice, once reused and once read.
+        fresh.retain(|i| {
+            let p = &mut *plans[*i].1;
+            let Record::DockerImage(rec) = &mut p.record else {
+                return true;
+            };
+            let Some(g) = groups.iter().find(|g| g.contains(&rec.id)) else {
+                return true;
+            };
+            p.entries.clear();
+            p.estimate = 0;
+            rec.archive = engine::group_artifact(g);
+            rec.group.clone_from(g);
+            rec.reused = true;
+            false
+        });
         if fresh.len() < 2 || !engine::classic_save_format() {
             return;
         }
