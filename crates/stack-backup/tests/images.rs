@@ -583,6 +583,24 @@ fn new_references_to_a_reused_groups_images_reuse_the_group() {
     }
     // The new name restores out of the group: its tag only.
     docker(&["image", "rm", &b3]).expect_code(0);
+    // Four images out of one group: the disk check counts the group once
+    // (the loads run one after another), as much as verify reads.
+    let r = sb.run(&["--json", "restore", "three", "--yes"]);
+    r.expect_code(0);
+    let report = r.json();
+    let root = docker(&["info", "--format", "{{.DockerRootDir}}"]);
+    let root = root.stdout.trim();
+    let preflight = report["steps"][0]["detail"].as_str().unwrap();
+    let needs = preflight
+        .split("; ")
+        .find_map(|p| p.strip_prefix(&format!("{root} needs ")))
+        .and_then(|p| p.split(", ").next())
+        .unwrap_or_else(|| panic!("{preflight}"));
+    let read = report["steps"][1]["detail"].as_str().unwrap();
+    assert!(
+        read.contains(&format!("1 file(s), {needs} read back")),
+        "{preflight} / {read}"
+    );
     sb.run(&[
         "restore",
         "three",

@@ -86,6 +86,15 @@ pub trait Restorer: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// A key (a set file) the disk needs of this component share with
+    /// others naming the same key: of those, the needs are counted once.
+    /// Images loaded one after another out of one group tar: each load
+    /// unpacks the whole group in the engine's temporary directory and
+    /// frees it before the next.
+    fn disk_shared(&self) -> Option<&str> {
+        None
+    }
+
     /// Step 3: migration state of the set against the live target and the
     /// code. Notes are informational; problems refuse the restore unless
     /// the user allows a mismatch.

@@ -636,8 +636,13 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
 /// directory, and a full disk there takes the live database down.
 fn disk_check(cfg: &Config, set: &SetContext, drills: &[Box<dyn Drilled>]) -> Result<()> {
     let mut needs: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    let mut shared = std::collections::BTreeSet::new();
     for d in drills {
-        for (path, bytes) in d.disk_needs(set)? {
+        let n = d.disk_needs(set)?;
+        if n.is_empty() || d.disk_shared().is_some_and(|k| !shared.insert(k)) {
+            continue;
+        }
+        for (path, bytes) in n {
             *needs.entry(path).or_default() += bytes;
         }
     }

@@ -123,6 +123,10 @@ impl Drilled for ImageDrill {
         Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
     }
 
+    fn disk_shared(&self) -> Option<&str> {
+        (!self.record.group.is_empty()).then_some(self.record.archive.as_str())
+    }
+
     fn restore(&mut self, set: &SetContext) -> Result<String> {
         let want = self.want(set)?;
         let c = self.id.as_str().to_string();

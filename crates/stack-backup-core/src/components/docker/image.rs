@@ -366,6 +366,10 @@ impl Restorer for ImageRestorer {
         Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
     }
 
+    fn disk_shared(&self) -> Option<&str> {
+        (!self.record.group.is_empty()).then_some(self.record.archive.as_str())
+    }
+
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let old_id = engine::image_id(&self.reference).ok();
         set.journal(
