@@ -621,3 +621,44 @@ fn new_references_to_a_reused_groups_images_reuse_the_group() {
     assert_eq!(c["archive"], group.as_str(), "{c}");
     assert_eq!(c["reused"], true, "{c}");
 }
+
+/// A failed `docker save` of a group names every image saved in it (its
+/// file is attributed to the first only).
+#[test]
+fn a_failed_group_save_names_every_image_in_it() {
+    let prefix = unique("sbt-grpfail");
+    let mut made = Made { refs: Vec::new() };
+    let a = format!("{prefix}-a:latest");
+    let b = format!("{prefix}-b:latest");
+    made.build(&a, &base_image(), &[("payload", b"a")]);
+    made.build(&b, &base_image(), &[("payload", b"b")]);
+    let w = Wrappers::new();
+    w.script(
+        "docker",
+        &format!(
+            "if [ \"$1\" = save ] && [ $# -gt 2 ]; then echo 'save refused by the test' >&2; exit 1; fi\nexec {} \"$@\"",
+            which("docker")
+        ),
+    );
+    let mut sb = Sandbox::new();
+    sb.env.push((
+        "PATH".into(),
+        format!("{}:{}", w.path().display(), std::env::var("PATH").unwrap()),
+    ));
+    image_config(&sb, &[&a, &b]);
+    sb.init();
+    let r = sb.run(&["backup", "--name", "one"]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("save refused by the test"),
+        "{}",
+        r.stderr
+    );
+    for name in [&a, &b] {
+        assert!(
+            r.stderr.contains(&format!("docker.image.{name}")),
+            "{name} not named: {}",
+            r.stderr
+        );
+    }
+}

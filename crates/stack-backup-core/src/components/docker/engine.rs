@@ -115,16 +115,18 @@ pub fn group_artifact(ids: &[String]) -> String {
 
 /// The stream that saves several images in one `docker save`, by ID (the
 /// IDs just inspected: a tag moved meanwhile cannot slip in). Each layer
-/// they share is read once.
+/// they share is read once. `members` (the components saved in it) are
+/// named in its messages: a failed save fails each of them, not only the
+/// one its file is attributed to.
 #[must_use]
-pub fn save_group_stream(ids: &[String]) -> crate::source::StreamSpec {
+pub fn save_group_stream(ids: &[String], members: &[String]) -> crate::source::StreamSpec {
     crate::source::StreamSpec {
         program: "docker".into(),
         args: std::iter::once("save".to_string())
             .chain(ids.iter().cloned())
             .collect(),
         env: Vec::new(),
-        what: "docker save".into(),
+        what: format!("docker save of {} (saved together)", members.join(", ")),
         magic: None,
     }
 }

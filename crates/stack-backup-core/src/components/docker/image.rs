@@ -191,13 +191,14 @@ impl Kind for Image {
         ids.dedup();
         let path = engine::group_artifact(&ids);
         let owner = plans[fresh[0]].0.to_string();
+        let members: Vec<String> = fresh.iter().map(|i| plans[*i].0.to_string()).collect();
         for (n, i) in fresh.iter().enumerate() {
             let p = &mut *plans[*i].1;
             p.entries = if n == 0 {
                 vec![Entry::File(Artifact {
                     path: path.clone(),
                     component: owner.clone(),
-                    content: Content::Stream(engine::save_group_stream(&ids)),
+                    content: Content::Stream(engine::save_group_stream(&ids, &members)),
                     reuse_meta: None,
                 })]
             } else {
