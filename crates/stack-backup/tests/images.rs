@@ -429,92 +429,136 @@ fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
     );
     sb.init();
     sb.run(&["backup", "--name", "orig"]).expect_code(0);
-    let dir = sb.path().join("export");
-    sb.run(&["export", "orig", &dir.to_string_lossy()])
-        .expect_code(0);
-
-    // The group tar with a member `../escape` at its end, every checksum and
-    // the manifest's size made to agree, as whoever can edit the
-    // directory could.
-    let mpath = dir.join("stack-backup/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    let group = m["components"][format!("docker.image.{}", refs[0])]["archive"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(group.starts_with("docker/saved/"), "{group}");
-    let gz = dir.join(format!("{group}.gz"));
-    let gunzip = std::process::Command::new("gzip")
-        .arg("-dc")
-        .arg(&gz)
-        .output()
-        .unwrap();
-    assert!(gunzip.status.success());
-    // Last, after manifest.json: a tar cut before it would look whole
-    // to docker load, which must therefore be stopped, not given EOF.
-    let mut tar = gunzip.stdout;
-    let end = end_of_members(&tar);
-    tar.truncate(end);
-    tar.extend(tar_member("../escape", b"outside"));
-    tar.extend([0u8; 1024]);
-    let tar_sha = sha256_hex(&tar);
+    // `../escape`; `manifest.json/`, a regular file Docker's tar reader
+    // takes for `manifest.json` (after the one the filter rewrote): the
+    // full manifest, with another image's tags moved to b.
+    let victim = format!("{prefix}-victim:keep");
+    for (round, (extra, says)) in [
+        ("../escape", "../escape"),
+        ("manifest.json/", "ends in `/` but is not a directory"),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        use std::io::Write;
-        let mut z = std::process::Command::new("gzip")
-            .arg("-c")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::fs::File::create(&gz).unwrap())
-            .spawn()
-            .unwrap();
-        z.stdin.take().unwrap().write_all(&tar).unwrap();
-        assert!(z.wait().unwrap().success());
-    }
-    for a in m["artifacts"].as_array_mut().unwrap() {
-        if a["path"] == group.as_str() {
-            a["sha256"] = tar_sha.clone().into();
-            a["size"] = (tar.len() as u64).into();
-        }
-    }
-    let json = serde_json::to_vec_pretty(&m).unwrap();
-    std::fs::write(&mpath, &json).unwrap();
-    let inner = dir.join("stack-backup/CHECKSUM.sha256");
-    resum(&inner, &group, &tar_sha);
-    resum(&inner, "stack-backup/manifest.json", &sha256_hex(&json));
-    let top = dir.join("CHECKSUM.sha256");
-    resum(
-        &top,
-        &format!("{group}.gz"),
-        &sha256_hex(&std::fs::read(&gz).unwrap()),
-    );
-    resum(&top, "stack-backup/manifest.json", &sha256_hex(&json));
-    resum(
-        &top,
-        "stack-backup/CHECKSUM.sha256",
-        &sha256_hex(&std::fs::read(&inner).unwrap()),
-    );
-    sb.run(&["import", &dir.to_string_lossy(), "--name", "evil"])
-        .expect_code(0);
+        let dir = sb.path().join(format!("export-{round}"));
+        sb.run(&["export", "orig", &dir.to_string_lossy()])
+            .expect_code(0);
 
-    // Image a gone; its restore from the tampered group fails before
-    // docker load takes anything, and no tag moves.
-    docker(&["image", "rm", &refs[0]]).expect_code(0);
-    let before = tags(&prefix);
-    let r = sb.run(&[
-        "restore",
-        "evil",
-        "--only",
-        &format!("docker.image.{}", refs[0]),
-        "--yes",
-    ]);
-    assert_ne!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("../escape"), "{}", r.stderr);
-    assert_eq!(
-        id_of(&ids[0]),
-        None,
-        "image a was loaded from a refused tar"
-    );
-    assert_eq!(tags(&prefix), before);
-    assert_eq!(id_of(&refs[1]).as_deref(), Some(ids[1].as_str()));
+        // The group tar with a member `../escape` at its end, every checksum and
+        // the manifest's size made to agree, as whoever can edit the
+        // directory could.
+        let mpath = dir.join("stack-backup/manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        let group = m["components"][format!("docker.image.{}", refs[0])]["archive"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(group.starts_with("docker/saved/"), "{group}");
+        let gz = dir.join(format!("{group}.gz"));
+        let gunzip = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(&gz)
+            .output()
+            .unwrap();
+        assert!(gunzip.status.success());
+        // Last, after manifest.json: a tar cut before it would look whole
+        // to docker load, which must therefore be stopped, not given EOF.
+        let mut tar = gunzip.stdout;
+        let end = end_of_members(&tar);
+        let extra_body = if extra == "manifest.json/" {
+            let mut x = std::process::Command::new("tar")
+                .args(["-xOf", "-", "manifest.json"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            {
+                use std::io::Write;
+                x.stdin.take().unwrap().write_all(&tar).unwrap();
+            }
+            let out = x.wait_with_output().unwrap();
+            let mut saved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for e in saved.as_array_mut().unwrap() {
+                if e["Config"] == format!("{}.json", &ids[1][7..]) {
+                    e["RepoTags"] = serde_json::json!([victim]);
+                }
+            }
+            serde_json::to_vec(&saved).unwrap()
+        } else {
+            b"outside".to_vec()
+        };
+        tar.truncate(end);
+        tar.extend(tar_member(extra, &extra_body));
+        tar.extend([0u8; 1024]);
+        let tar_sha = sha256_hex(&tar);
+        {
+            use std::io::Write;
+            let mut z = std::process::Command::new("gzip")
+                .arg("-c")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::fs::File::create(&gz).unwrap())
+                .spawn()
+                .unwrap();
+            z.stdin.take().unwrap().write_all(&tar).unwrap();
+            assert!(z.wait().unwrap().success());
+        }
+        for a in m["artifacts"].as_array_mut().unwrap() {
+            if a["path"] == group.as_str() {
+                a["sha256"] = tar_sha.clone().into();
+                a["size"] = (tar.len() as u64).into();
+            }
+        }
+        let json = serde_json::to_vec_pretty(&m).unwrap();
+        std::fs::write(&mpath, &json).unwrap();
+        let inner = dir.join("stack-backup/CHECKSUM.sha256");
+        resum(&inner, &group, &tar_sha);
+        resum(&inner, "stack-backup/manifest.json", &sha256_hex(&json));
+        let top = dir.join("CHECKSUM.sha256");
+        resum(
+            &top,
+            &format!("{group}.gz"),
+            &sha256_hex(&std::fs::read(&gz).unwrap()),
+        );
+        resum(&top, "stack-backup/manifest.json", &sha256_hex(&json));
+        resum(
+            &top,
+            "stack-backup/CHECKSUM.sha256",
+            &sha256_hex(&std::fs::read(&inner).unwrap()),
+        );
+        let evil = format!("evil-{round}");
+        sb.run(&["import", &dir.to_string_lossy(), "--name", &evil])
+            .expect_code(0);
+
+        // Images a and b gone (b could be loaded along); the restore of a
+        // from the tampered group fails before docker load takes anything,
+        // and no tag moves.
+        let _ = docker(&["image", "rm", &refs[0]]);
+        let _ = docker(&["image", "rm", &refs[1]]);
+        let before = tags(&prefix);
+        let r = sb.run(&[
+            "restore",
+            &evil,
+            "--only",
+            &format!("docker.image.{}", refs[0]),
+            "--yes",
+        ]);
+        assert_ne!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains(says), "{}", r.stderr);
+        assert_eq!(
+            id_of(&ids[0]),
+            None,
+            "image a was loaded from a refused tar"
+        );
+        assert_eq!(
+            id_of(&ids[1]),
+            None,
+            "image b was loaded from a refused tar"
+        );
+        assert_eq!(tags(&prefix), before);
+        assert_eq!(id_of(&victim), None);
+        sb.run(&["restore", "orig", "--yes"]).expect_code(0);
+    }
     // The untampered set still restores it.
     sb.run(&["restore", "orig", "--yes"]).expect_code(0);
     assert_eq!(id_of(&refs[0]).as_deref(), Some(ids[0].as_str()));
