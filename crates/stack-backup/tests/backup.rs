@@ -156,7 +156,9 @@ fn a_full_stack_backup_is_one_snapshot_that_stock_restic_restores_and_verifies()
             "{needle} not in CHECKSUM.sha256:\n{sums}"
         );
     }
-    assert_eq!(sums.matches("docker/images/").count(), 2, "{sums}");
+    // The two images, saved together (decision 0045).
+    assert_eq!(sums.matches("docker/saved/").count(), 1, "{sums}");
+    assert_eq!(sums.matches("docker/images/").count(), 0, "{sums}");
     assert_eq!(
         std::fs::read_to_string(root.join("git/HEAD_COMMIT"))
             .unwrap()
@@ -320,11 +322,17 @@ fn unchanged_images_are_not_saved_again() {
 
     let first = s.sb.run(&["--json", "backup", "--name", "one"]);
     first.expect_code(0);
-    assert_eq!(saves(), 2);
+    // Both in one `docker save`, by ID (decision 0045).
+    assert_eq!(saves(), 1);
+    let line = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        line.contains(&s.img1.id()) && line.contains(&s.img2.id()),
+        "{line}"
+    );
 
     let second = s.sb.run(&["--json", "backup", "--name", "two"]);
     second.expect_code(0);
-    assert_eq!(saves(), 2, "docker save ran again for unchanged images");
+    assert_eq!(saves(), 1, "docker save ran again for unchanged images");
     let report = second.json();
     let comps = report["components"].as_array().unwrap();
     for c in comps.iter().filter(|c| {
@@ -350,7 +358,7 @@ fn unchanged_images_are_not_saved_again() {
     s.img1 = TempImage::build("web v2");
     s.sb.write_config("shop", &stack_config(&s, ""));
     s.sb.run(&["backup", "--name", "three"]).expect_code(0);
-    assert_eq!(saves(), 3);
+    assert_eq!(saves(), 2);
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
         log_text.lines().last().unwrap().contains(&s.img1.reference),

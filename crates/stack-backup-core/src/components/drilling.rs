@@ -149,6 +149,15 @@ pub trait Drilled: Send {
         Ok(Vec::new())
     }
 
+    /// A key (a set file) the disk needs of this component share with
+    /// others naming the same key: of those, the needs are counted once.
+    /// Images loaded one after another out of one group tar: each load
+    /// unpacks the whole group in the engine's temporary directory and
+    /// frees it before the next.
+    fn disk_shared(&self) -> Option<&str> {
+        None
+    }
+
     /// Environment variables pointing at the scratch resource, for
     /// `[[drill.check]]` commands.
     fn env(&self) -> Vec<(String, String)> {

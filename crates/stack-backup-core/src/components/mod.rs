@@ -255,6 +255,32 @@ pub trait Kind: Sync {
     /// Completes the record with what the archive runs measured.
     fn archived(&self, _record: &mut Record, _measured: &Archived) {}
 
+    /// Once the parent set is known, before the archive runs: rearranges
+    /// the plans of this kind's components together (`plans`, in registry
+    /// order), e.g. so that one artifact serves several of them.
+    /// `parent` is the parent set's manifest when its content may be
+    /// reused; `reuse` marks an artifact for reuse from the parent set when
+    /// the parent holds it whole at its path (and says whether it did).
+    /// An artifact serving several components is planned in the entries of
+    /// exactly one of them (a path is archived once); the others name it
+    /// with [`Kind::shared_artifact`]. Nothing by default.
+    fn plan_together(
+        &self,
+        _plans: &mut [(&ComponentId, &mut Planned)],
+        _parent: Option<&Manifest>,
+        _reuse: &dyn Fn(&mut crate::source::Artifact) -> bool,
+    ) {
+    }
+
+    /// A single-file artifact of the set this component's restore reads
+    /// although the manifest may attribute it to another component (one
+    /// `docker save` of several images). Verification, disk checks and
+    /// exports count it for this component too; readers of several
+    /// components read it once.
+    fn shared_artifact<'r>(&self, _record: &'r Record) -> Option<&'r str> {
+        None
+    }
+
     /// The directory tree of the set this component is (volumes, paths),
     /// or `None` when it consists of single-file artifacts.
     fn tree<'r>(&self, _record: &'r Record) -> Option<&'r str> {

@@ -86,6 +86,15 @@ pub trait Restorer: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// A key (a set file) the disk needs of this component share with
+    /// others naming the same key: of those, the needs are counted once.
+    /// Images loaded one after another out of one group tar: each load
+    /// unpacks the whole group in the engine's temporary directory and
+    /// frees it before the next.
+    fn disk_shared(&self) -> Option<&str> {
+        None
+    }
+
     /// Step 3: migration state of the set against the live target and the
     /// code. Notes are informational; problems refuse the restore unless
     /// the user allows a mismatch.
@@ -215,15 +224,27 @@ impl<'a> SetContext<'a> {
             })
     }
 
-    /// Bytes of the single-file artifacts of a component.
-    #[must_use]
-    pub fn artifact_bytes(&self, id: &ComponentId) -> u64 {
+    /// The single-file artifacts a component's restore reads: those the
+    /// manifest attributes to it and the one it shares with others
+    /// ([`crate::components::Kind::shared_artifact`]), each once.
+    fn artifacts_of(&self, id: &ComponentId) -> Vec<&'a crate::manifest::ArtifactRecord> {
+        let shared = self
+            .manifest
+            .components
+            .get(id)
+            .and_then(|r| r.kind().shared_artifact(r));
         self.manifest
             .artifacts
             .iter()
-            .filter(|a| a.component == id.as_str())
-            .map(|a| a.size)
-            .sum()
+            .filter(|a| a.component == id.as_str() || Some(a.path.as_str()) == shared)
+            .collect()
+    }
+
+    /// Bytes of the single-file artifacts of a component (a shared one
+    /// counted whole).
+    #[must_use]
+    pub fn artifact_bytes(&self, id: &ComponentId) -> u64 {
+        self.artifacts_of(id).iter().map(|a| a.size).sum()
     }
 
     /// The Docker Engine's data root (asked once).
@@ -248,10 +269,8 @@ impl<'a> SetContext<'a> {
         let record = &self.manifest.components[id];
         let Some(tree) = record.kind().tree(record) else {
             return self
-                .manifest
-                .artifacts
+                .artifacts_of(id)
                 .iter()
-                .filter(|a| a.component == id.as_str())
                 .map(|a| Ok((a.path.clone(), self.node(id, &a.path)?)))
                 .collect();
         };

@@ -77,6 +77,7 @@ fn records() -> BTreeMap<ComponentId, Record> {
         tags: vec!["shop-web:latest".into()],
         archive: "docker/images/shop-web_latest.tar".into(),
         reused: false,
+        group: Vec::new(),
     };
     [
         ("postgres.main", Record::Postgres(pg)),
@@ -432,4 +433,67 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
         crate::export::export_path(&old, "mysql/app/shop.sql", "mysql.app"),
         ("database/app.mysql.sql".into(), false)
     );
+}
+
+#[test]
+fn a_group_record_must_name_the_group_of_its_ids() {
+    let a = format!("sha256:{}", "a".repeat(64));
+    let b = format!("sha256:{}", "b".repeat(64));
+    let group = vec![a.clone(), b.clone()];
+    let record = |id: &str, group: Vec<String>, archive: String| {
+        Record::DockerImage(docker::ImageRecord {
+            reference: "shop-web:latest".into(),
+            id: id.into(),
+            repo_digests: Vec::new(),
+            tags: Vec::new(),
+            archive,
+            reused: false,
+            group,
+        })
+    };
+    let check = |r: Record| {
+        let m = manifest([(id("docker.image.shop-web:latest"), r)].into());
+        crate::validate::check_paths("set `n`", &m, &BTreeMap::new())
+    };
+    let path = docker::group_artifact(&group);
+    check(record(&a, group.clone(), path.clone())).unwrap();
+    // An old manifest (no `group`) still parses, as the image's own tar.
+    let old = serde_json::json!({"kind": "docker-image", "reference": "shop-web:latest",
+        "id": a, "repo_digests": [], "tags": [], "archive": "docker/images/shop-web_latest.tar",
+        "reused": false});
+    let r: Record = serde_json::from_value(old).unwrap();
+    check(r).unwrap();
+    // A group path that is not its IDs', a group without the image, an
+    // unsorted group: refused.
+    let other = docker::group_artifact(std::slice::from_ref(&b));
+    for (r, says) in [
+        (record(&a, group.clone(), other), "the archive of its group"),
+        (
+            record(
+                &a,
+                vec![b.clone()],
+                docker::group_artifact(std::slice::from_ref(&b)),
+            ),
+            "group",
+        ),
+        (
+            record(
+                &a,
+                vec![b.clone(), a.clone()],
+                docker::group_artifact(&[b.clone(), a.clone()]),
+            ),
+            "group",
+        ),
+        (
+            record(
+                &a,
+                group.clone(),
+                "docker/images/shop-web_latest.tar".into(),
+            ),
+            "archive",
+        ),
+    ] {
+        let err = check(r).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains("refused"), "{err}");
+    }
 }

@@ -191,13 +191,30 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
         )?,
         Record::DockerImage(i) => {
             expect_eq(what, &field("reference"), &i.reference, name, "its id")?;
-            expect_eq(
-                what,
-                &field("archive"),
-                &i.archive,
-                &crate::docker::image_artifact(&i.reference),
-                "the image's archive",
-            )?;
+            if i.group.is_empty() {
+                expect_eq(
+                    what,
+                    &field("archive"),
+                    &i.archive,
+                    &crate::docker::image_artifact(&i.reference),
+                    "the image's archive",
+                )?;
+            } else {
+                if !i.group.contains(&i.id) || !i.group.windows(2).all(|w| w[0] < w[1]) {
+                    return Err(refused(
+                        what,
+                        &field("group"),
+                        "does not list the image's ID among sorted, distinct IDs",
+                    ));
+                }
+                expect_eq(
+                    what,
+                    &field("archive"),
+                    &i.archive,
+                    &crate::docker::group_artifact(&i.group),
+                    "the archive of its group",
+                )?;
+            }
             let hex = i.id.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(refused(

@@ -572,16 +572,22 @@ fn host() -> String {
 fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, String>) {
     let mut bad = BTreeMap::new();
     let mut work: Vec<(String, String, Node, String)> = Vec::new();
+    // A file several components share (one `docker save` of several
+    // images) is read once; its failure is each of theirs.
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in ids {
         match set.files(c) {
             Ok(files) => {
                 for (path, node) in files {
-                    match set.checksums.get(&path) {
-                        Some(want) => work.push((c.to_string(), path, node, want.clone())),
-                        None => {
-                            bad.entry(c.to_string())
-                                .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
-                        }
+                    let Some(want) = set.checksums.get(&path) else {
+                        bad.entry(c.to_string())
+                            .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
+                        continue;
+                    };
+                    let seen = users.contains_key(&path);
+                    users.entry(path.clone()).or_default().push(c.to_string());
+                    if !seen {
+                        work.push((c.to_string(), path, node, want.clone()));
                     }
                 }
             }
@@ -592,22 +598,23 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
     }
     let nodes: Vec<&Node> = work.iter().map(|w| &w.2).collect();
     let mut bytes = 0u64;
-    for ((c, path, _, want), hash) in work
+    for ((_, path, _, want), hash) in work
         .iter()
         .zip(crate::verify::hash_nodes(set.repo, &nodes, false))
     {
-        match hash {
-            None => {}
-            Some(Err(e)) => {
-                bad.entry(c.clone())
-                    .or_insert(format!("reading {path} failed: {e}"));
-            }
+        let why = match hash {
+            None => continue,
+            Some(Err(e)) => format!("reading {path} failed: {e}"),
             Some(Ok((got, _))) if &got != want => {
-                bad.entry(c.clone()).or_insert(format!(
-                    "{path} does not match its checksum (expected {want}, read {got})"
-                ));
+                format!("{path} does not match its checksum (expected {want}, read {got})")
             }
-            Some(Ok((_, n))) => bytes += n,
+            Some(Ok((_, n))) => {
+                bytes += n;
+                continue;
+            }
+        };
+        for c in &users[path] {
+            bad.entry(c.clone()).or_insert_with(|| why.clone());
         }
     }
     let line = format!(
@@ -629,8 +636,13 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
 /// directory, and a full disk there takes the live database down.
 fn disk_check(cfg: &Config, set: &SetContext, drills: &[Box<dyn Drilled>]) -> Result<()> {
     let mut needs: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    let mut shared = std::collections::BTreeSet::new();
     for d in drills {
-        for (path, bytes) in d.disk_needs(set)? {
+        let n = d.disk_needs(set)?;
+        if n.is_empty() || d.disk_shared().is_some_and(|k| !shared.insert(k)) {
+            continue;
+        }
+        for (path, bytes) in n {
             *needs.entry(path).or_default() += bytes;
         }
     }

@@ -123,6 +123,10 @@ impl Drilled for ImageDrill {
         Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
     }
 
+    fn disk_shared(&self) -> Option<&str> {
+        (!self.record.group.is_empty()).then_some(self.record.archive.as_str())
+    }
+
     fn restore(&mut self, set: &SetContext) -> Result<String> {
         let want = self.want(set)?;
         let c = self.id.as_str().to_string();
@@ -132,6 +136,19 @@ impl Drilled for ImageDrill {
             return Ok("image ID already present: not loaded (its tar was verified)".into());
         }
         self.record_load()?;
+        if !self.record.group.is_empty() {
+            // This image alone out of its group, untagged.
+            let got = super::group::load(set, &self.id, &self.record)?;
+            if got != want {
+                return Err(Error::Verification(format!(
+                    "{c}: {} does not match its checksum",
+                    self.record.archive
+                )));
+            }
+            crate::process::output(&c, "docker", &["tag", &self.record.id, &self.tag])?;
+            self.tagged = true;
+            return Ok(format!("loaded from its group and tagged {}", self.tag));
+        }
         let mut child = crate::process::command("docker")
             .args(["load", "--quiet"])
             .stdin(Stdio::piped())
@@ -388,7 +405,7 @@ fn pax_path(data: &[u8]) -> Option<String> {
         .next_back()
 }
 
-fn read_block(input: &mut dyn Read, buf: &mut [u8; 512]) -> std::io::Result<bool> {
+pub(super) fn read_block(input: &mut dyn Read, buf: &mut [u8; 512]) -> std::io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
         let n = input.read(&mut buf[got..])?;
@@ -404,12 +421,12 @@ fn read_block(input: &mut dyn Read, buf: &mut [u8; 512]) -> std::io::Result<bool
     Ok(true)
 }
 
-fn cstr(b: &[u8]) -> String {
+pub(super) fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn tar_name(hdr: &[u8; 512]) -> String {
+pub(super) fn tar_name(hdr: &[u8; 512]) -> String {
     let (name, prefix) = (cstr(&hdr[0..100]), cstr(&hdr[345..500]));
     let full = if prefix.is_empty() || &hdr[257..262] != b"ustar" {
         name
@@ -420,7 +437,7 @@ fn tar_name(hdr: &[u8; 512]) -> String {
 }
 
 /// A size field: octal text, or base-256 (high bit set) for large files.
-fn tar_size(f: &[u8]) -> Option<u64> {
+pub(super) fn tar_size(f: &[u8]) -> Option<u64> {
     if f[0] & 0x80 != 0 {
         return Some(f[1..].iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)));
     }
@@ -432,7 +449,7 @@ fn tar_size(f: &[u8]) -> Option<u64> {
     u64::from_str_radix(s, 8).ok()
 }
 
-fn set_size(hdr: &mut [u8; 512], size: u64) {
+pub(super) fn set_size(hdr: &mut [u8; 512], size: u64) {
     hdr[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
     hdr[148..156].copy_from_slice(b"        ");
     let sum: u32 = hdr.iter().map(|b| u32::from(*b)).sum();

@@ -102,6 +102,53 @@ pub fn image_artifact(reference: &str) -> String {
     )
 }
 
+/// Where the one `docker save` of several images (a group: their IDs,
+/// sorted) lives in a backup set. The name is derived from the IDs, so a
+/// set's manifest can be checked against it, and the same images saved
+/// together again land at the same path.
+#[must_use]
+pub fn group_artifact(ids: &[String]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(ids.join("\n").as_bytes());
+    format!("docker/saved/{}.tar", &hex::encode(hash)[..16])
+}
+
+/// The stream that saves several images in one `docker save`, by ID (the
+/// IDs just inspected: a tag moved meanwhile cannot slip in). Each layer
+/// they share is read once. `members` (the components saved in it) are
+/// named in its messages: a failed save fails each of them, not only the
+/// one its file is attributed to.
+#[must_use]
+pub fn save_group_stream(ids: &[String], members: &[String]) -> crate::source::StreamSpec {
+    crate::source::StreamSpec {
+        program: "docker".into(),
+        args: std::iter::once("save".to_string())
+            .chain(ids.iter().cloned())
+            .collect(),
+        env: Vec::new(),
+        what: format!("docker save of {} (saved together)", members.join(", ")),
+        magic: None,
+    }
+}
+
+/// Whether the engine writes the classic `docker save` format
+/// (`manifest.json`, `<id>.json` configs, `<layer>/layer.tar`): Docker
+/// Engine before 25. Later engines write an OCI layout, for which the
+/// group filter is not built; on doubt (the version unreadable), no.
+#[must_use]
+pub fn classic_save_format() -> bool {
+    engine().ok().is_some_and(|e| classic_version(&e.version))
+}
+
+/// Engine version strings before 25 (`20.10.24+dfsg1`, `24.0.7`).
+fn classic_version(version: &str) -> bool {
+    version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m > 0 && m < 25)
+}
+
 /// The stream that saves an image (by reference, so that its tag is kept).
 #[must_use]
 pub fn save_stream(reference: &str) -> crate::source::StreamSpec {
@@ -261,4 +308,36 @@ pub fn compose_volumes(project: &str) -> Result<Vec<String>> {
         .map(str::to_string)
         .filter(|l| !l.is_empty())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_engines_before_25_write_the_classic_format() {
+        for (v, classic) in [
+            ("20.10.24+dfsg1", true),
+            ("24.0.7", true),
+            ("25.0.0", false),
+            ("27.3.1", false),
+            ("", false),
+            ("dev", false),
+        ] {
+            assert_eq!(super::classic_version(v), classic, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_group_path_depends_on_the_ids_only() {
+        let a = super::group_artifact(&["sha256:a".into(), "sha256:b".into()]);
+        assert!(a.starts_with("docker/saved/") && a.ends_with(".tar"), "{a}");
+        assert_eq!(a.len(), "docker/saved/".len() + 16 + 4);
+        assert_eq!(
+            a,
+            super::group_artifact(&["sha256:a".into(), "sha256:b".into()])
+        );
+        assert_ne!(
+            a,
+            super::group_artifact(&["sha256:a".into(), "sha256:c".into()])
+        );
+    }
 }

@@ -1,6 +1,9 @@
 //! `docker.image.REF`: an image, identified by its ID (the tag alone is not
 //! identity), saved with `docker save`. An image whose ID is already in the
-//! parent set is not saved again.
+//! parent set is not saved again. Images saved in the same backup share
+//! one `docker save` of all of them (a group, `docker/saved/…`) when the
+//! engine writes the classic format, so that the layers they share are
+//! read once (`docs/decisions/0045-images-saved-together.md`).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +31,15 @@ pub struct ImageRecord {
     pub repo_digests: Vec<String>,
     /// Tags pointing at it.
     pub tags: Vec<String>,
-    /// The `docker save` tar in the set.
+    /// The `docker save` tar in the set: the image's own, or the group's.
     pub archive: String,
     /// True when the tar was reused from the parent set (same image ID).
     pub reused: bool,
+    /// When `archive` is a group (one `docker save` of several images):
+    /// the IDs saved in it, sorted; `archive` is
+    /// [`super::group_artifact`] of them. Empty for an image's own tar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<String>,
 }
 
 /// The kind `docker.image`.
@@ -73,6 +81,7 @@ impl Kind for Image {
             tags: info.repo_tags.unwrap_or_default(),
             reused: false,
             archive: path,
+            group: Vec::new(),
         };
         Ok(Some(Planned::new(
             Record::DockerImage(record),
@@ -87,8 +96,125 @@ impl Kind for Image {
     }
 
     fn archived(&self, record: &mut Record, measured: &Archived) {
+        // An image whose group another image's plan carries measured
+        // nothing: `reused` was settled by `plan_together`.
         if let Record::DockerImage(i) = record {
-            i.reused = measured.reused;
+            if measured.files > 0 {
+                i.reused = measured.reused;
+            }
+        }
+    }
+
+    /// Images whose ID the parent set holds keep the parent's tar (their
+    /// own, or the group it saved them in), planned once; the images left
+    /// to save are saved by one `docker save` of their IDs when there are
+    /// two or more and the engine writes the classic format, in the plan of
+    /// the first of them.
+    fn plan_together(
+        &self,
+        plans: &mut [(&ComponentId, &mut Planned)],
+        parent: Option<&Manifest>,
+        reuse: &dyn Fn(&mut Artifact) -> bool,
+    ) {
+        let mut carried: Vec<String> = Vec::new();
+        // The IDs of each group in `carried`.
+        let mut groups: Vec<Vec<String>> = Vec::new();
+        let mut fresh: Vec<usize> = Vec::new();
+        for (i, (id, p)) in plans.iter_mut().enumerate() {
+            let Record::DockerImage(rec) = &mut p.record else {
+                continue;
+            };
+            let old = parent
+                .and_then(|m| m.components.get(*id))
+                .and_then(|r| match r {
+                    Record::DockerImage(o) if o.id == rec.id && valid_archive(o) => Some(o),
+                    _ => None,
+                });
+            if let Some(old) = old {
+                if carried.contains(&old.archive) {
+                    // Another image of this backup carries the group.
+                    p.entries.clear();
+                    p.estimate = 0;
+                    rec.archive.clone_from(&old.archive);
+                    rec.group.clone_from(&old.group);
+                    rec.reused = true;
+                    continue;
+                }
+                if let Some(Entry::File(a)) = p.entries.first() {
+                    let mut a = a.clone();
+                    a.path.clone_from(&old.archive);
+                    if reuse(&mut a) {
+                        p.entries = vec![Entry::File(a)];
+                        p.estimate = 0;
+                        rec.archive.clone_from(&old.archive);
+                        rec.group.clone_from(&old.group);
+                        carried.push(old.archive.clone());
+                        if !old.group.is_empty() {
+                            groups.push(old.group.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
+            fresh.push(i);
+        }
+        // An image to save whose ID a group carried from the parent holds
+        // (a new reference to an image saved before) loads from that
+        // group: saving it again could plan the very same group path
+        // twice, once reused and once read.
+        fresh.retain(|i| {
+            let p = &mut *plans[*i].1;
+            let Record::DockerImage(rec) = &mut p.record else {
+                return true;
+            };
+            let Some(g) = groups.iter().find(|g| g.contains(&rec.id)) else {
+                return true;
+            };
+            p.entries.clear();
+            p.estimate = 0;
+            rec.archive = engine::group_artifact(g);
+            rec.group.clone_from(g);
+            rec.reused = true;
+            false
+        });
+        if fresh.len() < 2 || !engine::classic_save_format() {
+            return;
+        }
+        let mut ids: Vec<String> = fresh
+            .iter()
+            .filter_map(|i| match &plans[*i].1.record {
+                Record::DockerImage(r) => Some(r.id.clone()),
+                _ => None,
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let path = engine::group_artifact(&ids);
+        let owner = plans[fresh[0]].0.to_string();
+        let members: Vec<String> = fresh.iter().map(|i| plans[*i].0.to_string()).collect();
+        for (n, i) in fresh.iter().enumerate() {
+            let p = &mut *plans[*i].1;
+            p.entries = if n == 0 {
+                vec![Entry::File(Artifact {
+                    path: path.clone(),
+                    component: owner.clone(),
+                    content: Content::Stream(engine::save_group_stream(&ids, &members)),
+                    reuse_meta: None,
+                })]
+            } else {
+                Vec::new()
+            };
+            if let Record::DockerImage(rec) = &mut p.record {
+                rec.archive.clone_from(&path);
+                rec.group.clone_from(&ids);
+            }
+        }
+    }
+
+    fn shared_artifact<'r>(&self, record: &'r Record) -> Option<&'r str> {
+        match record {
+            Record::DockerImage(i) if !i.group.is_empty() => Some(&i.archive),
+            _ => None,
         }
     }
 
@@ -136,9 +262,22 @@ impl Kind for Image {
         let Record::DockerImage(i) = r else {
             return (String::new(), String::new());
         };
+        let group = if i.group.len() > 1 {
+            format!(
+                ", saved with {} other image(s) in {}",
+                i.group.len() - 1,
+                i.archive
+            )
+        } else {
+            String::new()
+        };
         (
             format!("image `{}`", i.reference),
-            format!("ID {}{}", i.id, if i.reused { " (reused)" } else { "" }),
+            format!(
+                "ID {}{}{group}",
+                i.id,
+                if i.reused { " (reused)" } else { "" }
+            ),
         )
     }
 
@@ -150,6 +289,18 @@ impl Kind for Image {
         let Record::DockerImage(i) = r else {
             return String::new();
         };
+        if !i.group.is_empty() {
+            // The group loads every image in it, untagged (saved by ID).
+            return format!(
+                "Image `{}`, ID `{}`, saved together with {} other image(s) of the set:\n\n    gunzip -c {} | docker load\n    docker tag {} {}\n",
+                i.reference,
+                i.id,
+                i.group.len().saturating_sub(1),
+                path_of(&i.archive),
+                i.id,
+                i.reference
+            );
+        }
         format!(
             "Image `{}`, ID `{}`:\n\n    gunzip -c {} | docker load\n",
             i.reference,
@@ -157,6 +308,22 @@ impl Kind for Image {
             path_of(&i.archive)
         )
     }
+}
+
+/// Whether a (parent set's) record's archive is where backup puts it: the
+/// image's own tar, or the group named by its sorted IDs that include
+/// the image's.
+pub(crate) fn valid_archive(r: &ImageRecord) -> bool {
+    if r.group.is_empty() {
+        return r.archive == engine::image_artifact(&r.reference);
+    }
+    r.group.contains(&r.id)
+        && r.group.windows(2).all(|w| w[0] < w[1])
+        && r.group.iter().all(|i| {
+            i.strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        && r.archive == engine::group_artifact(&r.group)
 }
 
 /// An image of the set, loaded unless its ID is present and tagged as
@@ -200,6 +367,10 @@ impl Restorer for ImageRestorer {
         Ok(vec![(set.docker_root()?, set.artifact_bytes(&self.id))])
     }
 
+    fn disk_shared(&self) -> Option<&str> {
+        (!self.record.group.is_empty()).then_some(self.record.archive.as_str())
+    }
+
     fn restore(&self, set: &SetContext) -> Result<Box<dyn Applied>> {
         let old_id = engine::image_id(&self.reference).ok();
         set.journal(
@@ -211,9 +382,15 @@ impl Restorer for ImageRestorer {
             }),
         )?;
         if engine::image_id(&self.record.id).is_err() {
-            let mut cmd = crate::process::command("docker");
-            cmd.args(["load", "--quiet"]);
-            set.pipe_into(&self.id, &self.record.archive, cmd, "docker load")?;
+            if self.record.group.is_empty() {
+                let mut cmd = crate::process::command("docker");
+                cmd.args(["load", "--quiet"]);
+                set.pipe_into(&self.id, &self.record.archive, cmd, "docker load")?;
+            } else {
+                // Only this image, untagged: the others of its group and
+                // their tags stay as they are.
+                super::group::load(set, &self.id, &self.record)?;
+            }
         }
         crate::process::output(
             self.id.as_str(),

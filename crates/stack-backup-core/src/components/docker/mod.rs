@@ -5,6 +5,7 @@ pub mod address;
 pub mod compose;
 mod drill;
 mod engine;
+mod group;
 mod image;
 mod volume;
 

@@ -445,7 +445,19 @@ impl<'a> Run<'a> {
                 .components
                 .keys()
                 .map(|c| {
-                    let s = checked.measured(c);
+                    let mut s = checked.measured(c);
+                    // A member of a group another component carries: the
+                    // group is what it consists of.
+                    let shared = m
+                        .components
+                        .get(c)
+                        .and_then(|r| r.kind().shared_artifact(r))
+                        .and_then(|p| m.artifacts.iter().find(|a| a.path == p));
+                    if let (0, Some(a)) = (s.files, shared) {
+                        s.bytes = a.size;
+                        s.files = 1;
+                        s.reused = a.reused;
+                    }
                     super::ComponentReport {
                         component: c.to_string(),
                         size: s.bytes,
@@ -530,12 +542,26 @@ fn finish_all(planned: &mut [(ComponentId, Planned)]) -> Vec<(String, String)> {
 /// from a directory anyone may have edited, not from this stack
 /// (`docs/decisions/0038-mysql-unchanged-backups.md`).
 fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentId, Planned)]) {
-    let (Some(snap), Some(m)) = (&parent.snap, &parent.manifest) else {
+    let trusted = (parent.snap.as_ref())
+        .zip(parent.manifest.as_ref())
+        .filter(|(_, m)| m.imported.is_none());
+    let reuse =
+        |a: &mut Artifact| trusted.is_some_and(|(snap, m)| reuse_whole(repo, snap, m, parent, a));
+    // Kinds that share artifacts between components arrange that first,
+    // knowing what the parent offers.
+    for kind in crate::components::KINDS {
+        let mut mine: Vec<(&ComponentId, &mut Planned)> = planned
+            .iter_mut()
+            .filter(|(id, _)| id.prefix() == kind.prefix())
+            .map(|(id, p)| (&*id, p))
+            .collect();
+        if !mine.is_empty() {
+            kind.plan_together(&mut mine, trusted.map(|(_, m)| m), &reuse);
+        }
+    }
+    let Some((_, m)) = trusted else {
         return;
     };
-    if m.imported.is_some() {
-        return;
-    }
     for (id, p) in planned.iter_mut() {
         let Some(old) = m.components.get(id) else {
             continue;
@@ -546,31 +572,7 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
         let estimate = p.estimate;
         for entry in &mut p.entries {
             let Entry::File(a) = entry else { continue };
-            let Some(size) = m
-                .artifacts
-                .iter()
-                .find(|x| x.path == a.path)
-                .map(|x| x.size)
-            else {
-                continue;
-            };
-            if !parent.checksums.contains_key(&a.path) {
-                continue;
-            }
-            let Ok(node) = repo.node_from_snapshot_and_path(snap, &format!("/{}", a.path)) else {
-                continue;
-            };
-            // Reuse only a node that is whole: content present and its
-            // recorded size equal to what the parent's manifest says.
-            // An empty file (a table without rows) has no chunks.
-            let whole = node.node_type == NodeType::File
-                && node
-                    .content
-                    .as_ref()
-                    .is_some_and(|c| !c.is_empty() || size == 0)
-                && node.meta.size == size;
-            if whole {
-                a.reuse_meta = Some(Box::new(node.meta));
+            if reuse(a) {
                 p.estimate = 0;
             }
         }
@@ -594,6 +596,45 @@ fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentI
             p.estimate = estimate;
         }
     }
+}
+
+/// Marks `a` for reuse from the parent set `snap` (manifest `m`) when the
+/// parent holds it whole at its path: a checksum, a file node with
+/// content, and the size its manifest records. Returns whether it did.
+fn reuse_whole(
+    repo: &Indexed,
+    snap: &SnapshotFile,
+    m: &Manifest,
+    parent: &ParentInfo,
+    a: &mut Artifact,
+) -> bool {
+    let Some(size) = m
+        .artifacts
+        .iter()
+        .find(|x| x.path == a.path)
+        .map(|x| x.size)
+    else {
+        return false;
+    };
+    if !parent.checksums.contains_key(&a.path) {
+        return false;
+    }
+    let Ok(node) = repo.node_from_snapshot_and_path(snap, &format!("/{}", a.path)) else {
+        return false;
+    };
+    // Reuse only a node that is whole: content present and its
+    // recorded size equal to what the parent's manifest says.
+    // An empty file (a table without rows) has no chunks.
+    let whole = node.node_type == NodeType::File
+        && node
+            .content
+            .as_ref()
+            .is_some_and(|c| !c.is_empty() || size == 0)
+        && node.meta.size == size;
+    if whole {
+        a.reuse_meta = Some(Box::new(node.meta));
+    }
+    whole
 }
 
 /// The file and directory counts of the snapshots merged into a set, summed

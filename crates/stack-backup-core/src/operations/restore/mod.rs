@@ -536,11 +536,16 @@ fn preflight(cfg: &Config, set: &SetContext, restorers: &[Box<dyn Restorer>]) ->
 /// Free space on every filesystem the restore writes to.
 fn disk_check(cfg: &Config, set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
     let mut needs: BTreeMap<std::path::PathBuf, u64> = BTreeMap::new();
+    let mut shared = std::collections::BTreeSet::new();
     for r in restorers
         .iter()
         .filter(|r| set.manifest.components.contains_key(r.id()))
     {
-        for (path, bytes) in r.disk_needs(set)? {
+        let n = r.disk_needs(set)?;
+        if n.is_empty() || r.disk_shared().is_some_and(|k| !shared.insert(k)) {
+            continue;
+        }
+        for (path, bytes) in n {
             *needs.entry(path).or_default() += bytes;
         }
     }
@@ -574,6 +579,10 @@ fn verify(set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
     {
         let c = r.id();
         for (path, node) in set.files(c)? {
+            // A file shared by several components is read once.
+            if work.iter().any(|w| w.1 == path) {
+                continue;
+            }
             let want = set.checksums.get(&path).ok_or_else(|| {
                 Error::Verification(format!("{c}: {path} has no checksum in CHECKSUM.sha256"))
             })?;
