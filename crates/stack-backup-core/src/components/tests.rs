@@ -497,3 +497,42 @@ fn a_group_record_must_name_the_group_of_its_ids() {
         assert!(err.contains(says) && err.contains("refused"), "{err}");
     }
 }
+
+#[test]
+fn an_image_too_large_for_a_plain_tar_header_is_never_saved_in_a_group() {
+    // Two images to save, one of 9 GiB: grouping them would need a PAX
+    // header the group filter refuses at restore, so each keeps its own
+    // save (and with one left to group, no group and no engine call).
+    let plan = |reference: &str, hex: char, size: u64| {
+        let path = docker::image_artifact(reference);
+        let record = Record::DockerImage(docker::ImageRecord {
+            reference: reference.into(),
+            id: format!("sha256:{}", hex.to_string().repeat(64)),
+            repo_digests: Vec::new(),
+            tags: Vec::new(),
+            archive: path.clone(),
+            reused: false,
+            group: Vec::new(),
+        });
+        let entry = crate::source::Entry::File(crate::source::Artifact {
+            path,
+            component: format!("docker.image.{reference}"),
+            content: crate::source::Content::Stream(docker::save_stream(reference)),
+            reuse_meta: None,
+        });
+        Planned::new(record, vec![entry], size)
+    };
+    let (a, b) = (id("docker.image.big:1"), id("docker.image.small:1"));
+    let mut big = plan("big:1", 'a', 9 << 30);
+    let mut small = plan("small:1", 'b', 10 << 20);
+    let mut plans = vec![(&a, &mut big), (&b, &mut small)];
+    a.kind().plan_together(&mut plans, None, &|_| false);
+    for (p, reference) in [(&big, "big:1"), (&small, "small:1")] {
+        let Record::DockerImage(r) = &p.record else {
+            unreachable!()
+        };
+        assert!(r.group.is_empty(), "{reference} was grouped");
+        assert_eq!(r.archive, docker::image_artifact(reference));
+        assert!(matches!(&p.entries[..], [crate::source::Entry::File(f)] if f.path == r.archive));
+    }
+}

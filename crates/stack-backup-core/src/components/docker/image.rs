@@ -45,6 +45,10 @@ pub struct ImageRecord {
 /// The kind `docker.image`.
 pub struct Image;
 
+/// Images this large or larger are never saved in a group (see
+/// `plan_together`): 8 GiB, the largest size a plain ustar header holds.
+const GROUP_IMAGE_LIMIT: u64 = 8 << 30;
+
 /// The first 12 hex digits of an image ID.
 fn short(id: &str) -> &str {
     let id = id.trim_start_matches("sha256:");
@@ -177,6 +181,10 @@ impl Kind for Image {
             rec.reused = true;
             false
         });
+        // A layer of 8 GiB or more needs a PAX header in the save, which the
+        // group filter refuses at restore: such an image (its total size
+        // bounds every layer) keeps its own save, loaded without a filter.
+        fresh.retain(|i| plans[*i].1.estimate < GROUP_IMAGE_LIMIT);
         if fresh.len() < 2 || !engine::classic_save_format() {
             return;
         }
