@@ -127,61 +127,7 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                 "the dump of its database",
             )?;
         }
-        Record::Mysql(p) => {
-            expect_eq(
-                what,
-                &field("dump"),
-                &p.dump,
-                &crate::components::mysql::rows::schema_path(name, &p.database),
-                "the schema of its database",
-            )?;
-            // One file per table, where its name puts it, with columns,
-            // and exactly the tables whose rows are counted.
-            for (i, f) in p.rows.iter().enumerate() {
-                expect_eq(
-                    what,
-                    &field(&format!("rows[{i}].path")),
-                    &f.path,
-                    &crate::components::mysql::rows::rows_path(name, &p.database, &f.table),
-                    "the rows file of its table",
-                )?;
-                // Names go into the export's load script and MANIFEST.md:
-                // one with a control character could end a line there.
-                if !crate::components::mysql::rows::plain_name(&f.table) {
-                    return Err(refused(
-                        what,
-                        &field(&format!("rows[{i}].table")),
-                        "has a control character",
-                    ));
-                }
-                if let Some(c) = f
-                    .columns
-                    .iter()
-                    .find(|c| !crate::components::mysql::rows::plain_name(c))
-                {
-                    return Err(refused(
-                        what,
-                        &field(&format!("rows[{i}].columns")),
-                        &format!("has {c:?}, a name with a control character"),
-                    ));
-                }
-                if f.columns.is_empty() {
-                    return Err(refused(
-                        what,
-                        &field(&format!("rows[{i}].columns")),
-                        "is empty",
-                    ));
-                }
-            }
-            let tables: Vec<&String> = p.rows.iter().map(|f| &f.table).collect();
-            if !tables.iter().copied().eq(p.row_counts.keys()) {
-                return Err(refused(
-                    what,
-                    &field("rows"),
-                    "does not list exactly the tables of `row_counts`, in order",
-                ));
-            }
-        }
+        Record::Mysql(p) => check_mysql_rows(what, &field, name, p)?,
         Record::Redis(r) => expect_eq(
             what,
             &field("rdb"),
@@ -189,44 +135,7 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
             &format!("redis/{name}/dump.rdb"),
             "the RDB file of the component",
         )?,
-        Record::DockerImage(i) => {
-            expect_eq(what, &field("reference"), &i.reference, name, "its id")?;
-            if i.group.is_empty() {
-                expect_eq(
-                    what,
-                    &field("archive"),
-                    &i.archive,
-                    &crate::docker::image_artifact(&i.reference),
-                    "the image's archive",
-                )?;
-            } else {
-                if !i.group.contains(&i.id) || !i.group.windows(2).all(|w| w[0] < w[1]) {
-                    return Err(refused(
-                        what,
-                        &field("group"),
-                        "does not list the image's ID among sorted, distinct IDs",
-                    ));
-                }
-                expect_eq(
-                    what,
-                    &field("archive"),
-                    &i.archive,
-                    &crate::docker::group_artifact(&i.group),
-                    "the archive of its group",
-                )?;
-            }
-            let hex = i.id.strip_prefix("sha256:").unwrap_or_default();
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(refused(
-                    what,
-                    &field("id"),
-                    &format!(
-                        "is `{}`, not an image ID (`sha256:` and 64 hex digits)",
-                        i.id
-                    ),
-                ));
-            }
-        }
+        Record::DockerImage(i) => check_image(what, &field, name, i)?,
         Record::DockerVolume(t) => {
             expect_eq(what, &field("source"), &t.source, name, "its id")?;
             expect_eq(
@@ -263,6 +172,116 @@ fn check_record_paths(what: &str, id: &ComponentId, record: &Record) -> Result<(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// A `rows-v1` MariaDB record: the schema and one file per counted table,
+/// each where its name puts it, with plain names and columns.
+fn check_mysql_rows(
+    what: &str,
+    field: &dyn Fn(&str) -> String,
+    name: &str,
+    p: &crate::components::mysql::MysqlRecord,
+) -> Result<()> {
+    expect_eq(
+        what,
+        &field("dump"),
+        &p.dump,
+        &crate::components::mysql::rows::schema_path(name, &p.database),
+        "the schema of its database",
+    )?;
+    // One file per table, where its name puts it, with columns,
+    // and exactly the tables whose rows are counted.
+    for (i, f) in p.rows.iter().enumerate() {
+        expect_eq(
+            what,
+            &field(&format!("rows[{i}].path")),
+            &f.path,
+            &crate::components::mysql::rows::rows_path(name, &p.database, &f.table),
+            "the rows file of its table",
+        )?;
+        // Names go into the export's load script and MANIFEST.md:
+        // one with a control character could end a line there.
+        if !crate::components::mysql::rows::plain_name(&f.table) {
+            return Err(refused(
+                what,
+                &field(&format!("rows[{i}].table")),
+                "has a control character",
+            ));
+        }
+        if let Some(c) = f
+            .columns
+            .iter()
+            .find(|c| !crate::components::mysql::rows::plain_name(c))
+        {
+            return Err(refused(
+                what,
+                &field(&format!("rows[{i}].columns")),
+                &format!("has {c:?}, a name with a control character"),
+            ));
+        }
+        if f.columns.is_empty() {
+            return Err(refused(
+                what,
+                &field(&format!("rows[{i}].columns")),
+                "is empty",
+            ));
+        }
+    }
+    let tables: Vec<&String> = p.rows.iter().map(|f| &f.table).collect();
+    if !tables.iter().copied().eq(p.row_counts.keys()) {
+        return Err(refused(
+            what,
+            &field("rows"),
+            "does not list exactly the tables of `row_counts`, in order",
+        ));
+    }
+    Ok(())
+}
+
+/// An image record: its reference, its own archive or its group's, its ID.
+fn check_image(
+    what: &str,
+    field: &dyn Fn(&str) -> String,
+    name: &str,
+    i: &crate::docker::ImageRecord,
+) -> Result<()> {
+    expect_eq(what, &field("reference"), &i.reference, name, "its id")?;
+    if i.group.is_empty() {
+        expect_eq(
+            what,
+            &field("archive"),
+            &i.archive,
+            &crate::docker::image_artifact(&i.reference),
+            "the image's archive",
+        )?;
+    } else {
+        if !i.group.contains(&i.id) || !i.group.windows(2).all(|w| w[0] < w[1]) {
+            return Err(refused(
+                what,
+                &field("group"),
+                "does not list the image's ID among sorted, distinct IDs",
+            ));
+        }
+        expect_eq(
+            what,
+            &field("archive"),
+            &i.archive,
+            &crate::docker::group_artifact(&i.group),
+            "the archive of its group",
+        )?;
+    }
+    let hex = i.id.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(refused(
+            what,
+            &field("id"),
+            &format!(
+                "is `{}`, not an image ID (`sha256:` and 64 hex digits)",
+                i.id
+            ),
+        ));
     }
     Ok(())
 }

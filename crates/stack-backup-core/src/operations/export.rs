@@ -264,24 +264,7 @@ fn write_all(
             sums.insert(p.clone(), got);
         }
     }
-    // Files for the restore by hand that MANIFEST.md points at (a load
-    // script): written by this program from the validated manifest.
-    for (name, c) in &m.components {
-        let path_of = |set_path: &str| export_path(m, set_path, name.as_str()).0;
-        for (p, bytes) in c.kind().export_extras(m, c, &path_of) {
-            if !crate::validate::is_safe_relative(&p) || sums.contains_key(&p) {
-                return Err(Error::Verification(format!(
-                    "{name}: the export file `{p}` is not a new path inside the export"
-                )));
-            }
-            let file = dir.join(&p);
-            if let Some(parent) = file.parent() {
-                private_dir(parent)?;
-            }
-            write_private(&file, &bytes)?;
-            sums.insert(p, crate::ledger::sha256_hex(&bytes));
-        }
-    }
+    write_extras(m, dir, &mut sums)?;
     let md = export_markdown(m, set, &sums);
     let md_path = dir.join("MANIFEST.md");
     write_private(&md_path, md.as_bytes())?;
@@ -298,6 +281,29 @@ fn write_all(
         files: sums.len(),
         bytes,
     })
+}
+
+/// Files for the restore by hand that MANIFEST.md points at (a load
+/// script): written by this program from the validated manifest, each at
+/// a new path inside the export, and added to `sums`.
+fn write_extras(m: &Manifest, dir: &Path, sums: &mut BTreeMap<String, String>) -> Result<()> {
+    for (name, c) in &m.components {
+        let path_of = |set_path: &str| export_path(m, set_path, name.as_str()).0;
+        for (p, bytes) in c.kind().export_extras(m, c, &path_of) {
+            if !crate::validate::is_safe_relative(&p) || sums.contains_key(&p) {
+                return Err(Error::Verification(format!(
+                    "{name}: the export file `{p}` is not a new path inside the export"
+                )));
+            }
+            let file = dir.join(&p);
+            if let Some(parent) = file.parent() {
+                private_dir(parent)?;
+            }
+            write_private(&file, &bytes)?;
+            sums.insert(p, crate::ledger::sha256_hex(&bytes));
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` and its missing parents inside the export with mode 0700

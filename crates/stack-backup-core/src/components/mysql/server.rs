@@ -963,27 +963,54 @@ pub fn plan_dump(
     } else {
         Err("the server is MySQL (rows as text are tested on MariaDB only)".to_string())
     };
-    match rows {
-        Ok(files) => {
-            return plan_rows(Parts {
-                name,
-                cfg,
-                o: &o,
-                lock,
-                server,
-                tool,
-                objects,
-                estimate,
-                files,
-                state,
-                db,
-            })
+    let (rows_v1, files) = match rows {
+        Ok(files) => (true, files),
+        Err(why) => {
+            log::info!("{comp}: one SQL dump: {why}");
+            (false, Vec::new())
         }
-        Err(why) => log::info!("{comp}: one SQL dump: {why}"),
+    };
+    let parts = Parts {
+        name,
+        cfg,
+        o: &o,
+        lock,
+        server,
+        tool,
+        objects,
+        estimate,
+        files,
+        state,
+        db,
+    };
+    if rows_v1 {
+        plan_rows(parts)
+    } else {
+        plan_sql(parts)
     }
+}
+
+/// The SQL dump's plan (decision 0032): the mark and the counting
+/// session's snapshot under the table locks, released once the dump is
+/// seen to hold its own snapshot (or at `finish`).
+fn plan_sql(p: Parts<'_>) -> Result<crate::components::Planned> {
+    let Parts {
+        name,
+        cfg,
+        o,
+        mut lock,
+        server,
+        tool,
+        objects,
+        estimate,
+        files: _,
+        state,
+        db,
+    } = p;
+    let comp = component(name);
     let mark = change_mark(name, &mut lock, &server, &objects, &dump_args(&db));
     // The counting session's snapshot, taken under the lock.
-    let mut counter = connect(name, &o)?;
+    let mut counter = connect(name, o)?;
     exec(
         name,
         &mut counter,
@@ -1017,7 +1044,7 @@ pub fn plan_dump(
             Ok((counts, migrations))
         })
     };
-    let watch = connect(name, &o)?;
+    let watch = connect(name, o)?;
     let stop = Arc::new(AtomicBool::new(false));
     let reuse = stop.clone();
     let reused = Arc::new(AtomicBool::new(false));
@@ -1036,7 +1063,7 @@ pub fn plan_dump(
         }),
     };
 
-    let options = OptionFile::write(&o, state)?;
+    let options = OptionFile::write(o, state)?;
     let dump_path = format!("mysql/{name}/{}.sql", crate::manifest::safe_file_name(&db));
     let entries = vec![dump_entry(&tool, &options, &db, &dump_path, &comp)];
     let record = MysqlRecord {
