@@ -818,18 +818,7 @@ fn plan_rows(p: Parts<'_>) -> Result<crate::components::Planned> {
     let mark = change_mark(name, &mut lock, &server, &objects, &mark_args);
     let mut counter = connect(name, o)?;
     super::rows::prepare_reader(name, &mut counter)?;
-    exec(
-        name,
-        &mut counter,
-        "opening the snapshot",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    )?;
-    exec(
-        name,
-        &mut counter,
-        "opening the snapshot",
-        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-    )?;
+    open_snapshot(name, &mut counter)?;
     let schema = {
         let options = OptionFile::write(o, state)?;
         super::rows::dump_schema(name, &tool.program, &options.arg(), &args)?
@@ -990,6 +979,23 @@ pub fn plan_dump(
     }
 }
 
+/// Opens a read-only consistent snapshot in `c`: taken while the caller
+/// holds the table locks, it sees exactly the locked rows.
+fn open_snapshot(name: &str, c: &mut ::mysql::Conn) -> Result<()> {
+    exec(
+        name,
+        c,
+        "opening the snapshot",
+        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    )?;
+    exec(
+        name,
+        c,
+        "opening the snapshot",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+    )
+}
+
 /// The SQL dump's plan (decision 0032): the mark and the counting
 /// session's snapshot under the table locks, released once the dump is
 /// seen to hold its own snapshot (or at `finish`).
@@ -1011,18 +1017,7 @@ fn plan_sql(p: Parts<'_>) -> Result<crate::components::Planned> {
     let mark = change_mark(name, &mut lock, &server, &objects, &dump_args(&db));
     // The counting session's snapshot, taken under the lock.
     let mut counter = connect(name, o)?;
-    exec(
-        name,
-        &mut counter,
-        "opening the snapshot",
-        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-    )?;
-    exec(
-        name,
-        &mut counter,
-        "opening the snapshot",
-        "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-    )?;
+    open_snapshot(name, &mut counter)?;
     let after = u64::from(counter.connection_id().max(lock.connection_id()));
     // The counting session (its snapshot already open under the lock)
     // counts only once the plan is decided, by the first word on this
