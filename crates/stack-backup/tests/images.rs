@@ -80,19 +80,6 @@ fn single_save_size(reference: &str) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// Deterministic bytes that do not compress.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn manifest_of(root: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(root.join("stack-backup/manifest.json")).unwrap())
         .unwrap()
@@ -109,7 +96,7 @@ fn images_sharing_a_layer_are_saved_once_and_loaded_one_by_one() {
     let prefix = unique("sbt-grp");
     let mut made = Made { refs: Vec::new() };
     let shared = format!("{prefix}-shared:latest");
-    made.build(&shared, &base_image(), &[("big", &noise(6 << 20, 7))]);
+    made.build(&shared, &base_image(), &[("big", &noise(7, 6 << 20))]);
     let refs: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|n| format!("{prefix}-{n}:latest"))
@@ -580,7 +567,7 @@ fn new_references_to_a_reused_groups_images_reuse_the_group() {
     let prefix = unique("sbt-grpref");
     let mut made = Made { refs: Vec::new() };
     let shared = format!("{prefix}-shared:latest");
-    made.build(&shared, &base_image(), &[("big", &noise(1 << 20, 11))]);
+    made.build(&shared, &base_image(), &[("big", &noise(11, 1 << 20))]);
     let a = format!("{prefix}-a:latest");
     let b = format!("{prefix}-b:latest");
     let id_a = made.build(&a, &shared, &[("payload", b"a")]);

@@ -133,18 +133,6 @@ fn data_packs(bucket: &str, prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn a_retain_without_object_lock_is_refused_before_anything_is_written() {
     let media = tempfile::tempdir().unwrap();

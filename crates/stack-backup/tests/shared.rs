@@ -129,19 +129,6 @@ fn restic_cmd(repo: &Path) -> Command {
     cmd
 }
 
-/// Pseudo-random bytes that do not deduplicate or compress.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn sha256(data: &[u8]) -> String {
     stack_backup_core::ledger::sha256_hex(data)
 }

@@ -807,3 +807,17 @@ pub fn names_and_tiers(r: &Run) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+/// Deterministic pseudo-random bytes (xorshift) that neither compress nor
+/// deduplicate: `len` of them from `seed`.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
