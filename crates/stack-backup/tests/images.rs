@@ -368,19 +368,7 @@ fn end_of_members(tar: &[u8]) -> usize {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    stack_backup_core::ledger::sha256_hex(bytes)
 }
 
 /// Replaces the SHA-256 of `path` in a `sha256sum` file.

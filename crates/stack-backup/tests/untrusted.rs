@@ -174,19 +174,7 @@ fn resum(file: &Path, path: &str, sha: &str) {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    stack_backup_core::ledger::sha256_hex(bytes)
 }
 
 /// `mknod` of a character device or FIFO (the tests run as root).
