@@ -384,6 +384,153 @@ fn resum(file: &Path, path: &str, sha: &str) {
     std::fs::write(file, text).unwrap();
 }
 
+/// Puts `tar` in place of the artifact `path` of the export in `dir`,
+/// every checksum and the manifest's size made to agree, as whoever can
+/// edit the directory could.
+fn replace_artifact(dir: &Path, path: &str, tar: &[u8]) {
+    use std::io::Write;
+    let gz = dir.join(format!("{path}.gz"));
+    let tar_sha = sha256_hex(tar);
+    let mut z = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&gz).unwrap())
+        .spawn()
+        .unwrap();
+    z.stdin.take().unwrap().write_all(tar).unwrap();
+    assert!(z.wait().unwrap().success());
+    let mpath = dir.join("stack-backup/manifest.json");
+    let mut m = manifest_of(dir);
+    for a in m["artifacts"].as_array_mut().unwrap() {
+        if a["path"] == path {
+            a["sha256"] = tar_sha.clone().into();
+            a["size"] = (tar.len() as u64).into();
+        }
+    }
+    let json = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(&mpath, &json).unwrap();
+    let inner = dir.join("stack-backup/CHECKSUM.sha256");
+    resum(&inner, path, &tar_sha);
+    resum(&inner, "stack-backup/manifest.json", &sha256_hex(&json));
+    let top = dir.join("CHECKSUM.sha256");
+    resum(
+        &top,
+        &format!("{path}.gz"),
+        &sha256_hex(&std::fs::read(&gz).unwrap()),
+    );
+    resum(&top, "stack-backup/manifest.json", &sha256_hex(&json));
+    resum(
+        &top,
+        "stack-backup/CHECKSUM.sha256",
+        &sha256_hex(&std::fs::read(&inner).unwrap()),
+    );
+}
+
+/// The uncompressed tar of the export's artifact `path`.
+fn exported_tar(dir: &Path, path: &str) -> Vec<u8> {
+    let out = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(dir.join(format!("{path}.gz")))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The body of member `name` of `tar`, read by GNU tar.
+fn member_of(tar: &[u8], name: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut x = std::process::Command::new("tar")
+        .args(["-xOf", "-", name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    x.stdin.take().unwrap().write_all(tar).unwrap();
+    let out = x.wait_with_output().unwrap();
+    assert!(out.status.success(), "no {name} in the tar");
+    out.stdout
+}
+
+/// `tar` with the body of its member `name` replaced by `body` (under a
+/// fresh ustar header; every other member as it was).
+fn with_member(tar: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut found = false;
+    while tar[at..at + 512].iter().any(|b| *b != 0) {
+        let field = String::from_utf8_lossy(&tar[at + 124..at + 136]).to_string();
+        let size =
+            usize::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8).unwrap();
+        let end = at + 512 + size.div_ceil(512) * 512;
+        let member = String::from_utf8_lossy(&tar[at..at + 100]);
+        if member.trim_end_matches('\0') == name {
+            out.extend(tar_member(name, body));
+            found = true;
+        } else {
+            out.extend_from_slice(&tar[at..end]);
+        }
+        at = end;
+    }
+    assert!(found, "no {name} in the tar");
+    out.extend([0u8; 1024]);
+    out
+}
+
+#[test]
+fn an_image_tar_naming_another_tag_moves_no_tag_on_restore_or_drill() {
+    let prefix = unique("sbt-own");
+    let mut made = Made { refs: Vec::new() };
+    let image = format!("{prefix}-app:latest");
+    let id = made.build(&image, &base_image(), &[("payload", b"app")]);
+    let victim = format!("{prefix}-victim:keep");
+    let victim_id = made.build(&victim, &base_image(), &[("payload", b"victim")]);
+    let sb = Sandbox::new();
+    sb.write_config("imgown", &format!("[docker]\nimages = [\"{image}\"]\n"));
+    sb.init();
+    sb.run(&["backup", "--name", "orig"]).expect_code(0);
+
+    // The image's own tar, its manifest.json naming the victim's tag
+    // (and the OCI index, were there one): loaded unfiltered, docker load
+    // would point the victim's tag at the image.
+    let dir = sb.path().join("export");
+    sb.run(&["export", "orig", &dir.to_string_lossy()])
+        .expect_code(0);
+    let archive = manifest_of(&dir)["components"][format!("docker.image.{image}")]["archive"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(archive.starts_with("docker/images/"), "{archive}");
+    let tar = exported_tar(&dir, &archive);
+    let mut entries: serde_json::Value =
+        serde_json::from_slice(&member_of(&tar, "manifest.json")).unwrap();
+    entries[0]["RepoTags"] = serde_json::json!([victim]);
+    let tampered = with_member(
+        &tar,
+        "manifest.json",
+        &serde_json::to_vec(&entries).unwrap(),
+    );
+    replace_artifact(&dir, &archive, &tampered);
+    sb.run(&["import", &dir.to_string_lossy(), "--name", "evil"])
+        .expect_code(0);
+
+    // Drill first (the image is absent, so the drill loads it), then
+    // the restore: each loads the image, and the victim's tag stays.
+    docker(&["image", "rm", &image]).expect_code(0);
+    assert_eq!(id_of(&id), None);
+    let drill = sb.run(&["drill", "evil"]);
+    assert_eq!(drill.code, 0, "{}{}", drill.stdout, drill.stderr);
+    assert!(drill.stdout.contains("PASSED"), "{}", drill.stdout);
+    assert_eq!(id_of(&victim).as_deref(), Some(victim_id.as_str()));
+    sb.run(&["restore", "evil", "--yes"]).expect_code(0);
+    assert_eq!(id_of(&image).as_deref(), Some(id.as_str()));
+    assert_eq!(
+        id_of(&victim).as_deref(),
+        Some(victim_id.as_str()),
+        "the restore moved the victim's tag"
+    );
+}
+
 #[test]
 fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
     let prefix = unique("sbt-grpx");
@@ -422,38 +569,19 @@ fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
         // The group tar with a member `../escape` at its end, every checksum and
         // the manifest's size made to agree, as whoever can edit the
         // directory could.
-        let mpath = dir.join("stack-backup/manifest.json");
-        let mut m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        let m = manifest_of(&dir);
         let group = m["components"][format!("docker.image.{}", refs[0])]["archive"]
             .as_str()
             .unwrap()
             .to_string();
         assert!(group.starts_with("docker/saved/"), "{group}");
-        let gz = dir.join(format!("{group}.gz"));
-        let gunzip = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(&gz)
-            .output()
-            .unwrap();
-        assert!(gunzip.status.success());
         // Last, after manifest.json: a tar cut before it would look whole
         // to docker load, which must therefore be stopped, not given EOF.
-        let mut tar = gunzip.stdout;
+        let mut tar = exported_tar(&dir, &group);
         let end = end_of_members(&tar);
         let extra_body = if extra == "manifest.json/" {
-            let mut x = std::process::Command::new("tar")
-                .args(["-xOf", "-", "manifest.json"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            {
-                use std::io::Write;
-                x.stdin.take().unwrap().write_all(&tar).unwrap();
-            }
-            let out = x.wait_with_output().unwrap();
-            let mut saved: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mut saved: serde_json::Value =
+                serde_json::from_slice(&member_of(&tar, "manifest.json")).unwrap();
             for e in saved.as_array_mut().unwrap() {
                 if e["Config"] == format!("{}.json", &ids[1][7..]) {
                     e["RepoTags"] = serde_json::json!([victim]);
@@ -466,41 +594,7 @@ fn a_group_tar_naming_a_file_outside_is_refused_and_nothing_is_loaded() {
         tar.truncate(end);
         tar.extend(tar_member(extra, &extra_body));
         tar.extend([0u8; 1024]);
-        let tar_sha = sha256_hex(&tar);
-        {
-            use std::io::Write;
-            let mut z = std::process::Command::new("gzip")
-                .arg("-c")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::fs::File::create(&gz).unwrap())
-                .spawn()
-                .unwrap();
-            z.stdin.take().unwrap().write_all(&tar).unwrap();
-            assert!(z.wait().unwrap().success());
-        }
-        for a in m["artifacts"].as_array_mut().unwrap() {
-            if a["path"] == group.as_str() {
-                a["sha256"] = tar_sha.clone().into();
-                a["size"] = (tar.len() as u64).into();
-            }
-        }
-        let json = serde_json::to_vec_pretty(&m).unwrap();
-        std::fs::write(&mpath, &json).unwrap();
-        let inner = dir.join("stack-backup/CHECKSUM.sha256");
-        resum(&inner, &group, &tar_sha);
-        resum(&inner, "stack-backup/manifest.json", &sha256_hex(&json));
-        let top = dir.join("CHECKSUM.sha256");
-        resum(
-            &top,
-            &format!("{group}.gz"),
-            &sha256_hex(&std::fs::read(&gz).unwrap()),
-        );
-        resum(&top, "stack-backup/manifest.json", &sha256_hex(&json));
-        resum(
-            &top,
-            "stack-backup/CHECKSUM.sha256",
-            &sha256_hex(&std::fs::read(&inner).unwrap()),
-        );
+        replace_artifact(&dir, &group, &tar);
         let evil = format!("evil-{round}");
         sb.run(&["import", &dir.to_string_lossy(), "--name", &evil])
             .expect_code(0);

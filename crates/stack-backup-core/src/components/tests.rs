@@ -499,10 +499,10 @@ fn a_group_record_must_name_the_group_of_its_ids() {
 }
 
 #[test]
-fn an_image_too_large_for_a_plain_tar_header_is_never_saved_in_a_group() {
-    // Two images to save, one of 9 GiB: grouping them would need a PAX
-    // header the group filter refuses at restore, so each keeps its own
-    // save (and with one left to group, no group and no engine call).
+fn an_image_of_8_gib_or_more_is_never_saved_in_a_group() {
+    // Two images to save, one of 9 GiB: loading the small one out of a
+    // group would unpack the large one too, so each keeps its own save
+    // (and with one left to group, no group and no engine call).
     let plan = |reference: &str, hex: char, size: u64| {
         let path = docker::image_artifact(reference);
         let record = Record::DockerImage(docker::ImageRecord {

@@ -1,28 +1,33 @@
-//! Several images saved by one `docker save` (a group: `docker/saved/…`),
-//! and one image loaded out of it.
+//! Loading images out of a `docker save` tar from a set: an image's own
+//! tar, or a group (several images saved by one `docker save`,
+//! `docker/saved/…`).
 //!
-//! A group tar is input read from a repository: [`one_image`] copies it
+//! Such a tar is input read from a repository: [`only_images`] copies it
 //! through a strict filter. Every member's bytes pass unchanged, under a
-//! fresh ustar header written from what the filter parsed (never the
-//! input's own, which Docker's tar reader could read differently), except
-//! `manifest.json`, replaced by one holding only the wanted image's entry
-//! (with the tags given, or none), and `repositories`, left out: so
-//! `docker load` adds no tag and moves no other image's tag. Only POSIX
-//! ustar headers with plain octal numbers, regular files, directories and
-//! the `<layer>/layer.tar -> ../<layer>/layer.tar` symlinks `docker save`
-//! writes for a repeated layer are accepted (no PAX or GNU extensions),
-//! under relative names without `..`; a truncated tar is an error, never a
-//! shorter stream. The kept entry's `Layers` are not matched against the
-//! members: Docker checks them itself (paths inside the tar, layer digests
-//! against the config's).
+//! fresh header written from what the filter parsed (never the input's
+//! own, which Docker's tar reader could read differently), except
+//! `manifest.json`, replaced by one holding only the wanted images'
+//! entries with `RepoTags` null, and `repositories`, `index.json` and
+//! `oci-layout`, left out: so `docker load` adds no tag and moves no other
+//! image's tag (the caller tags what it loaded). Only POSIX ustar headers
+//! with plain octal numbers, regular files, directories and the
+//! `<layer>/layer.tar -> ../<layer>/layer.tar` symlinks `docker save`
+//! writes for a repeated layer are accepted, under relative names without
+//! `..`; the one extension is a PAX header holding only the `size` of the
+//! regular file after it (Go's tar writer uses it for a file of 8 GiB or
+//! more). A truncated tar is an error, never a shorter stream. The classic
+//! layout (`<id>.json`) and the OCI one engines from 25 on write
+//! (`blobs/sha256/<id>`, named by a `manifest.json` too) are both read;
+//! without `index.json` an engine loads the OCI one from `manifest.json`,
+//! as it loads a classic tar. The kept entries' `Layers` are not matched
+//! against the members: Docker checks them itself (paths inside the tar,
+//! layer digests against the config's).
 
 use std::io::{Read, Write};
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 
-use super::drill::{cstr, read_block};
-use super::ImageRecord;
 use crate::components::restoring::SetContext;
 use crate::components::ComponentId;
 use crate::error::{Error, Result};
@@ -33,6 +38,28 @@ pub(super) const MAX_MANIFEST: u64 = 1 << 20;
 
 fn bad(m: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, m.into())
+}
+
+/// Reads one 512-byte block; `false` at a clean end of input.
+fn read_block(input: &mut dyn Read, buf: &mut [u8; 512]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = input.read(&mut buf[got..])?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(false)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// A member name `docker save` can write: relative, no `..`, no empty
@@ -135,7 +162,7 @@ fn parse_header(hdr: &[u8; 512]) -> std::io::Result<Member> {
         k @ (b'2' | b'5') => k,
         b'x' | b'g' => {
             return Err(bad(
-                "the image tar has a PAX header; docker save writes none for the images it groups",
+                "the image tar has a PAX header docker save does not write (global, or two in a row)",
             ))
         }
         k => {
@@ -219,19 +246,117 @@ fn fresh_header(m: &Member) -> std::io::Result<[u8; 512]> {
     Ok(hdr)
 }
 
-/// Copies the group tar `input` to `out` as a tar holding image `id`
-/// (`sha256:…`) alone in its `manifest.json`, with `RepoTags` set to
-/// `tags` (`None`: null). Fails, having written an incomplete tar, when the
-/// tar is not what `docker save` writes, when `id` is not in it, or when it
-/// is truncated: the caller must then make sure the consumer does not take
-/// what was written for a whole tar.
-pub(super) fn one_image(
+/// The largest PAX header read (one `size` record is some 30 bytes).
+const MAX_PAX: u64 = 512;
+
+/// The members `docker load` is not given: the tags an image tar carries
+/// besides `manifest.json` (`repositories`; an OCI `index.json` names
+/// images in its annotations) and the OCI marker that would make an
+/// engine read `index.json` instead of `manifest.json`.
+const LEFT_OUT: [&str; 3] = ["repositories", "index.json", "oci-layout"];
+
+/// The `size` of a PAX extended header: its only record, `N size=D\n`
+/// with `N` the record's own length in decimal; anything else is refused
+/// (a `path`, `linkpath` or GNU sparse record would make Docker read
+/// another member than the one checked here).
+fn pax_size(input: &mut dyn Read, hdr: &[u8; 512]) -> std::io::Result<u64> {
+    if &hdr[257..263] != b"ustar\0" || &hdr[263..265] != b"00" {
+        return Err(bad("a PAX header that is not POSIX ustar"));
+    }
+    let len = octal(&hdr[124..136], "size")?;
+    if len > MAX_PAX {
+        return Err(bad("a PAX header larger than 512 bytes"));
+    }
+    let mut body = [0u8; 512];
+    input.read_exact(&mut body)?;
+    let record = &body[..usize::try_from(len).map_err(|_| bad("size"))?];
+    let refused = || {
+        bad(format!(
+            "the image tar has a PAX header other than one `size` ({:?}); docker save writes no other",
+            String::from_utf8_lossy(record)
+        ))
+    };
+    let text = std::str::from_utf8(record).map_err(|_| refused())?;
+    let (n, rest) = text.split_once(' ').ok_or_else(refused)?;
+    let value = rest
+        .strip_prefix("size=")
+        .and_then(|v| v.strip_suffix('\n'))
+        .ok_or_else(refused)?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(n) || !digits(value) || n.parse::<usize>().ok() != Some(text.len()) {
+        return Err(refused());
+    }
+    value.parse().map_err(|_| refused())
+}
+
+/// The next member's header, strictly read (see [`parse_header`]); a PAX
+/// header is read with it and its `size` taken for the member's, which
+/// must then be a regular file.
+fn read_member(input: &mut dyn Read, hdr: &mut [u8; 512]) -> std::io::Result<Member> {
+    if hdr[156] != b'x' {
+        return parse_header(hdr);
+    }
+    let size = pax_size(input, hdr)?;
+    if !read_block(input, hdr)? || hdr.iter().all(|b| *b == 0) {
+        return Err(bad("the image tar ends after a PAX header (truncated)"));
+    }
+    if !header_checksum_ok(hdr) {
+        return Err(bad("a tar header with a bad checksum"));
+    }
+    let m = parse_header(hdr)?;
+    if m.kind != b'0' {
+        return Err(bad(format!(
+            "the image tar has a PAX header before `{}`, which is not a regular file",
+            m.name
+        )));
+    }
+    Ok(Member { size, ..m })
+}
+
+/// Writes `m`'s header: a fresh ustar one, after a PAX header holding
+/// only its size when the size does not fit in ustar's 11 octal digits.
+fn write_header(out: &mut dyn Write, m: &Member) -> std::io::Result<()> {
+    const USTAR_MAX: u64 = (1 << 33) - 1;
+    if m.size <= USTAR_MAX {
+        return out.write_all(&fresh_header(m)?);
+    }
+    let record = {
+        let tail = format!(" size={}\n", m.size);
+        // The length counts its own digits.
+        let mut n = tail.len() + 1;
+        while format!("{n}{tail}").len() != n {
+            n += 1;
+        }
+        format!("{n}{tail}")
+    };
+    let pax = Member {
+        name: "PaxHeader".into(),
+        kind: b'x',
+        size: record.len() as u64,
+        mode: 0o644,
+        mtime: m.mtime,
+        link: String::new(),
+    };
+    out.write_all(&fresh_header(&pax)?)?;
+    out.write_all(record.as_bytes())?;
+    out.write_all(&vec![0u8; 512 - record.len()])?;
+    out.write_all(&fresh_header(&Member {
+        size: 0,
+        ..m.clone()
+    })?)
+}
+
+/// Copies the image tar `input` (an image's own `docker save`, or a
+/// group's) to `out` as a tar holding images `ids` (`sha256:…`) alone in
+/// its `manifest.json`, untagged. Fails, having written an incomplete
+/// tar, when the tar is not what `docker save` writes, when one of `ids`
+/// is not in it, or when it is truncated: the caller must then make sure
+/// the consumer does not take what was written for a whole tar.
+pub(super) fn only_images(
     input: &mut dyn Read,
     out: &mut dyn Write,
-    id: &str,
-    tags: Option<&[String]>,
+    ids: &[String],
 ) -> std::io::Result<()> {
-    let config = format!("{}.json", id.strip_prefix("sha256:").unwrap_or(id));
     let mut manifest_done = false;
     let mut hdr = [0u8; 512];
     loop {
@@ -259,7 +384,7 @@ pub(super) fn one_image(
         // Docker never sees this header: the member goes out under a
         // fresh one written from what was parsed here, so that docker
         // load reads exactly the member the checks passed.
-        let m = parse_header(&hdr)?;
+        let m = read_member(input, &mut hdr)?;
         let (name, kind, size) = (m.name.clone(), m.kind, m.size);
         let padded = size.div_ceil(512) * 512;
         match (kind, name.as_str()) {
@@ -273,26 +398,29 @@ pub(super) fn one_image(
                 let mut body = vec![0u8; usize::try_from(padded).map_err(|_| bad("size"))?];
                 input.read_exact(&mut body)?;
                 body.truncate(usize::try_from(size).map_err(|_| bad("size"))?);
-                let new = only_entry(&body, &config, tags)?;
-                out.write_all(&fresh_header(&Member {
-                    size: new.len() as u64,
-                    ..m
-                })?)?;
+                let new = only_entries(&body, ids)?;
+                write_header(
+                    out,
+                    &Member {
+                        size: new.len() as u64,
+                        ..m
+                    },
+                )?;
                 out.write_all(&new)?;
                 out.write_all(&vec![0u8; (512 - new.len() % 512) % 512])?;
                 manifest_done = true;
             }
-            (b'0', "repositories") => {
+            (b'0', n) if LEFT_OUT.contains(&n) => {
                 let n = std::io::copy(&mut input.take(padded), &mut std::io::sink())?;
                 if n != padded {
                     return Err(bad("the image tar ends inside a file (truncated)"));
                 }
             }
-            (_, "manifest.json" | "repositories") => {
+            (_, n) if n == "manifest.json" || LEFT_OUT.contains(&n) => {
                 return Err(bad(format!("the image tar's {name} is not a regular file")));
             }
             _ => {
-                out.write_all(&fresh_header(&m)?)?;
+                write_header(out, &m)?;
                 let n = std::io::copy(&mut input.take(size), out)?;
                 let pad = padded - size;
                 let skipped = std::io::copy(&mut input.take(pad), &mut std::io::sink())?;
@@ -307,25 +435,38 @@ pub(super) fn one_image(
     }
 }
 
-/// `manifest.json` with the entry whose `Config` is `config` alone, its
-/// `RepoTags` set to `tags` (or null).
-fn only_entry(body: &[u8], config: &str, tags: Option<&[String]>) -> std::io::Result<Vec<u8>> {
+/// Whether a `manifest.json` entry's `Config` names image `id`: in the
+/// classic layout `<hex>.json`, in the OCI one `blobs/sha256/<hex>`.
+fn names_image(config: &str, id: &str) -> bool {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    config.strip_suffix(".json") == Some(hex) || config.strip_prefix("blobs/sha256/") == Some(hex)
+}
+
+/// `manifest.json` with the entries of images `ids` alone (in the order of
+/// `ids`), their `RepoTags` null.
+fn only_entries(body: &[u8], ids: &[String]) -> std::io::Result<Vec<u8>> {
     let entries: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(body)
         .map_err(|e| bad(format!("the image tar's manifest.json cannot be read: {e}")))?;
-    let mut entry = entries
-        .into_iter()
-        .find(|e| e.get("Config").and_then(|c| c.as_str()) == Some(config))
-        .ok_or_else(|| {
-            bad(format!(
-                "image {} is not in the image tar's manifest.json",
-                config.trim_end_matches(".json")
-            ))
-        })?;
-    entry.insert(
-        "RepoTags".into(),
-        tags.map_or(serde_json::Value::Null, |t| serde_json::json!(t)),
-    );
-    serde_json::to_vec(&[entry]).map_err(|e| bad(e.to_string()))
+    let mut kept = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mut entry = entries
+            .iter()
+            .find(|e| {
+                e.get("Config")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|c| names_image(c, id))
+            })
+            .cloned()
+            .ok_or_else(|| {
+                bad(format!(
+                    "image {} is not in the image tar's manifest.json",
+                    id.strip_prefix("sha256:").unwrap_or(id)
+                ))
+            })?;
+        entry.insert("RepoTags".into(), serde_json::Value::Null);
+        kept.push(entry);
+    }
+    serde_json::to_vec(&kept).map_err(|e| bad(e.to_string()))
 }
 
 /// A reader that hashes what passes through it.
@@ -339,20 +480,19 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Loads image `record.id` out of its group tar in the set (untagged:
-/// the caller tags it) with `docker load`. Returns the SHA-256 of the
-/// group tar as read. When the filter fails, `docker load` is killed
-/// before its input ends, so that it loads nothing (it unpacks the whole
-/// stream before it loads any image).
-pub(super) fn load(set: &SetContext, id: &ComponentId, record: &ImageRecord) -> Result<String> {
+/// Loads images `ids` out of the image tar `archive` of the set (an
+/// image's own, or a group's) with one `docker load`, untagged: the caller
+/// tags them. Returns the SHA-256 of the tar as read. When the filter
+/// fails, `docker load` is killed before its input ends, so that it loads
+/// nothing (it unpacks the whole stream before it loads any image).
+pub(super) fn load(
+    set: &SetContext,
+    id: &ComponentId,
+    archive: &str,
+    ids: &[String],
+) -> Result<String> {
     let c = id.as_str();
-    if !record.group.contains(&record.id) {
-        return Err(Error::Verification(format!(
-            "{c}: the manifest does not list image {} in its group {}",
-            record.id, record.archive
-        )));
-    }
-    let node = set.node(id, &record.archive)?;
+    let node = set.node(id, archive)?;
     let mut child = crate::process::command("docker")
         .args(["load", "--quiet"])
         .stdin(Stdio::piped())
@@ -370,8 +510,7 @@ pub(super) fn load(set: &SetContext, id: &ComponentId, record: &ImageRecord) -> 
             res.map_err(|e| e.display_log())
         });
         let mut input = Hashing(r, Sha256::new());
-        let filtered =
-            one_image(&mut input, &mut stdin, &record.id, None).and_then(|()| stdin.flush());
+        let filtered = only_images(&mut input, &mut stdin, ids).and_then(|()| stdin.flush());
         if filtered.is_err() {
             // Before stdin closes: a tar cut at a member boundary would
             // look whole to docker load.
@@ -393,19 +532,19 @@ pub(super) fn load(set: &SetContext, id: &ComponentId, record: &ImageRecord) -> 
         (Err(e), Err(m)) => {
             return Err(Error::Verification(format!(
                 "{c}: {}: {e} (reading it from the set: {m}); nothing was loaded",
-                record.archive
+                archive
             )))
         }
         (Err(e), Ok(())) => {
             return Err(Error::Verification(format!(
                 "{c}: {}: {e}; nothing was loaded",
-                record.archive
+                archive
             )))
         }
         (Ok(()), Err(m)) => {
             return Err(Error::Verification(format!(
                 "{c}: reading {} from the set failed: {m}",
-                record.archive
+                archive
             )))
         }
         (Ok(()), Ok(())) => {}
@@ -426,7 +565,36 @@ pub(super) fn load(set: &SetContext, id: &ComponentId, record: &ImageRecord) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::docker::drill::{set_size, tar_name, tar_size};
+
+    fn tar_name(hdr: &[u8; 512]) -> String {
+        let (name, prefix) = (cstr(&hdr[0..100]), cstr(&hdr[345..500]));
+        let full = if prefix.is_empty() || &hdr[257..262] != b"ustar" {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        full.trim_start_matches("./").to_string()
+    }
+
+    /// A size field: octal text, or base-256 (high bit set) for large files.
+    fn tar_size(f: &[u8]) -> Option<u64> {
+        if f[0] & 0x80 != 0 {
+            return Some(f[1..].iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)));
+        }
+        let s = cstr(f);
+        let s = s.trim_matches(|c: char| c == ' ' || c == '\0');
+        if s.is_empty() {
+            return Some(0);
+        }
+        u64::from_str_radix(s, 8).ok()
+    }
+
+    fn set_size(hdr: &mut [u8; 512], size: u64) {
+        hdr[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        hdr[148..156].copy_from_slice(b"        ");
+        let sum: u32 = hdr.iter().map(|b| u32::from(*b)).sum();
+        hdr[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -486,9 +654,14 @@ mod tests {
         t
     }
 
-    fn filter(tar: &[u8], id: &str, tags: Option<&[String]>) -> std::io::Result<Vec<u8>> {
+    fn filter(tar: &[u8], id: &str) -> std::io::Result<Vec<u8>> {
+        filter_ids(tar, &[id])
+    }
+
+    fn filter_ids(tar: &[u8], ids: &[&str]) -> std::io::Result<Vec<u8>> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let mut out = Vec::new();
-        one_image(&mut &tar[..], &mut out, id, tags).map(|()| out)
+        only_images(&mut &tar[..], &mut out, &ids).map(|()| out)
     }
 
     /// The members of a tar: (name, type, body).
@@ -515,7 +688,7 @@ mod tests {
     #[test]
     fn one_image_keeps_every_member_but_its_manifest_and_drops_repositories() {
         let tar = group_tar(&manifest());
-        let out = filter(&tar, B, None).unwrap();
+        let out = filter(&tar, B).unwrap();
         assert_eq!(out.len() % 512, 0);
         assert!(out.ends_with(&[0u8; 1024]));
         let got = members(&out);
@@ -531,16 +704,23 @@ mod tests {
         assert_eq!(m[0]["Config"], format!("{}.json", &B[7..]));
         assert!(m[0]["RepoTags"].is_null(), "{m}");
         assert_eq!(m[0]["Layers"].as_array().unwrap().len(), 2);
-        // With tags (an export): its own.
-        let tags = vec!["b:latest".to_string(), "b:v2".to_string()];
-        let out = filter(&tar, A, Some(&tags)).unwrap();
+        // Both images, in the order asked, untagged.
+        let out = filter_ids(&tar, &[B, A]).unwrap();
         let m: serde_json::Value = serde_json::from_slice(&members(&out)[6].2).unwrap();
-        assert_eq!(m[0]["Config"], format!("{}.json", &A[7..]));
-        assert_eq!(m[0]["RepoTags"], serde_json::json!(tags));
+        assert_eq!(m.as_array().unwrap().len(), 2, "{m}");
+        assert_eq!(m[0]["Config"], format!("{}.json", &B[7..]));
+        assert_eq!(m[1]["Config"], format!("{}.json", &A[7..]));
+        assert!(
+            m[0]["RepoTags"].is_null() && m[1]["RepoTags"].is_null(),
+            "{m}"
+        );
+        let c = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+        let err = filter_ids(&tar, &[A, c]).unwrap_err();
+        assert!(err.to_string().contains("is not in"), "{err}");
     }
 
     fn fails(tar: &[u8], id: &str, says: &str) {
-        let err = filter(tar, id, None).unwrap_err();
+        let err = filter(tar, id).unwrap_err();
         assert!(err.to_string().contains(says), "{err}");
     }
 
@@ -600,7 +780,7 @@ mod tests {
         // Inside a member, at a member boundary (no end blocks), inside
         // the end blocks, inside a header.
         for cut in [700, 1024, tar.len() - 512, tar.len() - 1024, 1536 + 100] {
-            let err = filter(&tar[..cut], A, None).unwrap_err();
+            let err = filter(&tar[..cut], A).unwrap_err();
             let text = err.to_string();
             assert!(
                 text.contains("truncated")
@@ -667,7 +847,7 @@ mod tests {
             });
             if size == b"00000000012 " {
                 // Ended by a space: plain octal, read as 10.
-                filter(&tar, A, None).unwrap();
+                filter(&tar, A).unwrap();
             } else {
                 fails(&tar, A, "size is not plain octal");
             }
@@ -721,7 +901,7 @@ mod tests {
             h[508..512].copy_from_slice(b"tar\0");
         });
         tar[512 + 10..1024].fill(b'Z');
-        let out = filter(&tar, A, None).unwrap();
+        let out = filter(&tar, A).unwrap();
         let hdr: [u8; 512] = out[..512].try_into().unwrap();
         let expected = fresh_header(&Member {
             name: "extra".into(),
@@ -744,5 +924,124 @@ mod tests {
             assert_eq!(fresh_header(&m).unwrap(), h);
             at += 512 + usize::try_from(m.size.div_ceil(512) * 512).unwrap();
         }
+    }
+
+    /// What an engine from 25 on writes for image A alone: the OCI layout,
+    /// with a `manifest.json` naming its blobs, and its tag in three places.
+    fn oci_tar() -> Vec<u8> {
+        let manifest = serde_json::to_vec(&serde_json::json!([
+            {"Config": format!("blobs/sha256/{}", &A[7..]), "RepoTags": ["a:latest"],
+             "Layers": [format!("blobs/sha256/{L1}")]},
+        ]))
+        .unwrap();
+        let mut t = member("blobs/", b'5', b"", "");
+        t.extend(member("blobs/sha256/", b'5', b"", ""));
+        t.extend(file(&format!("blobs/sha256/{L1}"), b"layer bytes"));
+        t.extend(file(
+            &format!("blobs/sha256/{}", &A[7..]),
+            b"{\"config\":\"a\"}",
+        ));
+        t.extend(file(
+            "index.json",
+            b"{\"manifests\":[{\"annotations\":{\"io.containerd.image.name\":\"a:latest\"}}]}",
+        ));
+        t.extend(file("manifest.json", &manifest));
+        t.extend(file("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}"));
+        t.extend(file("repositories", b"{\"a\":{\"latest\":\"x\"}}"));
+        t.extend([0u8; 1024]);
+        t
+    }
+
+    #[test]
+    fn the_oci_layout_loads_from_its_manifest_without_its_tags() {
+        let out = filter(&oci_tar(), A).unwrap();
+        let got = members(&out);
+        let names: Vec<&str> = got.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "blobs/".to_string(),
+                "blobs/sha256/".into(),
+                format!("blobs/sha256/{L1}"),
+                format!("blobs/sha256/{}", &A[7..]),
+                "manifest.json".into(),
+            ]
+        );
+        let m: serde_json::Value = serde_json::from_slice(&got[4].2).unwrap();
+        assert_eq!(m[0]["Config"], format!("blobs/sha256/{}", &A[7..]));
+        assert!(m[0]["RepoTags"].is_null(), "{m}");
+        assert!(!String::from_utf8_lossy(&out).contains("a:latest"));
+        // A config of another image's name is not taken for A's.
+        fails(&oci_tar(), B, "is not in");
+    }
+
+    /// A PAX header holding `records`, then a regular file of `body`.
+    fn pax_file(records: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
+        let mut t = member("PaxHeader", b'x', records, "");
+        let mut f = file(name, body);
+        // Go writes the ustar size as zero when the PAX one counts.
+        f[124..136].copy_from_slice(b"00000000000\0");
+        rechecksum(&mut f);
+        t.extend(f);
+        t
+    }
+
+    #[test]
+    fn a_pax_size_is_read_and_nothing_else_of_pax() {
+        let mut tar = pax_file(b"11 size=10\n", "big", b"0123456789");
+        tar.extend(group_tar(&manifest()));
+        let out = filter(&tar, A).unwrap();
+        let got = members(&out);
+        assert_eq!(got[0], ("big".to_string(), b'0', b"0123456789".to_vec()));
+        for records in [
+            &b"12 size=10\n"[..],
+            b"11 size=+9\n",
+            b"11 size=10\n11 size=10\n",
+            b"11 path=bi\n",
+            b"11 size=10 ",
+        ] {
+            let mut tar = pax_file(records, "big", b"0123456789");
+            tar.extend(group_tar(&manifest()));
+            fails(&tar, A, "PAX header");
+        }
+        // Before a directory, a link or another PAX header.
+        let mut tar = member("PaxHeader", b'x', b"10 size=0\n", "");
+        tar.extend(group_tar(&manifest()));
+        fails(&tar, A, "not a regular file");
+        let mut tar = member("PaxHeader", b'x', b"11 size=10\n", "");
+        tar.extend(pax_file(b"11 size=10\n", "big", b"0123456789"));
+        tar.extend(group_tar(&manifest()));
+        fails(&tar, A, "PAX header");
+    }
+
+    #[test]
+    fn a_member_of_8_gib_or_more_goes_out_with_a_pax_size_read_back_alike() {
+        let m = Member {
+            name: "big/layer.tar".into(),
+            kind: b'0',
+            size: 9 << 30,
+            mode: 0o644,
+            mtime: 1,
+            link: String::new(),
+        };
+        let mut out = Vec::new();
+        write_header(&mut out, &m).unwrap();
+        assert_eq!(out.len(), 1536);
+        let mut input = &out[512..];
+        let mut hdr: [u8; 512] = out[..512].try_into().unwrap();
+        assert!(header_checksum_ok(&hdr));
+        let back = read_member(&mut input, &mut hdr).unwrap();
+        assert_eq!((back.name.as_str(), back.size), ("big/layer.tar", 9 << 30));
+        // Below the limit: a plain ustar header.
+        let mut out = Vec::new();
+        write_header(
+            &mut out,
+            &Member {
+                size: (1 << 33) - 1,
+                ..m
+            },
+        )
+        .unwrap();
+        assert_eq!(out.len(), 512);
     }
 }

@@ -46,7 +46,7 @@ pub struct ImageRecord {
 pub struct Image;
 
 /// Images this large or larger are never saved in a group (see
-/// `plan_together`): 8 GiB, the largest size a plain ustar header holds.
+/// `plan_together`).
 const GROUP_IMAGE_LIMIT: u64 = 8 << 30;
 
 /// The first 12 hex digits of an image ID.
@@ -181,9 +181,9 @@ impl Kind for Image {
             rec.reused = true;
             false
         });
-        // A layer of 8 GiB or more needs a PAX header in the save, which the
-        // group filter refuses at restore: such an image (its total size
-        // bounds every layer) keeps its own save, loaded without a filter.
+        // Loading one member of a group (a drill, `restore --only`)
+        // unpacks the whole group: an image of 8 GiB or more keeps its own
+        // save rather than weigh on every other member's load.
         fresh.retain(|i| plans[*i].1.estimate < GROUP_IMAGE_LIMIT);
         if fresh.len() < 2 || !engine::classic_save_format() {
             return;
@@ -229,7 +229,7 @@ impl Kind for Image {
     fn restorer(
         &self,
         _cfg: &Config,
-        _opts: &RestoreOptions,
+        opts: &RestoreOptions,
         id: &ComponentId,
         r: &Record,
     ) -> Result<Restore> {
@@ -240,6 +240,7 @@ impl Kind for Image {
             id: id.clone(),
             record: record.clone(),
             reference: record.reference.clone(),
+            restoring: opts.restoring.clone(),
         })))
     }
 
@@ -340,6 +341,9 @@ pub struct ImageRestorer {
     id: ComponentId,
     record: ImageRecord,
     reference: String,
+    /// The components this restore brings back (the images among them
+    /// saved in the same group are loaded together).
+    restoring: Vec<ComponentId>,
 }
 
 impl ImageRestorer {
@@ -350,7 +354,39 @@ impl ImageRestorer {
             id,
             record,
             reference: reference.to_string(),
+            restoring: Vec::new(),
         }
+    }
+
+    /// The images to load: this one and, for a group, the others of this
+    /// restore saved in it that the engine lacks, so that one `docker
+    /// load` reads the group once for all of them (their restorers, in
+    /// the same lane after this one, find them present and only tag
+    /// them). Loaded untagged: a restore that fails before their turn
+    /// leaves them as untagged images, as a failed tag would.
+    fn to_load(&self, set: &SetContext) -> Result<Vec<String>> {
+        let mut ids = vec![self.record.id.clone()];
+        if self.record.group.is_empty() {
+            return Ok(ids);
+        }
+        if !self.record.group.contains(&self.record.id) {
+            return Err(Error::Verification(format!(
+                "{}: the manifest does not list image {} in its group {}",
+                self.id, self.record.id, self.record.archive
+            )));
+        }
+        for (id, r) in &set.manifest.components {
+            let Record::DockerImage(r) = r else { continue };
+            if self.restoring.contains(id)
+                && r.archive == self.record.archive
+                && r.group.contains(&r.id)
+                && !ids.contains(&r.id)
+                && engine::image_id(&r.id).is_err()
+            {
+                ids.push(r.id.clone());
+            }
+        }
+        Ok(ids)
     }
 }
 
@@ -390,15 +426,10 @@ impl Restorer for ImageRestorer {
             }),
         )?;
         if engine::image_id(&self.record.id).is_err() {
-            if self.record.group.is_empty() {
-                let mut cmd = crate::process::command("docker");
-                cmd.args(["load", "--quiet"]);
-                set.pipe_into(&self.id, &self.record.archive, cmd, "docker load")?;
-            } else {
-                // Only this image, untagged: the others of its group and
-                // their tags stay as they are.
-                super::group::load(set, &self.id, &self.record)?;
-            }
+            // Untagged, through the filter: what the tar's own manifest
+            // says of tags moves none.
+            let ids = self.to_load(set)?;
+            super::group::load(set, &self.id, &self.record.archive, &ids)?;
         }
         crate::process::output(
             self.id.as_str(),
