@@ -636,3 +636,161 @@ fn a_killed_backup_leaves_no_set_and_the_next_backup_cleans_up() {
     restic(&s.sb.repo(), &["check"]).expect_code(0);
     assert!(Path::new(&s.sb.repo()).exists());
 }
+
+/// The cluster's WAL position and next transaction ID: what moves when
+/// anything at all is written, by any test sharing the server.
+fn cluster_mark() -> String {
+    pg_client("postgres")
+        .query_one(
+            "SELECT pg_current_wal_lsn()::text || ' ' || txid_current_snapshot()::text",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (at most 60 s) until nothing was written to the cluster for 2 s.
+fn pg_quiet() {
+    let start = Instant::now();
+    let mut last = cluster_mark();
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_secs(2) && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cluster_mark();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+}
+
+fn pg_record(sb: &Sandbox, set: &str) -> serde_json::Value {
+    let out = restic_restore(&sb.repo(), set);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("stack-backup/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    m["components"]["postgres.main"].clone()
+}
+
+fn live_counts(db: &TempDb) -> serde_json::Value {
+    let mut c = db.client();
+    let mut counts = serde_json::Map::new();
+    for t in ["alembic_version", "customers", "orders"] {
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .unwrap()
+            .get(0);
+        counts.insert(format!("public.{t}"), n.into());
+    }
+    serde_json::Value::Object(counts)
+}
+
+#[test]
+fn an_unchanged_postgres_database_reuses_its_dump_and_any_change_dumps_again() {
+    let db = TempDb::seeded(300, "9f8e7d6c5b4a");
+    sql(&db, "CREATE SEQUENCE tickets; SELECT nextval('tickets');");
+    let sb = Sandbox::new();
+    sb.write_config(
+        "pgmark",
+        &format!("[postgres.main]\nurl = \"{}\"\n", db.url()),
+    );
+    sb.init();
+    let mut n = 0;
+    let mut backup = || {
+        n += 1;
+        let name = format!("b{n}");
+        let r = sb.run(&["--json", "backup", "--name", &name]);
+        r.expect_code(0);
+        let report = r.json();
+        let c = report["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == "postgres.main")
+            .cloned()
+            .unwrap_or_else(|| panic!("{report}"));
+        (name, c["reused"] == true)
+    };
+    assert!(!backup().1, "the first backup has nothing to reuse");
+
+    // Unchanged: reused. Other tests write to the same cluster, which
+    // rightly forbids the shortcut (any transaction ID or WAL anywhere):
+    // a pair with nothing written from before the parent to after the
+    // child must reuse.
+    let mut reused_set = None;
+    for _ in 0..8 {
+        pg_quiet();
+        let before = cluster_mark();
+        backup();
+        let (name, reused) = backup();
+        if reused {
+            // Counted nowhere, the reused set's counts and migrations are
+            // the parent's: they must be the database's.
+            let r = pg_record(&sb, &name);
+            assert_eq!(r["row_counts"], live_counts(&db), "{name}: {r}");
+            assert_eq!(r["migrations"][0]["applied"][0], "9f8e7d6c5b4a", "{r}");
+            reused_set = Some(name);
+            break;
+        }
+        assert_ne!(
+            cluster_mark(),
+            before,
+            "nothing was written, yet the dump ran"
+        );
+    }
+    let reused_set = reused_set.expect("an unchanged database was never reused");
+
+    // A sequence advanced (no transaction ID, and mostly no WAL) and a
+    // row written: each dumps again, whatever else the cluster does.
+    sql(&db, "SELECT nextval('tickets')");
+    assert!(!backup().1, "a sequence moved, yet the dump was reused");
+    sql(&db, "UPDATE customers SET note = 'changed' WHERE id = 7");
+    assert!(!backup().1, "a row changed, yet the dump was reused");
+
+    // A database written during the dump: the set keeps no mark (it would
+    // describe the state before the dump, not what the dump holds).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mut c) = (stop.clone(), db.client());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.batch_execute("SELECT nextval('tickets')").unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let (moving, _) = backup();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let r = pg_record(&sb, &moving);
+    assert!(r.get("mark").is_none(), "{moving} kept a mark: {r}");
+    let quiet_one = pg_record(&sb, &reused_set);
+    assert!(quiet_one["mark"]["snapshot"].is_string(), "{quiet_one}");
+
+    // The reused set restores the database it stood for.
+    let mut c = db.client();
+    c.batch_execute("UPDATE customers SET note = repeat('x', 7) WHERE id = 7")
+        .unwrap();
+    let want = (
+        table_digest(&db.name, "customers"),
+        table_digest(&db.name, "orders"),
+    );
+    c.batch_execute("DELETE FROM orders; SELECT setval('tickets', 5000)")
+        .unwrap();
+    drop(c);
+    sb.run(&["restore", &reused_set, "--yes"]).expect_code(0);
+    assert_eq!(
+        (
+            table_digest(&db.name, "customers"),
+            table_digest(&db.name, "orders")
+        ),
+        want
+    );
+    let last: i64 = db
+        .client()
+        .query_one("SELECT last_value FROM tickets", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(last, 1, "the sequence as the reused set recorded it");
+}

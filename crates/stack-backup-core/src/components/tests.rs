@@ -61,6 +61,7 @@ fn records() -> BTreeMap<ComponentId, Record> {
         roles_used: Some(vec!["shop".into()]),
         migrations: Vec::new(),
         row_counts: [("public.a".to_string(), 3), ("public.b".to_string(), 4)].into(),
+        mark: None,
     };
     let redis = |n: &str| redis::RedisRecord {
         url: "redis://127.0.0.1:6379/0".into(),
@@ -534,5 +535,58 @@ fn an_image_of_8_gib_or_more_is_never_saved_in_a_group() {
         assert!(r.group.is_empty(), "{reference} was grouped");
         assert_eq!(r.archive, docker::image_artifact(reference));
         assert!(matches!(&p.entries[..], [crate::source::Entry::File(f)] if f.path == r.archive));
+    }
+}
+
+#[test]
+fn a_postgres_dump_is_reused_only_when_both_marks_agree() {
+    let Some(Record::Postgres(base)) = records().remove(&id("postgres.main")) else {
+        panic!("no postgres record");
+    };
+    let mark = postgres::PgMark {
+        snapshot: "1000:1000:".into(),
+        lsn: "0/16B3748".into(),
+        cluster: "7642011472967116994 2026-11-30 04:20:00+00".into(),
+        database_oid: 16384,
+        sequences: "e3b0c442".into(),
+        args: "ab12".into(),
+    };
+    let with = |m: Option<postgres::PgMark>, edit: &dyn Fn(&mut postgres::PostgresRecord)| {
+        let mut r = base.clone();
+        r.mark = m;
+        edit(&mut r);
+        Record::Postgres(r)
+    };
+    let same = |a: &Record, b: &Record| a.kind().same_content(a, b);
+    let parent = with(Some(mark.clone()), &|_| {});
+    assert!(same(&with(Some(mark.clone()), &|_| {}), &parent));
+    assert!(
+        !same(&with(None, &|_| {}), &with(None, &|_| {})),
+        "no marks, no reuse"
+    );
+    assert!(!same(&with(None, &|_| {}), &parent));
+    assert!(!same(&parent, &with(None, &|_| {})));
+    for edit in [
+        &(|m: &mut postgres::PgMark| m.snapshot = "1000:1001:".into())
+            as &dyn Fn(&mut postgres::PgMark),
+        &|m| m.lsn = "0/16B3750".into(),
+        &|m| m.cluster = "7642011472967116994 2026-11-30 05:00:00+00".into(),
+        &|m| m.database_oid = 16385,
+        &|m| m.sequences = "e3b0c443".into(),
+        &|m| m.args = "ab13".into(),
+    ] {
+        let mut other = mark.clone();
+        edit(&mut other);
+        assert!(!same(&with(Some(other), &|_| {}), &parent));
+    }
+    for edit in [
+        &(|r: &mut postgres::PostgresRecord| r.port = 5433)
+            as &dyn Fn(&mut postgres::PostgresRecord),
+        &|r| r.user = "other".into(),
+        &|r| r.pg_dump_version = "pg_dump (PostgreSQL) 16.1".into(),
+        &|r| r.roles = None,
+        &|r| r.database = "other".into(),
+    ] {
+        assert!(!same(&with(Some(mark.clone()), edit), &parent));
     }
 }

@@ -5,6 +5,7 @@
 
 mod drill;
 mod locks;
+mod mark;
 mod privileges;
 mod restore;
 mod roles;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use mark::PgMark;
 pub use restore::{recover, PgEntry, PgRestorer, PgTarget};
 pub use server::*;
 
@@ -55,8 +57,16 @@ pub struct PostgresRecord {
     pub roles_used: Option<Vec<String>>,
     /// Applied migrations per tool found.
     pub migrations: Vec<MigrationState>,
-    /// Exact row count of every table (`schema.table`), in the dump's snapshot.
+    /// Exact row count of every table (`schema.table`), in the dump's
+    /// snapshot (a reused dump: the parent's, which the equal marks prove
+    /// the same).
     pub row_counts: BTreeMap<String, i64>,
+    /// What proves a later database equal to this dump's
+    /// ([`mark`](self::mark)); absent when it could not be read or moved
+    /// during the dump, and in sets taken before it was recorded: the next
+    /// backup then dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<PgMark>,
 }
 
 /// `doctor` of a database that does not exist: what a restore would do
@@ -175,13 +185,33 @@ impl Kind for Postgres {
             record,
             mut session,
             facts,
+            decide,
         } = plan;
         let estimate = session
             .query_one("SELECT pg_database_size(current_database())", &[])
             .map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
         let comp = id.clone();
         let mut planned = Planned::new(Record::Postgres(record), entries, estimate);
+        // Reused: the parent's facts are this database's. Not reused: the
+        // hook is dropped unrun, and with it the sender: the facts count.
+        planned.on_reuse = Some(Box::new(move |parent| {
+            if let Record::Postgres(p) = parent {
+                let _ = decide.send(Some((p.row_counts.clone(), p.migrations.clone())));
+            }
+        }));
+        let mark_comp = id.clone();
         planned.finish = Some(Box::new(move |record: &mut Record| {
+            if let Record::Postgres(p) = &mut *record {
+                // The mark stands for the dump only if nothing moved while
+                // it ran.
+                let after = mark::moving(&mut session);
+                if let Some(m) = &p.mark {
+                    if !after.as_ref().is_ok_and(|a| m.still(a)) {
+                        log::debug!("{mark_comp}: the database moved during the dump: no mark");
+                        p.mark = None;
+                    }
+                }
+            }
             let facts = facts.join();
             drop(session); // ends the snapshot transaction
             let (counts, migrations) = facts.unwrap_or_else(|_| {
@@ -194,6 +224,20 @@ impl Kind for Postgres {
             Ok(())
         }));
         Ok(Some(planned))
+    }
+
+    /// The parent set's dump is reused only when both marks exist and
+    /// agree, and the database, server, role and tools are the same: any
+    /// doubt dumps (`docs/decisions/0048-postgres-unchanged-backups.md`).
+    fn same_content(&self, new: &Record, old: &Record) -> bool {
+        let (Record::Postgres(n), Record::Postgres(o)) = (new, old) else {
+            return false;
+        };
+        n.mark.is_some()
+            && n.mark == o.mark
+            && (&n.database, &n.host, n.port, &n.user) == (&o.database, &o.host, o.port, &o.user)
+            && (&n.server_version, &n.pg_dump_version, &n.dump, &n.roles)
+                == (&o.server_version, &o.pg_dump_version, &o.dump, &o.roles)
     }
 
     fn restorer(

@@ -600,6 +600,11 @@ pub struct DumpPlan {
     /// second connection, while the dump streams. Its results belong in
     /// `record` (`row_counts`, `migrations`).
     pub facts: std::thread::JoinHandle<Result<Facts>>,
+    /// The plan's decision, which `facts` waits for with the snapshot
+    /// imported: the parent's facts when the parent's dump is reused (the
+    /// equal marks prove them this database's; nothing is counted), or
+    /// nothing when this sender is dropped (the dump runs: count).
+    pub decide: std::sync::mpsc::Sender<Option<Facts>>,
 }
 
 /// Row counts and migration state, as of the dump's snapshot.
@@ -609,7 +614,12 @@ pub type Facts = (
 );
 
 /// Reads [`Facts`] in the exported snapshot `snapshot` on a new connection.
-fn facts_in_snapshot(name: &str, pc: &postgres::Config, snapshot: &str) -> Result<Facts> {
+fn facts_in_snapshot(
+    name: &str,
+    pc: &postgres::Config,
+    snapshot: &str,
+    decision: &std::sync::mpsc::Receiver<Option<Facts>>,
+) -> Result<Facts> {
     let mut c = pc.connect(postgres::NoTls).map_err(|e| {
         Error::component(
             component(name),
@@ -627,6 +637,10 @@ fn facts_in_snapshot(name: &str, pc: &postgres::Config, snapshot: &str) -> Resul
         snapshot.replace('\'', "''")
     ))
     .map_err(fail)?;
+    if let Ok(Some(parent)) = decision.recv() {
+        let _ = c.batch_execute("COMMIT");
+        return Ok(parent);
+    }
     let counts = row_counts(name, &mut c)?;
     let migrations = migration_state(name, &mut c)?;
     let _ = c.batch_execute("COMMIT");
@@ -739,9 +753,11 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
     let database = pc.get_dbname().unwrap_or("postgres").to_string();
     lock_tables(name, cfg, &mut client, &database)?;
     let roles_used = roles_used(name, &mut client)?;
+    // The facts wait for the plan's decision (see `DumpPlan::decide`).
+    let (decide, decision) = std::sync::mpsc::channel::<Option<Facts>>();
     let facts = {
         let (name, pc, snapshot) = (name.to_string(), pc.clone(), snapshot.clone());
-        std::thread::spawn(move || facts_in_snapshot(&name, &pc, &snapshot))
+        std::thread::spawn(move || facts_in_snapshot(&name, &pc, &snapshot, &decision))
     };
 
     let dump_path = format!(
@@ -750,6 +766,14 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
     );
     let snapshot_arg = format!("--snapshot={snapshot}");
     let lock_wait = format!("--lock-wait-timeout={}s", cfg.lock_timeout().as_secs());
+    let mark = {
+        let mut stable = dump_tool.args(&["--format=custom", "--compress=0", "--no-password"]);
+        stable.push(format!("roles={}", cfg.roles));
+        let args = crate::ledger::sha256_hex(stable.join("\0").as_bytes());
+        super::mark::read(&mut client, &args)
+            .inspect_err(|e| log::debug!("{comp}: no change mark: {}", error_text(e)))
+            .ok()
+    };
     let mut entries = vec![Entry::File(Artifact {
         path: dump_path.clone(),
         component: comp.clone(),
@@ -826,8 +850,10 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
             roles_used: Some(roles_used),
             migrations: Vec::new(),
             row_counts: std::collections::BTreeMap::new(),
+            mark,
         },
         session: client,
         facts,
+        decide,
     })
 }

@@ -98,6 +98,11 @@ impl<'a> Run<'a> {
             .map_err(|e| repository::op_error(self.cfg, "reading the index", &e))?;
         let parent = parent(&repo, &existing, wanted);
         mark_reusable(&repo, &parent, &mut planned);
+        // The hooks of what is not reused go unrun: a plan waiting for the
+        // decision (a database's counting session) learns it by the drop.
+        for (_, p) in &mut planned {
+            p.on_reuse = None;
+        }
         fault("backup-planned")?;
 
         self.phase("planned");

@@ -1,0 +1,99 @@
+//! The change mark of a PostgreSQL database: what proves a later backup's
+//! database equal to the one a parent set dumped, so that the parent's dump
+//! is reused unread (`docs/decisions/0048-postgres-unchanged-backups.md`).
+//!
+//! Read in the dump's own snapshot transaction (`REPEATABLE READ`, the one
+//! `pg_dump --snapshot` imports), with the stack's own role:
+//! - `txid_current_snapshot()`, the dump's snapshot as `xmin:xmax:xip`.
+//!   Every transactional change (rows, DDL, roles, large objects, on any
+//!   database of the cluster) needs a transaction ID; two equal snapshots
+//!   mean no ID was assigned in between and the same ones still run, so
+//!   the same rows are visible.
+//! - Every sequence's `last_value`, `log_cnt` and `is_called`: `nextval`
+//!   and `setval` change a sequence without a transaction ID (and `nextval`
+//!   mostly without WAL); `pg_dump` reads their current values.
+//! - `pg_current_wal_lsn()`: whatever else is WAL-logged without a
+//!   transaction ID (`VACUUM`'s in-place updates of `pg_class`) moves it.
+//! - The cluster (`system_identifier`, the postmaster's start time) and the
+//!   database's OID, and a SHA-256 of the dump's arguments.
+//!
+//! A backup keeps its mark only when the moving parts (LSN, sequences) read
+//! again after its dump are as before it: then the mark describes exactly
+//! what the dump holds.
+
+use serde::{Deserialize, Serialize};
+
+/// `PostgresRecord.mark`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PgMark {
+    /// `txid_current_snapshot()` of the dump's snapshot.
+    pub snapshot: String,
+    /// `pg_current_wal_lsn()`.
+    pub lsn: String,
+    /// `system_identifier` and `pg_postmaster_start_time()`.
+    pub cluster: String,
+    /// The database's OID.
+    pub database_oid: u32,
+    /// SHA-256 of every sequence's name, `last_value`, `log_cnt` and
+    /// `is_called`, in name order.
+    pub sequences: String,
+    /// SHA-256 of the dump's arguments (the snapshot's name left out).
+    pub args: String,
+}
+
+/// Reads the mark in `client`'s snapshot transaction (already open, with
+/// the snapshot `pg_dump` imports). `args` is the digest of the dump's
+/// arguments.
+pub(super) fn read(client: &mut postgres::Client, args: &str) -> Result<PgMark, postgres::Error> {
+    let row = client.query_one(
+        "SELECT txid_current_snapshot()::text, \
+                (SELECT system_identifier FROM pg_control_system())::text \
+                  || ' ' || pg_postmaster_start_time()::text, \
+                (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[],
+    )?;
+    let (lsn, sequences) = moving(client)?;
+    Ok(PgMark {
+        snapshot: row.get(0),
+        lsn,
+        cluster: row.get(1),
+        database_oid: row.get::<_, postgres::types::Oid>(2),
+        sequences,
+        args: args.to_string(),
+    })
+}
+
+/// The parts of the mark that change outside transactions: the WAL
+/// position and the sequences' digest.
+pub(super) fn moving(client: &mut postgres::Client) -> Result<(String, String), postgres::Error> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut text = String::new();
+    for name in &names {
+        // Not MVCC: the sequence as it is now, as pg_dump reads it.
+        let row = client.query_one(
+            &format!("SELECT last_value::text, log_cnt::text, is_called FROM {name}"),
+            &[],
+        )?;
+        let (value, log_cnt, called): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+        text.push_str(&format!("{name} {value} {log_cnt} {called}\n"));
+    }
+    let lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+        .get(0);
+    Ok((lsn, crate::ledger::sha256_hex(text.as_bytes())))
+}
+
+impl PgMark {
+    /// Whether the moving parts read after the dump are still this mark's.
+    #[must_use]
+    pub fn still(&self, moving: &(String, String)) -> bool {
+        (&self.lsn, &self.sequences) == (&moving.0, &moving.1)
+    }
+}
