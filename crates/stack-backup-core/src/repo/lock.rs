@@ -74,10 +74,28 @@ impl RepoLock {
         mode: Mode,
         command: &str,
     ) -> Result<Self> {
+        Self::begin_with_password(cfg, password, mode, command)?.wait()
+    }
+
+    /// The first step of [`RepoLock::acquire`]: the local lock, then the
+    /// repository lock written once no lock conflicts (waited for as
+    /// `acquire` waits), but not yet checked again as restic's protocol
+    /// wants. The caller may do what neither reads sets from nor writes to
+    /// the repository (plan a backup) before [`Starting::finish`].
+    pub fn begin(cfg: &Config, env: &Env, mode: Mode, command: &str) -> Result<Starting> {
+        Self::begin_with_password(cfg, &repository::password(cfg, env)?, mode, command)
+    }
+
+    fn begin_with_password(
+        cfg: &Config,
+        password: &str,
+        mode: Mode,
+        command: &str,
+    ) -> Result<Starting> {
         let loc = Location::of(cfg);
         let dir = state::of(cfg)?;
         let deadline = Instant::now() + cfg.repository.lock_wait();
-        let mut lock = loop {
+        let lock = loop {
             match Self::local_in(&dir, &loc) {
                 Ok(l) => break l,
                 Err(Error::Locked { .. }) if Instant::now() < deadline => {
@@ -91,12 +109,18 @@ impl RepoLock {
             // versions it reads cannot change (decision 0028): the local
             // lock only.
             log::info!("--as-of {at}: no lock is written into the repository");
-            return Ok(lock);
+            return Ok(Starting {
+                lock,
+                state: State::Done,
+            });
         }
         let repo = repository::open(cfg, password)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        lock.held = Some(restic_lock::acquire(repo, &loc, mode, command, left)?);
-        Ok(lock)
+        let pending = restic_lock::start(repo, &loc, mode, command, left)?;
+        Ok(Starting {
+            lock,
+            state: State::Pending(Box::new(pending)),
+        })
     }
 
     /// Only the local lock, in the state directory of the environment
@@ -139,6 +163,74 @@ impl RepoLock {
     #[must_use]
     pub fn path(&self) -> &PathBuf {
         &self.path
+    }
+}
+
+/// A [`RepoLock`] half taken ([`RepoLock::begin`]): the local lock held and
+/// the repository lock file written, not yet confirmed. Dropped, both go.
+#[derive(Debug)]
+pub struct Starting {
+    lock: RepoLock,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Nothing more to take (a repository read as of a time: no lock in it).
+    Done,
+    Pending(Box<restic_lock::Pending>),
+    Raced(Box<restic_lock::Raced>),
+}
+
+/// What [`Starting::finish`] found.
+#[derive(Debug)]
+pub enum Finished {
+    /// The lock is held.
+    Held(RepoLock),
+    /// A conflicting lock appeared meanwhile (ours is removed): whatever
+    /// was done on the strength of the pending lock must be undone before
+    /// [`Starting::wait`] waits for the holder.
+    Raced(Box<Starting>),
+}
+
+impl Starting {
+    /// Checks the repository lock again once restic's settle time since its
+    /// write has passed; returns at once when another holder raced us.
+    pub fn finish(mut self) -> Result<Finished> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Done => Ok(Finished::Held(self.lock)),
+            State::Raced(r) => {
+                self.state = State::Raced(r);
+                Ok(Finished::Raced(Box::new(self)))
+            }
+            State::Pending(p) => match p.confirm()? {
+                restic_lock::Confirmed::Held(h) => {
+                    self.lock.held = Some(h);
+                    Ok(Finished::Held(self.lock))
+                }
+                restic_lock::Confirmed::Raced(r) => {
+                    self.state = State::Raced(r);
+                    Ok(Finished::Raced(Box::new(self)))
+                }
+            },
+        }
+    }
+
+    /// Finishes taking the lock, waiting for conflicting holders (up to
+    /// what is left of `lock-wait-seconds`) as [`RepoLock::acquire`] does.
+    pub fn wait(mut self) -> Result<RepoLock> {
+        loop {
+            // Only a raced state is taken out (a pending one must stay: the
+            // lock file it owns goes when it drops).
+            self.state = match std::mem::replace(&mut self.state, State::Done) {
+                State::Raced(r) => State::Pending(Box::new(r.wait()?)),
+                other => other,
+            };
+            match self.finish()? {
+                Finished::Held(lock) => return Ok(lock),
+                Finished::Raced(s) => self = *s,
+            }
+        }
     }
 }
 

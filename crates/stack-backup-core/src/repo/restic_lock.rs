@@ -445,8 +445,69 @@ pub fn acquire(
     command: &str,
     wait: Duration,
 ) -> Result<Held> {
-    let deadline = Instant::now() + wait;
-    let mut pause = Duration::from_millis(500);
+    let mut pending = start(repo, loc, mode, command, wait)?;
+    loop {
+        match pending.confirm()? {
+            Confirmed::Held(held) => return Ok(held),
+            Confirmed::Raced(raced) => pending = raced.wait()?,
+        }
+    }
+}
+
+/// A lock file written after a check found no conflicting lock, not held
+/// yet: restic's protocol checks once more [`SETTLE`] after the write (a
+/// holder that wrote at the same moment then sees ours and backs off, or
+/// we see its). Nothing may read sets from or write to the repository on
+/// the strength of a pending lock; work that touches neither (planning a
+/// backup) may run meanwhile. Dropped unconfirmed, its file is removed.
+pub struct Pending {
+    repo: Option<OpenRepo>,
+    loc: Location,
+    mode: Mode,
+    command: String,
+    id: Id,
+    written: Instant,
+    deadline: Instant,
+    pause: Duration,
+    wait: Duration,
+}
+
+/// What [`Pending::confirm`] found.
+pub enum Confirmed {
+    /// The lock, refreshed from now on.
+    Held(Held),
+    /// A conflicting lock appeared while ours settled: ours is removed;
+    /// [`Raced::wait`] waits for the holder as [`acquire`] does.
+    Raced(Box<Raced>),
+}
+
+/// A lock that lost the race of [`Pending::confirm`].
+pub struct Raced {
+    pending: Pending,
+    holder: LockFile,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pending(locks/{})", self.id)
+    }
+}
+
+impl std::fmt::Debug for Raced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Raced({})", self.holder.describe())
+    }
+}
+
+/// Removes the locks of this host's processes that are gone, then waits
+/// (up to `wait`) until no lock conflicts with `mode` and writes ours.
+pub fn start(
+    repo: OpenRepo,
+    loc: &Location,
+    mode: Mode,
+    command: &str,
+    wait: Duration,
+) -> Result<Pending> {
     // restic (0.14) does not look past stale locks: until someone runs
     // `unlock`, the lock of a process killed here blocks every exclusive
     // restic command (check, prune). A lock of a process of this host that
@@ -458,34 +519,109 @@ pub fn acquire(
             let _ = repo.remove_raw(FileType::Lock, &f.id);
         }
     }
-    let id = loop {
-        let holder = match conflict(&repo, loc, mode, None)? {
-            Some(h) => Some(h),
-            None => {
-                let id = write(&repo, loc, &LockFile::mine(mode, command))?;
-                std::thread::sleep(SETTLE);
-                match conflict(&repo, loc, mode, Some(id))? {
-                    None => break id,
-                    Some(h) => {
-                        let _ = repo.remove_raw(FileType::Lock, &id);
-                        Some(h)
-                    }
-                }
-            }
-        };
-        if let Some(h) = holder {
-            if Instant::now() >= deadline {
-                return Err(Error::RepoLocked {
-                    location: loc.to_string(),
-                    holder: h.describe(),
-                    waited: wait.as_secs(),
-                });
-            }
-            log::info!("waiting for the repository lock: {}", h.describe());
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
+    let mut pending = Pending {
+        repo: Some(repo),
+        loc: loc.clone(),
+        mode,
+        command: command.to_string(),
+        id: Id::default(),
+        written: Instant::now(),
+        deadline: Instant::now() + wait,
+        pause: Duration::from_millis(500),
+        wait,
     };
+    pending.write_when_free()?;
+    Ok(pending)
+}
+
+impl Pending {
+    fn repo(&self) -> &OpenRepo {
+        self.repo
+            .as_ref()
+            .expect("the repository stays until confirmed")
+    }
+
+    /// Waits until no lock conflicts, then writes ours.
+    fn write_when_free(&mut self) -> Result<()> {
+        loop {
+            let Some(holder) = conflict(self.repo(), &self.loc, self.mode, None)? else {
+                let lock = LockFile::mine(self.mode, &self.command);
+                self.id = write(self.repo(), &self.loc, &lock)?;
+                self.written = Instant::now();
+                return Ok(());
+            };
+            self.back_off(&holder)?;
+        }
+    }
+
+    /// Waits a while for `holder` to go, or refuses when the time is up.
+    fn back_off(&mut self, holder: &LockFile) -> Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(Error::RepoLocked {
+                location: self.loc.to_string(),
+                holder: holder.describe(),
+                waited: self.wait.as_secs(),
+            });
+        }
+        log::info!("waiting for the repository lock: {}", holder.describe());
+        std::thread::sleep(
+            self.pause
+                .min(self.deadline.saturating_duration_since(Instant::now())),
+        );
+        self.pause = (self.pause * 2).min(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Waits out what is left of [`SETTLE`] since the write and checks
+    /// again.
+    pub fn confirm(mut self) -> Result<Confirmed> {
+        std::thread::sleep(SETTLE.saturating_sub(self.written.elapsed()));
+        let raced = crate::system::fault::point("repo-lock-raced").is_err();
+        let holder = match conflict(self.repo(), &self.loc, self.mode, Some(self.id))? {
+            Some(h) => Some(h),
+            // A test's stand-in for a holder that wrote at the same moment.
+            None if raced => Some(LockFile::mine(Mode::Exclusive, "a racing test lock")),
+            None => None,
+        };
+        if let Some(holder) = holder {
+            let _ = self.repo().remove_raw(FileType::Lock, &self.id);
+            self.id = Id::default();
+            return Ok(Confirmed::Raced(Box::new(Raced {
+                pending: self,
+                holder,
+            })));
+        }
+        let repo = self
+            .repo
+            .take()
+            .expect("the repository stays until confirmed");
+        let id = std::mem::take(&mut self.id);
+        held(repo, &self.loc, self.mode, &self.command, id).map(Confirmed::Held)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(repo) = &self.repo {
+            if self.id != Id::default() {
+                let _ = repo.remove_raw(FileType::Lock, &self.id);
+            }
+        }
+    }
+}
+
+impl Raced {
+    /// Waits for the holder to go (up to what is left of the wait) and
+    /// writes the lock again, to be confirmed.
+    pub fn wait(mut self) -> Result<Pending> {
+        self.pending.back_off(&self.holder)?;
+        self.pending.write_when_free()?;
+        Ok(self.pending)
+    }
+}
+
+/// Starts the refresher of lock `id`, just confirmed.
+fn held(repo: OpenRepo, loc: &Location, mode: Mode, command: &str, id: Id) -> Result<Held> {
     let timing = Timing::now();
     let validity = Arc::new(Validity {
         location: loc.to_string(),

@@ -38,7 +38,7 @@ use crate::components::{BackupContext, ComponentId, Planned, Stack};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::Observer;
-use crate::lock::{Mode, RepoLock};
+use crate::lock::{Finished, Mode, RepoLock, Starting};
 use crate::repository;
 use crate::sets::BackupSet;
 use crate::tiers::Tier;
@@ -114,8 +114,10 @@ pub fn run<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Report> {
-    let _lock = RepoLock::acquire(cfg, env, Mode::Shared, "stack-backup backup")?;
-    run_locked(cfg, env, req, observer, progress)
+    // The lock's second check (restic's 200 ms pause after writing it)
+    // runs beside the planning, which reads no set and writes nothing.
+    let starting = RepoLock::begin(cfg, env, Mode::Shared, "stack-backup backup")?;
+    backup(cfg, env, req, observer, progress, Some(starting))
 }
 
 /// [`run`] for a caller that already holds the repository lock (restore's
@@ -127,34 +129,64 @@ pub fn run_locked<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Report> {
+    backup(cfg, env, req, observer, progress, None)
+}
+
+/// A backup; `starting`, when given, is the repository lock to finish
+/// taking before the repository's sets are read.
+fn backup<P: ProgressBars>(
+    cfg: &Config,
+    env: &Env,
+    req: &Request,
+    observer: Option<Arc<dyn Observer>>,
+    progress: P,
+    starting: Option<Starting>,
+) -> Result<Report> {
     let started = Instant::now();
     let name = requested_name(req)?;
     let stack = Stack::resolve(cfg)?;
     let wanted = select(&stack, req)?;
-    // 1. Plan while the repository opens: deriving the key alone takes a
-    // quarter of a second, connecting and exporting a snapshot as long.
-    // The code's HEAD is read once, for the manifest and the git component.
+    // 1. Plan while the repository opens and the lock settles: deriving
+    // the key alone takes a quarter of a second, connecting and exporting
+    // a snapshot as long. The code's HEAD is read once, for the manifest
+    // and the git component.
     let password = repository::password(cfg, env)?;
-    let (planned, repo) = std::thread::scope(|s| {
-        let planning = s.spawn(|| {
-            let ctx = BackupContext {
-                stack: &stack,
-                include_redis: req.include_redis,
-                replacing: req.tier == Tier::PreRestore,
-                git_head: cfg
-                    .git
-                    .as_ref()
-                    .and_then(|g| crate::git::head(&g.path).ok()),
-            };
-            plan_all(&ctx, &wanted, req.skip_missing).map(|p| (p, ctx.git_head))
-        });
+    let ctx = BackupContext {
+        stack: &stack,
+        include_redis: req.include_redis,
+        replacing: req.tier == Tier::PreRestore,
+        git_head: cfg
+            .git
+            .as_ref()
+            .and_then(|g| crate::git::head(&g.path).ok()),
+    };
+    let plan = || plan_all(&ctx, &wanted, req.skip_missing);
+    let (planned, repo, lock) = std::thread::scope(|s| {
+        let planning = s.spawn(plan);
         let repo = repository::open_with_progress(cfg, &password, progress);
+        let lock = starting.map(Starting::finish).transpose();
         let planned = planning
             .join()
             .unwrap_or_else(|_| Err(Error::component("backup", "planning panicked")));
-        (planned, repo)
+        (planned, repo, lock)
     });
-    let ((planned, git), repo) = (planned?, repo?);
+    // A lock that could not be taken first: the plan goes with the return.
+    let lock = lock?;
+    let (mut planned, repo) = (planned?, repo?);
+    let _lock = match lock {
+        None => None,
+        Some(Finished::Held(l)) => Some(l),
+        Some(Finished::Raced(s)) => {
+            // The plan may hold a database's table locks: they go before
+            // the wait for the holder, and the plan is made again.
+            log::info!("another repository lock appeared while this one settled: waiting for it");
+            drop(planned);
+            let l = s.wait()?;
+            planned = plan()?;
+            Some(l)
+        }
+    };
+    let git = ctx.git_head.clone();
     if planned.is_empty() {
         return Err(Error::NothingToBackUp(
             "no component is configured or selected".into(),
