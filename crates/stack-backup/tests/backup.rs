@@ -702,15 +702,7 @@ fn an_unchanged_postgres_database_reuses_its_dump_and_any_change_dumps_again() {
         let name = format!("b{n}");
         let r = sb.run(&["--json", "backup", "--name", &name]);
         r.expect_code(0);
-        let report = r.json();
-        let c = report["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["component"] == "postgres.main")
-            .cloned()
-            .unwrap_or_else(|| panic!("{report}"));
-        (name, c["reused"] == true)
+        (name, reported_reused(&r.json(), "postgres.main"))
     };
     assert!(!backup().1, "the first backup has nothing to reuse");
 

@@ -344,15 +344,7 @@ fn an_unchanged_database_reuses_its_dump_and_any_change_dumps_again() {
         let name = format!("b{n}");
         let r = run_with(&sb, &w, &[], &["--json", "backup", "--name", &name]);
         r.expect_code(0);
-        let report = r.json();
-        let c = report["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["component"] == "mysql.app")
-            .cloned()
-            .unwrap_or_else(|| panic!("{report}"));
-        (name, c["reused"] == true)
+        (name, reported_reused(&r.json(), "mysql.app"))
     };
     let (_, reused) = backup();
     assert!(!reused, "the first backup has nothing to reuse");

@@ -821,3 +821,15 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Whether a `--json backup` report says component `id` was reused from
+/// the parent set (a report without it fails the test).
+pub fn reported_reused(report: &serde_json::Value, id: &str) -> bool {
+    let c = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {report}"));
+    c["reused"] == true
+}

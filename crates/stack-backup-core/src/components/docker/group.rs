@@ -724,6 +724,13 @@ mod tests {
         assert!(err.to_string().contains(says), "{err}");
     }
 
+    /// `first` put before a whole group tar fails the filter, saying `says`.
+    fn fails_before_group(first: Vec<u8>, says: &str) {
+        let mut tar = first;
+        tar.extend(group_tar(&manifest()));
+        fails(&tar, A, says);
+    }
+
     #[test]
     fn an_image_missing_from_the_manifest_is_an_error() {
         let c = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
@@ -737,28 +744,21 @@ mod tests {
     #[test]
     fn names_leaving_the_tar_and_foreign_links_are_refused() {
         for name in ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b"] {
-            let mut tar = file(name, b"x");
-            tar.extend(group_tar(&manifest()));
-            fails(&tar, A, "absolute or with `..`");
+            fails_before_group(file(name, b"x"), "absolute or with `..`");
         }
         for (name, link) in [
             (format!("{L2}/layer.tar"), "/etc/shadow".to_string()),
             (format!("{L2}/layer.tar"), format!("../../{L1}/layer.tar")),
             (format!("{L2}/json"), format!("../{L1}/layer.tar")),
         ] {
-            let mut tar = member(&name, b'2', b"", &link);
-            tar.extend(group_tar(&manifest()));
-            fails(&tar, A, "symlink");
+            fails_before_group(member(&name, b'2', b"", &link), "symlink");
         }
-        let mut tar = member("dev", b'3', b"", "");
-        tar.extend(group_tar(&manifest()));
-        fails(&tar, A, "of type `3`");
-        let mut tar = member("x", b'1', b"", "manifest.json");
-        tar.extend(group_tar(&manifest()));
-        fails(&tar, A, "of type `1`");
-        let mut tar = member("pax", b'x', b"30 path=../../etc/passwd\n", "");
-        tar.extend(group_tar(&manifest()));
-        fails(&tar, A, "PAX header");
+        fails_before_group(member("dev", b'3', b"", ""), "of type `3`");
+        fails_before_group(member("x", b'1', b"", "manifest.json"), "of type `1`");
+        fails_before_group(
+            member("pax", b'x', b"30 path=../../etc/passwd\n", ""),
+            "PAX header",
+        );
     }
 
     #[test]
@@ -871,9 +871,7 @@ mod tests {
             b"20 mtime=1.5\n",
         ] {
             for kind in [b'x', b'g'] {
-                let mut tar = member("pax", kind, records, "");
-                tar.extend(group_tar(&manifest()));
-                fails(&tar, A, "PAX header");
+                fails_before_group(member("pax", kind, records, ""), "PAX header");
             }
         }
         // GNU magic: Go reads the prefix field as atime/ctime there.
@@ -1000,14 +998,13 @@ mod tests {
             b"11 path=bi\n",
             b"11 size=10 ",
         ] {
-            let mut tar = pax_file(records, "big", b"0123456789");
-            tar.extend(group_tar(&manifest()));
-            fails(&tar, A, "PAX header");
+            fails_before_group(pax_file(records, "big", b"0123456789"), "PAX header");
         }
         // Before a directory, a link or another PAX header.
-        let mut tar = member("PaxHeader", b'x', b"10 size=0\n", "");
-        tar.extend(group_tar(&manifest()));
-        fails(&tar, A, "not a regular file");
+        fails_before_group(
+            member("PaxHeader", b'x', b"10 size=0\n", ""),
+            "not a regular file",
+        );
         let mut tar = member("PaxHeader", b'x', b"11 size=10\n", "");
         tar.extend(pax_file(b"11 size=10\n", "big", b"0123456789"));
         tar.extend(group_tar(&manifest()));
