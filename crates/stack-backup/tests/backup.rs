@@ -822,3 +822,40 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
     let out = restic_restore(&sb.repo(), "raced");
     sha256sum_check(out.path()).expect_code(0);
 }
+
+#[test]
+fn a_postgres_mark_that_cannot_stand_is_left_out_and_the_backup_dumps() {
+    let db = TempDb::seeded(30, "5e6f7a8b9c0d");
+    let mut sb = Sandbox::new();
+    sb.write_config(
+        "pgnomark",
+        &format!("[postgres.main]\nurl = \"{}\"\n", db.url()),
+    );
+    sb.init();
+    // A read of the mark the server refuses (as on a standby) aborts the
+    // snapshot's transaction up to its savepoint only: the dump in that
+    // snapshot still runs, the set has no mark.
+    sb.env
+        .push(("FAILPOINTS".into(), "postgres-mark-fails=return".into()));
+    let r = sb.run(&["backup", "--name", "refused"]);
+    sb.env.pop();
+    r.expect_code(0);
+    let rec = pg_record(&sb, "refused");
+    assert!(rec.get("mark").is_none(), "{rec}");
+    assert_eq!(rec["row_counts"]["public.customers"], 30, "{rec}");
+    let out = restic_restore(&sb.repo(), "refused");
+    sha256sum_check(out.path()).expect_code(0);
+
+    // An unlogged sequence changes with neither a transaction ID nor WAL:
+    // no mark, so every backup dumps.
+    sql(
+        &db,
+        "CREATE UNLOGGED SEQUENCE tokens; SELECT nextval('tokens');",
+    );
+    for name in ["u1", "u2"] {
+        let r = sb.run(&["--json", "backup", "--name", name]);
+        r.expect_code(0);
+        assert!(!reported_reused(&r.json(), "postgres.main"), "{name}");
+        assert!(pg_record(&sb, name).get("mark").is_none(), "{name}");
+    }
+}

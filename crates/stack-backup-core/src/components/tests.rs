@@ -585,6 +585,7 @@ fn a_postgres_dump_is_reused_only_when_both_marks_agree() {
         &|r| r.user = "other".into(),
         &|r| r.pg_dump_version = "pg_dump (PostgreSQL) 16.1".into(),
         &|r| r.roles = None,
+        &|r| r.roles_note = Some("roles taken without passwords".into()),
         &|r| r.database = "other".into(),
     ] {
         assert!(!same(&with(Some(mark.clone()), edit), &parent));

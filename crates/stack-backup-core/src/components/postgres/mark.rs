@@ -12,8 +12,10 @@
 //! - Every sequence's `last_value`, `log_cnt` and `is_called`: `nextval`
 //!   and `setval` change a sequence without a transaction ID (and `nextval`
 //!   mostly without WAL); `pg_dump` reads their current values.
-//! - `pg_current_wal_lsn()`: whatever else is WAL-logged without a
+//! - `pg_current_wal_insert_lsn()`: whatever else is WAL-logged without a
 //!   transaction ID (`VACUUM`'s in-place updates of `pg_class`) moves it.
+//!   A database with an unlogged sequence (which changes with neither)
+//!   gets no mark.
 //! - The cluster (`system_identifier`, the postmaster's start time) and the
 //!   database's OID, and a SHA-256 of the dump's arguments.
 //!
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub struct PgMark {
     /// `txid_current_snapshot()` of the dump's snapshot.
     pub snapshot: String,
-    /// `pg_current_wal_lsn()`.
+    /// `pg_current_wal_insert_lsn()`.
     pub lsn: String,
     /// `system_identifier` and `pg_postmaster_start_time()`.
     pub cluster: String,
@@ -42,9 +44,46 @@ pub struct PgMark {
 }
 
 /// Reads the mark in `client`'s snapshot transaction (already open, with
-/// the snapshot `pg_dump` imports). `args` is the digest of the dump's
-/// arguments.
-pub(super) fn read(client: &mut postgres::Client, args: &str) -> Result<PgMark, postgres::Error> {
+/// the snapshot `pg_dump` imports), inside a savepoint: a failed read (a
+/// standby, a sequence the role may not read) is rolled back to it and
+/// leaves the transaction, its locks and its exported snapshot as they
+/// were. `args` is the digest of the dump's arguments. `None`: no mark
+/// can stand for this database (it has unlogged sequences).
+pub(super) fn read(
+    client: &mut postgres::Client,
+    args: &str,
+) -> Result<Option<PgMark>, postgres::Error> {
+    client.batch_execute("SAVEPOINT stack_backup_mark")?;
+    match read_in(client, args) {
+        Ok(mark) => {
+            client.batch_execute("RELEASE SAVEPOINT stack_backup_mark")?;
+            Ok(mark)
+        }
+        Err(e) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT stack_backup_mark")?;
+            Err(e)
+        }
+    }
+}
+
+fn read_in(client: &mut postgres::Client, args: &str) -> Result<Option<PgMark>, postgres::Error> {
+    if crate::system::fault::point("postgres-mark-fails").is_err() {
+        // A test's stand-in for a read the server refuses (a standby):
+        // a real error, which aborts the transaction up to the savepoint.
+        client.query_one("SELECT 1 / 0", &[])?;
+    }
+    // An unlogged sequence changes with neither a transaction ID nor WAL,
+    // and `setval` can bring it back to a state read before: nothing here
+    // could tell.
+    let unlogged: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relkind = 'S' AND relpersistence = 'u'",
+            &[],
+        )?
+        .get(0);
+    if unlogged > 0 {
+        return Ok(None);
+    }
     let row = client.query_one(
         "SELECT txid_current_snapshot()::text, \
                 (SELECT system_identifier FROM pg_control_system())::text \
@@ -53,14 +92,14 @@ pub(super) fn read(client: &mut postgres::Client, args: &str) -> Result<PgMark, 
         &[],
     )?;
     let (lsn, sequences) = moving(client)?;
-    Ok(PgMark {
+    Ok(Some(PgMark {
         snapshot: row.get(0),
         lsn,
         cluster: row.get(1),
         database_oid: row.get::<_, postgres::types::Oid>(2),
         sequences,
         args: args.to_string(),
-    })
+    }))
 }
 
 /// The parts of the mark that change outside transactions: the WAL
@@ -84,8 +123,10 @@ pub(super) fn moving(client: &mut postgres::Client) -> Result<(String, String), 
         let (value, log_cnt, called): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
         text.push_str(&format!("{name} {value} {log_cnt} {called}\n"));
     }
+    // The insert position: the write position lags behind records
+    // already made (an in-place update just before the read).
     let lsn: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])?
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])?
         .get(0);
     Ok((lsn, crate::ledger::sha256_hex(text.as_bytes())))
 }

@@ -236,8 +236,9 @@ impl Kind for Postgres {
         n.mark.is_some()
             && n.mark == o.mark
             && (&n.database, &n.host, n.port, &n.user) == (&o.database, &o.host, o.port, &o.user)
-            && (&n.server_version, &n.pg_dump_version, &n.dump, &n.roles)
-                == (&o.server_version, &o.pg_dump_version, &o.dump, &o.roles)
+            && (&n.server_version, &n.pg_dump_version, &n.dump)
+                == (&o.server_version, &o.pg_dump_version, &o.dump)
+            && (&n.roles, &n.roles_note) == (&o.roles, &o.roles_note)
     }
 
     fn restorer(

@@ -767,12 +767,20 @@ pub fn plan_dump(name: &str, cfg: &PostgresConfig) -> Result<DumpPlan> {
     let snapshot_arg = format!("--snapshot={snapshot}");
     let lock_wait = format!("--lock-wait-timeout={}s", cfg.lock_timeout().as_secs());
     let mark = {
+        // What shapes the dump: its arguments and its environment (session
+        // options through PGOPTIONS), the password left out.
         let mut stable = dump_tool.args(&["--format=custom", "--compress=0", "--no-password"]);
         stable.push(format!("roles={}", cfg.roles));
+        stable.extend(
+            (dump_tool.env.iter())
+                .filter(|(k, _)| k != "PGPASSWORD")
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let args = crate::ledger::sha256_hex(stable.join("\0").as_bytes());
         super::mark::read(&mut client, &args)
             .inspect_err(|e| log::debug!("{comp}: no change mark: {}", error_text(e)))
             .ok()
+            .flatten()
     };
     let mut entries = vec![Entry::File(Artifact {
         path: dump_path.clone(),
