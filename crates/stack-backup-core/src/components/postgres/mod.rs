@@ -203,9 +203,9 @@ impl Kind for Postgres {
         planned.finish = Some(Box::new(move |record: &mut Record| {
             if let Record::Postgres(p) = &mut *record {
                 // The mark stands for the dump only if nothing moved while
-                // it ran.
-                let after = mark::moving(&mut session);
+                // it ran (read again only when there is a mark to keep).
                 if let Some(m) = &p.mark {
+                    let after = mark::moving(&mut session);
                     if !after.as_ref().is_ok_and(|a| m.still(a)) {
                         log::debug!("{mark_comp}: the database moved during the dump: no mark");
                         p.mark = None;
