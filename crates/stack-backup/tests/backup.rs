@@ -664,6 +664,14 @@ fn pg_quiet() {
     }
 }
 
+/// A sandbox, initialised, whose stack `stack` is database `db` alone.
+fn pg_sandbox(stack: &str, db: &TempDb) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.write_config(stack, &format!("[postgres.main]\nurl = \"{}\"\n", db.url()));
+    sb.init();
+    sb
+}
+
 fn pg_record(sb: &Sandbox, set: &str) -> serde_json::Value {
     let out = restic_restore(&sb.repo(), set);
     let m: serde_json::Value = serde_json::from_slice(
@@ -690,12 +698,7 @@ fn live_counts(db: &TempDb) -> serde_json::Value {
 fn an_unchanged_postgres_database_reuses_its_dump_and_any_change_dumps_again() {
     let db = TempDb::seeded(300, "9f8e7d6c5b4a");
     sql(&db, "CREATE SEQUENCE tickets; SELECT nextval('tickets');");
-    let sb = Sandbox::new();
-    sb.write_config(
-        "pgmark",
-        &format!("[postgres.main]\nurl = \"{}\"\n", db.url()),
-    );
-    sb.init();
+    let sb = pg_sandbox("pgmark", &db);
     let mut n = 0;
     let mut backup = || {
         n += 1;
@@ -797,12 +800,7 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
     // table locks with it), the backup waits as restic's protocol wants,
     // plans again and finishes with the database as it is then.
     let db = TempDb::seeded(40, "0a1b2c3d4e5f");
-    let mut sb = Sandbox::new();
-    sb.write_config(
-        "raced",
-        &format!("[postgres.main]\nurl = \"{}\"\n", db.url()),
-    );
-    sb.init();
+    let mut sb = pg_sandbox("raced", &db);
     sb.env
         .push(("FAILPOINTS".into(), "repo-lock-raced=1*return".into()));
     let r = sb.run(&["-v", "--json", "backup", "--name", "raced"]);
@@ -826,12 +824,7 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
 #[test]
 fn a_postgres_mark_that_cannot_stand_is_left_out_and_the_backup_dumps() {
     let db = TempDb::seeded(30, "5e6f7a8b9c0d");
-    let mut sb = Sandbox::new();
-    sb.write_config(
-        "pgnomark",
-        &format!("[postgres.main]\nurl = \"{}\"\n", db.url()),
-    );
-    sb.init();
+    let mut sb = pg_sandbox("pgnomark", &db);
     // A read of the mark the server refuses (as on a standby) aborts the
     // snapshot's transaction up to its savepoint only: the dump in that
     // snapshot still runs, the set has no mark.
