@@ -97,7 +97,10 @@ fn stack() -> Stack {
         db2,
         redis,
         img,
-        gone: TempImage::build("loaded by the drill"),
+        // Content of its own: the same bytes in another test running at
+        // the same time make the same image ID, which that test's tag keeps
+        // in the engine, so this drill would find it present.
+        gone: TempImage::build(&format!("loaded by the drill {}", unique("gone"))),
         vol,
         media,
         code,
