@@ -807,7 +807,8 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
     sb.env.pop();
     r.expect_code(0);
     assert!(
-        r.stderr.contains("another repository lock appeared"),
+        r.stderr
+            .contains("the repository is locked by another process"),
         "{}",
         r.stderr
     );
@@ -819,6 +820,65 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
     assert_eq!(locks, 0, "a lock file stayed behind");
     let out = restic_restore(&sb.repo(), "raced");
     sha256sum_check(out.path()).expect_code(0);
+}
+
+#[test]
+fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
+    // The plan runs while the repository lock is being taken (decision
+    // 0050). An exclusive holder of another process (a prune whose local
+    // lock is elsewhere, as another host's would be) is found only then:
+    // the plan made meanwhile goes, and the set holds the database as it
+    // is once the holder is gone, not as it was while it held the lock.
+    let db = TempDb::seeded(40, "6f7a8b9c0d1e");
+    let sb = pg_sandbox("busy", &db);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let spawn = |args: &[&str], failpoints: &str, state: Option<&Path>| {
+        let mut cmd = sb.command(bin(), sb.path(), None);
+        cmd.args(args)
+            .env("FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(state) = state {
+            cmd.env("STACK_BACKUP_STATE_DIR", state);
+        }
+        cmd.spawn().unwrap()
+    };
+    let lock_files = || {
+        std::fs::read_dir(sb.repo().join("locks"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let prune = spawn(
+        &["prune", "--apply"],
+        "prune-locked=sleep(5000)",
+        Some(elsewhere.path()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lock_files() == 0 {
+        assert!(Instant::now() < deadline, "the prune took no lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backup = spawn(&["-v", "--json", "backup", "--name", "busy"], "", None);
+    // Long enough for the plan (its snapshot counts 40 customers) to be
+    // made and for the backup to find the prune's lock.
+    std::thread::sleep(Duration::from_millis(2500));
+    sql(
+        &db,
+        "INSERT INTO customers (name) SELECT 'late' || i FROM generate_series(1, 10) i;",
+    );
+    let pruned = Run::from(prune.wait_with_output().unwrap());
+    pruned.expect_code(0);
+    let r = Run::from(backup.wait_with_output().unwrap());
+    r.expect_code(0);
+    assert!(
+        r.stderr
+            .contains("the repository is locked by another process"),
+        "{}",
+        r.stderr
+    );
+    let rec = pg_record(&sb, "busy");
+    assert_eq!(rec["row_counts"]["public.customers"], 50, "{rec}");
+    assert_eq!(lock_files(), 0, "a lock file stayed behind");
 }
 
 #[test]

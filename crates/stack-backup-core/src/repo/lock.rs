@@ -74,24 +74,15 @@ impl RepoLock {
         mode: Mode,
         command: &str,
     ) -> Result<Self> {
-        Self::begin_with_password(cfg, password, mode, command)?.wait()
+        Self::begin_local(cfg)?
+            .begin(cfg, password, mode, command)?
+            .wait()
     }
 
-    /// The first step of [`RepoLock::acquire`]: the local lock, then the
-    /// repository lock written once no lock conflicts (waited for as
-    /// `acquire` waits), but not yet checked again as restic's protocol
-    /// wants. The caller may do what neither reads sets from nor writes to
-    /// the repository (plan a backup) before [`Starting::finish`].
-    pub fn begin(cfg: &Config, env: &Env, mode: Mode, command: &str) -> Result<Starting> {
-        Self::begin_with_password(cfg, &repository::password(cfg, env)?, mode, command)
-    }
-
-    fn begin_with_password(
-        cfg: &Config,
-        password: &str,
-        mode: Mode,
-        command: &str,
-    ) -> Result<Starting> {
+    /// The local lock, waited for up to `lock-wait-seconds` (other
+    /// stack-backup processes of this machine, e.g. a restore, are done
+    /// when it returns); the repository lock is [`LocalOnly::begin`].
+    pub fn begin_local(cfg: &Config) -> Result<LocalOnly> {
         let loc = Location::of(cfg);
         let dir = state::of(cfg)?;
         let deadline = Instant::now() + cfg.repository.lock_wait();
@@ -104,23 +95,7 @@ impl RepoLock {
                 Err(e) => return Err(e),
             }
         };
-        if let Some(at) = cfg.repository.as_of {
-            // Nothing can be written through a past view, and the object
-            // versions it reads cannot change (decision 0028): the local
-            // lock only.
-            log::info!("--as-of {at}: no lock is written into the repository");
-            return Ok(Starting {
-                lock,
-                state: State::Done,
-            });
-        }
-        let repo = repository::open(cfg, password)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let pending = restic_lock::start(repo, &loc, mode, command, left)?;
-        Ok(Starting {
-            lock,
-            state: State::Pending(Box::new(pending)),
-        })
+        Ok(LocalOnly { lock, deadline })
     }
 
     /// Only the local lock, in the state directory of the environment
@@ -166,8 +141,50 @@ impl RepoLock {
     }
 }
 
-/// A [`RepoLock`] half taken ([`RepoLock::begin`]): the local lock held and
-/// the repository lock file written, not yet confirmed. Dropped, both go.
+/// The local lock of [`RepoLock::begin_local`], the repository lock not
+/// yet begun.
+#[derive(Debug)]
+pub struct LocalOnly {
+    lock: RepoLock,
+    deadline: Instant,
+}
+
+impl LocalOnly {
+    /// Opens the repository (deriving its key) and writes the repository
+    /// lock unless a conflicting lock is there; never waits for a holder:
+    /// [`Starting::finish`] then reports [`Finished::Raced`] at once, so
+    /// that work done meanwhile is undone before [`Starting::wait`].
+    pub fn begin(
+        self,
+        cfg: &Config,
+        password: &str,
+        mode: Mode,
+        command: &str,
+    ) -> Result<Starting> {
+        let Self { lock, deadline } = self;
+        if let Some(at) = cfg.repository.as_of {
+            // Nothing can be written through a past view, and the object
+            // versions it reads cannot change (decision 0028): the local
+            // lock only.
+            log::info!("--as-of {at}: no lock is written into the repository");
+            return Ok(Starting {
+                lock,
+                state: State::Done,
+            });
+        }
+        let repo = repository::open(cfg, password)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let state = match restic_lock::start(repo, &Location::of(cfg), mode, command, left)? {
+            restic_lock::Started::Written(p) => State::Pending(p),
+            restic_lock::Started::Busy(r) => State::Raced(r),
+        };
+        Ok(Starting { lock, state })
+    }
+}
+
+/// A [`RepoLock`] half taken ([`LocalOnly::begin`]): the local lock held and
+/// the repository lock file written (or a conflicting holder found), not
+/// yet confirmed. Dropped, both go.
 #[derive(Debug)]
 pub struct Starting {
     lock: RepoLock,

@@ -47,7 +47,8 @@ use crate::repository::{Location, OpenRepo};
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// restic's `refreshInterval`.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
-/// restic's `waitBeforeLockCheck`.
+/// restic's `waitBeforeLockCheck`: how long a written lock settles before
+/// the second check, where a listing may lag a write ([`settle_for`]).
 const SETTLE: Duration = Duration::from_millis(200);
 /// How soon a failed refresh is tried again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(30);
@@ -435,6 +436,60 @@ impl std::fmt::Debug for Held {
     }
 }
 
+/// How long a lock written at `loc` settles before the second check
+/// (decision 0050). restic waits 200 ms on every backend because an object
+/// store's listing could lag its writes. A local filesystem's directory is
+/// one kernel's: a lock renamed into `locks/` is listed at once by every
+/// process of the host, so two takers that each write and then list always
+/// see at least one of each other, and no wait adds to that. Only
+/// filesystems known to be local count; a network or FUSE filesystem
+/// (NFS, SMB, sshfs, rclone, a cluster filesystem), one that cannot be
+/// asked, and every remote backend keep restic's wait.
+#[must_use]
+pub fn settle_for(loc: &Location) -> Duration {
+    let Some(dir) = loc.local_path() else {
+        return SETTLE;
+    };
+    let locks = dir.join(FileType::Lock.dirname());
+    let at = if locks.exists() {
+        locks
+    } else {
+        dir.to_path_buf()
+    };
+    if on_local_filesystem(&at) {
+        Duration::ZERO
+    } else {
+        SETTLE
+    }
+}
+
+/// Whether `path` is on a filesystem only this kernel writes: ext2/3/4,
+/// XFS, Btrfs, tmpfs, F2FS, overlayfs, ZFS or bcachefs.
+fn on_local_filesystem(path: &std::path::Path) -> bool {
+    use nix::sys::statfs as fs;
+    // Magic numbers the nix crate does not name (ZFS's own, linux/magic.h).
+    const ZFS: u32 = 0x2fc1_2fc1;
+    const BCACHEFS: u32 = 0xca45_1a4e;
+    let Ok(st) = fs::statfs(path) else {
+        return false;
+    };
+    // Magic numbers are 32 bits; the field's type varies by platform.
+    let magic = |t: fs::FsType| t.0 as u32;
+    let t = magic(st.filesystem_type());
+    [
+        fs::EXT4_SUPER_MAGIC,
+        fs::XFS_SUPER_MAGIC,
+        fs::BTRFS_SUPER_MAGIC,
+        fs::TMPFS_MAGIC,
+        fs::F2FS_SUPER_MAGIC,
+        fs::OVERLAYFS_SUPER_MAGIC,
+    ]
+    .into_iter()
+    .map(magic)
+    .chain([ZFS, BCACHEFS])
+    .any(|m| m == t)
+}
+
 /// Takes a `mode` lock for `command`, waiting up to `wait` for conflicting
 /// locks to go; then refuses with [`Error::RepoLocked`] naming the holder.
 /// `repo` is moved to the refresher.
@@ -445,7 +500,10 @@ pub fn acquire(
     command: &str,
     wait: Duration,
 ) -> Result<Held> {
-    let mut pending = start(repo, loc, mode, command, wait)?;
+    let mut pending = match start(repo, loc, mode, command, wait)? {
+        Started::Written(p) => *p,
+        Started::Busy(raced) => raced.wait()?,
+    };
     loop {
         match pending.confirm()? {
             Confirmed::Held(held) => return Ok(held),
@@ -455,11 +513,12 @@ pub fn acquire(
 }
 
 /// A lock file written after a check found no conflicting lock, not held
-/// yet: restic's protocol checks once more [`SETTLE`] after the write (a
-/// holder that wrote at the same moment then sees ours and backs off, or
-/// we see its). Nothing may read sets from or write to the repository on
-/// the strength of a pending lock; work that touches neither (planning a
-/// backup) may run meanwhile. Dropped unconfirmed, its file is removed.
+/// yet: restic's protocol checks once more a settle time after the write
+/// ([`settle_for`]; a holder that wrote at the same moment then sees ours
+/// and backs off, or we see its). Nothing may read sets from or write to
+/// the repository on the strength of a pending lock; work that touches
+/// neither (planning a backup) may run meanwhile. Dropped unconfirmed, its
+/// file is removed.
 pub struct Pending {
     repo: Option<OpenRepo>,
     loc: Location,
@@ -467,9 +526,19 @@ pub struct Pending {
     command: String,
     id: Id,
     written: Instant,
+    settle: Duration,
     deadline: Instant,
     pause: Duration,
     wait: Duration,
+}
+
+/// What [`start`] found.
+pub enum Started {
+    /// No lock conflicted: ours is written, to be confirmed.
+    Written(Box<Pending>),
+    /// A conflicting lock is there: nothing is written; [`Raced::wait`]
+    /// waits for its holder.
+    Busy(Box<Raced>),
 }
 
 /// What [`Pending::confirm`] found.
@@ -499,15 +568,17 @@ impl std::fmt::Debug for Raced {
     }
 }
 
-/// Removes the locks of this host's processes that are gone, then waits
-/// (up to `wait`) until no lock conflicts with `mode` and writes ours.
+/// Removes the locks of this host's processes that are gone, then writes
+/// ours unless a lock conflicts with `mode`; never waits (a caller that
+/// did work meanwhile undoes it before [`Raced::wait`], which waits up to
+/// what is left of `wait`).
 pub fn start(
     repo: OpenRepo,
     loc: &Location,
     mode: Mode,
     command: &str,
     wait: Duration,
-) -> Result<Pending> {
+) -> Result<Started> {
     // restic (0.14) does not look past stale locks: until someone runs
     // `unlock`, the lock of a process killed here blocks every exclusive
     // restic command (check, prune). A lock of a process of this host that
@@ -526,12 +597,16 @@ pub fn start(
         command: command.to_string(),
         id: Id::default(),
         written: Instant::now(),
+        settle: settle_for(loc),
         deadline: Instant::now() + wait,
         pause: Duration::from_millis(500),
         wait,
     };
-    pending.write_when_free()?;
-    Ok(pending)
+    if let Some(holder) = conflict(pending.repo(), loc, mode, None)? {
+        return Ok(Started::Busy(Box::new(Raced { pending, holder })));
+    }
+    pending.write_mine()?;
+    Ok(Started::Written(Box::new(pending)))
 }
 
 impl Pending {
@@ -545,13 +620,17 @@ impl Pending {
     fn write_when_free(&mut self) -> Result<()> {
         loop {
             let Some(holder) = conflict(self.repo(), &self.loc, self.mode, None)? else {
-                let lock = LockFile::mine(self.mode, &self.command);
-                self.id = write(self.repo(), &self.loc, &lock)?;
-                self.written = Instant::now();
-                return Ok(());
+                return self.write_mine();
             };
             self.back_off(&holder)?;
         }
+    }
+
+    fn write_mine(&mut self) -> Result<()> {
+        let lock = LockFile::mine(self.mode, &self.command);
+        self.id = write(self.repo(), &self.loc, &lock)?;
+        self.written = Instant::now();
+        Ok(())
     }
 
     /// Waits a while for `holder` to go, or refuses when the time is up.
@@ -572,10 +651,10 @@ impl Pending {
         Ok(())
     }
 
-    /// Waits out what is left of [`SETTLE`] since the write and checks
-    /// again.
+    /// Waits out what is left of the settle time since the write and
+    /// checks again.
     pub fn confirm(mut self) -> Result<Confirmed> {
-        std::thread::sleep(SETTLE.saturating_sub(self.written.elapsed()));
+        std::thread::sleep(self.settle.saturating_sub(self.written.elapsed()));
         let raced = crate::system::fault::point("repo-lock-raced").is_err();
         let holder = match conflict(self.repo(), &self.loc, self.mode, Some(self.id))? {
             Some(h) => Some(h),
@@ -770,6 +849,26 @@ pub fn unlock(repo: &OpenRepo, loc: &Location, all: bool) -> Result<Unlocked> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_settles_only_where_a_listing_may_lag_a_write() {
+        // tmpfs (/dev/shm) is this kernel's own; /proc stands in for a
+        // filesystem not known to be local; a URL is a remote backend.
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let local = Location::Local(shm.path().to_path_buf());
+        assert_eq!(settle_for(&local), Duration::ZERO);
+        std::fs::create_dir(shm.path().join("locks")).unwrap();
+        assert_eq!(settle_for(&local), Duration::ZERO);
+        assert_eq!(settle_for(&Location::Local("/proc/self".into())), SETTLE);
+        assert_eq!(
+            settle_for(&Location::Local("/no/such/repository".into())),
+            SETTLE
+        );
+        assert_eq!(
+            settle_for(&Location::Remote("s3:http://localhost:9000/b".into())),
+            SETTLE
+        );
+    }
 
     #[test]
     fn restic_rules_for_staleness_and_conflicts() {

@@ -38,7 +38,7 @@ use crate::components::{BackupContext, ComponentId, Planned, Stack};
 use crate::config::{Config, Env};
 use crate::error::{Error, Result};
 use crate::ledger::Observer;
-use crate::lock::{Finished, Mode, RepoLock, Starting};
+use crate::lock::{Finished, LocalOnly, Mode, RepoLock, Starting};
 use crate::repository;
 use crate::sets::BackupSet;
 use crate::tiers::Tier;
@@ -114,10 +114,11 @@ pub fn run<P: ProgressBars>(
     observer: Option<Arc<dyn Observer>>,
     progress: P,
 ) -> Result<Report> {
-    // The lock's second check (restic's 200 ms pause after writing it)
-    // runs beside the planning, which reads no set and writes nothing.
-    let starting = RepoLock::begin(cfg, env, Mode::Shared, "stack-backup backup")?;
-    backup(cfg, env, req, observer, progress, Some(starting))
+    // The local lock first: a restore of this machine is over before the
+    // plan reads the databases. The repository lock is taken beside the
+    // planning, which reads no set and writes nothing (decision 0050).
+    let local = RepoLock::begin_local(cfg)?;
+    backup(cfg, env, req, observer, progress, Some(local))
 }
 
 /// [`run`] for a caller that already holds the repository lock (restore's
@@ -132,24 +133,24 @@ pub fn run_locked<P: ProgressBars>(
     backup(cfg, env, req, observer, progress, None)
 }
 
-/// A backup; `starting`, when given, is the repository lock to finish
-/// taking before the repository's sets are read.
+/// A backup; `local`, when given, is the local lock held, the repository
+/// lock to take before the repository's sets are read.
 fn backup<P: ProgressBars>(
     cfg: &Config,
     env: &Env,
     req: &Request,
     observer: Option<Arc<dyn Observer>>,
     progress: P,
-    starting: Option<Starting>,
+    local: Option<LocalOnly>,
 ) -> Result<Report> {
     let started = Instant::now();
     let name = requested_name(req)?;
     let stack = Stack::resolve(cfg)?;
     let wanted = select(&stack, req)?;
-    // 1. Plan while the repository opens and the lock settles: deriving
-    // the key alone takes a quarter of a second, connecting and exporting
-    // a snapshot as long. The code's HEAD is read once, for the manifest
-    // and the git component.
+    // 1. Plan while the repository opens and its lock is taken: deriving
+    // the key alone takes a third of a second, connecting and exporting a
+    // snapshot as long. The code's HEAD is read once, for the manifest and
+    // the git component.
     let password = repository::password(cfg, env)?;
     let ctx = BackupContext {
         stack: &stack,
@@ -163,27 +164,36 @@ fn backup<P: ProgressBars>(
     let plan = || plan_all(&ctx, &wanted, req.skip_missing);
     let (planned, repo, lock) = std::thread::scope(|s| {
         let planning = s.spawn(plan);
-        let repo = repository::open_with_progress(cfg, &password, progress);
-        let lock = starting.map(Starting::finish).transpose();
+        let lock = local
+            .map(|l| {
+                l.begin(cfg, &password, Mode::Shared, "stack-backup backup")
+                    .and_then(Starting::finish)
+            })
+            .transpose();
+        // Not opened again (deriving the key again) for a lock that failed.
+        let repo = match &lock {
+            Ok(_) => repository::open_with_progress(cfg, &password, progress),
+            Err(_) => Err(Error::component("backup", "not opened")),
+        };
         let planned = planning
             .join()
             .unwrap_or_else(|_| Err(Error::component("backup", "planning panicked")));
         (planned, repo, lock)
     });
     // A lock that could not be taken first: the plan goes with the return.
-    let lock = lock?;
-    let (mut planned, repo) = (planned?, repo?);
-    let _lock = match lock {
-        None => None,
-        Some(Finished::Held(l)) => Some(l),
+    let (lock, repo) = (lock?, repo?);
+    let (planned, _lock) = match lock {
+        None => (planned?, None),
+        Some(Finished::Held(l)) => (planned?, Some(l)),
         Some(Finished::Raced(s)) => {
-            // The plan may hold a database's table locks: they go before
-            // the wait for the holder, and the plan is made again.
-            log::info!("another repository lock appeared while this one settled: waiting for it");
+            // Another holder was there, or wrote beside ours: the plan (or
+            // its failure) may come from a database a restore was swapping,
+            // and may hold table locks. It goes before the wait for the
+            // holder, and is made again after it.
+            log::info!("the repository is locked by another process: waiting for it");
             drop(planned);
             let l = s.wait()?;
-            planned = plan()?;
-            Some(l)
+            (plan()?, Some(l))
         }
     };
     let git = ctx.git_head.clone();
