@@ -850,7 +850,7 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
     };
     let prune = spawn(
         &["prune", "--apply"],
-        "prune-locked=sleep(5000)",
+        "prune-locked=sleep(8000)",
         Some(elsewhere.path()),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -858,24 +858,34 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
         assert!(Instant::now() < deadline, "the prune took no lock");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let backup = spawn(&["-v", "--json", "backup", "--name", "busy"], "", None);
-    // Long enough for the plan (its snapshot counts 40 customers) to be
-    // made and for the backup to find the prune's lock.
-    std::thread::sleep(Duration::from_millis(2500));
+    let mut backup = spawn(&["-v", "--json", "backup", "--name", "busy"], "", None);
+    // The backup logs that it waits once its first plan (whose snapshot
+    // counts 40 customers) is made and dropped: the rows go in after that,
+    // while the prune still holds its lock.
+    let stderr = std::io::BufReader::new(backup.stderr.take().unwrap());
+    let (seen, waiting) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if line.contains("the repository is locked by another process") {
+                let _ = seen.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let waited = waiting.recv_timeout(Duration::from_secs(60)).is_ok();
     sql(
         &db,
         "INSERT INTO customers (name) SELECT 'late' || i FROM generate_series(1, 10) i;",
     );
     let pruned = Run::from(prune.wait_with_output().unwrap());
     pruned.expect_code(0);
-    let r = Run::from(backup.wait_with_output().unwrap());
-    r.expect_code(0);
-    assert!(
-        r.stderr
-            .contains("the repository is locked by another process"),
-        "{}",
-        r.stderr
-    );
+    let status = backup.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert!(waited, "the backup never waited for the prune: {stderr}");
+    assert!(status.success(), "{status}: {stderr}");
     let rec = pg_record(&sb, "busy");
     assert_eq!(rec["row_counts"]["public.customers"], 50, "{rec}");
     assert_eq!(lock_files(), 0, "a lock file stayed behind");

@@ -204,15 +204,17 @@ enum State {
 pub enum Finished {
     /// The lock is held.
     Held(RepoLock),
-    /// A conflicting lock appeared meanwhile (ours is removed): whatever
-    /// was done on the strength of the pending lock must be undone before
-    /// [`Starting::wait`] waits for the holder.
+    /// A conflicting lock was there at the first check (nothing written)
+    /// or appeared while ours settled (ours removed): whatever was done
+    /// meanwhile must be undone before [`Starting::wait`] waits for the
+    /// holder.
     Raced(Box<Starting>),
 }
 
 impl Starting {
-    /// Checks the repository lock again once restic's settle time since its
-    /// write has passed; returns at once when another holder raced us.
+    /// Checks the repository lock again once its settle time since the
+    /// write has passed ([`restic_lock::settle_for`]: none on a local
+    /// filesystem); returns at once when a holder was found first.
     pub fn finish(mut self) -> Result<Finished> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Done => Ok(Finished::Held(self.lock)),

@@ -149,10 +149,10 @@ fn backup<P: ProgressBars>(
     let wanted = select(&stack, req)?;
     // 1. Plan while the repository opens and its lock is taken: deriving
     // the key alone takes a third of a second, connecting and exporting a
-    // snapshot as long. The code's HEAD is read once, for the manifest and
-    // the git component.
+    // snapshot as long. The code's HEAD is read with the plan, for the
+    // manifest and the git component.
     let password = repository::password(cfg, env)?;
-    let ctx = BackupContext {
+    let context = || BackupContext {
         stack: &stack,
         include_redis: req.include_redis,
         replacing: req.tier == Tier::PreRestore,
@@ -161,9 +161,9 @@ fn backup<P: ProgressBars>(
             .as_ref()
             .and_then(|g| crate::git::head(&g.path).ok()),
     };
-    let plan = || plan_all(&ctx, &wanted, req.skip_missing);
+    let ctx = context();
     let (planned, repo, lock) = std::thread::scope(|s| {
-        let planning = s.spawn(plan);
+        let planning = s.spawn(|| plan_all(&ctx, &wanted, req.skip_missing));
         let lock = local
             .map(|l| {
                 l.begin(cfg, &password, Mode::Shared, "stack-backup backup")
@@ -181,22 +181,28 @@ fn backup<P: ProgressBars>(
         (planned, repo, lock)
     });
     // A lock that could not be taken first: the plan goes with the return.
-    let (lock, repo) = (lock?, repo?);
-    let (planned, _lock) = match lock {
-        None => (planned?, None),
-        Some(Finished::Held(l)) => (planned?, Some(l)),
+    let (planned, git, _lock) = match lock? {
+        None => (planned?, ctx.git_head, None),
+        Some(Finished::Held(l)) => (planned?, ctx.git_head, Some(l)),
         Some(Finished::Raced(s)) => {
-            // Another holder was there, or wrote beside ours: the plan (or
-            // its failure) may come from a database a restore was swapping,
-            // and may hold table locks. It goes before the wait for the
-            // holder, and is made again after it.
+            // A holder was there at the first check, or wrote beside ours.
+            // The plan may hold a database's table locks (MariaDB), which
+            // must not block the application while we wait, and the set
+            // must show the stack as it is when the backup runs, not as it
+            // was before the wait: the plan (or its failure) goes, and the
+            // plan and the code's HEAD are read again after the wait.
             log::info!("the repository is locked by another process: waiting for it");
             drop(planned);
             let l = s.wait()?;
-            (plan()?, Some(l))
+            let ctx = context();
+            (
+                plan_all(&ctx, &wanted, req.skip_missing)?,
+                ctx.git_head,
+                Some(l),
+            )
         }
     };
-    let git = ctx.git_head.clone();
+    let repo = repo?;
     if planned.is_empty() {
         return Err(Error::NothingToBackUp(
             "no component is configured or selected".into(),
