@@ -827,10 +827,22 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
     // The plan runs while the repository lock is being taken (decision
     // 0050). An exclusive holder of another process (a prune whose local
     // lock is elsewhere, as another host's would be) is found only then:
-    // the plan made meanwhile goes, and the set holds the database as it
-    // is once the holder is gone, not as it was while it held the lock.
+    // the plan made meanwhile goes, and the set holds the database and the
+    // code's commit as they are once the holder is gone, not as they were
+    // while it held the lock.
     let db = TempDb::seeded(40, "6f7a8b9c0d1e");
-    let sb = pg_sandbox("busy", &db);
+    let sb = Sandbox::new();
+    let app = sb.path().join("app");
+    git_repo(&app);
+    sb.write_config(
+        "busy",
+        &format!(
+            "[postgres.main]\nurl = \"{}\"\n\n[git]\npath = \"{}\"\n",
+            db.url(),
+            app.display()
+        ),
+    );
+    sb.init();
     let elsewhere = tempfile::tempdir().unwrap();
     let spawn = |args: &[&str], failpoints: &str, state: Option<&Path>| {
         let mut cmd = sb.command(bin(), sb.path(), None);
@@ -880,12 +892,21 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
         &db,
         "INSERT INTO customers (name) SELECT 'late' || i FROM generate_series(1, 10) i;",
     );
+    git(
+        &app,
+        &["commit", "-q", "--allow-empty", "-m", "deployed meanwhile"],
+    );
+    let deployed = git(&app, &["rev-parse", "HEAD"]);
     let pruned = Run::from(prune.wait_with_output().unwrap());
     pruned.expect_code(0);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut backup.stdout.take().unwrap(), &mut stdout).unwrap();
     let status = backup.wait().unwrap();
     let stderr = reader.join().unwrap();
     assert!(waited, "the backup never waited for the prune: {stderr}");
     assert!(status.success(), "{status}: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["set"]["git_commit"], deployed.as_str(), "{report}");
     let rec = pg_record(&sb, "busy");
     assert_eq!(rec["row_counts"]["public.customers"], 50, "{rec}");
     assert_eq!(lock_files(), 0, "a lock file stayed behind");
