@@ -672,6 +672,14 @@ fn pg_sandbox(stack: &str, db: &TempDb) -> Sandbox {
     sb
 }
 
+/// Every entry in the repository's `locks/` (a backend's temporary file
+/// of a lock being written counts too).
+fn lock_entries(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.repo().join("locks"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 fn pg_record(sb: &Sandbox, set: &str) -> serde_json::Value {
     let out = restic_restore(&sb.repo(), set);
     let m: serde_json::Value = serde_json::from_slice(
@@ -814,10 +822,7 @@ fn a_lock_raced_while_it_settles_drops_the_plan_and_plans_again() {
     );
     let rec = pg_record(&sb, "raced");
     assert_eq!(rec["row_counts"]["public.customers"], 40, "{rec}");
-    let locks = std::fs::read_dir(sb.repo().join("locks"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(locks, 0, "a lock file stayed behind");
+    assert_eq!(lock_entries(&sb), 0, "a lock file stayed behind");
     let out = restic_restore(&sb.repo(), "raced");
     sha256sum_check(out.path()).expect_code(0);
 }
@@ -855,18 +860,13 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
         }
         cmd.spawn().unwrap()
     };
-    let lock_files = || {
-        std::fs::read_dir(sb.repo().join("locks"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
     let prune = spawn(
         &["prune", "--apply"],
         "prune-locked=sleep(8000)",
         Some(elsewhere.path()),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lock_files() == 0 {
+    while lock_entries(&sb) == 0 {
         assert!(Instant::now() < deadline, "the prune took no lock");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -909,7 +909,7 @@ fn a_backup_that_finds_the_repository_locked_plans_again_after_the_wait() {
     assert_eq!(report["set"]["git_commit"], deployed.as_str(), "{report}");
     let rec = pg_record(&sb, "busy");
     assert_eq!(rec["row_counts"]["public.customers"], 50, "{rec}");
-    assert_eq!(lock_files(), 0, "a lock file stayed behind");
+    assert_eq!(lock_entries(&sb), 0, "a lock file stayed behind");
 }
 
 #[test]
