@@ -234,9 +234,13 @@ fn restic_and_stack_backup_honour_each_others_locks_and_prune_spares_unindexed_p
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let data = noise(17, 14 << 20);
+    // The chunker polynomial is random per repository, so chunk sizes vary
+    // from run to run (0.5 to 8 MiB). 32 MiB fed always completes 24 MiB of
+    // chunks, and two 4 MiB packs need at most 2 × (4 + 8) MiB of them:
+    // 12 MiB once left a run with one pack.
+    let data = noise(17, 40 << 20);
     let mut stdin = running.stdin.take().unwrap();
-    stdin.write_all(&data[..12 << 20]).unwrap();
+    stdin.write_all(&data[..32 << 20]).unwrap();
     wait_until("restic's lock", 30, || !lock_files(&sb.repo()).is_empty());
 
     // Our prune waits for it, then refuses with exit 5 naming restic.
@@ -287,7 +291,7 @@ fn restic_and_stack_backup_honour_each_others_locks_and_prune_spares_unindexed_p
     }
 
     // restic finishes; its backup is whole and restorable.
-    stdin.write_all(&data[12 << 20..]).unwrap();
+    stdin.write_all(&data[32 << 20..]).unwrap();
     drop(stdin);
     let out = running.wait_with_output().unwrap();
     assert!(
