@@ -2,5 +2,6 @@
 //! streams them in, the ledger of what was read, and read-back hashing.
 
 pub mod ledger;
+mod packed;
 pub mod source;
 pub mod verify;

@@ -19,6 +19,7 @@ use rustic_core::{
     LocalSourceSaveOptions, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
 };
 
+use super::packed::{Names, Packed};
 use crate::ledger::{ChildGuard, Ledger, TrackedReader};
 
 /// A process whose stdout is an artifact.
@@ -131,8 +132,9 @@ impl Entry {
 pub struct Yielded {
     /// Path inside the snapshot, without the leading `/`.
     pub path: String,
-    /// The component it belongs to.
-    pub component: String,
+    /// The component it belongs to (one allocation per component, not per
+    /// file: a tree may yield 300,000 files).
+    pub component: Arc<str>,
     /// True for regular files (which have content and a checksum).
     pub is_file: bool,
     /// Its size as yielded: a local file's, 0 for a stream (not known
@@ -174,9 +176,10 @@ impl StackSource {
         self.entries.is_empty()
     }
 
-    /// Every entry yielded so far (complete once the archiver returned).
-    pub fn yielded(&self) -> BTreeSet<Yielded> {
-        self.yielded.lock().expect("yielded lock").clone()
+    /// Every entry yielded, taken out of the source (complete once the
+    /// archiver returned; a second call returns nothing).
+    pub fn take_yielded(&self) -> BTreeSet<Yielded> {
+        std::mem::take(&mut *self.yielded.lock().expect("yielded lock"))
     }
 }
 
@@ -371,9 +374,85 @@ fn dir_node_from(path: &Path, name: &str) -> std::io::Result<Node> {
 
 type Item = RusticResult<ReadSourceEntry<EntryOpen>>;
 
+/// An entry between the walk and the archiver.
+enum Pending {
+    /// Built when expanded (single files, directories above them): few.
+    Built(Box<ReadSourceEntry<EntryOpen>>),
+    /// Found by the walk of tree number `tree`, packed until asked for.
+    Walked { tree: u32, packed: Packed },
+}
+
+/// Pending entries in chunks: one `Vec` of 300,000 would double into
+/// twice the memory it needs, and a chunk is freed once the archiver is
+/// past it.
+#[derive(Default)]
+struct Chunks(Vec<Vec<Pending>>);
+
+impl Chunks {
+    const LEN: usize = 4096;
+
+    fn push(&mut self, p: Pending) {
+        match self.0.last_mut() {
+            Some(c) if c.len() < Self::LEN => c.push(p),
+            _ => {
+                let mut c = Vec::with_capacity(Self::LEN);
+                c.push(p);
+                self.0.push(c);
+            }
+        }
+    }
+}
+
+/// A walked tree, as [`Pending::Walked`] names it.
+struct Walk {
+    component: Arc<str>,
+    root: PathBuf,
+    target: String,
+}
+
+/// The entries of a [`StackSource`], walked in full when it was made
+/// (every listing is over before the archiver opens the first file; see
+/// decision 0040) and built into `ReadSourceEntry`s one at a time.
+pub struct Expanded {
+    pending: std::iter::Flatten<std::vec::IntoIter<Vec<Pending>>>,
+    walks: Vec<Walk>,
+    names: Names,
+    ledger: Arc<Ledger>,
+}
+
+impl Iterator for Expanded {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        Some(Ok(match self.pending.next()? {
+            Pending::Built(e) => *e,
+            Pending::Walked { tree, packed } => {
+                let walk = &self.walks[tree as usize];
+                let rel = Path::new(&*packed.rel);
+                let snap_rel = format!("{}/{}", walk.target, rel.display());
+                let open = packed.is_file().then(|| EntryOpen {
+                    artifact: snap_rel.clone(),
+                    component: walk.component.to_string(),
+                    content: Content::Walked {
+                        path: walk.root.join(rel),
+                        dev: packed.dev,
+                        ino: packed.inode(),
+                    },
+                    ledger: self.ledger.clone(),
+                });
+                ReadSourceEntry {
+                    path: PathBuf::from(format!("/{snap_rel}")),
+                    node: packed.unpack(&self.names),
+                    open,
+                }
+            }
+        }))
+    }
+}
+
 impl ReadSource for StackSource {
     type Open = EntryOpen;
-    type Iter = std::vec::IntoIter<Item>;
+    type Iter = Expanded;
 
     fn size(&self) -> RusticResult<Option<u64>> {
         Ok(None)
@@ -382,9 +461,18 @@ impl ReadSource for StackSource {
     /// Expands every entry. Local trees are walked here (metadata only;
     /// file contents are read later by the archiver's workers).
     fn entries(&self) -> Self::Iter {
-        let mut out: Vec<Item> = Vec::new();
+        let mut out = Chunks::default();
+        let mut walks: Vec<Walk> = Vec::new();
+        let mut names = Names::default();
         let mut yielded = self.yielded.lock().expect("yielded lock");
         let mut dirs: BTreeSet<String> = BTreeSet::new();
+        let built = |path: String, node: Node, open: Option<EntryOpen>| {
+            Pending::Built(Box::new(ReadSourceEntry {
+                path: PathBuf::from(path),
+                node,
+                open,
+            }))
+        };
         for entry in &self.entries {
             // Parent directories get explicit nodes (mode 0755, this
             // backup's time) instead of the archiver's time-less ones.
@@ -404,11 +492,7 @@ impl ReadSource for StackSource {
                     let mut node = file_node(part, 0, self.time);
                     node.node_type = NodeType::Dir;
                     node.meta.mode = Some(0o755);
-                    out.push(Ok(ReadSourceEntry {
-                        path: PathBuf::from(format!("/{prefix}")),
-                        node,
-                        open: None,
-                    }));
+                    out.push(built(format!("/{prefix}"), node, None));
                 }
             }
             match entry {
@@ -426,48 +510,63 @@ impl ReadSource for StackSource {
                     };
                     yielded.insert(Yielded {
                         path: a.path.clone(),
-                        component: a.component.clone(),
+                        component: a.component.as_str().into(),
                         is_file: true,
                         size: node.meta.size,
                     });
-                    out.push(Ok(ReadSourceEntry {
-                        path: PathBuf::from(format!("/{}", a.path)),
-                        node,
-                        open: Some(EntryOpen {
-                            artifact: a.path.clone(),
-                            component: a.component.clone(),
-                            content: a.content.clone(),
-                            ledger: self.ledger.clone(),
-                        }),
-                    }));
+                    let open = EntryOpen {
+                        artifact: a.path.clone(),
+                        component: a.component.clone(),
+                        content: a.content.clone(),
+                        ledger: self.ledger.clone(),
+                    };
+                    out.push(built(format!("/{}", a.path), node, Some(open)));
                 }
                 Entry::Tree {
                     component,
                     root,
                     target,
-                } => self.expand_tree(component, root, target, &mut out, &mut yielded),
+                } => {
+                    walks.push(Walk {
+                        component: component.as_str().into(),
+                        root: root.clone(),
+                        target: target.clone(),
+                    });
+                    self.walk_tree(&walks, &mut names, &mut out, &mut yielded);
+                }
             }
         }
-        out.into_iter()
+        Expanded {
+            pending: out.0.into_iter().flatten(),
+            walks,
+            names,
+            ledger: self.ledger.clone(),
+        }
     }
 }
 
 impl StackSource {
-    fn expand_tree(
+    /// Walks the last of `walks` into `out`, packed.
+    fn walk_tree(
         &self,
-        component: &str,
-        root: &Path,
-        target: &str,
-        out: &mut Vec<Item>,
+        walks: &[Walk],
+        names: &mut Names,
+        out: &mut Chunks,
         yielded: &mut BTreeSet<Yielded>,
     ) {
+        let Walk {
+            component,
+            root,
+            target,
+        } = &walks[walks.len() - 1];
+        let tree = u32::try_from(walks.len() - 1).expect("fewer than 2^32 trees");
         let name = target.rsplit('/').next().unwrap_or(target);
         match dir_node_from(root, name) {
-            Ok(node) => out.push(Ok(ReadSourceEntry {
+            Ok(node) => out.push(Pending::Built(Box::new(ReadSourceEntry {
                 path: PathBuf::from(format!("/{target}")),
                 node,
                 open: None,
-            })),
+            }))),
             Err(e) => {
                 self.ledger
                     .fail_component(component, format!("cannot read {}: {e}", root.display()));
@@ -512,31 +611,16 @@ impl StackSource {
                     if rel.as_os_str().is_empty() {
                         continue;
                     }
-                    let snap_rel = format!("{target}/{}", rel.display());
-                    let is_file = node.node_type == NodeType::File;
-                    if !node.is_dir() {
+                    let packed = Packed::pack(rel, dev, node, names);
+                    if !packed.is_dir() {
                         yielded.insert(Yielded {
-                            path: snap_rel.clone(),
-                            component: component.to_string(),
-                            is_file,
-                            size: node.meta.size,
+                            path: format!("{target}/{}", rel.display()),
+                            component: component.clone(),
+                            is_file: packed.is_file(),
+                            size: packed.size(),
                         });
                     }
-                    let open = is_file.then(|| EntryOpen {
-                        artifact: snap_rel.clone(),
-                        component: component.to_string(),
-                        content: Content::Walked {
-                            path: path.clone(),
-                            dev,
-                            ino: node.meta.inode,
-                        },
-                        ledger: self.ledger.clone(),
-                    });
-                    out.push(Ok(ReadSourceEntry {
-                        path: PathBuf::from(format!("/{snap_rel}")),
-                        node,
-                        open,
-                    }));
+                    out.push(Pending::Walked { tree, packed });
                 }
                 Err(e) => self.ledger.fail_component(
                     component,

@@ -496,7 +496,7 @@ fn stored_problems(
     expected: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    for y in source.yielded().iter().filter(|y| y.is_file) {
+    for y in source.take_yielded().iter().filter(|y| y.is_file) {
         match ledger.get(&y.path) {
             Some(Outcome::Done { sha256, .. }) => {
                 if let Some(want) = expected.get(&y.path) {

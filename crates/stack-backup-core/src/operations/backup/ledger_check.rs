@@ -1,4 +1,4 @@
-//! Phase 4: the ledger. rustic's archiver skips an entry whose open or
+//! Phase 4: the ledger (its outcomes are taken out as they are checked). rustic's archiver skips an entry whose open or
 //! read fails and saves the snapshot anyway, so the backup itself checks
 //! that every artifact was read to the end with its producer exiting 0, or
 //! reused unchanged from the parent set (an artifact planned as reused
@@ -77,12 +77,12 @@ pub(super) fn check(
         .collect();
     for y in streams.iter().chain(trees).filter(|y| y.is_file) {
         let reusable = single.get(y.path.as_str()).copied();
-        let (size, sha, reused) = match ledger.get(&y.path) {
+        let (size, sha, reused) = match ledger.take(&y.path) {
             // Planned as reused, its hold released (a MariaDB table lock):
             // read now, it is not the content the plan vouched for.
             Some(Outcome::Done { .. }) if reusable == Some(true) => {
                 problems.push((
-                    y.component.clone(),
+                    y.component.to_string(),
                     format!(
                         "{} was to be reused from the parent set but was read again; run the backup again",
                         y.path
@@ -92,7 +92,7 @@ pub(super) fn check(
             }
             Some(Outcome::Done { size, sha256 }) => (size, sha256, false),
             Some(Outcome::Failed(m)) => {
-                problems.push((y.component.clone(), m));
+                problems.push((y.component.to_string(), m));
                 continue;
             }
             // Not opened: the archiver reused the parent's content.
@@ -101,7 +101,7 @@ pub(super) fn check(
                 (Some(sha), None) => (y.size, sha.clone(), true),
                 _ => {
                     problems.push((
-                        y.component.clone(),
+                        y.component.to_string(),
                         format!(
                             "{} was not read and has no checksum in the parent set",
                             y.path
@@ -113,7 +113,7 @@ pub(super) fn check(
         };
         let e = checked
             .sizes
-            .entry(y.component.clone())
+            .entry(y.component.to_string())
             .or_insert((0, 0, true));
         e.0 += size;
         e.1 += 1;
@@ -121,7 +121,7 @@ pub(super) fn check(
         if reusable.is_some() {
             checked.artifacts.push(ArtifactRecord {
                 path: y.path.clone(),
-                component: y.component.clone(),
+                component: y.component.to_string(),
                 size,
                 sha256: sha.clone(),
                 reused,

@@ -96,7 +96,7 @@ impl<'a> Run<'a> {
         let repo = repo
             .to_indexed()
             .map_err(|e| repository::op_error(self.cfg, "reading the index", &e))?;
-        let parent = parent(&repo, &existing, wanted);
+        let mut parent = parent(&repo, &existing, wanted);
         mark_reusable(&repo, &parent, &mut planned);
         // The hooks of what is not reused go unrun: a plan waiting for the
         // decision (a database's counting session) learns it by the drop.
@@ -120,6 +120,8 @@ impl<'a> Run<'a> {
             &runs.trees,
             finished,
         )?;
+        // Not needed again; a parent of 300,000 files holds tens of MB.
+        parent.checksums = BTreeMap::new();
         let mut records: BTreeMap<ComponentId, Record> = BTreeMap::new();
         for (id, p) in planned {
             let mut record = p.record;
@@ -259,8 +261,8 @@ impl<'a> Run<'a> {
         });
         (
             result.map(|()| ArchiveRuns {
-                streams: source.yielded(),
-                trees: tree_source.yielded(),
+                streams: source.take_yielded(),
+                trees: tree_source.take_yielded(),
             }),
             finished,
         )
@@ -315,16 +317,25 @@ impl<'a> Run<'a> {
         })?;
         let md = m.to_markdown().into_bytes();
         let toml = self.cfg.redacted_toml().into_bytes();
-        let mut checksums = checked.checksums.clone();
-        for (p, b) in [
+        let own: Vec<(&str, String)> = [
             (manifest::JSON_PATH, &json),
             (manifest::MD_PATH, &md),
             (manifest::CONFIG_PATH, &toml),
-        ] {
-            checksums.insert(p.to_string(), sha256_hex(b));
-        }
-        let sums =
-            manifest::render_checksums(checksums.iter().map(|(p, s)| (p.as_str(), s.as_str())));
+        ]
+        .into_iter()
+        .map(|(p, b)| (p, sha256_hex(b)))
+        .collect();
+        // References in path order, not a copy of the map: a set of
+        // 300,000 files would hold its checksums twice.
+        let mut sorted: Vec<(&str, &str)> = checked
+            .checksums
+            .iter()
+            .map(|(p, s)| (p.as_str(), s.as_str()))
+            .filter(|(p, _)| !own.iter().any(|(o, _)| o == p))
+            .chain(own.iter().map(|(p, s)| (*p, s.as_str())))
+            .collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let sums = manifest::render_checksums(sorted);
         let entries: Vec<Entry> = [
             (manifest::CHECKSUM_PATH, sums.into_bytes()),
             (manifest::JSON_PATH, json),
@@ -356,7 +367,7 @@ impl<'a> Run<'a> {
         })?;
         parts.add(snap);
         let missing: Vec<String> = source
-            .yielded()
+            .take_yielded()
             .iter()
             .filter(|y| !matches!(ledger.get(&y.path), Some(Outcome::Done { .. })))
             .map(|y| y.path.clone())
@@ -702,7 +713,7 @@ fn tree_holds(
         .filter(|y| present.get(&y.path) != Some(&true))
         .map(|y| {
             (
-                y.component.clone(),
+                y.component.to_string(),
                 format!("{} is missing from the snapshot", y.path),
             )
         })
