@@ -285,3 +285,42 @@ fn wreck_again(s: &Stack) {
     sql(&s.db1, "DELETE FROM orders WHERE id % 3 = 0");
     std::fs::write(s.media.join("two.jpg"), "broken").unwrap();
 }
+
+/// More files than one read-back batch (4096, decision 0052): `verify`
+/// and the restore's verify step read every one, and the restore brings
+/// back every one, the first and the last of the set included.
+#[test]
+fn a_tree_of_more_files_than_a_read_back_batch_is_verified_and_restored_whole() {
+    let sb = Sandbox::new();
+    let media = sb.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    for i in 0..4500 {
+        std::fs::write(media.join(format!("f{i:04}")), format!("file {i}\n")).unwrap();
+    }
+    sb.write_config(
+        "files",
+        &format!("[paths.media]\npath = \"{}\"\n", media.display()),
+    );
+    sb.init();
+    sb.run(&["backup", "--name", "many"]).expect_code(0);
+    let before = dir_state(&media, |p| std::fs::read_to_string(p).unwrap());
+
+    let r = sb.run(&["--json", "verify", "many"]);
+    r.expect_code(0);
+    let set = &r.json()["sets"][0];
+    // The 4500 and the set's own files (manifest, config).
+    let files = set["files"].as_u64().unwrap();
+    assert!((4500..4510).contains(&files), "{set}");
+    assert_eq!(set["problem_count"], 0, "{set}");
+
+    std::fs::write(media.join("f0000"), "changed").unwrap();
+    std::fs::remove_file(media.join("f4499")).unwrap();
+    let r = sb.run(&["--json", "restore", "many", "--yes"]);
+    r.expect_code(0);
+    let read = r.json()["steps"][1]["detail"].as_str().unwrap().to_string();
+    assert!(read.starts_with("4500 file(s)"), "{read}");
+    assert_eq!(
+        dir_state(&media, |p| std::fs::read_to_string(p).unwrap()),
+        before
+    );
+}

@@ -86,6 +86,24 @@ pub fn hash_nodes(repo: &Indexed, nodes: &[&Node], stop_early: bool) -> Vec<Opti
         .collect()
 }
 
+/// How many file nodes a reader holds at once: with [`hash_drain`], the
+/// memory of reading a set back does not grow with its number of files.
+pub const BATCH: usize = 4096;
+
+/// [`hash_nodes`] of a batch, which is left empty: each item's label with
+/// its result, in the batch's order.
+pub fn hash_drain<T>(
+    repo: &Indexed,
+    batch: &mut Vec<(T, Node)>,
+    stop_early: bool,
+) -> Vec<(T, Option<NodeHash>)> {
+    let hashes = {
+        let nodes: Vec<&Node> = batch.iter().map(|(_, n)| n).collect();
+        hash_nodes(repo, &nodes, stop_early)
+    };
+    batch.drain(..).map(|(t, _)| t).zip(hashes).collect()
+}
+
 /// The SHA-256 (hex) and length of everything `r` yields.
 pub fn sha256_of(r: &mut impl std::io::Read) -> std::io::Result<(String, u64)> {
     let mut sink = HashSink(Sha256::new(), 0);
@@ -167,7 +185,25 @@ pub fn verify_set(repo: &Indexed, set: &BackupSet, snap: &SnapshotFile) -> SetRe
             return r;
         }
     };
-    let mut files: Vec<(String, Node)> = Vec::new();
+    let mut batch: Vec<(String, Node)> = Vec::new();
+    let mut check = |r: &mut SetReport, batch: &mut Vec<(String, Node)>| {
+        for (path, hash) in hash_drain(repo, batch, false) {
+            match hash.expect("every node is read") {
+                Err(e) => r.problem(format!("{path}: cannot be read: {e}")),
+                Ok((got, n)) => {
+                    r.files += 1;
+                    r.bytes += n;
+                    match want.remove(&path) {
+                        None => r.problem(format!("{path}: not listed in CHECKSUM.sha256")),
+                        Some(w) if w != got => r.problem(format!(
+                            "{path}: SHA-256 mismatch (expected {w}, read {got})"
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    };
     for item in walk {
         let (path, node) = match item {
             Ok(v) => v,
@@ -183,26 +219,12 @@ pub fn verify_set(repo: &Indexed, set: &BackupSet, snap: &SnapshotFile) -> SetRe
         if path == manifest::CHECKSUM_PATH {
             continue;
         }
-        files.push((path, node));
-    }
-    let nodes: Vec<&Node> = files.iter().map(|(_, n)| n).collect();
-    let hashes = hash_nodes(repo, &nodes, false);
-    for ((path, _), hash) in files.iter().zip(hashes) {
-        match hash.expect("every node is read") {
-            Err(e) => r.problem(format!("{path}: cannot be read: {e}")),
-            Ok((got, n)) => {
-                r.files += 1;
-                r.bytes += n;
-                match want.remove(path) {
-                    None => r.problem(format!("{path}: not listed in CHECKSUM.sha256")),
-                    Some(w) if w != got => r.problem(format!(
-                        "{path}: SHA-256 mismatch (expected {w}, read {got})"
-                    )),
-                    Some(_) => {}
-                }
-            }
+        batch.push((path, node));
+        if batch.len() >= BATCH {
+            check(&mut r, &mut batch);
         }
     }
+    check(&mut r, &mut batch);
     for path in want.keys() {
         r.problem(format!(
             "{path}: listed in CHECKSUM.sha256 but missing from the set"

@@ -264,31 +264,46 @@ impl<'a> SetContext<'a> {
     }
 
     /// Every file a component consists of in the set, with its node: the
-    /// files of its tree, or its single-file artifacts.
+    /// files of its tree, or its single-file artifacts. Holds them all:
+    /// [`Self::for_each_file`] where a set may have very many.
     pub fn files(&self, id: &ComponentId) -> Result<Vec<(String, Node)>> {
+        let mut out = Vec::new();
+        self.for_each_file(id, |path, node| {
+            out.push((path, node));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every file of [`Self::files`], in the same order, one
+    /// at a time as the set's trees are read; the first error (reading the
+    /// set, or `f`'s) ends it.
+    pub fn for_each_file(
+        &self,
+        id: &ComponentId,
+        mut f: impl FnMut(String, Node) -> Result<()>,
+    ) -> Result<()> {
         let record = &self.manifest.components[id];
         let Some(tree) = record.kind().tree(record) else {
-            return self
-                .artifacts_of(id)
-                .iter()
-                .map(|a| Ok((a.path.clone(), self.node(id, &a.path)?)))
-                .collect();
+            for a in self.artifacts_of(id) {
+                f(a.path.clone(), self.node(id, &a.path)?)?;
+            }
+            return Ok(());
         };
         let root = self.node(id, tree)?;
         let walk = self
             .repo
             .ls(&root, &LsOptions::default())
             .map_err(|e| Error::Verification(format!("{id}: {}", e.display_log())))?;
-        let mut out = Vec::new();
         for item in walk {
             let (p, node) = item.map_err(|e| {
                 Error::Verification(format!("{id}: reading the tree: {}", e.display_log()))
             })?;
             if node.is_file() {
-                out.push((format!("{tree}/{}", p.display()), node));
+                f(format!("{tree}/{}", p.display()), node)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Streams a file of the set into a process's stdin and waits for it;

@@ -274,18 +274,20 @@ pub fn restore_tree(
         let _ = std::os::unix::fs::lchown(&staging, Some(uid), Some(gid));
     }
     // Every restored file against its checksum before it replaces anything.
-    for (path, _) in set.files(id).map_err(cleanup)? {
+    set.for_each_file(id, |path, _| {
         let rel = path.strip_prefix(&format!("{set_path}/")).unwrap_or(&path);
         let file = staging.join(rel);
         let (got, _) = std::fs::File::open(&file)
             .and_then(|mut f| crate::verify::sha256_of(&mut f))
-            .map_err(|e| cleanup(Error::io("reading restored", &file, e)))?;
+            .map_err(|e| Error::io("reading restored", &file, e))?;
         if set.checksums.get(&path) != Some(&got) {
-            return Err(cleanup(Error::Verification(format!(
+            return Err(Error::Verification(format!(
                 "{id}: restored {path} does not match its checksum"
-            ))));
+            )));
         }
-    }
+        Ok(())
+    })
+    .map_err(cleanup)?;
     crate::system::fault::point("restore-tree-staged").map_err(cleanup)?;
     // The staging directory is still the one made above (not replaced by
     // something else while it was filled).

@@ -30,7 +30,7 @@
 pub mod journal;
 mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use rustic_core::repofile::Node;
@@ -572,47 +572,56 @@ fn disk_check(cfg: &Config, set: &SetContext, restorers: &[Box<dyn Restorer>]) -
 /// repository and hashed (two threads, see [`crate::verify::hash_nodes`]);
 /// the first mismatch in plan order is the error.
 fn verify(set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
-    let mut work: Vec<(String, String, Node, String)> = Vec::new();
+    use crate::verify::{hash_drain, BATCH};
+    // A file shared by several components (one `docker save` of several
+    // images) is read once, for the first.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut batch: Vec<((String, String, String), Node)> = Vec::new();
+    let (mut files, mut bytes) = (0usize, 0u64);
+    let mut check = |batch: &mut Vec<((String, String, String), Node)>| -> Result<()> {
+        for ((c, path, want), hash) in hash_drain(set.repo, batch, true) {
+            match hash {
+                None => {} // not read: another file failed first
+                Some(Err(e)) => {
+                    return Err(Error::Verification(format!(
+                        "{c}: reading {path} failed: {e}"
+                    )))
+                }
+                Some(Ok((got, _))) if got != want => {
+                    return Err(Error::Verification(format!(
+                        "{c}: {path} does not match its checksum (expected {want}, read {got}); nothing was changed"
+                    )))
+                }
+                Some(Ok((_, n))) => {
+                    files += 1;
+                    bytes += n;
+                }
+            }
+        }
+        Ok(())
+    };
     for r in restorers
         .iter()
         .filter(|r| set.manifest.components.contains_key(r.id()))
     {
         let c = r.id();
-        for (path, node) in set.files(c)? {
-            // A file shared by several components is read once.
-            if work.iter().any(|w| w.1 == path) {
-                continue;
+        set.for_each_file(c, |path, node| {
+            if !seen.insert(path.clone()) {
+                return Ok(());
             }
             let want = set.checksums.get(&path).ok_or_else(|| {
                 Error::Verification(format!("{c}: {path} has no checksum in CHECKSUM.sha256"))
             })?;
-            work.push((c.to_string(), path, node, want.clone()));
-        }
-    }
-    let nodes: Vec<&Node> = work.iter().map(|w| &w.2).collect();
-    let mut bytes = 0u64;
-    for ((c, path, _, want), hash) in work
-        .iter()
-        .zip(crate::verify::hash_nodes(set.repo, &nodes, true))
-    {
-        match hash {
-            None => {} // not read: another file failed first
-            Some(Err(e)) => {
-                return Err(Error::Verification(format!(
-                    "{c}: reading {path} failed: {e}"
-                )))
+            batch.push(((c.to_string(), path, want.clone()), node));
+            if batch.len() >= BATCH {
+                check(&mut batch)?;
             }
-            Some(Ok((got, _))) if &got != want => {
-                return Err(Error::Verification(format!(
-                    "{c}: {path} does not match its checksum (expected {want}, read {got}); nothing was changed"
-                )))
-            }
-            Some(Ok((_, n))) => bytes += n,
-        }
+            Ok(())
+        })?;
     }
+    check(&mut batch)?;
     Ok(format!(
-        "{} file(s), {} read back, every SHA-256 matches",
-        work.len(),
+        "{files} file(s), {} read back, every SHA-256 matches",
         crate::disk::human(bytes)
     ))
 }
