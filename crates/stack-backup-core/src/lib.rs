@@ -27,7 +27,9 @@ pub mod system;
 // Short paths for the modules every layer uses.
 pub use archive::{ledger, source, verify};
 pub use components::{docker, git, migrations, postgres, redis};
-pub use model::{config, manifest, monitoring, runbook, secret, sets, tags, tiers, validate};
+pub use model::{
+    checksums, config, manifest, monitoring, runbook, secret, sets, tags, tiers, validate,
+};
 pub use operations::{
     backup, copy, discover, doctor, drill, export, health, immaculate, immutability, import, init,
     notify, prometheus, records, recover, restore, retention, sacred, schedule, status,

@@ -234,7 +234,7 @@ impl Drilled for TreeDrill {
                 .map_err(|e| {
                     Error::Verification(format!("{id}: restored {path} unreadable: {e}"))
                 })?;
-            if set.checksums.get(&path) != Some(&got) {
+            if !set.checksums.matches(&path, &got) {
                 return Err(Error::Verification(format!(
                     "{id}: restored {path} does not match its checksum"
                 )));

@@ -12,6 +12,7 @@ use rustic_core::{IndexedFullStatus, LsOptions, Repository};
 use serde::{Deserialize, Serialize};
 
 use super::{ComponentId, DiskNeeds};
+use crate::checksums::Checksums;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -161,7 +162,7 @@ pub struct SetContext<'a> {
     /// Its manifest (checked: ids and kinds agree).
     pub manifest: &'a Manifest,
     /// Its `CHECKSUM.sha256`.
-    pub checksums: &'a BTreeMap<String, String>,
+    pub checksums: &'a Checksums,
     docker_root: OnceLock<std::result::Result<PathBuf, String>>,
     journal: Option<&'a dyn Recorder>,
 }
@@ -174,7 +175,7 @@ impl<'a> SetContext<'a> {
         cfg: &'a Config,
         snap: &'a SnapshotFile,
         manifest: &'a Manifest,
-        checksums: &'a BTreeMap<String, String>,
+        checksums: &'a Checksums,
     ) -> Self {
         Self {
             repo,
@@ -365,7 +366,7 @@ pub struct PreRestore {
     /// Its manifest.
     pub manifest: Manifest,
     /// Its checksums.
-    pub checksums: BTreeMap<String, String>,
+    pub checksums: Checksums,
 }
 
 impl<'a> UndoContext<'a> {

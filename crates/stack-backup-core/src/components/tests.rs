@@ -343,7 +343,7 @@ fn rows_record() -> mysql::MysqlRecord {
 fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
     let with = |r: mysql::MysqlRecord| manifest([(id("mysql.app"), Record::Mysql(r))].into());
     let ok = with(rows_record());
-    crate::validate::check_paths("set", &ok, &BTreeMap::new()).expect("a well-formed rows set");
+    crate::validate::check_paths("set", &ok, []).expect("a well-formed rows set");
     let path = |p: &str| crate::export::export_path(&ok, p, "mysql.app");
     assert_eq!(
         path("mysql/app/shop.schema.sql"),
@@ -415,7 +415,7 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
         ("control character in a column name", bad_column),
         ("rows without format", sql_with_rows),
     ] {
-        let e = crate::validate::check_paths("set", &with(r), &BTreeMap::new()).expect_err(what);
+        let e = crate::validate::check_paths("set", &with(r), []).expect_err(what);
         assert!(matches!(e, crate::Error::Refused(_)), "{what}: {e}");
     }
     // A set without `format` is the SQL dump, as every older set.
@@ -424,7 +424,7 @@ fn a_rows_set_names_only_its_own_files_and_exports_them_beside_the_schema() {
     old.rows.clear();
     old.dump = "mysql/app/shop.sql".into();
     let old = with(old);
-    crate::validate::check_paths("set", &old, &BTreeMap::new()).expect("an older set");
+    crate::validate::check_paths("set", &old, []).expect("an older set");
     let old_rec = &old.components[&id("mysql.app")];
     assert!(id("mysql.app")
         .kind()
@@ -454,7 +454,7 @@ fn a_group_record_must_name_the_group_of_its_ids() {
     };
     let check = |r: Record| {
         let m = manifest([(id("docker.image.shop-web:latest"), r)].into());
-        crate::validate::check_paths("set `n`", &m, &BTreeMap::new())
+        crate::validate::check_paths("set `n`", &m, [])
     };
     let path = docker::group_artifact(&group);
     check(record(&a, group.clone(), path.clone())).unwrap();

@@ -280,7 +280,7 @@ pub fn restore_tree(
         let (got, _) = std::fs::File::open(&file)
             .and_then(|mut f| crate::verify::sha256_of(&mut f))
             .map_err(|e| Error::io("reading restored", &file, e))?;
-        if set.checksums.get(&path) != Some(&got) {
+        if !set.checksums.matches(&path, &got) {
             return Err(Error::Verification(format!(
                 "{id}: restored {path} does not match its checksum"
             )));

@@ -153,23 +153,27 @@ pub fn render_checksums<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)
 /// Parses `CHECKSUM.sha256` into `path → sha256`.
 #[must_use]
 pub fn parse_checksums(text: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    for line in text.lines() {
+    checksum_lines(text)
+        .map(|(path, sha)| (path, sha.to_string()))
+        .collect()
+}
+
+/// The `(path, sha256)` of every line of `CHECKSUM.sha256`, in file order:
+/// `sha256sum`'s escapes undone, a line without a separator skipped.
+pub fn checksum_lines(text: &str) -> impl Iterator<Item = (String, &str)> {
+    text.lines().filter_map(|line| {
         let (escaped, line) = match line.strip_prefix('\\') {
             Some(rest) => (true, rest),
             None => (false, line),
         };
-        let Some((sha, path)) = line.split_once("  ").or_else(|| line.split_once(" *")) else {
-            continue;
-        };
+        let (sha, path) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
         let path = if escaped {
             unescape(path)
         } else {
             path.to_string()
         };
-        map.insert(path, sha.to_string());
-    }
-    map
+        Some((path, sha))
+    })
 }
 
 /// Undoes `sha256sum`'s escaping of `\\`, `\n` and `\r` in names.

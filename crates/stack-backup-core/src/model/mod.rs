@@ -1,6 +1,7 @@
 //! What a stack and a backup set are: configuration, manifest, tiers,
 //! snapshot tags and the sets seen through them.
 
+pub mod checksums;
 pub mod config;
 pub mod manifest;
 pub mod monitoring;

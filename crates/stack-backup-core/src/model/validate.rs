@@ -14,7 +14,6 @@
 //! A failure is [`Error::Refused`] naming the offending field, raised
 //! before anything is touched.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use crate::components::{check_manifest, ComponentId, Record, Stack};
@@ -60,12 +59,16 @@ fn expect_eq(what: &str, field: &str, got: &str, want: &str, whose: &str) -> Res
 }
 
 /// The checks that need no config: ids agree with their records, every
-/// path of the manifest and of `checksums` is relative and normalised, and
+/// path of the manifest and of the checksum file (`sums`) is relative and normalised, and
 /// each component's files are where its kind puts them. `what` names the
 /// set in messages (`set \`x\``, a directory).
-pub fn check_paths(what: &str, m: &Manifest, checksums: &BTreeMap<String, String>) -> Result<()> {
+pub fn check_paths<'a>(
+    what: &str,
+    m: &Manifest,
+    sums: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
     check_manifest(m).map_err(|e| Error::Refused(format!("{what}: manifest.json: {e}")))?;
-    for p in checksums.keys() {
+    for p in sums {
         check_path(what, "CHECKSUM.sha256", p)?;
     }
     for (i, a) in m.artifacts.iter().enumerate() {
@@ -301,14 +304,14 @@ fn configured_database(url: &str) -> Option<String> {
 /// nothing of it); a Docker image or volume is one of the stack's (their
 /// restore would create it). Docker is asked for a compose
 /// project's images and volumes only when a selected component needs them.
-pub fn check_against(
+pub fn check_against<'a>(
     what: &str,
     m: &Manifest,
-    checksums: &BTreeMap<String, String>,
+    sums: impl IntoIterator<Item = &'a str>,
     cfg: &Config,
     only: &[String],
 ) -> Result<()> {
-    check_paths(what, m, checksums)?;
+    check_paths(what, m, sums)?;
     expect_eq(
         what,
         "stack",

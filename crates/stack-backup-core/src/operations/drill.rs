@@ -587,7 +587,7 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
                     let seen = users.contains_key(&path);
                     users.entry(path.clone()).or_default().push(c.to_string());
                     if !seen {
-                        work.push((c.to_string(), path, node, want.clone()));
+                        work.push((c.to_string(), path, node, want));
                     }
                 }
             }

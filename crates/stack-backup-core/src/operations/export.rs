@@ -128,7 +128,11 @@ pub fn export(
         manifest::CHECKSUM_PATH,
     )?));
     // The manifest decides where files are written: nothing leaves `dir`.
-    crate::validate::check_paths(&format!("set `{}`", set.name), &m, &set_sums)?;
+    crate::validate::check_paths(
+        &format!("set `{}`", set.name),
+        &m,
+        set_sums.keys().map(String::as_str),
+    )?;
     let needed = set.size.unwrap_or(0);
     private_dir(dir)?;
     disk::ensure(dir, needed, cfg.min_free_space())?;

@@ -278,7 +278,13 @@ fn from_export(
     );
     // The manifest is input: checked against this config before it
     // decides which files are stored and what a restore of it touches.
-    crate::validate::check_against(&dir.display().to_string(), &m, &set_sums, cfg, &[])?;
+    crate::validate::check_against(
+        &dir.display().to_string(),
+        &m,
+        set_sums.keys().map(String::as_str),
+        cfg,
+        &[],
+    )?;
     for a in &m.artifacts {
         let (out, gz) = crate::export::export_path(&m, &a.path, &a.component);
         if !sums.contains_key(&out) {

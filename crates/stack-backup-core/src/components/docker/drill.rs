@@ -56,15 +56,12 @@ impl ImageDrill {
     }
 
     fn want(&self, set: &SetContext) -> Result<String> {
-        set.checksums
-            .get(&self.record.archive)
-            .cloned()
-            .ok_or_else(|| {
-                Error::Verification(format!(
-                    "{}: {} has no checksum in CHECKSUM.sha256",
-                    self.id, self.record.archive
-                ))
-            })
+        set.checksums.get(&self.record.archive).ok_or_else(|| {
+            Error::Verification(format!(
+                "{}: {} has no checksum in CHECKSUM.sha256",
+                self.id, self.record.archive
+            ))
+        })
     }
 }
 

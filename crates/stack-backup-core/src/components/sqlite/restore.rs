@@ -260,7 +260,7 @@ pub(super) fn write_checked(
     }
     f.sync_all().map_err(|e| Error::io("syncing", dest, e))?;
     drop(f);
-    if got != record.sha256 || set.checksums.get(&record.file) != Some(&got) {
+    if got != record.sha256 || !set.checksums.matches(&record.file, &got) {
         return Err(Error::Verification(format!(
             "{id}: the set's copy has SHA-256 {got}, the manifest records {}",
             record.sha256

@@ -97,8 +97,8 @@ pub(super) fn check(
             }
             // Not opened: the archiver reused the parent's content.
             None => match (parent.checksums.get(&y.path), reusable) {
-                (Some(sha), Some(true)) => (parent_size(parent, &y.path), sha.clone(), true),
-                (Some(sha), None) => (y.size, sha.clone(), true),
+                (Some(sha), Some(true)) => (parent_size(parent, &y.path), sha, true),
+                (Some(sha), None) => (y.size, sha, true),
                 _ => {
                     problems.push((
                         y.component.to_string(),

@@ -13,6 +13,7 @@ use rustic_core::{BackupOptions, LsOptions, ParentOptions, SnapshotOptions};
 use super::ledger_check::{self, Checked};
 use super::parts::Parts;
 use super::{failed, Report, Request};
+use crate::checksums::Checksums;
 use crate::components::{ComponentId, Planned, Record};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -31,7 +32,7 @@ type Indexed = rustic_core::Repository<rustic_core::IndexedFullStatus>;
 #[derive(Default)]
 pub(super) struct ParentInfo {
     pub snap: Option<SnapshotFile>,
-    pub checksums: BTreeMap<String, String>,
+    pub checksums: Checksums,
     pub manifest: Option<Manifest>,
 }
 
@@ -121,7 +122,7 @@ impl<'a> Run<'a> {
             finished,
         )?;
         // Not needed again; a parent of 300,000 files holds tens of MB.
-        parent.checksums = BTreeMap::new();
+        parent.checksums = Checksums::default();
         let mut records: BTreeMap<ComponentId, Record> = BTreeMap::new();
         for (id, p) in planned {
             let mut record = p.record;
@@ -517,7 +518,7 @@ fn parent(
     let read = |path: &str| sets::read_file(repo, &snap, path).ok();
     ParentInfo {
         checksums: read(manifest::CHECKSUM_PATH)
-            .map(|b| manifest::parse_checksums(&String::from_utf8_lossy(&b)))
+            .map(|b| Checksums::parse(&String::from_utf8_lossy(&b)))
             .unwrap_or_default(),
         manifest: read(manifest::JSON_PATH).and_then(|b| serde_json::from_slice(&b).ok()),
         snap: Some(snap),

@@ -612,7 +612,7 @@ fn verify(set: &SetContext, restorers: &[Box<dyn Restorer>]) -> Result<String> {
             let want = set.checksums.get(&path).ok_or_else(|| {
                 Error::Verification(format!("{c}: {path} has no checksum in CHECKSUM.sha256"))
             })?;
-            batch.push(((c.to_string(), path, want.clone()), node));
+            batch.push(((c.to_string(), path, want), node));
             if batch.len() >= BATCH {
                 check(&mut batch)?;
             }

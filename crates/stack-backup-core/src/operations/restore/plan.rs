@@ -2,12 +2,11 @@
 //! [`Restorer`] per component bound to its live target. What the user is
 //! shown is this plan, and [`super::execute`] runs exactly it.
 
-use std::collections::BTreeMap;
-
 use rustic_core::repofile::SnapshotFile;
 use serde::Serialize;
 
 use super::Request;
+use crate::checksums::Checksums;
 use crate::components::restoring::Indexed;
 use crate::components::{check_manifest, ComponentId, Restore, RestoreOptions, Restorer, KINDS};
 use crate::config::{Config, Env};
@@ -34,7 +33,7 @@ pub struct Plan {
     pub(super) snap: SnapshotFile,
     /// Its manifest.
     pub manifest: Manifest,
-    pub(super) checksums: BTreeMap<String, String>,
+    pub(super) checksums: Checksums,
     pub(super) restorers: Vec<Box<dyn Restorer>>,
     pub(super) repo: Indexed,
     pub(super) request: Request,
@@ -60,7 +59,7 @@ pub fn plan(cfg: &Config, env: &Env, req: &Request) -> Result<Plan> {
     crate::validate::check_against(
         &format!("set `{}`", set.name),
         &manifest,
-        &checksums,
+        checksums.keys(),
         cfg,
         &req.only,
     )?;
@@ -124,7 +123,7 @@ pub(crate) fn read_set(
     repo: &Indexed,
     set: &BackupSet,
     snap: &SnapshotFile,
-) -> Result<(Manifest, BTreeMap<String, String>)> {
+) -> Result<(Manifest, Checksums)> {
     let manifest: Manifest = serde_json::from_slice(&read_small(repo, snap, manifest::JSON_PATH)?)
         .map_err(|e| {
             Error::Verification(format!(
@@ -152,7 +151,7 @@ pub(crate) fn read_set(
     }
     check_manifest(&manifest)
         .map_err(|m| Error::Verification(format!("manifest.json of `{}`: {m}", set.name)))?;
-    let checksums = manifest::parse_checksums(&String::from_utf8_lossy(&read_small(
+    let checksums = Checksums::parse(&String::from_utf8_lossy(&read_small(
         repo,
         snap,
         manifest::CHECKSUM_PATH,
