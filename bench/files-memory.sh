@@ -63,8 +63,7 @@ for n in "${COUNTS[@]}"; do
   mkdir -p "$run"
   say "generating $n files"
   python3 bench/gen_files.py create "$run/files" "$n" > /dev/null
-  printf 'bench-password' > "$run/key"
-  chmod 600 "$run/key"
+  ( umask 077; head -c 32 /dev/urandom | base64 > "$run/key" )
   cat > "$run/stack-backup.toml" <<EOF
 [stack]
 name = "files"
