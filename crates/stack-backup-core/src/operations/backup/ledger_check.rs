@@ -76,6 +76,18 @@ pub(super) fn check(
         })
         .collect();
     for y in streams.iter().chain(trees).filter(|y| y.is_file) {
+        // The planners never give one path twice; should one, its outcome
+        // was taken by the first and the second must not pass as reused.
+        if checked.checksums.contains_key(&y.path) {
+            problems.push((
+                y.component.to_string(),
+                format!(
+                    "{} was archived twice (a bug in stack-backup: please report it)",
+                    y.path
+                ),
+            ));
+            continue;
+        }
         let reusable = single.get(y.path.as_str()).copied();
         let (size, sha, reused) = match ledger.take(&y.path) {
             // Planned as reused, its hold released (a MariaDB table lock):
@@ -149,4 +161,56 @@ fn parent_size(parent: &ParentInfo, path: &str) -> u64 {
         .as_ref()
         .and_then(|m| m.artifacts.iter().find(|a| a.path == path))
         .map_or(0, |a| a.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::check;
+    use crate::ledger::{Ledger, Outcome};
+    use crate::operations::backup::phases::ParentInfo;
+    use crate::source::Yielded;
+
+    /// A path yielded twice fails the backup: the second must not pass as
+    /// reused from the parent once the first took the ledger's outcome.
+    #[test]
+    fn a_path_yielded_twice_fails_the_backup() {
+        let ledger = Ledger::default();
+        let sha = "ab".repeat(32);
+        ledger.record(
+            "docker/images/x.tar",
+            Outcome::Done {
+                size: 3,
+                sha256: sha.clone(),
+            },
+        );
+        let parent = ParentInfo {
+            checksums: crate::checksums::Checksums::parse(&format!(
+                "{}  docker/images/x.tar\n",
+                "cd".repeat(32)
+            )),
+            ..ParentInfo::default()
+        };
+        let yielded = |component: &str| Yielded {
+            path: "docker/images/x.tar".into(),
+            component: component.into(),
+            is_file: true,
+            size: 3,
+        };
+        let streams: BTreeSet<Yielded> = [yielded("docker.image.a"), yielded("docker.image.b")]
+            .into_iter()
+            .collect();
+        let Err(e) = check(
+            &ledger,
+            &[],
+            &parent,
+            &streams,
+            &BTreeSet::new(),
+            Vec::new(),
+        ) else {
+            panic!("a path archived twice passed");
+        };
+        assert!(e.to_string().contains("archived twice"), "{e}");
+    }
 }
