@@ -4,7 +4,7 @@ use pariter::IteratorExt;
 
 use crate::{
     backend::node::{Node, NodeType},
-    blob::{BlobId, BlobType, DataId},
+    blob::DataId,
     error::{ErrorKind, RusticError, RusticResult},
     index::ReadIndex,
     repository::{IndexedFull, Repository},
@@ -68,14 +68,20 @@ pub(crate) fn dump<S: IndexedFull>(
     })
 }
 
+// Read once, not through the repository's blob cache: a file dumped is
+// read once, and 32 MiB of the last files' data would stay cached for as
+// long as the repository is open.
 fn dump_sequential<S: IndexedFull>(
     repo: &Repository<S>,
     content: &[DataId],
     w: &mut impl Write,
 ) -> RusticResult<()> {
     for id in content {
-        let data = repo.get_blob_cached(&BlobId::from(**id), BlobType::Data)?;
-        write_blob(w, &data)?;
+        let ie = repo.index().get_data(id).ok_or_else(|| {
+            RusticError::new(ErrorKind::Internal, "Data Blob `{id}`  not found in index")
+                .attach_context("id", id.to_string())
+        })?;
+        write_blob(w, &ie.read_data(repo.dbe())?)?;
     }
     Ok(())
 }
