@@ -127,7 +127,8 @@ impl Entry {
 }
 
 /// A file the source yielded: the backup checks each one made it into the
-/// snapshot.
+/// snapshot. Ordered by path first (the ledger check walks two sets of
+/// them in path order).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Yielded {
     /// Path inside the snapshot, without the leading `/`.

@@ -9,13 +9,13 @@
 /// A SHA-256 as a checksum line gives it: its bytes when the line has 64
 /// hex digits, else the text as written (which no read ever matches).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Digest {
+pub(crate) enum Digest {
     Bytes([u8; 32]),
     Odd(Box<str>),
 }
 
 impl Digest {
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         let mut b = [0u8; 32];
         match hex::decode_to_slice(s, &mut b) {
             Ok(()) if !s.bytes().any(|c| c.is_ascii_uppercase()) => Self::Bytes(b),
@@ -23,10 +23,22 @@ impl Digest {
         }
     }
 
-    fn hex(&self) -> String {
+    pub(crate) fn hex(&self) -> String {
         match self {
             Self::Bytes(b) => hex::encode(b),
             Self::Odd(s) => s.to_string(),
+        }
+    }
+
+    /// [`Self::hex`] without an allocation: `buf` holds the hex digits of
+    /// a digest's bytes.
+    pub(crate) fn hex_in<'a>(&'a self, buf: &'a mut [u8; 64]) -> &'a str {
+        match self {
+            Self::Bytes(b) => {
+                hex::encode_to_slice(b, buf).expect("64 bytes hold 32 in hex");
+                std::str::from_utf8(buf).expect("hex is ASCII")
+            }
+            Self::Odd(s) => s,
         }
     }
 }
@@ -43,9 +55,15 @@ impl Checksums {
     /// skipped, the last of two lines for one path kept.
     #[must_use]
     pub fn parse(text: &str) -> Self {
-        let mut entries: Vec<(Box<str>, Digest)> = crate::manifest::checksum_lines(text)
+        let entries: Vec<(Box<str>, Digest)> = crate::manifest::checksum_lines(text)
             .map(|(path, sha)| (path.into_boxed_str(), Digest::parse(sha)))
             .collect();
+        Self::from_entries(entries)
+    }
+
+    /// A table of `entries` in any order; of two for one path, the later
+    /// is kept.
+    pub(crate) fn from_entries(mut entries: Vec<(Box<str>, Digest)>) -> Self {
         // Stable: of equal paths the later line stays later, and is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut kept: Vec<(Box<str>, Digest)> = Vec::with_capacity(entries.len());
@@ -59,7 +77,22 @@ impl Checksums {
         Self { entries: kept }
     }
 
-    fn find(&self, path: &str) -> Option<&Digest> {
+    /// A table of `entries` already sorted by path, each path once.
+    ///
+    /// # Panics
+    /// When they are not (a bug of the caller), in debug builds.
+    pub(crate) fn from_sorted(entries: Vec<(Box<str>, Digest)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        Self { entries }
+    }
+
+    /// Every path with its digest, sorted by path.
+    pub(crate) fn entries(&self) -> &[(Box<str>, Digest)] {
+        &self.entries
+    }
+
+    /// The digest of `path`.
+    pub(crate) fn find(&self, path: &str) -> Option<&Digest> {
         self.entries
             .binary_search_by(|(p, _)| (**p).cmp(path))
             .ok()

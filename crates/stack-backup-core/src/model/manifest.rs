@@ -137,17 +137,23 @@ pub fn safe_file_name(name: &str) -> String {
 pub fn render_checksums<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::new();
     for (path, sha) in entries {
-        if path.contains(['\\', '\n', '\r']) {
-            let escaped = path
-                .replace('\\', "\\\\")
-                .replace('\n', "\\n")
-                .replace('\r', "\\r");
-            let _ = writeln!(out, "\\{sha}  {escaped}");
-        } else {
-            let _ = writeln!(out, "{sha}  {path}");
-        }
+        push_checksum_line(&mut out, path, sha);
     }
     out
+}
+
+/// Appends one line of `CHECKSUM.sha256` to `out`, escaped as
+/// `sha256sum` escapes a name holding `\`, a newline or a return.
+pub fn push_checksum_line(out: &mut String, path: &str, sha: &str) {
+    if path.contains(['\\', '\n', '\r']) {
+        let escaped = path
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        let _ = writeln!(out, "\\{sha}  {escaped}");
+    } else {
+        let _ = writeln!(out, "{sha}  {path}");
+    }
 }
 
 /// Parses `CHECKSUM.sha256` into `path → sha256`.

@@ -506,6 +506,7 @@ fn stored_problems(
         match ledger.get(&y.path) {
             Some(Outcome::Done { sha256, .. }) => {
                 if let Some(want) = expected.get(&y.path) {
+                    let sha256 = hex::encode(sha256);
                     if want != &sha256 {
                         problems.push(format!(
                             "{}: stored content has SHA-256 {sha256}, the set recorded {want}",

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::failed;
 use super::phases::ParentInfo;
+use crate::checksums::{Checksums, Digest};
 use crate::components::{Archived, ComponentId, Planned};
 use crate::error::Result;
 use crate::ledger::{Ledger, Outcome};
@@ -21,7 +22,7 @@ pub(super) struct Checked {
     /// Every single-file artifact, with size and SHA-256.
     pub artifacts: Vec<ArtifactRecord>,
     /// SHA-256 of every file (artifacts and tree files).
-    pub checksums: BTreeMap<String, String>,
+    pub checksums: Checksums,
     /// Per component: bytes, files, all reused.
     sizes: BTreeMap<String, (u64, u64, bool)>,
     /// Per component: the containers stopped while it was copied.
@@ -60,7 +61,7 @@ pub(super) fn check(
     problems.extend(earlier);
     let mut checked = Checked {
         artifacts: Vec::new(),
-        checksums: BTreeMap::new(),
+        checksums: Checksums::default(),
         sizes: BTreeMap::new(),
         stopped: planned
             .iter()
@@ -75,10 +76,14 @@ pub(super) fn check(
             Entry::Tree { .. } => None,
         })
         .collect();
-    for y in streams.iter().chain(trees).filter(|y| y.is_file) {
+    // Built in path order (both sets are sorted by path first), so the
+    // table needs no sort and a path yielded twice comes twice in a row.
+    let mut sums: Vec<(Box<str>, Digest)> = Vec::with_capacity(streams.len() + trees.len());
+    let mut previous: Option<&str> = None;
+    for y in by_path(streams, trees).filter(|y| y.is_file) {
         // The planners never give one path twice; should one, its outcome
         // was taken by the first and the second must not pass as reused.
-        if checked.checksums.contains_key(&y.path) {
+        if previous == Some(y.path.as_str()) {
             problems.push((
                 y.component.to_string(),
                 format!(
@@ -88,6 +93,7 @@ pub(super) fn check(
             ));
             continue;
         }
+        previous = Some(&y.path);
         let reusable = single.get(y.path.as_str()).copied();
         let (size, sha, reused) = match ledger.take(&y.path) {
             // Planned as reused, its hold released (a MariaDB table lock):
@@ -102,15 +108,15 @@ pub(super) fn check(
                 ));
                 continue;
             }
-            Some(Outcome::Done { size, sha256 }) => (size, sha256, false),
+            Some(Outcome::Done { size, sha256 }) => (size, Digest::Bytes(sha256), false),
             Some(Outcome::Failed(m)) => {
                 problems.push((y.component.to_string(), m));
                 continue;
             }
             // Not opened: the archiver reused the parent's content.
-            None => match (parent.checksums.get(&y.path), reusable) {
-                (Some(sha), Some(true)) => (parent_size(parent, &y.path), sha, true),
-                (Some(sha), None) => (y.size, sha, true),
+            None => match (parent.checksums.find(&y.path), reusable) {
+                (Some(sha), Some(true)) => (parent_size(parent, &y.path), sha.clone(), true),
+                (Some(sha), None) => (y.size, sha.clone(), true),
                 _ => {
                     problems.push((
                         y.component.to_string(),
@@ -135,12 +141,13 @@ pub(super) fn check(
                 path: y.path.clone(),
                 component: y.component.to_string(),
                 size,
-                sha256: sha.clone(),
+                sha256: sha.hex(),
                 reused,
             });
         }
-        checked.checksums.insert(y.path.clone(), sha);
+        sums.push((y.path.as_str().into(), sha));
     }
+    checked.checksums = Checksums::from_sorted(sums);
     for (id, p) in planned {
         let has_files = p.entries.iter().any(|e| matches!(e, Entry::File(_)));
         if has_files && !checked.sizes.contains_key(id.as_str()) {
@@ -152,6 +159,20 @@ pub(super) fn check(
     } else {
         Err(failed(problems))
     }
+}
+
+/// The yielded files of both sets in path order (`Yielded` orders by path
+/// first).
+fn by_path<'a>(
+    a: &'a BTreeSet<Yielded>,
+    b: &'a BTreeSet<Yielded>,
+) -> impl Iterator<Item = &'a Yielded> {
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.path < x.path => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 /// The size the parent's manifest records for an artifact.
@@ -177,12 +198,11 @@ mod tests {
     #[test]
     fn a_path_yielded_twice_fails_the_backup() {
         let ledger = Ledger::default();
-        let sha = "ab".repeat(32);
         ledger.record(
             "docker/images/x.tar",
             Outcome::Done {
                 size: 3,
-                sha256: sha.clone(),
+                sha256: [0xab; 32],
             },
         );
         let parent = ParentInfo {

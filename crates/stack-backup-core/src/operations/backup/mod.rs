@@ -24,6 +24,7 @@
 //! the stack removes it. Each phase boundary is a fault-injection point for
 //! the tests ([`crate::system::fault`]).
 
+mod checksum_file;
 mod ledger_check;
 mod parts;
 mod phases;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
 use rustic_core::{BackupOptions, LsOptions, ParentOptions, SnapshotOptions};
 
+use super::checksum_file::ChecksumFile;
 use super::ledger_check::{self, Checked};
 use super::parts::Parts;
 use super::{failed, Report, Request};
@@ -113,7 +114,7 @@ impl<'a> Run<'a> {
         fault("backup-archived")?;
 
         self.phase("archived");
-        let checked = ledger_check::check(
+        let mut checked = ledger_check::check(
             &self.ledger,
             &planned,
             &parent,
@@ -137,7 +138,8 @@ impl<'a> Run<'a> {
         self.phase("manifest");
         let snap_a = parts.snaps()[0].clone();
         let m = self.manifest(&snap_a, &parent, git, records, &checked);
-        let repo = self.write_manifest(repo, &m, &checked, &mut parts)?;
+        let sums = std::mem::take(&mut checked.checksums);
+        let repo = self.write_manifest(repo, &m, sums, &mut parts)?;
         fault("backup-manifest-written")?;
 
         self.phase("tree check and merge");
@@ -304,12 +306,13 @@ impl<'a> Run<'a> {
 
     /// Writes the manifest files into one more part (the index loaded
     /// before the archive still serves: it is only asked whether a blob
-    /// exists, and these blobs are all new).
+    /// exists, and these blobs are all new). `CHECKSUM.sha256` is rendered
+    /// from `checksums` as it is read, and the table is freed with it.
     fn write_manifest(
         &self,
         repo: Indexed,
         m: &Manifest,
-        checked: &Checked,
+        checksums: Checksums,
         parts: &mut Parts,
     ) -> Result<OpenRepo> {
         let json = serde_json::to_vec_pretty(m).map_err(|e| Error::Repository {
@@ -318,41 +321,29 @@ impl<'a> Run<'a> {
         })?;
         let md = m.to_markdown().into_bytes();
         let toml = self.cfg.redacted_toml().into_bytes();
-        let own: Vec<(&str, String)> = [
+        let own: Vec<(String, String)> = [
             (manifest::JSON_PATH, &json),
             (manifest::MD_PATH, &md),
             (manifest::CONFIG_PATH, &toml),
         ]
         .into_iter()
-        .map(|(p, b)| (p, sha256_hex(b)))
+        .map(|(p, b)| (p.to_string(), sha256_hex(b)))
         .collect();
-        // References in path order, not a copy of the map: a set of
-        // 300,000 files would hold its checksums twice.
-        let mut sorted: Vec<(&str, &str)> = checked
-            .checksums
-            .iter()
-            .map(|(p, s)| (p.as_str(), s.as_str()))
-            .filter(|(p, _)| !own.iter().any(|(o, _)| o == p))
-            .chain(own.iter().map(|(p, s)| (*p, s.as_str())))
-            .collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let sums = manifest::render_checksums(sorted);
-        let entries: Vec<Entry> = [
-            (manifest::CHECKSUM_PATH, sums.into_bytes()),
-            (manifest::JSON_PATH, json),
-            (manifest::MD_PATH, md),
-            (manifest::CONFIG_PATH, toml),
-        ]
-        .into_iter()
-        .map(|(p, b)| {
+        let file = |p: &str, content: Content| {
             Entry::File(Artifact {
                 path: p.to_string(),
                 component: "manifest".into(),
-                content: Content::Bytes(Arc::new(b)),
+                content,
                 reuse_meta: None,
             })
-        })
-        .collect();
+        };
+        let sums = ChecksumFile::new(checksums, own);
+        let entries: Vec<Entry> = vec![
+            file(manifest::CHECKSUM_PATH, Content::Produced(Arc::new(sums))),
+            file(manifest::JSON_PATH, Content::Bytes(Arc::new(json))),
+            file(manifest::MD_PATH, Content::Bytes(Arc::new(md))),
+            file(manifest::CONFIG_PATH, Content::Bytes(Arc::new(toml))),
+        ];
         let ledger = Arc::new(Ledger::default());
         let source = StackSource::new(entries, ledger.clone());
         let mut opts = BackupOptions::default();
