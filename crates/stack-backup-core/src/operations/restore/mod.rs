@@ -137,12 +137,22 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
         journal::ensure_state_dir(cfg)?;
     }
     pinned(cfg, &plan)?;
-    let set = SetContext::new(&plan.repo, cfg, &plan.snap, &plan.manifest, &plan.checksums);
-    let req = &plan.request;
-    step(steps, 1, || preflight(cfg, &set, &plan.restorers))?;
-    step(steps, 2, || verify(&set, &plan.restorers))?;
+    let Plan {
+        set: planned,
+        snap,
+        manifest,
+        checksums,
+        restorers,
+        repo,
+        request: req,
+        components,
+        ..
+    } = plan;
+    let set = SetContext::new(&repo, cfg, &snap, &manifest, &checksums);
+    step(steps, 1, || preflight(cfg, &set, &restorers))?;
+    step(steps, 2, || verify(&set, &restorers))?;
     step(steps, 3, || {
-        migration_check(&set, &plan.restorers, req.allow_migration_mismatch)
+        migration_check(&set, &restorers, req.allow_migration_mismatch)
     })?;
     if req.dry_run {
         for n in 4..=7 {
@@ -154,24 +164,35 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
             );
         }
         return Ok(Outcome {
-            set: plan.set.clone(),
+            set: planned,
             pre_restore: None,
             restored: Vec::new(),
             dry_run: true,
         });
     }
+    // The index goes while the pre-restore backup loads its own (a set of
+    // 300,000 files has one of about 18 MiB), and is loaded again after
+    // it: what the restore reads from then is the repository as it is
+    // under the lock (a prune between the plan and the lock may have
+    // repacked the set's data), with the pre-restore set in it.
+    drop(set);
+    let repo = repo.drop_index();
     let mut pre_name = None;
     step(steps, 4, || {
-        let (detail, name) = pre_restore_snapshot(cfg, env, &plan.restorers)?;
+        let (detail, name) = pre_restore_snapshot(cfg, env, &restorers)?;
         pre_name = name;
         Ok(detail)
     })?;
+    let repo = repo
+        .to_indexed()
+        .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
+    let set = SetContext::new(&repo, cfg, &snap, &manifest, &checksums);
     // Before anything changes: the journal, with the pre-restore set that
     // an abort may need.
     let jnl = journal::Journal::create(
         cfg,
-        &plan.set.name,
-        &plan.snap.id.to_string(),
+        &planned.name,
+        &snap.id.to_string(),
         journal::Requested {
             only: req.only.clone(),
             flush_redis: req.flush_redis,
@@ -184,18 +205,11 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
     let set = set.with_journal(&jnl);
     let load_pre = || load_pre_restore(cfg, env, pre_name.as_deref());
     let undo = UndoContext::new(cfg, &load_pre);
-    apply(
-        &set,
-        &plan.restorers,
-        steps,
-        &undo,
-        pre_name.as_deref(),
-        &jnl,
-    )?;
+    apply(&set, &restorers, steps, &undo, pre_name.as_deref(), &jnl)?;
     Ok(Outcome {
-        set: plan.set.clone(),
+        set: planned,
         pre_restore: pre_name.clone(),
-        restored: plan.components.clone(),
+        restored: components,
         dry_run: false,
     })
 }
