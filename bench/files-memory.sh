@@ -3,7 +3,8 @@
 # no database, no images, so what grows with the number of files is all
 # there is. For each COUNT: a first backup, an unchanged one, a restore onto
 # the directory with 1 % of its files changed (its pre-restore backup walks
-# the live directory), `verify --read-data`; the wall seconds and peak RSS
+# the live directory), `verify --read-data`, a drill (the set restored into
+# a scratch directory and checked there); the wall seconds and peak RSS
 # (`/usr/bin/time -f '%e %M'`) of each, and the restored files' SHA-256
 # compared with the state backed up (a mismatch stops the run).
 #
@@ -91,6 +92,7 @@ EOF
   [ "$(find "$run/files" -type f | wc -l)" = "$(wc -l < "$run/before.sha")" ] \
     || die "the restored directory of $n files has files the set has not"
   timed "$n" verify "$SB_BIN" --no-progress -q verify unchanged --read-data
+  timed "$n" drill "$SB_BIN" --no-progress -q drill unchanged
   unset STACK_BACKUP_CONFIG
   rm -rf "$run"
 done
@@ -99,7 +101,7 @@ python3 - "$RESULTS" <<'EOF'
 import sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
 counts = sorted({int(r[0]) for r in rows})
-steps = ["first", "unchanged", "restore", "verify"]
+steps = ["first", "unchanged", "restore", "verify", "drill"]
 peak = {(int(r[0]), r[1]): int(r[3]) for r in rows}
 secs = {(int(r[0]), r[1]): float(r[2]) for r in rows}
 print("| step | " + " | ".join(f"{c} files" for c in counts) + " | bytes per file |")

@@ -224,7 +224,9 @@ impl Drilled for TreeDrill {
         // Owners can only be set (and so compared) by root.
         let owners = nix::unistd::geteuid().is_root();
         let mut n = 0u64;
-        for (path, node) in set.files(id)? {
+        // File by file as the set's tree is listed: a tree may hold
+        // 300,000 files.
+        set.for_each_file(id, |path, node| {
             let rel = path
                 .strip_prefix(&format!("{}/", self.record.path))
                 .unwrap_or(&path);
@@ -258,7 +260,8 @@ impl Drilled for TreeDrill {
                 )));
             }
             n += 1;
-        }
+            Ok(())
+        })?;
         if n != self.record.files {
             return Err(Error::Verification(format!(
                 "{id}: {n} files restored, the manifest records {}",

@@ -264,19 +264,8 @@ impl<'a> SetContext<'a> {
             .map_err(|m| Error::component("docker", m))
     }
 
-    /// Every file a component consists of in the set, with its node: the
-    /// files of its tree, or its single-file artifacts. Holds them all:
-    /// [`Self::for_each_file`] where a set may have very many.
-    pub fn files(&self, id: &ComponentId) -> Result<Vec<(String, Node)>> {
-        let mut out = Vec::new();
-        self.for_each_file(id, |path, node| {
-            out.push((path, node));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Calls `f` with every file of [`Self::files`], in the same order, one
+    /// Calls `f` with every file a component consists of in the set, with
+    /// its node (the files of its tree, or its single-file artifacts), one
     /// at a time as the set's trees are read; the first error (reading the
     /// set, or `f`'s) ends it.
     pub fn for_each_file(

@@ -18,7 +18,7 @@
 //! `drill-of:<set id>`), which is never a backup set. See
 //! `docs/decisions/0021-restore-drills.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -566,60 +566,74 @@ fn host() -> String {
         .unwrap_or_default()
 }
 
-/// Every file of the drilled components read back and hashed; returns
-/// the step's line and the components whose files did not match (with
-/// why): those are not restored.
+/// Every file of the drilled components read back and hashed, in batches
+/// of [`crate::verify::BATCH`] as the set's trees are listed; returns the
+/// step's line and the components whose files did not match (with why):
+/// those are not restored.
 fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, String>) {
-    let mut bad = BTreeMap::new();
-    let mut work: Vec<(String, String, Node, String)> = Vec::new();
+    use crate::verify::{hash_drain, BATCH};
+    let mut bad: BTreeMap<String, String> = BTreeMap::new();
     // A file several components share (one `docker save` of several
-    // images) is read once; its failure is each of theirs.
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in ids {
-        match set.files(c) {
-            Ok(files) => {
-                for (path, node) in files {
-                    let Some(want) = set.checksums.get(&path) else {
-                        bad.entry(c.to_string())
-                            .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
-                        continue;
-                    };
-                    let seen = users.contains_key(&path);
-                    users.entry(path.clone()).or_default().push(c.to_string());
-                    if !seen {
-                        work.push((c.to_string(), path, node, want));
-                    }
+    // images) is read once; its failure is each of theirs. Shared files
+    // are few: a later user is looked for in the batch, or among the
+    // failures, by a scan.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut batch: Vec<((String, Vec<String>), Node)> = Vec::new();
+    let (mut files, mut bytes) = (0usize, 0u64);
+    let mut check = |batch: &mut Vec<((String, Vec<String>), Node)>,
+                     bad: &mut BTreeMap<String, String>,
+                     failed: &mut BTreeMap<String, String>| {
+        for ((path, users), hash) in hash_drain(set.repo, batch, false) {
+            let why = match hash {
+                None => continue,
+                Some(Err(e)) => format!("reading {path} failed: {e}"),
+                Some(Ok((got, _))) if !set.checksums.matches(&path, &got) => {
+                    let want = set.checksums.get(&path).unwrap_or_default();
+                    format!("{path} does not match its checksum (expected {want}, read {got})")
                 }
+                Some(Ok((_, n))) => {
+                    bytes += n;
+                    continue;
+                }
+            };
+            for c in users {
+                bad.entry(c).or_insert_with(|| why.clone());
             }
-            Err(e) => {
-                bad.insert(c.to_string(), e.to_string());
+            failed.insert(path, why);
+        }
+    };
+    for c in ids {
+        let listed = set.for_each_file(c, |path, node| {
+            if !set.checksums.contains_key(&path) {
+                bad.entry(c.to_string())
+                    .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
+                return Ok(());
             }
+            if !seen.insert(path.clone()) {
+                if let Some(why) = failed.get(&path) {
+                    bad.entry(c.to_string()).or_insert_with(|| why.clone());
+                } else if let Some(((_, users), _)) =
+                    batch.iter_mut().find(|((p, _), _)| *p == path)
+                {
+                    users.push(c.to_string());
+                }
+                return Ok(());
+            }
+            files += 1;
+            batch.push(((path, vec![c.to_string()]), node));
+            if batch.len() >= BATCH {
+                check(&mut batch, &mut bad, &mut failed);
+            }
+            Ok(())
+        });
+        if let Err(e) = listed {
+            bad.insert(c.to_string(), e.to_string());
         }
     }
-    let nodes: Vec<&Node> = work.iter().map(|w| &w.2).collect();
-    let mut bytes = 0u64;
-    for ((_, path, _, want), hash) in work
-        .iter()
-        .zip(crate::verify::hash_nodes(set.repo, &nodes, false))
-    {
-        let why = match hash {
-            None => continue,
-            Some(Err(e)) => format!("reading {path} failed: {e}"),
-            Some(Ok((got, _))) if &got != want => {
-                format!("{path} does not match its checksum (expected {want}, read {got})")
-            }
-            Some(Ok((_, n))) => {
-                bytes += n;
-                continue;
-            }
-        };
-        for c in &users[path] {
-            bad.entry(c.clone()).or_insert_with(|| why.clone());
-        }
-    }
+    check(&mut batch, &mut bad, &mut failed);
     let line = format!(
-        "{} file(s), {} read back{}",
-        work.len(),
+        "{files} file(s), {} read back{}",
         crate::disk::human(bytes),
         if bad.is_empty() {
             ", every SHA-256 matches".to_string()
