@@ -188,7 +188,7 @@ fn parent_size(parent: &ParentInfo, path: &str) -> u64 {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::check;
+    use super::{by_path, check};
     use crate::ledger::{Ledger, Outcome};
     use crate::operations::backup::phases::ParentInfo;
     use crate::source::Yielded;
@@ -232,5 +232,95 @@ mod tests {
             panic!("a path archived twice passed");
         };
         assert!(e.to_string().contains("archived twice"), "{e}");
+    }
+
+    fn file(path: &str, component: &str) -> Yielded {
+        Yielded {
+            path: path.into(),
+            component: component.into(),
+            is_file: true,
+            size: 1,
+        }
+    }
+
+    /// The two sets interleave by path, whatever their components, and a
+    /// path in both comes twice in a row (where the check catches it).
+    #[test]
+    fn the_yielded_sets_merge_in_path_order() {
+        let streams: BTreeSet<Yielded> = [file("b", "z"), file("d", "a"), file("f", "a")]
+            .into_iter()
+            .collect();
+        let trees: BTreeSet<Yielded> = [file("a", "b"), file("d", "b"), file("e", "a")]
+            .into_iter()
+            .collect();
+        let merged: Vec<(&str, &str)> = by_path(&streams, &trees)
+            .map(|y| (y.path.as_str(), &*y.component))
+            .collect();
+        assert_eq!(
+            merged,
+            [
+                ("a", "b"),
+                ("b", "z"),
+                ("d", "a"),
+                ("d", "b"),
+                ("e", "a"),
+                ("f", "a")
+            ]
+        );
+    }
+
+    /// A path in both sets fails the backup, and every other file's digest
+    /// lands in the table under its own path.
+    #[test]
+    fn a_path_in_both_sets_fails_and_the_table_is_by_path() {
+        let ledger = Ledger::default();
+        for (i, p) in ["a", "b", "c"].iter().enumerate() {
+            let d = u8::try_from(i).unwrap();
+            ledger.record(
+                p,
+                Outcome::Done {
+                    size: 1,
+                    sha256: [d; 32],
+                },
+            );
+        }
+        let streams: BTreeSet<Yielded> = [file("c", "s"), file("a", "s")].into_iter().collect();
+        let trees: BTreeSet<Yielded> = [file("b", "t")].into_iter().collect();
+        let checked = check(
+            &ledger,
+            &[],
+            &ParentInfo::default(),
+            &streams,
+            &trees,
+            Vec::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(&str, String)> = checked
+            .checksums
+            .keys()
+            .map(|p| (p, checked.checksums.get(p).unwrap()))
+            .collect();
+        let hex = |d: u8| hex::encode([d; 32]);
+        assert_eq!(got, [("a", hex(0)), ("b", hex(1)), ("c", hex(2))]);
+
+        ledger.record(
+            "b",
+            Outcome::Done {
+                size: 1,
+                sha256: [1; 32],
+            },
+        );
+        let twice: BTreeSet<Yielded> = [file("b", "s")].into_iter().collect();
+        let Err(e) = check(
+            &ledger,
+            &[],
+            &ParentInfo::default(),
+            &twice,
+            &trees,
+            Vec::new(),
+        ) else {
+            panic!("a path in both sets passed");
+        };
+        assert!(e.to_string().contains("b was archived twice"), "{e}");
     }
 }
