@@ -574,9 +574,10 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
     use crate::verify::{hash_drain, BATCH};
     let mut bad: BTreeMap<String, String> = BTreeMap::new();
     // A file several components share (one `docker save` of several
-    // images) is read once; its failure is each of theirs. Shared files
-    // are few: a later user is looked for in the batch, or among the
-    // failures, by a scan.
+    // images) is read once; its failure is each of theirs. A later user
+    // of a file read already is marked from the failures; of one still
+    // in the batch, it is found by a scan of the batch (shared files are
+    // a few image archives).
     let mut seen: HashSet<String> = HashSet::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut batch: Vec<((String, Vec<String>), Node)> = Vec::new();
@@ -607,7 +608,7 @@ fn verify(set: &SetContext, ids: &[ComponentId]) -> (String, BTreeMap<String, St
         let listed = set.for_each_file(c, |path, node| {
             if !set.checksums.contains_key(&path) {
                 bad.entry(c.to_string())
-                    .or_insert(format!("{path} has no checksum in CHECKSUM.sha256"));
+                    .or_insert_with(|| format!("{path} has no checksum in CHECKSUM.sha256"));
                 return Ok(());
             }
             if !seen.insert(path.clone()) {
