@@ -115,7 +115,9 @@ pub struct Outcome {
 /// Runs one step of the chain, reporting it.
 fn step(steps: &dyn Steps, n: usize, f: impl FnOnce() -> Result<String>) -> Result<()> {
     steps.step(n, STEPS[n - 1], StepState::Running, "");
-    match f() {
+    let result = f();
+    crate::system::memory::give_back();
+    match result {
         Ok(detail) => {
             steps.step(n, STEPS[n - 1], StepState::Ok, &detail);
             Ok(())
@@ -172,9 +174,8 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
     }
     // The index goes while the pre-restore backup loads its own (a set of
     // 300,000 files has one of about 18 MiB), and is loaded again after
-    // it: what the restore reads from then is the repository as it is
-    // under the lock (a prune between the plan and the lock may have
-    // repacked the set's data), with the pre-restore set in it.
+    // it, under the lock, with the pre-restore set in it: steps 5 to 7
+    // read through that one.
     drop(set);
     let repo = repo.drop_index();
     let mut pre_name = None;
@@ -183,9 +184,14 @@ pub fn execute(cfg: &Config, env: &Env, plan: Plan, steps: &dyn Steps) -> Result
         pre_name = name;
         Ok(detail)
     })?;
-    let repo = repo
-        .to_indexed()
-        .map_err(|e| repository::op_error(cfg, "reading the index", &e))?;
+    let repo = repo.to_indexed().map_err(|e| {
+        let kept = pre_name
+            .as_deref()
+            .map(|p| format!("; the pre-restore set `{p}` was taken and stays"))
+            .unwrap_or_default();
+        let what = format!("reading the index again (nothing was changed{kept})");
+        repository::op_error(cfg, &what, &e)
+    })?;
     let set = SetContext::new(&repo, cfg, &snap, &manifest, &checksums);
     // Before anything changes: the journal, with the pre-restore set that
     // an abort may need.
