@@ -324,3 +324,83 @@ fn a_tree_of_more_files_than_a_read_back_batch_is_verified_and_restored_whole() 
         before
     );
 }
+
+/// A set whose `CHECKSUM.sha256` disagrees with a file it holds (written
+/// so through a test's knob): `verify` names the file, the restore's
+/// verify step refuses before anything changes, and a drill fails the
+/// component.
+#[test]
+fn a_file_that_disagrees_with_its_checksum_line_refuses_the_restore() {
+    let sb = Sandbox::new();
+    let media = sb.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    for i in 0..20 {
+        std::fs::write(media.join(format!("f{i:02}")), format!("file {i}\n")).unwrap();
+    }
+    sb.write_config(
+        "files",
+        &format!("[paths.media]\npath = \"{}\"\n", media.display()),
+    );
+    sb.init();
+    let mut cmd = sb.command(bin(), sb.path(), None);
+    cmd.args(["backup", "--name", "lying"]).env(
+        "FAILPOINTS",
+        "backup-checksum-wrong=return(paths/media/f07)",
+    );
+    Run::from(cmd.output().unwrap()).expect_code(0);
+    let zeros = "0".repeat(64);
+
+    let r = sb.run(&["--json", "verify", "lying"]);
+    r.expect_code(3);
+    // The report, then (README, exit codes) the error object.
+    let report: serde_json::Value = serde_json::Deserializer::from_str(&r.stdout)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let set = &report["sets"][0];
+    assert_eq!(set["problem_count"], 1, "{set}");
+    let problem = set["problems"][0].as_str().unwrap();
+    assert!(
+        problem.contains("paths/media/f07: SHA-256 mismatch")
+            && problem.contains(&format!("expected {zeros}")),
+        "{problem}"
+    );
+
+    std::fs::write(media.join("f03"), "changed").unwrap();
+    let before = dir_state(&media, |p| std::fs::read_to_string(p).unwrap());
+    let r = sb.run(&["restore", "lying", "--yes"]);
+    r.expect_code(3);
+    assert!(
+        r.stderr
+            .contains("paths/media/f07 does not match its checksum")
+            && r.stderr.contains(&format!("expected {zeros}"))
+            && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        dir_state(&media, |p| std::fs::read_to_string(p).unwrap()),
+        before,
+        "a refused restore changed the directory"
+    );
+    let listed = sb.run(&["--json", "list"]);
+    listed.expect_code(0);
+    assert!(
+        !listed.stdout.contains("pre-restore-"),
+        "a refused restore took a pre-restore set: {}",
+        listed.stdout
+    );
+
+    let r = sb.run(&["drill", "lying"]);
+    r.expect_code(3);
+    assert!(
+        r.stdout
+            .contains("paths/media/f07 does not match its checksum")
+            || r.stderr
+                .contains("paths/media/f07 does not match its checksum"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+}

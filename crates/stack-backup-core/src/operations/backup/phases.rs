@@ -321,7 +321,7 @@ impl<'a> Run<'a> {
         })?;
         let md = m.to_markdown().into_bytes();
         let toml = self.cfg.redacted_toml().into_bytes();
-        let own: Vec<(String, String)> = [
+        let mut own: Vec<(String, String)> = [
             (manifest::JSON_PATH, &json),
             (manifest::MD_PATH, &md),
             (manifest::CONFIG_PATH, &toml),
@@ -337,6 +337,13 @@ impl<'a> Run<'a> {
                 reuse_meta: None,
             })
         };
+        // A test's knob (nothing without the `failpoints` feature): the
+        // line of one file written with a digest no content has, for the
+        // checks that must refuse a set whose CHECKSUM.sha256 disagrees
+        // with what it holds. Its own line replaces the table's.
+        if let Some(path) = crate::system::fault::value("backup-checksum-wrong") {
+            own.push((path, "0".repeat(64)));
+        }
         let sums = ChecksumFile::new(checksums, own);
         let entries: Vec<Entry> = vec![
             file(manifest::CHECKSUM_PATH, Content::Produced(Arc::new(sums))),
