@@ -223,7 +223,7 @@ if [ ! -x "$SB_BIN" ]; then
 fi
 meta sb_bin "$SB_BIN"
 if [ -x "$SB_BIN" ]; then
-  meta sb_version "$("$SB_BIN" --version 2>/dev/null | awk '{ print $NF }')"
+  meta sb_version "$("$SB_BIN" --version 2>/dev/null | sed 's/^stack-backup //')"
   meta sb_profile "$(sb_profile)"
   [ "$(sb_profile)" != debug ] || say "warning: $SB_BIN is a debug build; timings of (c) mean little"
 fi
