@@ -296,15 +296,7 @@ fn verify_reports_per_set_and_fails_on_damage(b: Backend) {
     s.repo.corrupt_largest_pack();
     let r = s.sb.run(&["--json", "verify", "--all", "--read-data"]);
     r.expect_code(3);
-    let v: serde_json::Value = serde_json::from_str(
-        r.stdout
-            .lines()
-            .take_while(|l| !l.starts_with("{\"error\""))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .as_str(),
-    )
-    .unwrap();
+    let v = r.json_report();
     assert!(
         !v["repository_errors"].as_array().unwrap().is_empty(),
         "{v}"

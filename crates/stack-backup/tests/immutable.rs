@@ -507,12 +507,7 @@ fn verify_immutability_attacks_a_sample_and_passes_only_when_the_store_refuses()
     assert_eq!(before.len(), 1);
     let r = sb.run(&["--json", "verify", "--immutability", "bare"]);
     r.expect_code(3);
-    // The report, then the error.
-    let report: serde_json::Value = serde_json::Deserializer::from_str(&r.stdout)
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
+    let report = r.json_report();
     let checked = report["checked"].as_array().unwrap().clone();
     let c = checked
         .iter()

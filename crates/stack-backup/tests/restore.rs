@@ -352,12 +352,7 @@ fn a_file_that_disagrees_with_its_checksum_line_refuses_the_restore() {
 
     let r = sb.run(&["--json", "verify", "lying"]);
     r.expect_code(3);
-    // The report, then (README, exit codes) the error object.
-    let report: serde_json::Value = serde_json::Deserializer::from_str(&r.stdout)
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
+    let report = r.json_report();
     let set = &report["sets"][0];
     assert_eq!(set["problem_count"], 1, "{set}");
     let problem = set["problems"][0].as_str().unwrap();

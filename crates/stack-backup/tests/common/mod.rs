@@ -68,6 +68,21 @@ impl Run {
             )
         })
     }
+
+    /// The report a failed `--json` run printed before its error object
+    /// (README, "Exit codes": the report, then `{"error": …}`).
+    pub fn json_report(&self) -> serde_json::Value {
+        serde_json::Deserializer::from_str(&self.stdout)
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| {
+                panic!(
+                    "stdout holds no JSON report:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
 }
 
 /// A directory with a config, a repository path and a clean environment.
