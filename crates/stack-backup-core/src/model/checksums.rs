@@ -15,7 +15,7 @@ pub(crate) enum Digest {
 }
 
 impl Digest {
-    pub(crate) fn parse(s: &str) -> Self {
+    fn parse(s: &str) -> Self {
         let mut b = [0u8; 32];
         match hex::decode_to_slice(s, &mut b) {
             Ok(()) if !s.bytes().any(|c| c.is_ascii_uppercase()) => Self::Bytes(b),
@@ -24,10 +24,7 @@ impl Digest {
     }
 
     pub(crate) fn hex(&self) -> String {
-        match self {
-            Self::Bytes(b) => hex::encode(b),
-            Self::Odd(s) => s.to_string(),
-        }
+        self.hex_in(&mut [0u8; 64]).to_string()
     }
 
     /// [`Self::hex`] without an allocation: `buf` holds the hex digits of
@@ -55,15 +52,9 @@ impl Checksums {
     /// skipped, the last of two lines for one path kept.
     #[must_use]
     pub fn parse(text: &str) -> Self {
-        let entries: Vec<(Box<str>, Digest)> = crate::manifest::checksum_lines(text)
+        let mut entries: Vec<(Box<str>, Digest)> = crate::manifest::checksum_lines(text)
             .map(|(path, sha)| (path.into_boxed_str(), Digest::parse(sha)))
             .collect();
-        Self::from_entries(entries)
-    }
-
-    /// A table of `entries` in any order; of two for one path, the later
-    /// is kept.
-    pub(crate) fn from_entries(mut entries: Vec<(Box<str>, Digest)>) -> Self {
         // Stable: of equal paths the later line stays later, and is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut kept: Vec<(Box<str>, Digest)> = Vec::with_capacity(entries.len());
