@@ -286,22 +286,31 @@ fn wreck_again(s: &Stack) {
     std::fs::write(s.media.join("two.jpg"), "broken").unwrap();
 }
 
-/// More files than one read-back batch (4096, decision 0052): `verify`
-/// and the restore's verify step read every one, and the restore brings
-/// back every one, the first and the last of the set included.
-#[test]
-fn a_tree_of_more_files_than_a_read_back_batch_is_verified_and_restored_whole() {
-    let sb = Sandbox::new();
+/// A stack of one directory, `media`, of `count` small files named
+/// `f0`… with as many digits as the last (`f00`…`f19` for 20), its
+/// repository initialised; returns the directory.
+fn files_only(sb: &Sandbox, count: usize) -> std::path::PathBuf {
     let media = sb.path().join("media");
     std::fs::create_dir_all(&media).unwrap();
-    for i in 0..4500 {
-        std::fs::write(media.join(format!("f{i:04}")), format!("file {i}\n")).unwrap();
+    let width = (count - 1).to_string().len();
+    for i in 0..count {
+        std::fs::write(media.join(format!("f{i:0width$}")), format!("file {i}\n")).unwrap();
     }
     sb.write_config(
         "files",
         &format!("[paths.media]\npath = \"{}\"\n", media.display()),
     );
     sb.init();
+    media
+}
+
+/// More files than one read-back batch (4096, decision 0052): `verify`
+/// and the restore's verify step read every one, and the restore brings
+/// back every one, the first and the last of the set included.
+#[test]
+fn a_tree_of_more_files_than_a_read_back_batch_is_verified_and_restored_whole() {
+    let sb = Sandbox::new();
+    let media = files_only(&sb, 4500);
     sb.run(&["backup", "--name", "many"]).expect_code(0);
     let before = dir_state(&media, |p| std::fs::read_to_string(p).unwrap());
 
@@ -332,16 +341,7 @@ fn a_tree_of_more_files_than_a_read_back_batch_is_verified_and_restored_whole() 
 #[test]
 fn a_file_that_disagrees_with_its_checksum_line_refuses_the_restore() {
     let sb = Sandbox::new();
-    let media = sb.path().join("media");
-    std::fs::create_dir_all(&media).unwrap();
-    for i in 0..20 {
-        std::fs::write(media.join(format!("f{i:02}")), format!("file {i}\n")).unwrap();
-    }
-    sb.write_config(
-        "files",
-        &format!("[paths.media]\npath = \"{}\"\n", media.display()),
-    );
-    sb.init();
+    let media = files_only(&sb, 20);
     let mut cmd = sb.command(bin(), sb.path(), None);
     cmd.args(["backup", "--name", "lying"]).env(
         "FAILPOINTS",
