@@ -13,10 +13,12 @@ use pariter::IteratorExt;
 use crate::{
     Progress,
     archiver::{
-        file_archiver::FileArchiver, parent::Parent, tree::TreeIterator,
+        file_archiver::FileArchiver,
+        parent::{ItemWithParent, Parent, ParentResult},
+        tree::{TreeIterator, TreeType},
         tree_archiver::TreeArchiver,
     },
-    backend::{ReadSource, ReadSourceEntry, decrypt::DecryptFullBackend},
+    backend::{ReadSource, ReadSourceEntry, decrypt::DecryptFullBackend, node::NodeType},
     blob::BlobType,
     error::RusticResult,
     index::{
@@ -191,9 +193,18 @@ impl<'a, BE: DecryptFullBackend, I: ReadGlobalIndex> Archiver<'a, BE, I> {
                     }
                 },
             )
+            // stack-backup patch: items travel to the workers in batches
+            // (see `Batches`), each worker taking one batch in order
+            .batched()
             // archive files in parallel
-            .parallel_map_scoped(s, |item| self.file_archiver.process(item, p))
+            .parallel_map_scoped(s, |batch| {
+                batch
+                    .into_iter()
+                    .map(|item| self.file_archiver.process(item, p))
+                    .collect::<Vec<_>>()
+            })
             .readahead_scoped(s)
+            .flatten()
             .filter_map(|item| match item {
                 Ok(item) => Some(item),
                 Err(err) => {
@@ -227,5 +238,136 @@ impl<'a, BE: DecryptFullBackend, I: ReadGlobalIndex> Archiver<'a, BE, I> {
 
         p.finish();
         Ok(self.snap)
+    }
+}
+
+/// stack-backup patch: the archiver's items in batches.
+///
+/// Each item used to cross two thread hand-offs on its own (to a worker and
+/// back through the read-ahead), four items in flight at a time. For a file
+/// its parent already holds, that hand-off was all the work there was: an
+/// unchanged backup of 30,000 small files spent most of its walk waking
+/// threads. A batch ends after [`Self::MAX_ITEMS`] items, or once the file
+/// contents it has to read add up to [`Self::MAX_BYTES`]; a file of unknown
+/// size (a stream, whose node says 0) ends its batch too, so that large
+/// reads still go to the workers one by one and run in parallel.
+/// Order is kept: batches come back in order, and so do their items.
+pub(crate) struct Batches<I> {
+    iter: I,
+}
+
+impl<I> Batches<I> {
+    /// Items per batch at most.
+    const MAX_ITEMS: usize = 256;
+    /// Bytes to read per batch at most (the item that passes it included).
+    const MAX_BYTES: u64 = 1 << 20;
+
+    /// The bytes processing `item` reads: its size for a file the parent
+    /// does not match, [`Self::MAX_BYTES`] when that size is not known.
+    fn cost<O>(item: &ItemWithParent<O>) -> u64 {
+        match item {
+            TreeType::Other((_, node, (_, parent)))
+                if node.node_type == NodeType::File
+                    && !matches!(parent, ParentResult::Matched(())) =>
+            {
+                match node.meta.size {
+                    0 => Self::MAX_BYTES,
+                    size => size,
+                }
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl<O, I: Iterator<Item = ItemWithParent<O>>> Iterator for Batches<I> {
+    type Item = Vec<ItemWithParent<O>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut batch = Vec::new();
+        let mut bytes = 0_u64;
+        while batch.len() < Self::MAX_ITEMS && bytes < Self::MAX_BYTES {
+            let Some(item) = self.iter.next() else { break };
+            bytes = bytes.saturating_add(Self::cost(&item));
+            batch.push(item);
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+/// stack-backup patch: `.batched()` on the archiver's items.
+trait Batched: Sized {
+    fn batched(self) -> Batches<Self>;
+}
+
+impl<O, I: Iterator<Item = ItemWithParent<O>>> Batched for I {
+    fn batched(self) -> Batches<Self> {
+        Batches { iter: self }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use std::{ffi::OsStr, path::PathBuf};
+
+    use super::{Batched, Batches};
+    use crate::{
+        archiver::{
+            parent::{ItemWithParent, ParentResult},
+            tree::TreeType,
+        },
+        backend::node::{Metadata, Node, NodeType},
+    };
+
+    type Item = ItemWithParent<u32>;
+
+    fn file(tag: u32, size: u64, parent: ParentResult<()>) -> Item {
+        let meta = Metadata {
+            size,
+            ..Metadata::default()
+        };
+        let node = Node::new_node(OsStr::new("f"), NodeType::File, meta);
+        TreeType::Other((PathBuf::from("/d/f"), node, (tag, parent)))
+    }
+
+    fn tags(batch: &[Item]) -> Vec<u32> {
+        batch
+            .iter()
+            .filter_map(|i| match i {
+                TreeType::Other((_, _, (t, _))) => Some(*t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unchanged_files_travel_together_in_order() {
+        let n = 3 * Batches::<()>::MAX_ITEMS as u32 + 5;
+        let items: Vec<Item> = (0..n)
+            .map(|t| file(t, 1 << 30, ParentResult::Matched(())))
+            .collect();
+        let batches: Vec<Vec<Item>> = items.into_iter().batched().collect();
+        let lens: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(lens, [256, 256, 256, 5]);
+        let all: Vec<u32> = batches.iter().flat_map(|b| tags(b)).collect();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_batch_ends_once_its_reads_reach_a_mebibyte_or_a_size_is_unknown() {
+        let items = vec![
+            file(0, 600 << 10, ParentResult::NotFound),
+            file(1, 5, ParentResult::Matched(())),
+            // 600 KiB + 500 KiB: past the mebibyte, ends the batch
+            file(2, 500 << 10, ParentResult::NotMatched),
+            // a stream: size unknown (0), alone
+            file(3, 0, ParentResult::NotFound),
+            TreeType::EndTree,
+            file(4, 10, ParentResult::NotFound),
+            file(5, 0, ParentResult::NotMatched),
+            file(6, 10, ParentResult::NotFound),
+        ];
+        let batches: Vec<Vec<u32>> = items.into_iter().batched().map(|b| tags(&b)).collect();
+        assert_eq!(batches, [vec![0, 1, 2], vec![3], vec![4, 5], vec![6]]);
     }
 }
