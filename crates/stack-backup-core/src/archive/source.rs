@@ -5,7 +5,7 @@
 //! archiver opens them, on its worker threads, and go straight from the
 //! producing process into the repository: nothing is written to disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rustic_core::repofile::{Metadata, Node, NodeType};
 use rustic_core::{
-    DevIdOption, ErrorKind, Excludes, LocalSource, LocalSourceFilterOptions,
+    DataId, DevIdOption, ErrorKind, Excludes, LocalSource, LocalSourceFilterOptions,
     LocalSourceSaveOptions, ReadSource, ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
 };
 
@@ -149,6 +149,8 @@ pub struct StackSource {
     ledger: Arc<Ledger>,
     yielded: Arc<Mutex<BTreeSet<Yielded>>>,
     time: jiff::Timestamp,
+    /// Chunks that guide the chunker, by artifact path (see `with_guides`).
+    guides: BTreeMap<String, Vec<DataId>>,
 }
 
 impl std::fmt::Debug for StackSource {
@@ -168,7 +170,19 @@ impl StackSource {
             ledger,
             yielded: Arc::default(),
             time: jiff::Timestamp::now(),
+            guides: BTreeMap::new(),
         }
+    }
+
+    /// Lets `guides` (chunks of the parent set's files, by artifact path)
+    /// guide the chunker on the artifacts read afresh at those paths (see
+    /// [`crate::components::Guide`]). The archiver uses a guide only where
+    /// the parent holds nothing at the path: a changed file there brings
+    /// its own previous content, an unchanged one is not read.
+    #[must_use]
+    pub fn with_guides(mut self, guides: BTreeMap<String, Vec<DataId>>) -> Self {
+        self.guides = guides;
+        self
     }
 
     /// Whether there is nothing to archive.
@@ -507,7 +521,13 @@ impl ReadSource for StackSource {
                         Some(meta) => {
                             Node::new_node(OsStr::new(name), NodeType::File, (**meta).clone())
                         }
-                        None => file_node(name, size, self.time),
+                        None => {
+                            // The archiver takes a new file's content as
+                            // its chunker's guide (vendored patch 0008-4).
+                            let mut node = file_node(name, size, self.time);
+                            node.content = self.guides.get(&a.path).cloned();
+                            node
+                        }
                     };
                     yielded.insert(Yielded {
                         path: a.path.clone(),

@@ -185,6 +185,23 @@ pub struct Planned {
     /// lock waiting for a dump) and may take from the parent what the
     /// reuse proves unchanged (row counts).
     pub on_reuse: Option<OnReuse>,
+    /// Artifacts read afresh whose content is likely to repeat parts of
+    /// files the parent set holds at other paths (see [`Guide`]).
+    pub guides: Vec<Guide>,
+}
+
+/// A hint for the chunker: artifact `path` is likely to repeat much of
+/// the parent set's files `from` (an image saved again, under another
+/// path than its previous save). Their chunks guide the chunker when the
+/// parent holds nothing at `path` itself. Only the work depends on it:
+/// every predicted chunk is checked by its SHA-256, and the chunks cut are
+/// exactly those of the rolling hash alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guide {
+    /// The artifact's path in the set.
+    pub path: String,
+    /// Paths in the parent set, in the order their content is expected.
+    pub from: Vec<String>,
 }
 
 impl Planned {
@@ -198,6 +215,7 @@ impl Planned {
             stop: Vec::new(),
             finish: None,
             on_reuse: None,
+            guides: Vec::new(),
         }
     }
 }

@@ -499,33 +499,36 @@ fn a_group_record_must_name_the_group_of_its_ids() {
     }
 }
 
+/// A plan to save image `reference` alone (ID `hex` × 64), as
+/// `plan_backup` makes it.
+fn image_plan(reference: &str, hex: char, size: u64) -> Planned {
+    let path = docker::image_artifact(reference);
+    let record = Record::DockerImage(docker::ImageRecord {
+        reference: reference.into(),
+        id: format!("sha256:{}", hex.to_string().repeat(64)),
+        repo_digests: Vec::new(),
+        tags: Vec::new(),
+        archive: path.clone(),
+        reused: false,
+        group: Vec::new(),
+    });
+    let entry = crate::source::Entry::File(crate::source::Artifact {
+        path,
+        component: format!("docker.image.{reference}"),
+        content: crate::source::Content::Stream(docker::save_stream(reference)),
+        reuse_meta: None,
+    });
+    Planned::new(record, vec![entry], size)
+}
+
 #[test]
 fn an_image_of_8_gib_or_more_is_never_saved_in_a_group() {
     // Two images to save, one of 9 GiB: loading the small one out of a
     // group would unpack the large one too, so each keeps its own save
     // (and with one left to group, no group and no engine call).
-    let plan = |reference: &str, hex: char, size: u64| {
-        let path = docker::image_artifact(reference);
-        let record = Record::DockerImage(docker::ImageRecord {
-            reference: reference.into(),
-            id: format!("sha256:{}", hex.to_string().repeat(64)),
-            repo_digests: Vec::new(),
-            tags: Vec::new(),
-            archive: path.clone(),
-            reused: false,
-            group: Vec::new(),
-        });
-        let entry = crate::source::Entry::File(crate::source::Artifact {
-            path,
-            component: format!("docker.image.{reference}"),
-            content: crate::source::Content::Stream(docker::save_stream(reference)),
-            reuse_meta: None,
-        });
-        Planned::new(record, vec![entry], size)
-    };
     let (a, b) = (id("docker.image.big:1"), id("docker.image.small:1"));
-    let mut big = plan("big:1", 'a', 9 << 30);
-    let mut small = plan("small:1", 'b', 10 << 20);
+    let mut big = image_plan("big:1", 'a', 9 << 30);
+    let mut small = image_plan("small:1", 'b', 10 << 20);
     let mut plans = vec![(&a, &mut big), (&b, &mut small)];
     a.kind().plan_together(&mut plans, None, &|_| false);
     for (p, reference) in [(&big, "big:1"), (&small, "small:1")] {
@@ -536,6 +539,82 @@ fn an_image_of_8_gib_or_more_is_never_saved_in_a_group() {
         assert_eq!(r.archive, docker::image_artifact(reference));
         assert!(matches!(&p.entries[..], [crate::source::Entry::File(f)] if f.path == r.archive));
     }
+}
+
+#[test]
+fn an_image_saved_again_elsewhere_is_guided_by_its_previous_save() {
+    // The parent saved a and b together, c alone, and knew nothing of d.
+    // Now a is rebuilt (new ID), b unchanged, c rebuilt, d new: a is saved
+    // alone, guided by the group; c lands where it was (the archiver
+    // brings its previous content itself: no guide); b is reused; d has
+    // no previous save. (c and d are of 9 GiB, never grouped: a is the
+    // only image left to group, so no engine is asked.)
+    let (a, b, c, d) = (
+        id("docker.image.a:1"),
+        id("docker.image.b:1"),
+        id("docker.image.c:1"),
+        id("docker.image.d:1"),
+    );
+    let group_ids = vec![
+        "sha256:".to_string() + &"1".repeat(64),
+        "sha256:".to_string() + &"b".repeat(64),
+    ];
+    let group_path = docker::group_artifact(&group_ids);
+    let old = |reference: &str, id: String, archive: &str, group: &[String]| {
+        Record::DockerImage(docker::ImageRecord {
+            reference: reference.into(),
+            id,
+            repo_digests: Vec::new(),
+            tags: Vec::new(),
+            archive: archive.into(),
+            reused: false,
+            group: group.to_vec(),
+        })
+    };
+    let parent = manifest(BTreeMap::from([
+        (
+            a.clone(),
+            old("a:1", group_ids[0].clone(), &group_path, &group_ids),
+        ),
+        (
+            b.clone(),
+            old("b:1", group_ids[1].clone(), &group_path, &group_ids),
+        ),
+        (
+            c.clone(),
+            old(
+                "c:1",
+                "sha256:".to_string() + &"2".repeat(64),
+                &docker::image_artifact("c:1"),
+                &[],
+            ),
+        ),
+    ]));
+    let (mut pa, mut pb, mut pc, mut pd) = (
+        image_plan("a:1", 'a', 10 << 20),
+        image_plan("b:1", 'b', 10 << 20),
+        image_plan("c:1", 'c', 9 << 30),
+        image_plan("d:1", 'd', 9 << 30),
+    );
+    let mut plans = vec![(&a, &mut pa), (&b, &mut pb), (&c, &mut pc), (&d, &mut pd)];
+    a.kind().plan_together(&mut plans, Some(&parent), &|_| true);
+    let Record::DockerImage(ra) = &pa.record else {
+        unreachable!()
+    };
+    let guides: Vec<_> = [&pa, &pb, &pc, &pd]
+        .iter()
+        .flat_map(|p| p.guides.clone())
+        .collect();
+    assert_eq!(
+        guides,
+        [crate::components::Guide {
+            path: ra.archive.clone(),
+            from: vec![group_path.clone()],
+        }],
+        "{:?}",
+        ra
+    );
+    assert_eq!(ra.archive, docker::image_artifact("a:1"));
 }
 
 #[test]

@@ -185,38 +185,10 @@ impl Kind for Image {
         // unpacks the whole group: an image of 8 GiB or more keeps its own
         // save rather than weigh on every other member's load.
         fresh.retain(|i| plans[*i].1.estimate < GROUP_IMAGE_LIMIT);
-        if fresh.len() < 2 || !engine::classic_save_format() {
-            return;
+        if fresh.len() >= 2 && engine::classic_save_format() {
+            group(plans, &fresh);
         }
-        let mut ids: Vec<String> = fresh
-            .iter()
-            .filter_map(|i| match &plans[*i].1.record {
-                Record::DockerImage(r) => Some(r.id.clone()),
-                _ => None,
-            })
-            .collect();
-        ids.sort();
-        ids.dedup();
-        let path = engine::group_artifact(&ids);
-        let owner = plans[fresh[0]].0.to_string();
-        let members: Vec<String> = fresh.iter().map(|i| plans[*i].0.to_string()).collect();
-        for (n, i) in fresh.iter().enumerate() {
-            let p = &mut *plans[*i].1;
-            p.entries = if n == 0 {
-                vec![Entry::File(Artifact {
-                    path: path.clone(),
-                    component: owner.clone(),
-                    content: Content::Stream(engine::save_group_stream(&ids, &members)),
-                    reuse_meta: None,
-                })]
-            } else {
-                Vec::new()
-            };
-            if let Record::DockerImage(rec) = &mut p.record {
-                rec.archive.clone_from(&path);
-                rec.group.clone_from(&ids);
-            }
-        }
+        guide_saves(plans, parent);
     }
 
     fn shared_artifact<'r>(&self, record: &'r Record) -> Option<&'r str> {
@@ -316,6 +288,89 @@ impl Kind for Image {
             i.id,
             path_of(&i.archive)
         )
+    }
+}
+
+/// Saves the images `fresh` (indexes into `plans`, two or more) with one
+/// `docker save`, in the plan of the first of them.
+fn group(plans: &mut [(&ComponentId, &mut Planned)], fresh: &[usize]) {
+    let mut ids: Vec<String> = fresh
+        .iter()
+        .filter_map(|i| match &plans[*i].1.record {
+            Record::DockerImage(r) => Some(r.id.clone()),
+            _ => None,
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let path = engine::group_artifact(&ids);
+    let owner = plans[fresh[0]].0.to_string();
+    let members: Vec<String> = fresh.iter().map(|i| plans[*i].0.to_string()).collect();
+    for (n, i) in fresh.iter().enumerate() {
+        let p = &mut *plans[*i].1;
+        p.entries = if n == 0 {
+            vec![Entry::File(Artifact {
+                path: path.clone(),
+                component: owner.clone(),
+                content: Content::Stream(engine::save_group_stream(&ids, &members)),
+                reuse_meta: None,
+            })]
+        } else {
+            Vec::new()
+        };
+        if let Record::DockerImage(rec) = &mut p.record {
+            rec.archive.clone_from(&path);
+            rec.group.clone_from(&ids);
+        }
+    }
+}
+
+/// Gives each image saved afresh the chunker a guide (see
+/// [`crate::components::Guide`]): the files the parent set saved the same
+/// references in. A rebuilt image mostly repeats its previous layers,
+/// and its save usually lands at another path than before (its own tar
+/// after a group, or another group). The parent's path itself needs no
+/// guide: the archiver takes a changed file's previous content along.
+fn guide_saves(plans: &mut [(&ComponentId, &mut Planned)], parent: Option<&Manifest>) {
+    let Some(parent) = parent else { return };
+    let previous = |id: &ComponentId| match parent.components.get(id) {
+        Some(Record::DockerImage(o)) if valid_archive(o) => Some(o.archive.clone()),
+        _ => None,
+    };
+    // Every image whose save a path carries, previous saves in plan order.
+    let mut by_path: Vec<(String, Vec<String>)> = Vec::new();
+    for (id, p) in plans.iter() {
+        let Record::DockerImage(rec) = &p.record else {
+            continue;
+        };
+        if rec.reused {
+            continue;
+        }
+        let Some(prev) = previous(id) else { continue };
+        match by_path.iter_mut().find(|(path, _)| *path == rec.archive) {
+            Some((_, from)) if !from.contains(&prev) => from.push(prev),
+            Some(_) => {}
+            None => by_path.push((rec.archive.clone(), vec![prev])),
+        }
+    }
+    for (_, p) in plans.iter_mut() {
+        let saves: Vec<String> = p
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File(a) if a.reuse_meta.is_none() => Some(a.path.clone()),
+                _ => None,
+            })
+            .collect();
+        for path in saves {
+            let Some((_, from)) = by_path.iter().find(|(x, _)| *x == path) else {
+                continue;
+            };
+            let from: Vec<String> = from.iter().filter(|f| **f != path).cloned().collect();
+            if !from.is_empty() {
+                p.guides.push(crate::components::Guide { path, from });
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustic_core::repofile::{Node, NodeType, SnapshotFile};
-use rustic_core::{BackupOptions, LsOptions, ParentOptions, SnapshotOptions};
+use rustic_core::{BackupOptions, DataId, LsOptions, ParentOptions, SnapshotOptions};
 
 use super::checksum_file::ChecksumFile;
 use super::ledger_check::{self, Checked};
@@ -196,6 +196,8 @@ impl<'a> Run<'a> {
         planned: &mut [(ComponentId, Planned)],
         parts: &mut Parts,
     ) -> (Result<ArchiveRuns>, Vec<(String, String)>) {
+        // Read before any container is stopped: a guide only saves work.
+        let guides = chunk_guides(repo, parent, planned);
         let stopped = match stop_users(planned) {
             Ok(s) => s,
             Err(e) => return (Err(e), finish_all(planned)),
@@ -213,7 +215,7 @@ impl<'a> Run<'a> {
         } else {
             (files, trees)
         };
-        let source = StackSource::new(files, self.ledger.clone());
+        let source = StackSource::new(files, self.ledger.clone()).with_guides(guides);
         let tree_source = StackSource::new(trees, self.ledger.clone());
         let mut opts = BackupOptions::default();
         opts.parent_opts = match &parent.snap {
@@ -550,6 +552,57 @@ fn finish_all(planned: &mut [(ComponentId, Planned)]) -> Vec<(String, String)> {
     failures
 }
 
+/// The chunks of the parent's files that each planned
+/// [`crate::components::Guide`] names, by artifact path, in the guide's
+/// order. Every file but the last loses its last chunk: that one was cut
+/// by the end of its file, not by the rolling hash, and must not be
+/// predicted in the middle of a stream. Only a trusted parent (see
+/// [`mark_reusable`]) guides; a file it does not hold is left out.
+fn chunk_guides(
+    repo: &Indexed,
+    parent: &ParentInfo,
+    planned: &[(ComponentId, Planned)],
+) -> BTreeMap<String, Vec<DataId>> {
+    let mut out = BTreeMap::new();
+    let trusted = parent
+        .manifest
+        .as_ref()
+        .is_some_and(|m| m.imported.is_none());
+    let (Some(snap), true) = (&parent.snap, trusted) else {
+        return out;
+    };
+    for g in planned.iter().flat_map(|(_, p)| &p.guides) {
+        let files = g
+            .from
+            .iter()
+            .filter_map(|f| {
+                repo.node_from_snapshot_and_path(snap, &format!("/{f}"))
+                    .ok()
+            })
+            .filter(|n| n.node_type == NodeType::File)
+            .filter_map(|n| n.content);
+        let chunks = guide_chunks(files);
+        if !chunks.is_empty() {
+            out.insert(g.path.clone(), chunks);
+        }
+    }
+    out
+}
+
+/// The chunks of `files` one after the other, each file but the last
+/// without its last chunk (see [`chunk_guides`]).
+fn guide_chunks<T>(files: impl Iterator<Item = Vec<T>>) -> Vec<T> {
+    let mut files: Vec<Vec<T>> = files.filter(|c| !c.is_empty()).collect();
+    let last = files.pop();
+    let mut chunks = Vec::new();
+    for mut c in files {
+        c.pop();
+        chunks.append(&mut c);
+    }
+    chunks.extend(last.into_iter().flatten());
+    chunks
+}
+
 /// Marks the artifacts whose content the parent set holds unchanged
 /// (the kind says the records agree, e.g. the same image ID): the
 /// archiver reuses the parent's node without running their producer.
@@ -750,5 +803,16 @@ fn remove_stale_parts(repo: &OpenRepo, stack: &str) {
         if let Err(e) = repo.delete_snapshots(&stale) {
             log::warn!("could not remove them: {}", e.display_log());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guide_chunks_drop_the_end_of_file_cut_of_all_but_the_last_file() {
+        let files = vec![vec![1, 2, 3], vec![], vec![4], vec![5, 6]];
+        assert_eq!(super::guide_chunks(files.into_iter()), [1, 2, 5, 6]);
+        assert_eq!(super::guide_chunks(vec![vec![7, 8]].into_iter()), [7, 8]);
+        assert!(super::guide_chunks(Vec::<Vec<u8>>::new().into_iter()).is_empty());
     }
 }
