@@ -37,6 +37,16 @@ pub(super) struct ParentInfo {
     pub manifest: Option<Manifest>,
 }
 
+impl ParentInfo {
+    /// The parent's snapshot and manifest when its content may stand in
+    /// for this stack's (see [`mark_reusable`]): not an imported set.
+    fn trusted(&self) -> Option<(&SnapshotFile, &Manifest)> {
+        (self.snap.as_ref())
+            .zip(self.manifest.as_ref())
+            .filter(|(_, m)| m.imported.is_none())
+    }
+}
+
 /// One backup run, after planning.
 pub(super) struct Run<'a> {
     cfg: &'a Config,
@@ -564,11 +574,7 @@ fn chunk_guides(
     planned: &[(ComponentId, Planned)],
 ) -> BTreeMap<String, Vec<DataId>> {
     let mut out = BTreeMap::new();
-    let trusted = parent
-        .manifest
-        .as_ref()
-        .is_some_and(|m| m.imported.is_none());
-    let (Some(snap), true) = (&parent.snap, trusted) else {
+    let Some((snap, _)) = parent.trusted() else {
         return out;
     };
     for g in planned.iter().flat_map(|(_, p)| &p.guides) {
@@ -610,9 +616,7 @@ fn guide_chunks<T>(files: impl Iterator<Item = Vec<T>>) -> Vec<T> {
 /// from a directory anyone may have edited, not from this stack
 /// (`docs/decisions/0038-mysql-unchanged-backups.md`).
 fn mark_reusable(repo: &Indexed, parent: &ParentInfo, planned: &mut [(ComponentId, Planned)]) {
-    let trusted = (parent.snap.as_ref())
-        .zip(parent.manifest.as_ref())
-        .filter(|(_, m)| m.imported.is_none());
+    let trusted = parent.trusted();
     let reuse =
         |a: &mut Artifact| trusted.is_some_and(|(snap, m)| reuse_whole(repo, snap, m, parent, a));
     // Kinds that share artifacts between components arrange that first,
