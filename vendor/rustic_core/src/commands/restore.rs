@@ -584,7 +584,11 @@ fn restore_contents<S: Open>(
         .coalesce(PackInfo::coalesce)
         .collect();
 
-    let threads = constants::MAX_READER_THREADS_NUM;
+    // stack-backup patch: no more readers than cores (each holds a pack
+    // read and its blobs); decrypting and decompressing is CPU work.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(2, constants::MAX_READER_THREADS_NUM);
 
     let pool = ThreadPoolBuilder::new()
         .num_threads(threads)
