@@ -442,15 +442,7 @@ fn a_group_record_must_name_the_group_of_its_ids() {
     let b = format!("sha256:{}", "b".repeat(64));
     let group = vec![a.clone(), b.clone()];
     let record = |id: &str, group: Vec<String>, archive: String| {
-        Record::DockerImage(docker::ImageRecord {
-            reference: "shop-web:latest".into(),
-            id: id.into(),
-            repo_digests: Vec::new(),
-            tags: Vec::new(),
-            archive,
-            reused: false,
-            group,
-        })
+        image_record("shop-web:latest", id, &archive, &group)
     };
     let check = |r: Record| {
         let m = manifest([(id("docker.image.shop-web:latest"), r)].into());
@@ -499,19 +491,26 @@ fn a_group_record_must_name_the_group_of_its_ids() {
     }
 }
 
+/// An image's record, saved in `archive` (with `group` when that is a
+/// group's), not reused.
+fn image_record(reference: &str, id: &str, archive: &str, group: &[String]) -> Record {
+    Record::DockerImage(docker::ImageRecord {
+        reference: reference.into(),
+        id: id.into(),
+        repo_digests: Vec::new(),
+        tags: Vec::new(),
+        archive: archive.into(),
+        reused: false,
+        group: group.to_vec(),
+    })
+}
+
 /// A plan to save image `reference` alone (ID `hex` × 64), as
 /// `plan_backup` makes it.
 fn image_plan(reference: &str, hex: char, size: u64) -> Planned {
     let path = docker::image_artifact(reference);
-    let record = Record::DockerImage(docker::ImageRecord {
-        reference: reference.into(),
-        id: format!("sha256:{}", hex.to_string().repeat(64)),
-        repo_digests: Vec::new(),
-        tags: Vec::new(),
-        archive: path.clone(),
-        reused: false,
-        group: Vec::new(),
-    });
+    let id = format!("sha256:{}", hex.to_string().repeat(64));
+    let record = image_record(reference, &id, &path, &[]);
     let entry = crate::source::Entry::File(crate::source::Artifact {
         path,
         component: format!("docker.image.{reference}"),
@@ -560,31 +559,20 @@ fn an_image_saved_again_elsewhere_is_guided_by_its_previous_save() {
         "sha256:".to_string() + &"b".repeat(64),
     ];
     let group_path = docker::group_artifact(&group_ids);
-    let old = |reference: &str, id: String, archive: &str, group: &[String]| {
-        Record::DockerImage(docker::ImageRecord {
-            reference: reference.into(),
-            id,
-            repo_digests: Vec::new(),
-            tags: Vec::new(),
-            archive: archive.into(),
-            reused: false,
-            group: group.to_vec(),
-        })
-    };
     let parent = manifest(BTreeMap::from([
         (
             a.clone(),
-            old("a:1", group_ids[0].clone(), &group_path, &group_ids),
+            image_record("a:1", &group_ids[0], &group_path, &group_ids),
         ),
         (
             b.clone(),
-            old("b:1", group_ids[1].clone(), &group_path, &group_ids),
+            image_record("b:1", &group_ids[1], &group_path, &group_ids),
         ),
         (
             c.clone(),
-            old(
+            image_record(
                 "c:1",
-                "sha256:".to_string() + &"2".repeat(64),
+                &format!("sha256:{}", "2".repeat(64)),
                 &docker::image_artifact("c:1"),
                 &[],
             ),
