@@ -412,28 +412,61 @@ pub(crate) fn recover(e: &TreeEntry, to: Recover) -> Result<String> {
     Ok(line)
 }
 
-/// Removes the directory `dir` and everything in it, its top-level entries
-/// shared out to two threads (unlinking tens of thousands of files is
-/// kernel work that two CPUs do faster than one).
+/// Threads that remove a tree. Unlinking is mostly waiting on the
+/// filesystem (its inode and bitmap blocks, the discards of a `discard`
+/// mount), not CPU: a copy of the bench's 30,000 files took 2.0 s on one
+/// thread, 1.7 s on two, 1.1 s on four and 0.9–1.1 s on eight.
+const REMOVERS: usize = 8;
+
+/// Removes the directory `dir` and everything in it (symbolic links
+/// inside are removed, never followed). The entries one level below the
+/// top are shared out to [`REMOVERS`] threads, so that a tree of a few
+/// large top-level directories is spread as well.
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    let remove = |p: &PathBuf| -> std::io::Result<()> {
+    let gone_ok = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    };
+    let is_dir = |p: &Path| -> std::io::Result<Option<bool>> {
         match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
-            Ok(_) => std::fs::remove_file(p),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(m) => Ok(Some(m.is_dir())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     };
-    let halves: Vec<std::io::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [0, 1]
-            .map(|half| {
-                let (entries, remove) = (&entries, &remove);
-                s.spawn(move || entries.iter().skip(half).step_by(2).try_for_each(remove))
+    let mut work: Vec<PathBuf> = Vec::new();
+    let mut tops: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if is_dir(&p)? == Some(true) {
+            for c in std::fs::read_dir(&p)? {
+                work.push(c?.path());
+            }
+            tops.push(p);
+        } else {
+            work.push(p);
+        }
+    }
+    let remove = |p: &Path| -> std::io::Result<()> {
+        match is_dir(p)? {
+            Some(true) => gone_ok(std::fs::remove_dir_all(p)),
+            Some(false) => gone_ok(std::fs::remove_file(p)),
+            None => Ok(()),
+        }
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..REMOVERS.min(work.len()))
+            .map(|_| {
+                let (work, next, remove) = (&work, &next, &remove);
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match work.get(i) {
+                        Some(p) => remove(p)?,
+                        None => return Ok(()),
+                    }
+                })
             })
-            .into_iter()
             .collect();
         handles
             .into_iter()
@@ -443,7 +476,10 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
             })
             .collect()
     });
-    halves.into_iter().collect::<std::io::Result<()>>()?;
+    results.into_iter().collect::<std::io::Result<()>>()?;
+    for t in &tops {
+        gone_ok(std::fs::remove_dir(t))?;
+    }
     std::fs::remove_dir(dir)
 }
 
@@ -459,6 +495,31 @@ pub fn entry(id: &ComponentId, root: PathBuf, target: &str) -> crate::source::En
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn remove_tree_removes_everything_and_follows_no_link() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"keep").unwrap();
+        let tree = base.path().join("tree");
+        for d in 0..3 {
+            for s in 0..20 {
+                let leaf = tree.join(format!("d{d}/s{s}"));
+                std::fs::create_dir_all(leaf.join("deeper")).unwrap();
+                std::fs::write(leaf.join("f"), b"x").unwrap();
+                std::fs::write(leaf.join("deeper/g"), b"y").unwrap();
+            }
+            std::fs::write(tree.join(format!("d{d}/file")), b"z").unwrap();
+            std::os::unix::fs::symlink(&outside, tree.join(format!("d{d}/link"))).unwrap();
+        }
+        std::fs::write(tree.join("top-file"), b"t").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("top-link")).unwrap();
+        std::fs::create_dir(tree.join("empty")).unwrap();
+        super::remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+    }
+
     use std::ffi::OsStr;
     use std::path::PathBuf;
 
