@@ -202,6 +202,27 @@ meta db_bytes "$(psql_admin -tAc "SELECT pg_database_size('$DB')")"
 meta stack_seconds "$(( $(date +%s) - T_START ))"
 sync
 
+# An unchanged database is recognised by its WAL insert position among
+# other things (decision 0048). The load's tail (its spread checkpoints,
+# whatever autovacuum does after it) moves that position for minutes; a
+# checkpoint record landing between "first" and "unchanged" made the
+# unchanged backup dump the 3 GB again. So the rounds start on a settled
+# cluster: the position still for 30 s, then a checkpoint, so that no
+# timed one has anything left to write during the rounds.
+settle_db() {
+  local last="" now still=0 waited=0
+  while [ "$still" -lt 30 ]; do
+    now=$(psql_admin -tAc "SELECT pg_current_wal_insert_lsn()")
+    if [ "$now" = "$last" ]; then still=$((still + 5)); else still=0; last=$now; fi
+    [ "$waited" -lt 600 ] || { say "warning: the WAL position still moves after 10 min; going on"; break; }
+    sleep 5; waited=$((waited + 5))
+  done
+  psql_admin -c "CHECKPOINT" >/dev/null
+  meta settle_seconds "$waited"
+}
+say "waiting for the database to settle (WAL position still for 30 s)"
+settle_db
+
 # --- the contenders ---------------------------------------------------------------
 RESTIC_REPO="$BENCH/restic-repo"
 RESTIC_CACHE="$BENCH/restic-cache"
