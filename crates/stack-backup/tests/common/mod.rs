@@ -338,40 +338,68 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Starts one and waits until it answers, from its own directory. The
+    /// port is free when
+    /// picked but may be taken before the server binds it (an outgoing
+    /// connection of a test running beside this one gets its port from
+    /// the same range): a server that exits is started again on another
+    /// port; its log is in the panic message when none came up.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let s = Self {
-            port,
-            dir,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = s.client().get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+        let mut dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis-server.log");
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .arg("--logfile")
+                .arg(&log)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/services.sh)");
+            let mut s = Self {
+                port,
+                dir,
+                child: Some(child),
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                // Ours only when it runs in our directory: another test's
+                // server may hold the port.
+                if let Ok(mut c) = s.client().get_connection() {
+                    let at: Option<Vec<String>> = redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("dir")
+                        .query(&mut c)
+                        .ok();
+                    match at {
+                        Some(v) if v.get(1).map(Path::new) == Some(s.dir.path()) => return s,
+                        Some(_) => break,
+                        None => {}
+                    }
+                }
+                let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() || Instant::now() >= deadline {
                     break;
                 }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+            s.stop();
+            dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
         }
-        s
+        panic!(
+            "redis-server did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     pub fn url(&self) -> String {
