@@ -203,8 +203,8 @@ meta stack_seconds "$(( $(date +%s) - T_START ))"
 sync
 
 # An unchanged database is recognised by its WAL insert position among
-# other things (decision 0048). The load's tail (its spread checkpoints,
-# whatever autovacuum does after it) moves that position for minutes; a
+# other things (decision 0048). The load's tail (its spread checkpoints
+# and whatever else writes WAL after it) moves that position for minutes; a
 # checkpoint record landing between "first" and "unchanged" made the
 # unchanged backup dump the 3 GB again. So the rounds start on a settled
 # cluster: the position still for 30 s, then a checkpoint, so that no

@@ -47,7 +47,7 @@ const MAP_BLOCKS_FROM: i32 = 512 << 10;
 /// largest block freed, after which they are carved from the arenas
 /// between the archive's long-lived small allocations and fragment them: a
 /// first backup of 7 GB grew to 320–380 MiB around a heap of 220 MiB, and
-/// to 276–277 MiB with the bound. Mapping them costs the kernel's zeroing
+/// to 274–277 MiB with the bound. Mapping them costs the kernel's zeroing
 /// of every fresh page (a first backup of the 0.7 GB bench stack 9 %
 /// slower with a fixed threshold), so small backups, which never get
 /// near the bound, keep glibc's default. Reads (restore, verify) reuse

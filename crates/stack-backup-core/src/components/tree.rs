@@ -495,31 +495,6 @@ pub fn entry(id: &ComponentId, root: PathBuf, target: &str) -> crate::source::En
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn remove_tree_removes_everything_and_follows_no_link() {
-        let base = tempfile::tempdir().unwrap();
-        let outside = base.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("keep"), b"keep").unwrap();
-        let tree = base.path().join("tree");
-        for d in 0..3 {
-            for s in 0..20 {
-                let leaf = tree.join(format!("d{d}/s{s}"));
-                std::fs::create_dir_all(leaf.join("deeper")).unwrap();
-                std::fs::write(leaf.join("f"), b"x").unwrap();
-                std::fs::write(leaf.join("deeper/g"), b"y").unwrap();
-            }
-            std::fs::write(tree.join(format!("d{d}/file")), b"z").unwrap();
-            std::os::unix::fs::symlink(&outside, tree.join(format!("d{d}/link"))).unwrap();
-        }
-        std::fs::write(tree.join("top-file"), b"t").unwrap();
-        std::os::unix::fs::symlink(&outside, tree.join("top-link")).unwrap();
-        std::fs::create_dir(tree.join("empty")).unwrap();
-        super::remove_tree(&tree).unwrap();
-        assert!(!tree.exists());
-        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
-    }
-
     use std::ffi::OsStr;
     use std::path::PathBuf;
 
@@ -552,5 +527,30 @@ mod tests {
             let err = inside(entry(path, name)).unwrap_err();
             assert!(err.to_string().contains("tampered"), "{path}: {err}");
         }
+    }
+
+    #[test]
+    fn remove_tree_removes_everything_and_follows_no_link() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"keep").unwrap();
+        let tree = base.path().join("tree");
+        for d in 0..3 {
+            for s in 0..20 {
+                let leaf = tree.join(format!("d{d}/s{s}"));
+                std::fs::create_dir_all(leaf.join("deeper")).unwrap();
+                std::fs::write(leaf.join("f"), b"x").unwrap();
+                std::fs::write(leaf.join("deeper/g"), b"y").unwrap();
+            }
+            std::fs::write(tree.join(format!("d{d}/file")), b"z").unwrap();
+            std::os::unix::fs::symlink(&outside, tree.join(format!("d{d}/link"))).unwrap();
+        }
+        std::fs::write(tree.join("top-file"), b"t").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("top-link")).unwrap();
+        std::fs::create_dir(tree.join("empty")).unwrap();
+        super::remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
     }
 }
