@@ -339,17 +339,19 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts one and waits until it answers, from its own directory. The
-    /// port is free when
-    /// picked but may be taken before the server binds it (an outgoing
-    /// connection of a test running beside this one gets its port from
-    /// the same range): a server that exits is started again on another
-    /// port; its log is in the panic message when none came up.
+    /// port is free when picked but may be taken before the server binds it
+    /// (an outgoing connection of a test running beside this one gets its
+    /// port from the same range): a server that exits is started again on
+    /// another port; its log is in the panic message when none came up.
     pub fn start() -> Self {
-        let mut dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Redis reports the directory it changed into, symbolic links
+        // resolved.
+        let real_dir = std::fs::canonicalize(dir.path()).unwrap();
         let log = dir.path().join("redis-server.log");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("redis-server")
+            let mut child = Command::new("redis-server")
                 .args([
                     "--port",
                     &port.to_string(),
@@ -366,35 +368,28 @@ impl RedisServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server is installed (scripts/services.sh)");
-            let mut s = Self {
-                port,
-                dir,
-                child: Some(child),
-            };
             let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
+            let ours = loop {
                 // Ours only when it runs in our directory: another test's
                 // server may hold the port.
-                if let Ok(mut c) = s.client().get_connection() {
-                    let at: Option<Vec<String>> = redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg("dir")
-                        .query(&mut c)
-                        .ok();
-                    match at {
-                        Some(v) if v.get(1).map(Path::new) == Some(s.dir.path()) => return s,
-                        Some(_) => break,
-                        None => {}
-                    }
+                if let Some(at) = redis_dir(port) {
+                    break at == real_dir;
                 }
-                let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                if exited.is_some() || Instant::now() >= deadline {
-                    break;
+                let exited = child.try_wait().ok().flatten().is_some();
+                if exited || Instant::now() >= deadline {
+                    break false;
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            };
+            if ours {
+                return Self {
+                    port,
+                    dir,
+                    child: Some(child),
+                };
             }
-            s.stop();
-            dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+            let _ = child.kill();
+            let _ = child.wait();
         }
         panic!(
             "redis-server did not start: {}",
@@ -429,6 +424,19 @@ impl RedisServer {
             let _ = c.wait();
         }
     }
+}
+
+/// The directory of the Redis server answering on `port` (`CONFIG GET
+/// dir`); `None` while none answers.
+fn redis_dir(port: u16) -> Option<PathBuf> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).ok()?;
+    let mut c = client.get_connection().ok()?;
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("dir")
+        .query(&mut c)
+        .ok()?;
+    v.get(1).map(PathBuf::from)
 }
 
 impl Drop for RedisServer {
