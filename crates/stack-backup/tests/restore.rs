@@ -399,3 +399,205 @@ fn a_file_that_disagrees_with_its_checksum_line_refuses_the_restore() {
         r.stderr
     );
 }
+
+/// Every regular file under `dir` (relative path) with its inode.
+fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if m.is_file() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, m.ino());
+            }
+        }
+    }
+    out
+}
+
+/// Writes `text` into `path` and puts its mtime back: a change that size
+/// and mtime do not show.
+fn rewrite_keeping_mtime(path: &std::path::Path, text: &str) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+/// `media` of `files_only(20)` plus `keep/` (5 files) and `sub/` (5
+/// files), backed up as set `base`; returns the set's state of every file
+/// and the mtime of `keep/`.
+fn tree_with_subdirs(sb: &Sandbox) -> (std::path::PathBuf, String, std::time::SystemTime) {
+    let media = files_only(sb, 20);
+    for d in ["keep", "sub"] {
+        std::fs::create_dir(media.join(d)).unwrap();
+        for i in 0..5 {
+            std::fs::write(media.join(d).join(format!("{d}{i}")), format!("{d} {i}\n")).unwrap();
+        }
+    }
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    std::fs::File::open(media.join("keep"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    sb.run(&["backup", "--name", "base"]).expect_code(0);
+    let state = tree_state(&media);
+    (media, state, old)
+}
+
+/// Every file under `dir` with its content and mode, and what each entry is.
+fn tree_state(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.is_dir() {
+                todo.push(e.path());
+                out.push(format!("{rel}/ {mode:o}"));
+            } else if m.is_file() {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                out.push(format!("{rel} {mode:o} {text:?}"));
+            } else {
+                out.push(format!("{rel} not a file or directory"));
+            }
+        }
+    }
+    out.sort();
+    out.join("\n")
+}
+
+/// Decision 0058: files the live tree holds unchanged are linked into the
+/// restored tree (the same inodes); a file changed in any way the link's
+/// checks see (content behind an unchanged size and mtime, mode, removal),
+/// and every file behind a directory replaced by a symbolic link, is
+/// written from the set instead. The restored tree is the set's, file
+/// modes and a linked-into directory's mtime included, and the files the
+/// symbolic link pointed at are neither linked nor changed.
+#[test]
+fn unchanged_files_are_linked_and_changed_ones_written_from_the_set() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = Sandbox::new();
+    let (media, want, keep_mtime) = tree_with_subdirs(&sb);
+    let before = inodes(&media);
+
+    std::fs::write(media.join("f00"), "a longer, different content\n").unwrap();
+    rewrite_keeping_mtime(&media.join("f01"), "FILE 1\n");
+    std::fs::remove_file(media.join("f02")).unwrap();
+    std::fs::set_permissions(media.join("f03"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(media.join("extra"), "not in the set").unwrap();
+    // `sub` becomes a relative link to a directory outside holding the
+    // same files (the very inodes the set was taken from).
+    let outside = sb.path().join("outside");
+    std::fs::rename(media.join("sub"), &outside).unwrap();
+    std::os::unix::fs::symlink("../outside", media.join("sub")).unwrap();
+    let outside_inodes = inodes(&outside);
+
+    let r = sb.run(&["restore", "base", "--yes", "-v"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr
+            .contains("paths.media: 21 unchanged file(s) linked"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree_state(&media), want);
+    let after = inodes(&media);
+    for (rel, ino) in &after {
+        let written =
+            ["f00", "f01", "f02", "f03"].contains(&rel.as_str()) || rel.starts_with("sub/");
+        assert_eq!(
+            before[rel] == *ino,
+            !written,
+            "{rel}: inode {ino}, before {}",
+            before[rel]
+        );
+    }
+    assert_eq!(after.len(), 30);
+    for (rel, ino) in &outside_inodes {
+        let m = std::fs::metadata(outside.join(rel)).unwrap();
+        assert_eq!((m.ino(), m.nlink()), (*ino, 1), "{rel} outside was linked");
+        assert!(
+            after.values().all(|i| i != ino),
+            "{rel} outside is in the restored tree"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(media.join("keep"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        keep_mtime
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("media."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A file written while the restore runs, between the hashing of the live
+/// files and their linking (held there by a test's knob), is not linked:
+/// its content there is not the one checked. It is restored from the set,
+/// and the restored tree is the set's.
+#[test]
+fn a_file_changed_between_the_hash_and_the_link_is_written_from_the_set() {
+    let sb = Sandbox::new();
+    let (media, want, _) = tree_with_subdirs(&sb);
+    let before = inodes(&media);
+    std::fs::write(media.join("f00"), "changed before the restore\n").unwrap();
+
+    let mut cmd = sb.command(bin(), sb.path(), None);
+    cmd.args(["restore", "base", "--yes", "-v"])
+        .env("FAILPOINTS", "restore-tree-linking=sleep(4000)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The staging directory holds the restored f00 once the restore has
+    // written what it does not link; the knob then holds it for 4 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let staged = loop {
+        let found = std::fs::read_dir(sb.path()).unwrap().find_map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().to_string();
+            (n.starts_with("media.sb-restore-") && e.path().join("f00").exists()).then(|| e.path())
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no staging directory");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    rewrite_keeping_mtime(&media.join("f05"), "FILE 5\n");
+    let r = Run::from(child.wait_with_output().unwrap());
+    r.expect_code(0);
+    assert!(!staged.exists(), "{} left", staged.display());
+    assert!(
+        r.stderr
+            .contains("paths.media: 1 file(s) changed while the restore ran")
+            && r.stderr
+                .contains("paths.media: 28 unchanged file(s) linked"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(tree_state(&media), want);
+    let after = inodes(&media);
+    assert_ne!(after["f05"], before["f05"]);
+    assert_ne!(after["f00"], before["f00"]);
+    assert_eq!(after["f06"], before["f06"]);
+}

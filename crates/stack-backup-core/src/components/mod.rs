@@ -25,6 +25,7 @@ pub mod drilling;
 mod id;
 pub mod restoring;
 pub mod tree;
+pub mod unchanged;
 
 pub mod docker;
 pub mod git;

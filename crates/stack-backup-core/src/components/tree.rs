@@ -9,6 +9,7 @@ use rustic_core::{LocalDestination, LsOptions, RestoreOptions};
 use serde::{Deserialize, Serialize};
 
 use super::restoring::{Applied, Indexed, JournalEntry, Recover, SetContext, UndoContext};
+use super::unchanged::Unchanged;
 use super::ComponentId;
 use crate::docker::StoppedContainers;
 use crate::error::{Error, Result};
@@ -60,6 +61,17 @@ pub fn restore_node_into(
     node: &Node,
     dir: &Path,
 ) -> std::result::Result<(), String> {
+    restore_node_where(repo, node, dir, |_: &Path, _: &Node| true)
+}
+
+/// [`restore_node_into`], of the entries `keep` accepts only (paths
+/// relative to `node`).
+fn restore_node_where(
+    repo: &Indexed,
+    node: &Node,
+    dir: &Path,
+    keep: impl Fn(&Path, &Node) -> bool + Clone,
+) -> std::result::Result<(), String> {
     let fail =
         |what: &str, e: Box<rustic_core::RusticError>| format!("{what}: {}", e.display_log());
     let dest = LocalDestination::new(&format!("{}/", dir.display()), true, false)
@@ -68,7 +80,8 @@ pub fn restore_node_into(
     let ls = repo
         .ls(node, &LsOptions::default())
         .map_err(|e| fail("reading the tree", e))?
-        .map(|item| item.and_then(inside));
+        .map(|item| item.and_then(inside))
+        .filter(move |item| item.as_ref().map_or(true, |(p, n)| keep(p, n)));
     let plan = repo
         .prepare_restore(&opts, ls.clone(), &dest, false)
         .map_err(|e| fail("planning", e))?;
@@ -210,7 +223,10 @@ fn exchange(a: &Path, b: &Path, b_exists: bool) -> std::io::Result<()> {
 
 /// Restores the directory `set_path` of the set beside `live`, checks every
 /// restored file against its checksum, then swaps it in with one
-/// `renameat2(RENAME_EXCHANGE)`: the live path always exists. The staging
+/// `renameat2(RENAME_EXCHANGE)`: the live path always exists. Files the
+/// live tree holds unchanged are hard-linked, not written again; their
+/// inodes are then shared with the kept original (see [`Unchanged`],
+/// decision 0058). The staging
 /// directory `<live>.sb-restore-<journal id>` is created exclusively
 /// (`mkdir`: a symlink or anything else planted there is refused, never
 /// followed) and, after the swap, holds the original until the commit
@@ -263,8 +279,35 @@ pub fn restore_tree(
         e
     };
     let node = set.node(id, set_path).map_err(cleanup)?;
-    restore_node_into(set.repo, &node, &staging)
+    // Files the live tree holds unchanged are linked, not written again
+    // (decision 0058); the restore writes the others.
+    let mut unchanged = Unchanged::find(set, id, set_path, &node, live).map_err(cleanup)?;
+    restore_node_where(set.repo, &node, &staging, |p: &Path, _: &Node| {
+        !unchanged.skips(p)
+    })
+    .map_err(|m| cleanup(Error::component(id.as_str(), m)))?;
+    crate::system::fault::point("restore-tree-linking").map_err(cleanup)?;
+    let missed = unchanged
+        .link_into(set, id, &node, live, &staging)
+        .map_err(cleanup)?;
+    if !missed.is_empty() {
+        log::info!(
+            "{id}: {} file(s) changed while the restore ran, restored from the set",
+            missed.len()
+        );
+        restore_node_where(set.repo, &node, &staging, |p: &Path, n: &Node| {
+            n.is_file() && missed.binary_search_by(|m| m.as_path().cmp(p)).is_ok()
+        })
         .map_err(|m| cleanup(Error::component(id.as_str(), m)))?;
+        unchanged.retime_dirs(&staging).map_err(cleanup)?;
+    }
+    if unchanged.linked_count() > 0 {
+        log::info!(
+            "{id}: {} unchanged file(s) linked from {}",
+            unchanged.linked_count(),
+            live.display()
+        );
+    }
     // The root directory's own mode and owner.
     use std::os::unix::fs::PermissionsExt;
     if let Some(mode) = node.meta.mode {
@@ -274,8 +317,12 @@ pub fn restore_tree(
         let _ = std::os::unix::fs::lchown(&staging, Some(uid), Some(gid));
     }
     // Every restored file against its checksum before it replaces anything.
+    // A linked file was checked before it was linked (the same inode).
     set.for_each_file(id, |path, _| {
         let rel = path.strip_prefix(&format!("{set_path}/")).unwrap_or(&path);
+        if unchanged.linked(Path::new(rel)) {
+            return Ok(());
+        }
         let file = staging.join(rel);
         let (got, _) = std::fs::File::open(&file)
             .and_then(|mut f| crate::verify::sha256_of(&mut f))
