@@ -420,6 +420,35 @@ fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
     out
 }
 
+/// Sets the extended attribute `name` on `path` (through Python's `os`:
+/// the standard library has no call for it).
+fn set_xattr(path: &std::path::Path, name: &str) {
+    let ok = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], b'x')",
+        ])
+        .arg(path)
+        .arg(name)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "setting {name} on {}", path.display());
+}
+
+/// The names of `path`'s extended attributes, as Python lists them.
+fn xattrs(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(sorted(os.listxattr(sys.argv[1])))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Writes `text` into `path` and puts its mtime back: a change that size
 /// and mtime do not show.
 fn rewrite_keeping_mtime(path: &std::path::Path, text: &str) {
@@ -482,7 +511,8 @@ fn tree_state(dir: &std::path::Path) -> String {
 
 /// Decision 0058: files the live tree holds unchanged are linked into the
 /// restored tree (the same inodes); a file changed in any way the link's
-/// checks see (content behind an unchanged size and mtime, mode, removal),
+/// checks see (content behind an unchanged size and mtime, mode, an
+/// extended attribute, removal),
 /// and every file behind a directory replaced by a symbolic link, is
 /// written from the set instead. The restored tree is the set's, file
 /// modes and a linked-into directory's mtime included, and the files the
@@ -499,6 +529,7 @@ fn unchanged_files_are_linked_and_changed_ones_written_from_the_set() {
     std::fs::remove_file(media.join("f02")).unwrap();
     std::fs::set_permissions(media.join("f03"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(media.join("extra"), "not in the set").unwrap();
+    set_xattr(&media.join("f04"), "user.note");
     // `sub` becomes a relative link to a directory outside holding the
     // same files (the very inodes the set was taken from).
     let outside = sb.path().join("outside");
@@ -510,7 +541,7 @@ fn unchanged_files_are_linked_and_changed_ones_written_from_the_set() {
     r.expect_code(0);
     assert!(
         r.stderr
-            .contains("paths.media: 21 unchanged file(s) linked"),
+            .contains("paths.media: 20 unchanged file(s) linked"),
         "{}",
         r.stderr
     );
@@ -518,7 +549,7 @@ fn unchanged_files_are_linked_and_changed_ones_written_from_the_set() {
     let after = inodes(&media);
     for (rel, ino) in &after {
         let written =
-            ["f00", "f01", "f02", "f03"].contains(&rel.as_str()) || rel.starts_with("sub/");
+            ["f00", "f01", "f02", "f03", "f04"].contains(&rel.as_str()) || rel.starts_with("sub/");
         assert_eq!(
             before[rel] == *ino,
             !written,
@@ -527,6 +558,11 @@ fn unchanged_files_are_linked_and_changed_ones_written_from_the_set() {
         );
     }
     assert_eq!(after.len(), 30);
+    assert_eq!(
+        xattrs(&media.join("f04")),
+        "[]",
+        "f04 kept the live file's attribute"
+    );
     for (rel, ino) in &outside_inodes {
         let m = std::fs::metadata(outside.join(rel)).unwrap();
         assert_eq!((m.ino(), m.nlink()), (*ino, 1), "{rel} outside was linked");
