@@ -281,17 +281,32 @@ impl<'a> SetContext<'a> {
             return Ok(());
         };
         let root = self.node(id, tree)?;
+        self.walk(id, &root, |p, node| {
+            if node.is_file() {
+                f(format!("{tree}/{}", p.display()), node)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Calls `f` with every entry under `root` (a directory of the set),
+    /// its path relative to `root`, in the set's order; the first error
+    /// (reading the set, or `f`'s) ends it.
+    pub fn walk(
+        &self,
+        id: &ComponentId,
+        root: &Node,
+        mut f: impl FnMut(PathBuf, Node) -> Result<()>,
+    ) -> Result<()> {
         let walk = self
             .repo
-            .ls(&root, &LsOptions::default())
+            .ls(root, &LsOptions::default())
             .map_err(|e| Error::Verification(format!("{id}: {}", e.display_log())))?;
         for item in walk {
             let (p, node) = item.map_err(|e| {
                 Error::Verification(format!("{id}: reading the tree: {}", e.display_log()))
             })?;
-            if node.is_file() {
-                f(format!("{tree}/{}", p.display()), node)?;
-            }
+            f(p, node)?;
         }
         Ok(())
     }

@@ -41,7 +41,6 @@ use nix::sys::stat::{fstat, fstatat, futimens, FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use rustic_core::repofile::Node;
-use rustic_core::LsOptions;
 
 use super::restoring::SetContext;
 use super::ComponentId;
@@ -140,28 +139,30 @@ struct Owners {
 
 impl Owners {
     fn uid(&mut self, node: &Node) -> Option<u32> {
-        let by_name = node.meta.user.as_ref().and_then(|name| {
-            *self.users.entry(name.clone()).or_insert_with(|| {
-                nix::unistd::User::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|u| u.uid.as_raw())
-            })
-        });
-        by_name.or(node.meta.uid)
+        let local = |name: &str| {
+            let user = nix::unistd::User::from_name(name).ok().flatten();
+            user.map(|u| u.uid.as_raw())
+        };
+        by_name(&mut self.users, node.meta.user.as_ref(), local).or(node.meta.uid)
     }
 
     fn gid(&mut self, node: &Node) -> Option<u32> {
-        let by_name = node.meta.group.as_ref().and_then(|name| {
-            *self.groups.entry(name.clone()).or_insert_with(|| {
-                nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw())
-            })
-        });
-        by_name.or(node.meta.gid)
+        let local = |name: &str| {
+            let group = nix::unistd::Group::from_name(name).ok().flatten();
+            group.map(|g| g.gid.as_raw())
+        };
+        by_name(&mut self.groups, node.meta.group.as_ref(), local).or(node.meta.gid)
     }
+}
+
+/// The local id of `name`, looked up once per name.
+fn by_name(
+    cache: &mut HashMap<String, Option<u32>>,
+    name: Option<&String>,
+    lookup: impl FnOnce(&str) -> Option<u32>,
+) -> Option<u32> {
+    let name = name?;
+    *cache.entry(name.clone()).or_insert_with(|| lookup(name))
 }
 
 /// What a node asks of a live file to stand for it, if it may be linked.
@@ -261,19 +262,13 @@ impl Unchanged {
         };
         let mut groups: Vec<Group> = Vec::new();
         let mut at: HashMap<PathBuf, usize> = HashMap::new();
-        let walk = set
-            .repo
-            .ls(root, &LsOptions::default())
-            .map_err(|e| Error::Verification(format!("{id}: {}", e.display_log())))?;
-        for item in walk {
-            let (path, node) = item.map_err(|e| {
-                Error::Verification(format!("{id}: reading the tree: {}", e.display_log()))
-            })?;
-            if !node.is_file() {
-                continue;
-            }
-            let Some(c) = candidate(&node, &mut owners) else {
-                continue;
+        set.walk(id, root, |path, node| {
+            let Some(c) = node
+                .is_file()
+                .then(|| candidate(&node, &mut owners))
+                .flatten()
+            else {
+                return Ok(());
             };
             let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
             let i = *at.entry(dir.clone()).or_insert_with(|| {
@@ -284,7 +279,8 @@ impl Unchanged {
                 groups.len() - 1
             });
             groups[i].files.push(c);
-        }
+            Ok(())
+        })?;
         drop(at);
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<Found>> = Mutex::new(Vec::new());
@@ -454,16 +450,9 @@ fn dir_times(
     if dirs.iter().all(|d| d.as_os_str().is_empty()) {
         return Ok(out);
     }
-    let walk = set
-        .repo
-        .ls(root, &LsOptions::default())
-        .map_err(|e| Error::Verification(format!("{id}: {}", e.display_log())))?;
-    for item in walk {
-        let (path, node) = item.map_err(|e| {
-            Error::Verification(format!("{id}: reading the tree: {}", e.display_log()))
-        })?;
+    set.walk(id, root, |path, node| {
         if !node.is_dir() || dirs.binary_search(&path.as_path()).is_err() {
-            continue;
+            return Ok(());
         }
         if let Some(mtime) = node.meta.mtime {
             let atime = node.meta.atime.unwrap_or(mtime);
@@ -471,6 +460,7 @@ fn dir_times(
                 |t: jiff::Timestamp| TimeSpec::new(t.as_second(), i64::from(t.subsec_nanosecond()));
             out.push((path.into_boxed_path(), spec(atime), spec(mtime)));
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
