@@ -226,11 +226,10 @@ fn exchange(a: &Path, b: &Path, b_exists: bool) -> std::io::Result<()> {
 /// `renameat2(RENAME_EXCHANGE)`: the live path always exists. Files the
 /// live tree holds unchanged are hard-linked, not written again; their
 /// inodes are then shared with the kept original (see [`Unchanged`],
-/// decision 0058). The staging
-/// directory `<live>.sb-restore-<journal id>` is created exclusively
-/// (`mkdir`: a symlink or anything else planted there is refused, never
-/// followed) and, after the swap, holds the original until the commit
-/// removes it. The journal entry is written before each change, the first
+/// decision 0058). The staging directory `<live>.sb-restore-<journal id>`
+/// is created exclusively (`mkdir`: a symlink or anything else planted
+/// there is refused, never followed) and, after the swap, holds the
+/// original until the commit removes it. The journal entry is written before each change, the first
 /// one before the running containers `users` are stopped (they start again
 /// when the change is resumed, committed or undone, and when a crash is
 /// resolved).

@@ -247,13 +247,13 @@ impl Unchanged {
         root: &Node,
         live: &Path,
     ) -> Result<Self> {
-        let mut none = Self {
+        let mut out = Self {
             found: Vec::new(),
             dirs: Vec::new(),
             linked: Vec::new(),
         };
         if !std::fs::symlink_metadata(live).is_ok_and(|m| m.is_dir()) {
-            return Ok(none);
+            return Ok(out);
         }
         let live_fd = open_root(live)?;
         let mut owners = Owners {
@@ -311,15 +311,9 @@ impl Unchanged {
             }
         });
         drop(groups);
-        none.found = results.into_inner().expect("no hasher panics");
-        none.found.sort_unstable_by(|a, b| a.path.cmp(&b.path));
-        Ok(none)
-    }
-
-    /// How many files were found unchanged.
-    #[must_use]
-    pub fn found(&self) -> usize {
-        self.found.len()
+        out.found = results.into_inner().expect("no hasher panics");
+        out.found.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 
     /// Whether `rel` (relative to the tree's root) was found unchanged:
@@ -351,7 +345,8 @@ impl Unchanged {
     /// the inode hashed, unchanged since; then sets the times of the
     /// directories that received links to the set's. Returns the files
     /// that could not be linked (changed meanwhile): the caller restores
-    /// them from the set. Writes nothing in `live` but link counts.
+    /// them from the set. Writes nothing in `live` but link counts (and
+    /// with them ctimes).
     pub fn link_into(
         &mut self,
         set: &SetContext,
