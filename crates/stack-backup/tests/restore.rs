@@ -400,24 +400,33 @@ fn a_file_that_disagrees_with_its_checksum_line_refuses_the_restore() {
     );
 }
 
-/// Every regular file under `dir` (relative path) with its inode.
-fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = std::collections::BTreeMap::new();
+/// Every entry under `dir` (symbolic links not followed): its path
+/// relative to `dir`, its full path and its metadata.
+fn tree_entries(dir: &std::path::Path) -> Vec<(String, std::path::PathBuf, std::fs::Metadata)> {
+    let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let path = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
             if m.is_dir() {
-                todo.push(e.path());
-            } else if m.is_file() {
-                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, m.ino());
+                todo.push(path.clone());
             }
+            let rel = path.strip_prefix(dir).unwrap().display().to_string();
+            out.push((rel, path, m));
         }
     }
     out
+}
+
+/// Every regular file under `dir` (relative path) with its inode.
+fn inodes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    tree_entries(dir)
+        .into_iter()
+        .filter(|(_, _, m)| m.is_file())
+        .map(|(rel, _, m)| (rel, m.ino()))
+        .collect()
 }
 
 /// Sets the extended attribute `name` on `path` (through Python's `os`:
@@ -486,25 +495,20 @@ fn tree_with_subdirs(sb: &Sandbox) -> (std::path::PathBuf, String, std::time::Sy
 /// Every file under `dir` with its content and mode, and what each entry is.
 fn tree_state(dir: &std::path::Path) -> String {
     use std::os::unix::fs::PermissionsExt;
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+    let mut out: Vec<String> = tree_entries(dir)
+        .into_iter()
+        .map(|(rel, path, m)| {
             let mode = m.permissions().mode() & 0o7777;
             if m.is_dir() {
-                todo.push(e.path());
-                out.push(format!("{rel}/ {mode:o}"));
+                format!("{rel}/ {mode:o}")
             } else if m.is_file() {
-                let text = std::fs::read_to_string(e.path()).unwrap();
-                out.push(format!("{rel} {mode:o} {text:?}"));
+                let text = std::fs::read_to_string(path).unwrap();
+                format!("{rel} {mode:o} {text:?}")
             } else {
-                out.push(format!("{rel} not a file or directory"));
+                format!("{rel} not a file or directory")
             }
-        }
-    }
+        })
+        .collect();
     out.sort();
     out.join("\n")
 }
@@ -512,9 +516,8 @@ fn tree_state(dir: &std::path::Path) -> String {
 /// Decision 0058: files the live tree holds unchanged are linked into the
 /// restored tree (the same inodes); a file changed in any way the link's
 /// checks see (content behind an unchanged size and mtime, mode, an
-/// extended attribute, removal),
-/// and every file behind a directory replaced by a symbolic link, is
-/// written from the set instead. The restored tree is the set's, file
+/// extended attribute, removal), and every file behind a directory
+/// replaced by a symbolic link, is written from the set instead. The restored tree is the set's, file
 /// modes and a linked-into directory's mtime included, and the files the
 /// symbolic link pointed at are neither linked nor changed.
 #[test]
